@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# yl-status developer entry point.
+#   ./run.sh demo   the whole system on this machine: mosquitto, a YL-monitor test double,
+#                   the bridge, the status app and a simulated GUI node (Ctrl-C stops it)
+#   ./run.sh test   lint, type-check and the whole test suite
+#   ./run.sh setup  only install what is missing (mosquitto, Chromium, the venv)
+# Each command first installs whatever this machine lacks.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+
+setup() {
+  if [ "${1:-}" = browser ]; then
+    command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+  fi
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "run.sh: installing ${need_apt[*]} with apt-get" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${need_apt[@]}" >/dev/null
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    touch "$stamp"
+  fi
+}
+
+case "${1:-}" in
+  setup)
+    setup browser
+    ;;
+  demo)
+    setup
+    shift
+    exec "$VENV/bin/python" -m yl_status.demo "$@"
+    ;;
+  test)
+    setup browser
+    shift
+    "$VENV/bin/ruff" check src tests bench
+    "$VENV/bin/mypy"
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    sed -n '2,7p' "$0" >&2
+    exit 2
+    ;;
+esac

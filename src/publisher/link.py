@@ -1,0 +1,414 @@
+"""One supervised MQTT 5 connection, shared by the publisher, the bridge and the status app.
+
+A ``Link`` owns a supervisor thread that connects (never on the caller's thread), runs paho's
+network thread while connected, and reconnects with jittered exponential backoff. Every
+connection uses a fresh paho client, so nothing queued for a dead connection is replayed on
+the next one. Callbacks given to the link run on paho's thread, are wrapped so that an
+exception is logged instead of killing the loop, and must be short.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from publisher.config import MqttConfig, TlsConfig
+
+log = logging.getLogger(__name__)
+
+SESSION_TAKEN_OVER: Final = 142
+_FATAL_CONNACK: Final = frozenset({132})  # unsupported protocol version
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Everything needed to (re)connect; see ``options_from_config``."""
+
+    client_id: str
+    host: str
+    port: int
+    keepalive: int = 10
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    clean_start: bool = True
+    session_expiry: int = 0
+    will: Will | None = None
+    manual_ack: bool = False
+    backoff_initial: float = 0.25
+    backoff_max: float = 30.0
+    connect_timeout: float = 5.0
+
+
+def options_from_config(mqtt_config: MqttConfig, client_id: str, **overrides: Any) -> LinkOptions:
+    values: dict[str, Any] = {
+        "client_id": client_id,
+        "host": mqtt_config.host,
+        "port": mqtt_config.port,
+        "keepalive": mqtt_config.keepalive,
+        "username": mqtt_config.username,
+        "password": mqtt_config.password,
+        "tls": mqtt_config.tls,
+    }
+    values.update(overrides)
+    return LinkOptions(**values)
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """Why a connection ended (or never came up)."""
+
+    reason: str
+    code: int | None = None
+    fatal: bool = False
+
+
+ConnectHandler = Callable[[mqtt.Client, bool], None]
+MessageHandler = Callable[[mqtt.Client, mqtt.MQTTMessage], None]
+DownHandler = Callable[[LinkDown], None]
+FarewellHandler = Callable[[mqtt.Client], "mqtt.MQTTMessageInfo | None"]
+
+
+def _describe(code: Any) -> str:
+    if isinstance(code, ReasonCode):
+        return f"{code.getName()} ({code.value})"
+    return str(code)
+
+
+class Link:
+    """A connection that stays up by itself until ``stop()``.
+
+    ``on_connect(client, session_present)`` runs on paho's thread after every successful
+    CONNACK (birth, subscriptions); ``on_message`` for every message; ``on_down`` whenever a
+    connection ends or an attempt fails. ``connected`` is true between CONNACK and the drop.
+    """
+
+    def __init__(
+        self,
+        options: LinkOptions,
+        *,
+        on_connect: ConnectHandler | None = None,
+        on_message: MessageHandler | None = None,
+        on_down: DownHandler | None = None,
+        on_publish: Callable[[int, int], None] | None = None,
+        name: str = "mqtt-link",
+    ) -> None:
+        self.options = options
+        self._on_connect = on_connect
+        self._on_message = on_message
+        self._on_down = on_down
+        self._on_publish = on_publish
+        self._name = name
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._dropped = False
+        self._fatal: LinkDown | None = None
+        self._farewell: FarewellHandler | None = None
+        self._farewell_timeout = 0.0
+        self._thread: threading.Thread | None = None
+        self._last_failure: str | None = None
+        self._failures = 0
+        self.connect_count = 0
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def fatal(self) -> LinkDown | None:
+        """Set when the link gave up for good (session taken over)."""
+        return self._fatal
+
+    @property
+    def client(self) -> mqtt.Client | None:
+        """The paho client while connected, for ``publish``/``ack`` from any thread."""
+        with self._lock:
+            return self._client if self._connected else None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._supervise, name=self._name, daemon=True)
+        self._thread.start()
+
+    def abandon(self, reason: str) -> None:
+        """Give up for good (from any thread): disconnect and never reconnect."""
+        if self._fatal is None:
+            self._fatal = LinkDown(reason, fatal=True)
+            log.error("%s: %s", self._name, reason)
+        self._stopping.set()
+        self._wake.set()
+        self._notify_down(self._fatal)
+
+    def stop(self, timeout: float = 2.0, farewell: FarewellHandler | None = None) -> bool:
+        """Stop within ``timeout`` seconds; returns whether everything finished in time.
+
+        ``farewell(client)`` runs on the link's thread if connected, and the link waits for
+        the message it returns to be acknowledged before disconnecting.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._farewell = farewell
+        self._farewell_timeout = max(timeout - 0.2, timeout * 0.8, 0.0)
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        return not thread.is_alive()
+
+    # --- supervisor thread ----------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                client = self._new_client()
+                if not self._connect(client):
+                    attempt += 1
+                    self._stopping.wait(self._backoff(attempt))
+                    continue
+                up_since = self._run_connection(client)
+                if self._fatal is not None:
+                    return
+                if self._stopping.is_set():
+                    return
+                attempt = 0 if up_since is not None and time.monotonic() - up_since > 5 else \
+                    attempt + 1
+                self._stopping.wait(self._backoff(attempt))
+        except Exception:
+            log.exception("%s: supervisor crashed", self._name)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.options.backoff_max,
+                      self.options.backoff_initial * (2 ** min(attempt, 20)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _new_client(self) -> mqtt.Client:
+        o = self.options
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=o.client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+            manual_ack=o.manual_ack,
+        )
+        client.connect_timeout = o.connect_timeout
+        client.max_inflight_messages_set(100)
+        if o.username is not None:
+            client.username_pw_set(o.username, o.password)
+        if o.tls.enabled:
+            context = ssl.create_default_context(cafile=o.tls.ca_file)
+            if o.tls.cert_file:
+                context.load_cert_chain(o.tls.cert_file, o.tls.key_file)
+            client.tls_set_context(context)
+        if o.will is not None:
+            client.will_set(o.will.topic, o.will.payload, o.will.qos, o.will.retain)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        return client
+
+    def _connect(self, client: mqtt.Client) -> bool:
+        o = self.options
+        props = new_properties(PacketTypes.CONNECT)
+        if o.session_expiry:
+            props.SessionExpiryInterval = o.session_expiry
+        self._dropped = False
+        self._wake.clear()
+        try:
+            client.connect(o.host, o.port, o.keepalive, clean_start=o.clean_start,
+                           properties=props)
+        except (OSError, ValueError) as exc:
+            self._note_failure(f"cannot reach broker {o.host}:{o.port}: {exc}")
+            self._notify_down(LinkDown(f"connect failed: {exc}"))
+            return False
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._client = client
+        client.loop_start()
+        return True
+
+    def _run_connection(self, client: mqtt.Client) -> float | None:
+        """Wait until the connection drops or the link stops; returns when it came up."""
+        o = self.options
+        connack_deadline = time.monotonic() + o.connect_timeout + o.keepalive
+        up_since: float | None = None
+        while True:
+            if up_since is None and not self._connected:
+                self._wake.wait(max(connack_deadline - time.monotonic(), 0.0))
+            else:
+                self._wake.wait()
+            self._wake.clear()
+            if self._connected and up_since is None:
+                up_since = time.monotonic()
+            if self._stopping.is_set():
+                self._shutdown(client)
+                return up_since
+            if self._dropped:
+                break
+            if up_since is None and time.monotonic() > connack_deadline:
+                self._note_failure(f"no CONNACK from {o.host}:{o.port}")
+                self._notify_down(LinkDown("no CONNACK"))
+                break
+        self._discard(client)
+        return up_since
+
+    def _shutdown(self, client: mqtt.Client) -> None:
+        farewell = self._farewell
+        if self._connected and farewell is not None and self._fatal is None:
+            try:
+                info = farewell(client)
+                if info is not None:
+                    info.wait_for_publish(self._farewell_timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("%s: final message not sent: %s", self._name, exc)
+            except Exception:
+                log.exception("%s: final message failed", self._name)
+        self._connected = False
+        try:
+            client.disconnect()
+        except Exception:
+            log.debug("%s: disconnect failed", self._name, exc_info=True)
+        self._discard(client)
+
+    def _discard(self, client: mqtt.Client) -> None:
+        with self._lock:
+            self._connected = False
+            if self._client is client:
+                self._client = None
+        client.loop_stop()
+        for attr in ("_sockpairR", "_sockpairW"):
+            pair = getattr(client, attr, None)
+            if pair is not None:
+                with suppress(OSError):
+                    pair.close()
+                setattr(client, attr, None)
+
+    def _note_failure(self, message: str) -> None:
+        self._failures += 1
+        if message != self._last_failure:
+            log.warning("%s: %s (retrying with backoff)", self._name, message)
+            self._last_failure = message
+        else:
+            log.debug("%s: %s (attempt %d)", self._name, message, self._failures)
+
+    def _notify_down(self, event: LinkDown) -> None:
+        if self._on_down is not None:
+            try:
+                self._on_down(event)
+            except Exception:
+                log.exception("%s: on_down handler failed", self._name)
+
+    # --- paho callbacks (paho's thread): short, never raise -------------------------------
+
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                        reason_code: ReasonCode, properties: Any) -> None:
+        try:
+            if reason_code.is_failure:
+                fatal = reason_code.value in _FATAL_CONNACK
+                self._note_failure(f"broker refused connection: {_describe(reason_code)}")
+                self._notify_down(LinkDown(f"refused: {_describe(reason_code)}",
+                                           reason_code.value, fatal))
+                self._dropped = True
+                self._wake.set()
+                return
+            if self._failures:
+                log.info("%s: connected to %s:%d after %d failed attempt(s)", self._name,
+                         self.options.host, self.options.port, self._failures)
+            else:
+                log.info("%s: connected to %s:%d", self._name, self.options.host,
+                         self.options.port)
+            self._failures = 0
+            self._last_failure = None
+            self.connect_count += 1
+            with self._lock:
+                self._connected = True
+            self._wake.set()
+            if self._on_connect is not None:
+                self._on_connect(client, bool(flags.session_present))
+        except Exception:
+            log.exception("%s: on_connect handler failed", self._name)
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                           reason_code: ReasonCode, properties: Any) -> None:
+        try:
+            was_connected = self._connected
+            with self._lock:
+                self._connected = False
+            self._dropped = True
+            self._wake.set()
+            if self._stopping.is_set():
+                return
+            code = reason_code.value if isinstance(reason_code, ReasonCode) else None
+            if code == SESSION_TAKEN_OVER:
+                event = LinkDown(
+                    f"another client connected with id {self.options.client_id!r} "
+                    "(session taken over); stopping instead of fighting over the id",
+                    code, fatal=True)
+                self._fatal = event
+                log.error("%s: %s", self._name, event.reason)
+            else:
+                event = LinkDown(f"connection lost: {_describe(reason_code)}", code)
+                if was_connected:
+                    log.warning("%s: %s; reconnecting", self._name, event.reason)
+            self._notify_down(event)
+        except Exception:
+            log.exception("%s: on_disconnect handler failed", self._name)
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any,
+                        message: mqtt.MQTTMessage) -> None:
+        try:
+            if self._on_message is not None:
+                self._on_message(client, message)
+        except Exception:
+            log.exception("%s: message handler failed on %r", self._name, message.topic)
+
+    def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                        reason_code: ReasonCode, properties: Any) -> None:
+        try:
+            if self._on_publish is not None:
+                self._on_publish(mid, reason_code.value)
+        except Exception:
+            log.exception("%s: publish handler failed", self._name)
+
+
+def new_properties(packet_type: int) -> Properties:
+    """MQTT 5 properties for one packet type (paho's constructor is untyped)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def publish_ok(info: mqtt.MQTTMessageInfo) -> bool:
+    return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -1,0 +1,418 @@
+"""The MQTT contract of yl-status, protocol version 1.
+
+Everything that names a topic or reads or writes a payload goes through this module: topic
+builders, the payload dataclasses, strict encoding and decoding, and the node-id rule. It is
+pure (no I/O, no paho) so that the publisher, the bridge and the status app agree by
+construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final, Literal
+
+from publisher.errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+MQTT_QOS: Final = 1
+DEFAULT_TOPIC_ROOT: Final = "yl/ar/nodes"
+BRIDGES_ROOT: Final = "yl/ar/bridges"
+NODE_TYPE: Final = "user-gui"
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+MAX_GUI_FLAGS: Final = 32
+EXPIRY_FACTOR: Final = 3
+"""A retained status expires after this many report intervals (MQTT 5 message expiry)."""
+
+NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_FLAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_TEXT = 256
+
+State = Literal["ready", "disconnected", "lost"]
+STATES: Final[tuple[str, ...]] = ("ready", "disconnected", "lost")
+NodeStatus = Literal["running", "error"]
+NODE_STATUSES: Final[tuple[str, ...]] = ("running", "error")
+GuiValue = str | int | float | bool | None
+JSON_SCALARS: Final = (str, int, float, bool, type(None))
+DEFAULT_GUI_FLAGS: Final[Mapping[str, GuiValue]] = {
+    "window_active": False,
+    "video_running": False,
+    "audio_running": False,
+    "face_loaded": False,
+}
+
+
+def is_valid_node_id(node_id: object) -> bool:
+    return isinstance(node_id, str) and NODE_ID_PATTERN.fullmatch(node_id) is not None
+
+
+def is_valid_flag_name(name: object) -> bool:
+    return isinstance(name, str) and _FLAG_NAME.fullmatch(name) is not None
+
+
+def check_node_id(node_id: object) -> str:
+    """Return ``node_id`` if it follows the node-id rule, else raise ``ProtocolError``."""
+    if not is_valid_node_id(node_id):
+        raise ProtocolError(
+            "node_id",
+            f"invalid node id {node_id!r}: 1-64 characters of A-Z a-z 0-9 _ -, "
+            "starting with a letter or digit",
+        )
+    assert isinstance(node_id, str)
+    return node_id
+
+
+def utc_now_iso() -> str:
+    """Now as ISO-8601 UTC with milliseconds and a ``Z`` suffix."""
+    return iso_from_epoch(datetime.now(timezone.utc).timestamp())
+
+
+def iso_from_epoch(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def epoch_from_iso(text: str) -> float:
+    """Parse an ISO-8601 time; a time without an offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ProtocolError("schema", f"not an ISO-8601 time: {text[:40]!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+# --- topics -------------------------------------------------------------------------------
+
+TopicKind = Literal["state", "status", "rebirth"]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one root (``mqtt.topic_root``)."""
+
+    root: str = DEFAULT_TOPIC_ROOT
+
+    def __post_init__(self) -> None:
+        parts = self.root.split("/")
+        if not self.root or any(not p or p in ("+", "#") or "+" in p or "#" in p for p in parts):
+            raise ProtocolError("topic", f"invalid topic root {self.root!r}")
+
+    def state(self, node_id: str) -> str:
+        return f"{self.root}/{check_node_id(node_id)}/state"
+
+    def status(self, node_id: str) -> str:
+        return f"{self.root}/{check_node_id(node_id)}/status"
+
+    def rebirth(self, node_id: str) -> str:
+        return f"{self.root}/{check_node_id(node_id)}/cmd/rebirth"
+
+    @property
+    def all_states(self) -> str:
+        return f"{self.root}/+/state"
+
+    @property
+    def all_statuses(self) -> str:
+        return f"{self.root}/+/status"
+
+    @property
+    def everything(self) -> str:
+        return f"{self.root}/#"
+
+    def parse(self, topic: str) -> tuple[str, TopicKind]:
+        """Split a topic into ``(node_id, kind)``; raise ``ProtocolError`` if it is not ours."""
+        prefix = self.root + "/"
+        if not topic.startswith(prefix):
+            raise ProtocolError("topic", f"topic {topic[:120]!r} is not under {self.root!r}")
+        rest = topic[len(prefix):].split("/")
+        kinds: dict[tuple[str, ...], TopicKind] = {
+            ("state",): "state",
+            ("status",): "status",
+            ("cmd", "rebirth"): "rebirth",
+        }
+        kind = kinds.get(tuple(rest[1:]))
+        if kind is None:
+            raise ProtocolError("topic", f"unknown topic {topic[:120]!r}")
+        return check_node_id(rest[0]), kind
+
+
+def bridge_state_topic(client_id: str) -> str:
+    return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/state"
+
+
+# --- payloads -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateMessage:
+    """The retained ``state`` of a node: ready on connect, disconnected, or lost (last will)."""
+
+    state: State
+    session: str
+    since: str
+    node_name: str
+    version: str
+    interval_s: float
+    node_type: str = NODE_TYPE
+    v: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "state": self.state,
+            "session": self.session,
+            "since": self.since,
+            "node_name": self.node_name,
+            "node_type": self.node_type,
+            "version": self.version,
+            "interval_s": self.interval_s,
+        }
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_percent: float
+    memory_mb: float
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu_percent": self.cpu_percent, "memory_mb": self.memory_mb,
+                "threads": self.threads}
+
+
+@dataclass(frozen=True)
+class ReporterCounters:
+    report_count: int
+    error_count: int
+    last_report_time: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"report_count": self.report_count, "error_count": self.error_count,
+                "last_report_time": self.last_report_time}
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    """The retained ``status`` heartbeat: the snapshot YL-monitor knows, plus ordering fields."""
+
+    node_id: str
+    node_name: str
+    timestamp: str
+    status: NodeStatus
+    version: str
+    uptime: float
+    resources: Resources
+    gui: Mapping[str, GuiValue]
+    reporter: ReporterCounters
+    session: str
+    seq: int
+    interval_s: float
+    v: int = PROTOCOL_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "node_id": self.node_id,
+            "node_name": self.node_name,
+            "timestamp": self.timestamp,
+            "status": self.status,
+            "version": self.version,
+            "uptime": self.uptime,
+            "resources": self.resources.to_dict(),
+            "gui": dict(self.gui),
+            "reporter": self.reporter.to_dict(),
+            "session": self.session,
+            "seq": self.seq,
+            "interval_s": self.interval_s,
+        }
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The snapshot alone, in the field names the original heartbeat used."""
+        body = self.to_dict()
+        for key in ("v", "session", "seq", "interval_s"):
+            del body[key]
+        return body
+
+
+def encode(message: StateMessage | StatusMessage) -> bytes:
+    data = json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False,
+                      ensure_ascii=False).encode("utf-8")
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("too_large", f"payload of {len(data)} bytes exceeds "
+                                         f"{MAX_PAYLOAD_BYTES}")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def load_json(payload: bytes) -> dict[str, Any]:
+    """Strict JSON object decoding for untrusted payloads.
+
+    Rejects oversized input, invalid UTF-8, ``NaN``/``Infinity``, absurd nesting and huge
+    integers with a ``ProtocolError`` instead of the assorted exceptions ``json`` raises.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("too_large",
+                            f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("json", f"payload is not UTF-8: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("json", "payload is nested too deeply") from exc
+    except ValueError as exc:
+        raise ProtocolError("json", f"payload is not valid JSON: {str(exc)[:120]}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("schema", f"payload must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _get(data: Mapping[str, Any], key: str, kinds: tuple[type, ...], *,
+         required: bool = True, default: Any = None) -> Any:
+    if key not in data:
+        if required:
+            raise ProtocolError("schema", f"missing field {key!r}")
+        return default
+    value = data[key]
+    if isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError("schema", f"field {key!r} must be {_names(kinds)}, not bool")
+    if not isinstance(value, kinds):
+        raise ProtocolError("schema", f"field {key!r} must be {_names(kinds)}, "
+                                      f"not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError("schema", f"field {key!r} must be finite")
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise ProtocolError("schema", f"field {key!r} is longer than {_MAX_TEXT} characters")
+    return value
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _check_version(data: Mapping[str, Any]) -> None:
+    version = _get(data, "v", (int,))
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"unsupported protocol version {version!r}")
+
+
+def _check_session(data: Mapping[str, Any]) -> str:
+    session = _get(data, "session", (str,))
+    if not _SESSION.fullmatch(session):
+        raise ProtocolError("schema", "field 'session' must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return str(session)
+
+
+def _check_interval(data: Mapping[str, Any]) -> float:
+    interval = _get(data, "interval_s", (int, float))
+    if not 0 < interval <= 86400:
+        raise ProtocolError("schema", "field 'interval_s' must be in (0, 86400]")
+    return float(interval)
+
+
+def decode_state(payload: bytes) -> StateMessage:
+    data = load_json(payload)
+    _check_version(data)
+    state = _get(data, "state", (str,))
+    if state not in STATES:
+        raise ProtocolError("schema", f"field 'state' must be one of {', '.join(STATES)}")
+    since = _get(data, "since", (str,))
+    epoch_from_iso(since)
+    return StateMessage(
+        state=state,
+        session=_check_session(data),
+        since=since,
+        node_name=_get(data, "node_name", (str,), required=False, default=""),
+        version=_get(data, "version", (str,), required=False, default=""),
+        interval_s=_check_interval(data),
+        node_type=_get(data, "node_type", (str,), required=False, default=NODE_TYPE),
+    )
+
+
+def _check_gui(value: object) -> dict[str, GuiValue]:
+    if not isinstance(value, dict):
+        raise ProtocolError("schema", "field 'gui' must be an object")
+    if len(value) > MAX_GUI_FLAGS:
+        raise ProtocolError("schema", f"field 'gui' has more than {MAX_GUI_FLAGS} flags")
+    for key in value:
+        if not _FLAG_NAME.fullmatch(key):
+            raise ProtocolError("schema", f"gui flag name {key[:70]!r} is not an identifier")
+        _get(value, key, JSON_SCALARS)
+    return dict(value)
+
+
+def decode_status(payload: bytes, *, node_id: str | None = None) -> StatusMessage:
+    """Decode a ``status`` payload; with ``node_id``, it must match the topic's node."""
+    data = load_json(payload)
+    _check_version(data)
+    body_id = _get(data, "node_id", (str,))
+    check_node_id(body_id)
+    if node_id is not None and body_id != node_id:
+        raise ProtocolError("node_id", f"payload node_id {body_id!r} does not match the "
+                                       f"topic's {node_id!r}")
+    status = _get(data, "status", (str,))
+    if status not in NODE_STATUSES:
+        raise ProtocolError("schema", f"field 'status' must be one of {', '.join(NODE_STATUSES)}")
+    seq = _get(data, "seq", (int,))
+    if not 0 <= seq < 2**53:
+        raise ProtocolError("schema", "field 'seq' must be in [0, 2**53)")
+    timestamp = _get(data, "timestamp", (str,))
+    epoch_from_iso(timestamp)
+    uptime = _get(data, "uptime", (int, float))
+    resources = _get(data, "resources", (dict,))
+    reporter = _get(data, "reporter", (dict,), required=False, default={})
+    last_report = _get(reporter, "last_report_time", (str, type(None)), required=False)
+    return StatusMessage(
+        node_id=body_id,
+        node_name=_get(data, "node_name", (str,), required=False, default=""),
+        timestamp=timestamp,
+        status=status,
+        version=_get(data, "version", (str,), required=False, default=""),
+        uptime=float(uptime),
+        resources=Resources(
+            cpu_percent=float(_get(resources, "cpu_percent", (int, float))),
+            memory_mb=float(_get(resources, "memory_mb", (int, float))),
+            threads=_get(resources, "threads", (int,)),
+        ),
+        gui=_check_gui(_get(data, "gui", (dict,))),
+        reporter=ReporterCounters(
+            report_count=_get(reporter, "report_count", (int,), required=False, default=0),
+            error_count=_get(reporter, "error_count", (int,), required=False, default=0),
+            last_report_time=last_report,
+        ),
+        session=_check_session(data),
+        seq=seq,
+        interval_s=_check_interval(data),
+    )
+
+
+def new_session_id() -> str:
+    """A session id for one process start: start time in ms (fixed-width hex), then randomness.
+
+    Ids of one node therefore sort by start time, which lets a consumer tell the newer of two
+    sessions apart, e.g. ignore the last will of a process that a newer one replaced.
+    """
+    return f"{int(time.time() * 1000):012x}-{secrets.token_hex(6)}"
+
+
+def is_newer(candidate: tuple[str, int], current: tuple[str, int] | None) -> bool:
+    """Whether a message ``(session, seq)`` may replace the one held.
+
+    Within a session the higher ``seq`` wins; across sessions, the later session.
+    """
+    if current is None:
+        return True
+    if candidate[0] == current[0]:
+        return candidate[1] > current[1]
+    return candidate[0] > current[0]

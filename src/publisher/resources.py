@@ -1,0 +1,37 @@
+"""Process resource figures for the heartbeat, from psutil."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+
+from publisher.protocol import Resources
+
+
+class ResourceSampler:
+    """Samples this process. ``cpu_percent`` is primed at construction so the first report
+    measures the time since then instead of returning psutil's meaningless first 0.0."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._lock = threading.Lock()
+        self._process.cpu_percent(None)
+        self._primed_at = time.monotonic()
+        self.started = time.monotonic()
+
+    def sample(self) -> Resources:
+        with self._lock:
+            if time.monotonic() - self._primed_at < 0.05:
+                time.sleep(0.05)
+            cpu = self._process.cpu_percent(None)
+            self._primed_at = time.monotonic()
+            with self._process.oneshot():
+                memory = self._process.memory_info().rss
+                threads = self._process.num_threads()
+        return Resources(cpu_percent=round(cpu, 1), memory_mb=round(memory / 2**20, 1),
+                         threads=threads)
+
+    def uptime(self) -> float:
+        return round(time.monotonic() - self.started, 3)

@@ -1,0 +1,381 @@
+"""``StatusPublisher``: what the GUI embeds to report its status over MQTT.
+
+The GUI thread only ever touches a lock-protected dict of flags and, at most once per burst,
+an event. A heartbeat thread turns that into ``status`` messages (coalesced, rate limited and
+periodic); a ``Link`` keeps the broker connection, with ``lost`` registered as last will.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from publisher import protocol
+from publisher.config import Config
+from publisher.errors import ProtocolError, SessionTakenOverError
+from publisher.link import (
+    Link,
+    LinkDown,
+    Will,
+    new_properties,
+    options_from_config,
+    publish_ok,
+)
+from publisher.protocol import (
+    JSON_SCALARS,
+    ReporterCounters,
+    StateMessage,
+    StatusMessage,
+    encode,
+)
+from publisher.resources import ResourceSampler
+
+log = logging.getLogger(__name__)
+
+PACKAGE_VERSION: Final = "0.1.0"
+_SCALAR_TYPES: Final = frozenset(JSON_SCALARS)
+
+LinkListener = Callable[[bool, str], None]
+ErrorListener = Callable[[str], None]
+
+
+class StatusPublisher:
+    """Reports one GUI node's state and status to the broker.
+
+    ``start()`` returns at once; ``update_gui_status(**flags)`` is safe and cheap from any
+    thread; ``stop()`` publishes ``disconnected`` and never takes longer than its timeout.
+    ``on_link_change(connected, reason)`` and ``on_error(message)`` are called from
+    background threads; they must be short and must not touch widgets directly.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        node_id: str | None = None,
+        version: str = PACKAGE_VERSION,
+        username: str | None = None,
+        min_gap: float = 0.02,
+        on_link_change: LinkListener | None = None,
+        on_error: ErrorListener | None = None,
+    ) -> None:
+        self.config = config
+        self.node_id = protocol.check_node_id(node_id or config.monitor.node_id)
+        self.version = version
+        self.interval = config.monitor.report_interval
+        self.session = protocol.new_session_id()
+        self._since = protocol.utc_now_iso()
+        self._topics = config.mqtt.topics
+        self._min_gap = min_gap
+        self._on_link_change = on_link_change
+        self._on_error = on_error
+
+        self._lock = threading.Lock()
+        self._gui: dict[str, protocol.GuiValue] = dict(protocol.DEFAULT_GUI_FLAGS)
+        self._node_status: protocol.NodeStatus = "running"
+        self._pending = False
+
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._need_birth = False
+        self._started = False
+        self._stopped = False
+        self._fatal: str | None = None
+
+        self._stats_lock = threading.Lock()
+        self._seq = 0
+        self._report_count = 0
+        self._error_count = 0
+        self._last_report_time: str | None = None
+        self._status_mids: set[int] = set()
+        self._early_acks: dict[int, int] = {}
+
+        self._resources: ResourceSampler | None = None
+        will = Will(self._topics.state(self.node_id), encode(self._state_message("lost")))
+        self._link = Link(
+            options_from_config(config.mqtt, self.node_id,
+                                username=username or config.mqtt.username or self.node_id,
+                                will=will),
+            on_connect=self._handle_connect,
+            on_message=self._handle_message,
+            on_down=self._handle_down,
+            on_publish=self._handle_publish,
+            name=f"yl-status-link-{self.node_id}",
+        )
+        self._heartbeat = threading.Thread(target=self._run_heartbeat, daemon=True,
+                                           name=f"yl-status-heartbeat-{self.node_id}")
+
+    # --- GUI-facing API -------------------------------------------------------------------
+
+    def start(self) -> StatusPublisher:
+        """Start reporting in the background; returns at once, even with no broker."""
+        with self._lock:
+            if self._started:
+                return self
+            self._started = True
+        self._resources = ResourceSampler()
+        self._heartbeat.start()
+        self._link.start()
+        return self
+
+    def update_gui_status(self, **flags: protocol.GuiValue) -> None:
+        """Merge GUI flags and schedule a fresh ``status`` (coalesced with other updates).
+
+        Values must be JSON scalars (str, int, float, bool, None); anything else raises
+        ``TypeError`` and nothing is changed.
+        """
+        for name, value in flags.items():
+            if type(value) not in _SCALAR_TYPES:
+                raise TypeError(f"GUI flag {name!r} must be a JSON scalar "
+                                f"(str, int, float, bool or None), not {type(value).__name__}")
+        if not flags.keys() <= self._gui.keys():
+            self._check_new_flags(flags)
+        with self._lock:
+            self._gui.update(flags)
+            was_pending = self._pending
+            self._pending = True
+        if not was_pending:
+            self._wake.set()
+
+    def set_error(self, failed: bool = True) -> None:
+        """Report the node's overall status as ``error`` (or back to ``running``)."""
+        with self._lock:
+            self._node_status = "error" if failed else "running"
+            self._pending = True
+        self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Publish ``disconnected``, wait for it at most ``timeout`` s, and disconnect."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._wake.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(max(min(0.2, deadline - time.monotonic()), 0.0))
+        remaining = max(deadline - time.monotonic(), 0.0)
+        if not self._link.stop(remaining, farewell=self._publish_disconnected):
+            log.warning("node %s: stop did not finish within %.1f s", self.node_id, timeout)
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(max(deadline - time.monotonic(), 0.0))
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    @property
+    def fatal_error(self) -> str | None:
+        """Why the publisher gave up for good (its node id was taken over), else None."""
+        return self._fatal
+
+    def gui_status(self) -> dict[str, protocol.GuiValue]:
+        with self._lock:
+            return dict(self._gui)
+
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            return {
+                "running": self._started and not self._stopped and self._fatal is None,
+                "report_count": self._report_count,
+                "error_count": self._error_count,
+                "last_report_time": self._last_report_time,
+                "config": {
+                    "node_id": self.node_id,
+                    "monitor_url": self.config.monitor.url,
+                    "interval": self.interval,
+                },
+            }
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _check_new_flags(self, flags: dict[str, Any]) -> None:
+        for name in flags.keys() - self._gui.keys():
+            if not protocol.is_valid_flag_name(name):
+                raise ValueError(f"GUI flag name {name!r} is not an identifier")
+        if len(self._gui.keys() | flags.keys()) > protocol.MAX_GUI_FLAGS:
+            raise ValueError(f"at most {protocol.MAX_GUI_FLAGS} GUI flags can be reported")
+
+    def _state_message(self, state: protocol.State) -> StateMessage:
+        return StateMessage(state=state, session=self.session, since=self._since,
+                            node_name=self.config.monitor.node_name, version=self.version,
+                            interval_s=self.interval)
+
+    def _status_message(self) -> StatusMessage:
+        assert self._resources is not None
+        resources = self._resources.sample()
+        with self._lock:
+            self._pending = False
+            gui = dict(self._gui)
+            node_status = self._node_status
+        with self._stats_lock:
+            self._seq += 1
+            seq = self._seq
+            counters = ReporterCounters(self._report_count, self._error_count,
+                                        self._last_report_time)
+        return StatusMessage(
+            node_id=self.node_id, node_name=self.config.monitor.node_name,
+            timestamp=protocol.utc_now_iso(), status=node_status, version=self.version,
+            uptime=self._resources.uptime(), resources=resources, gui=gui,
+            reporter=counters, session=self.session, seq=seq, interval_s=self.interval,
+        )
+
+    def _run_heartbeat(self) -> None:
+        next_periodic = float("inf")
+        last_status = float("-inf")
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            wait = next_periodic - now
+            if self._pending or self._need_birth:
+                wait = min(wait, last_status + self._min_gap - now)
+            self._wake.wait(max(min(wait, 3600.0), 0.0) if wait != float("inf") else None)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            client = self._link.client
+            if client is None:
+                next_periodic = float("inf")
+                continue
+            now = time.monotonic()
+            try:
+                if self._need_birth:
+                    self._need_birth = False
+                    self._publish(client, self._topics.state(self.node_id),
+                                  encode(self._state_message("ready")))
+                elif not (self._pending and now - last_status >= self._min_gap) and \
+                        now < next_periodic:
+                    continue
+                self._publish_status(client)
+            except Exception as exc:
+                self._count_error(f"publish failed: {exc}")
+                log.exception("node %s: heartbeat publish failed", self.node_id)
+            last_status = time.monotonic()
+            next_periodic = last_status + self.interval
+
+    def _publish_status(self, client: mqtt.Client) -> None:
+        message = self._status_message()
+        props = new_properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = max(1, round(protocol.EXPIRY_FACTOR * self.interval))
+        info = self._publish(client, self._topics.status(self.node_id), encode(message), props)
+        if info is None:
+            return
+        with self._stats_lock:
+            reason = self._early_acks.pop(info.mid, None)
+            if reason is None:
+                self._status_mids.add(info.mid)
+            else:
+                self._record_ack(reason)
+
+    def _publish(self, client: mqtt.Client, topic: str, payload: bytes,
+                 props: Properties | None = None) -> mqtt.MQTTMessageInfo | None:
+        info = client.publish(topic, payload, qos=protocol.MQTT_QOS, retain=True,
+                              properties=props)
+        if not publish_ok(info):
+            self._count_error(f"publish to {topic} refused locally: {mqtt.error_string(info.rc)}")
+            return None
+        return info
+
+    def _publish_disconnected(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo | None:
+        return self._publish(client, self._topics.state(self.node_id),
+                             encode(self._state_message("disconnected")))
+
+    def _record_ack(self, reason: int) -> None:
+        if reason >= 128:
+            self._error_count += 1
+            self._notify_error(f"broker rejected status: reason code {reason}")
+        else:
+            self._report_count += 1
+            self._last_report_time = protocol.utc_now_iso()
+
+    def _count_error(self, message: str) -> None:
+        with self._stats_lock:
+            self._error_count += 1
+        self._notify_error(message)
+
+    def _notify_error(self, message: str) -> None:
+        if self._on_error is not None:
+            try:
+                self._on_error(message)
+            except Exception:
+                log.exception("node %s: on_error listener failed", self.node_id)
+
+    def _notify_link(self, connected: bool, reason: str) -> None:
+        if self._on_link_change is not None:
+            try:
+                self._on_link_change(connected, reason)
+            except Exception:
+                log.exception("node %s: on_link_change listener failed", self.node_id)
+
+    # --- link callbacks (paho's or the link's thread) -------------------------------------
+
+    def _handle_connect(self, client: mqtt.Client, session_present: bool) -> None:
+        with self._stats_lock:
+            self._status_mids.clear()
+            self._early_acks.clear()
+        client.subscribe([(self._topics.state(self.node_id), protocol.MQTT_QOS),
+                          (self._topics.rebirth(self.node_id), protocol.MQTT_QOS)])
+        self._need_birth = True
+        self._wake.set()
+        self._notify_link(True, "connected")
+
+    def _handle_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._topics.state(self.node_id):
+            self._check_takeover(bytes(message.payload))
+        elif message.topic == self._topics.rebirth(self.node_id):
+            log.info("node %s: rebirth requested", self.node_id)
+            self._need_birth = True
+            self._wake.set()
+
+    def _check_takeover(self, payload: bytes) -> None:
+        """Stop if a newer process is using this node id.
+
+        The broker drops the older of two connections with one client id. MQTT 5 brokers may
+        say so with reason code 142 (handled by the link); mosquitto 2.0 just closes the
+        socket, and publishes the dropped connection's will. So after a reconnect, a ``ready``
+        or ``lost`` of a newer session on our own state topic means another process took this
+        id. Never on the first connect, so a leftover message from an earlier run (even with
+        a skewed clock) cannot stop us.
+        """
+        if self._link.connect_count < 2 or not payload:
+            return
+        try:
+            state = protocol.decode_state(payload)
+        except ProtocolError:
+            return
+        newer = protocol.is_newer((state.session, 0), (self.session, 0))
+        if state.state in ("ready", "lost") and newer:
+            self._link.abandon(
+                f"another process connected as node {self.node_id!r} (session "
+                f"{state.session}): session taken over; stopping instead of "
+                "fighting over the id")
+
+    def _handle_publish(self, mid: int, reason: int) -> None:
+        with self._stats_lock:
+            if mid in self._status_mids:
+                self._status_mids.discard(mid)
+                self._record_ack(reason)
+            elif len(self._early_acks) < 1000:
+                self._early_acks[mid] = reason
+
+    def _handle_down(self, event: LinkDown) -> None:
+        if event.fatal:
+            self._fatal = event.reason
+            self._stopping.set()
+            self._wake.set()
+            self._notify_error(event.reason)
+        elif not self._stopping.is_set():
+            self._count_error(event.reason)
+        self._notify_link(False, event.reason)
+
+    def raise_if_fatal(self) -> None:
+        """Raise ``SessionTakenOverError`` if the publisher gave up because of a takeover."""
+        if self._fatal is not None:
+            raise SessionTakenOverError(self._fatal)

@@ -1,0 +1,1 @@
+"""yl-status command line and development tooling."""

@@ -1,0 +1,5 @@
+import sys
+
+from yl_status.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""A local mosquitto started with the project's own configuration.
+
+Used by the tests, the benchmarks and the demo: ``mosquitto/mosquitto.conf`` is rendered with
+a free port and a private folder for the password file, ACL, persistence and log; nothing
+else is changed, so what is tested is what is shipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BROKER_CONFIG_DIR = PROJECT_ROOT / "mosquitto"
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def password_line(username: str, password: str, iterations: int = 101) -> str:
+    """A mosquitto 2.x password-file line (PBKDF2-SHA512, as ``mosquitto_passwd`` writes)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return (f"{username}:$7${iterations}${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(digest).decode()}")
+
+
+def render_config(template: str, *, port: int, workdir: Path,
+                  message_size_limit: int | None = None) -> str:
+    """Point the project's broker config at ``workdir`` and ``port``; keep everything else."""
+    out = []
+    replaced: set[str] = set()
+    for original in template.splitlines():
+        line = original
+        words = line.split()
+        key = words[0] if words and not line.startswith("#") else ""
+        if key == "listener" and "listener" not in replaced:
+            line = f"listener {port} 127.0.0.1"
+        elif key == "password_file":
+            line = f"password_file {workdir / 'passwd'}"
+        elif key == "acl_file":
+            line = f"acl_file {workdir / 'acl'}"
+        elif key == "persistence_location":
+            line = f"persistence_location {workdir}/"
+        elif key == "log_dest":
+            line = f"log_dest file {workdir / 'mosquitto.log'}"
+        elif key == "message_size_limit" and message_size_limit is not None:
+            line = f"message_size_limit {message_size_limit}"
+        replaced.add(key)
+        out.append(line)
+    missing = {"listener", "password_file", "acl_file", "persistence_location"} - replaced
+    if missing:
+        raise BrokerError(f"broker config lacks {', '.join(sorted(missing))}")
+    out.append(f"user {getpass.getuser()}")
+    out.append(f"pid_file {workdir / 'mosquitto.pid'}")
+    return "\n".join(out) + "\n"
+
+
+class DevBroker:
+    """A mosquitto process on a free loopback port with the project's config."""
+
+    def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None,
+                 port: int | None = None, message_size_limit: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.users: dict[str, str] = dict(users or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        template = (BROKER_CONFIG_DIR / "mosquitto.conf").read_text()
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.config_path.write_text(render_config(template, port=self.port, workdir=self.workdir,
+                                                  message_size_limit=message_size_limit))
+        shutil.copyfile(BROKER_CONFIG_DIR / "acl", self.workdir / "acl")
+        self._write_passwords()
+
+    def _write_passwords(self) -> None:
+        path = self.workdir / "passwd"
+        lines = [password_line(u, p) for u, p in self.users.items()]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    def add_users(self, users: Mapping[str, str]) -> None:
+        """Add users; a running broker reloads its password file."""
+        self.users.update(users)
+        self._write_passwords()
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGHUP)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> DevBroker:
+        if self.running:
+            return self
+        log = open(self.workdir / "stderr.log", "ab")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)],
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(f"mosquitto exited with {self.process.returncode}: "
+                                  f"{self.log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: mosquitto saves its database and exits."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save anything."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = ""
+        for name in ("stderr.log", "mosquitto.log"):
+            path = self.workdir / name
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> DevBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import (
+    BRIDGE_PASSWORD,
+    BRIDGE_USER,
+    NODE_PASSWORD,
+    NODE_USERS,
+    VIEWER_PASSWORD,
+    VIEWER_USER,
+)
+from yl_status.dev_broker import DevBroker
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _extra_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+def _extra_children(before: set[int]) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid not in before and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread or a child process behind."""
+    threads_before = set(threading.enumerate())
+    children_before = {c.pid for c in psutil.Process().children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5.0
+    while (_extra_threads(threads_before) or _extra_children(children_before)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)
+    threads = _extra_threads(threads_before)
+    children = _extra_children(children_before)
+    for child in children:
+        child.kill()
+    assert not threads, f"test leaked threads: {[t.name for t in threads]}"
+    assert not children, f"test leaked processes: {[c.cmdline() for c in children]}"
+
+
+def broker_users() -> dict[str, str]:
+    users = dict.fromkeys(NODE_USERS, NODE_PASSWORD)
+    users[BRIDGE_USER] = BRIDGE_PASSWORD
+    users[VIEWER_USER] = VIEWER_PASSWORD
+    return users
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[DevBroker]:
+    """A real mosquitto with the project's config on a free port, users pre-created."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("mosquitto is not installed (.ci/run installs it)")
+    instance = DevBroker(tmp_path / "broker", users=broker_users(),
+                         message_size_limit=2 * 1024 * 1024)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()

@@ -1,0 +1,185 @@
+"""Config loading and validation: every error names the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from publisher.config import Config, load_config
+from publisher.errors import ConfigError
+from yl_status.cli import main
+
+ORIGINAL_LAYOUT = """
+monitor:
+  url: "http://monitor.local:5500"
+  node_id: "user-gui-007"
+  node_name: "AR Live Studio GUI"
+  report_interval: 15
+  timeout: 10
+  max_retries: 5
+  retry_delay: 2.5
+  enabled: true
+local_server:
+  enabled: true
+  host: "127.0.0.1"
+  port: 5503
+logging:
+  level: "DEBUG"
+  file: "logs/monitor.log"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(env={})
+    assert config == Config()
+    assert config.monitor.report_interval == 30.0
+    assert config.mqtt.topic_root == "yl/ar/nodes"
+
+
+def test_the_original_layout_is_read_nested_and_every_value_is_used(tmp_path: Path) -> None:
+    path = write(tmp_path, ORIGINAL_LAYOUT)
+    config = load_config(path, env={})
+    assert config.monitor.url == "http://monitor.local:5500"
+    assert config.monitor.node_id == "user-gui-007"
+    assert config.monitor.report_interval == 15.0
+    assert config.monitor.max_retries == 5
+    assert config.local_server.port == 5503
+    assert config.logging.level == "DEBUG"
+    assert config.logging.file == str(tmp_path / "logs" / "monitor.log")
+    assert config.source == str(path)
+
+
+@pytest.mark.parametrize(("text", "key", "needle"), [
+    ("monitor:\n  nod_id: x\n", "monitor.nod_id", "unknown key"),
+    ("monitr:\n  node_id: x\n", "monitr", "unknown section"),
+    ("monitor:\n  report_interval: fast\n", "monitor.report_interval", "expected a number"),
+    ("monitor:\n  report_interval: 0\n", "monitor.report_interval", "must be >= 0.1"),
+    ("monitor:\n  enabled: 'yes'\n", "monitor.enabled", "true or false"),
+    ("monitor:\n  node_id: ../etc\n", "monitor.node_id", "invalid node id"),
+    ("monitor:\n  node_id: 'a/b'\n", "monitor.node_id", "invalid node id"),
+    ("monitor:\n  url: ftp://x\n", "monitor.url", "http:// or https://"),
+    ("monitor:\n  profile: v2\n", "monitor.profile", "nodes-api, v1"),
+    ("monitor:\n  status_values: {online: running, busy: x}\n",
+     "monitor.status_values.busy", "unknown key"),
+    ("mqtt:\n  port: 70000\n", "mqtt.port", "<= 65535"),
+    ("mqtt:\n  port: true\n", "mqtt.port", "boolean"),
+    ("mqtt:\n  keepalive: 1.5\n", "mqtt.keepalive", "integer"),
+    ("mqtt:\n  topic_root: 'a/#'\n", "mqtt.topic_root", "invalid topic root"),
+    ("mqtt:\n  tls: {ca_file: missing-ca.crt}\n", "mqtt.tls.ca_file", "does not exist"),
+    ("local_server:\n  port: -1\n", "local_server.port", ">= 1"),
+    ("bridge:\n  client_id: 'b#1'\n", "bridge.client_id", "invalid node id"),
+    ("bridge:\n  http_concurrency: 0\n", "bridge.http_concurrency", ">= 1"),
+    ("bridge:\n  metrics: 'nohost'\n", "bridge.metrics", "HOST:PORT"),
+    ("logging:\n  level: LOUD\n", "logging.level", "DEBUG, INFO"),
+    ("monitor: [1, 2]\n", "monitor", "a mapping"),
+])
+def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, key: str,
+                                              needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert err.value.key == key
+    assert err.value.source == str(path)
+    assert key in str(err.value)
+    assert str(path) in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        load_config(tmp_path / "nope.yaml", env={})
+    assert err.value.source == str(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "monitor: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, env={})
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(write(tmp_path, "- a\n- b\n"), env={})
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), env={}).monitor == Config().monitor
+
+
+def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, ORIGINAL_LAYOUT)
+    env = {"YL_MONITOR_URL": "https://m.example:8443/", "USER_GUI_NODE_ID": "gui-9",
+           "YL_MQTT_HOST": "broker.local", "YL_MQTT_PORT": "8883",
+           "YL_MQTT_USERNAME": "gui-9", "YL_MQTT_PASSWORD": "s3cret"}
+    config = load_config(path, env=env)
+    assert config.monitor.url == "https://m.example:8443"
+    assert config.monitor.node_id == "gui-9"
+    assert (config.mqtt.host, config.mqtt.port) == ("broker.local", 8883)
+    assert (config.mqtt.username, config.mqtt.password) == ("gui-9", "s3cret")
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, ORIGINAL_LAYOUT)
+    assert load_config(env={"YL_STATUS_CONFIG": str(path)}).monitor.node_id == "user-gui-007"
+
+
+@pytest.mark.parametrize(("var", "value", "key"), [
+    ("YL_MQTT_PORT", "eighty", "mqtt.port"),
+    ("YL_MQTT_PORT", "0", "mqtt.port"),
+    ("USER_GUI_NODE_ID", "a/b", "monitor.node_id"),
+    ("YL_MONITOR_URL", "localhost:5500", "monitor.url"),
+])
+def test_bad_environment_values_name_the_variable(var: str, value: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env={var: value})
+    assert err.value.source == f"${var}"
+    assert err.value.key == key
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(env={})
+    with pytest.raises(AttributeError):
+        config.monitor.node_id = "x"  # type: ignore[misc]
+
+
+def test_check_config_prints_effective_settings_with_secrets_masked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, ORIGINAL_LAYOUT + "mqtt:\n  password: hunter2\n  username: gui\n"
+                 + "  port: 1884\n")
+    monkeypatch.setenv("YL_MONITOR_URL", "http://override:1")
+    monkeypatch.setattr("publisher.config.os.environ",
+                        {"YL_MONITOR_URL": "http://override:1", "YL_MQTT_PASSWORD": "hunter3"})
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "hunter3" not in out
+    data = yaml.safe_load(out)
+    assert data["mqtt"]["password"] == "********"
+    assert data["mqtt"]["port"] == 1884
+    assert data["monitor"]["url"] == "http://override:1"
+    assert data["monitor"]["token"] is None
+
+
+def test_check_config_exits_non_zero_naming_key_and_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "mqtt:\n  port: nope\n")
+    assert main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "mqtt.port" in err
+    assert str(path) in err
+
+
+def test_node_refuses_a_bad_node_id_before_any_network(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "mqtt:\n  port: 1\n")
+    assert main(["node", "-c", str(path), "--node-id", "../x"]) == 2
+    assert "--node-id" in capsys.readouterr().err

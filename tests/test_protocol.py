@@ -1,0 +1,165 @@
+"""The MQTT contract: pure tests, no broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from publisher import protocol
+from publisher.errors import ProtocolError
+from publisher.protocol import (
+    ReporterCounters,
+    Resources,
+    StateMessage,
+    StatusMessage,
+    Topics,
+    decode_state,
+    decode_status,
+    encode,
+)
+
+HOSTILE_IDS = ["..", "%2e%2e", "a/b", "a+b", "#", "", "-lead", "_lead", "nodé", "a b",
+               "x" * 65, "a\x00b", ".", "a.b"]
+
+
+def status(**overrides: object) -> dict[str, object]:
+    data: dict[str, object] = StatusMessage(
+        node_id="node-1", node_name="GUI", timestamp="2026-01-01T00:00:00.000Z",
+        status="running", version="1.0", uptime=12.5,
+        resources=Resources(cpu_percent=1.5, memory_mb=100.0, threads=7),
+        gui={"video_running": True, "window_active": False},
+        reporter=ReporterCounters(3, 0, None), session="0000000001-aa", seq=4, interval_s=30,
+    ).to_dict()
+    data.update(overrides)
+    return data
+
+
+def raw(data: object) -> bytes:
+    return json.dumps(data).encode()
+
+
+def test_topics_are_built_and_parsed_from_one_root() -> None:
+    topics = Topics("site/a")
+    assert topics.state("n1") == "site/a/n1/state"
+    assert topics.status("n1") == "site/a/n1/status"
+    assert topics.rebirth("n1") == "site/a/n1/cmd/rebirth"
+    assert topics.all_states == "site/a/+/state"
+    assert topics.parse("site/a/n1/status") == ("n1", "status")
+    assert topics.parse("site/a/n1/cmd/rebirth") == ("n1", "rebirth")
+
+
+@pytest.mark.parametrize("topic", ["other/n1/state", "yl/ar/nodes/n1/other",
+                                   "yl/ar/nodes/../state", "yl/ar/nodes/a/b/state",
+                                   "yl/ar/nodes/n1"])
+def test_foreign_or_malformed_topics_are_rejected(topic: str) -> None:
+    with pytest.raises(ProtocolError):
+        Topics().parse(topic)
+
+
+@pytest.mark.parametrize("root", ["", "a/+/b", "a/#", "a//b", "/a"])
+def test_bad_topic_roots_are_rejected(root: str) -> None:
+    with pytest.raises(ProtocolError):
+        Topics(root)
+
+
+@pytest.mark.parametrize("node_id", HOSTILE_IDS)
+def test_hostile_node_ids_never_make_a_topic(node_id: str) -> None:
+    assert not protocol.is_valid_node_id(node_id)
+    with pytest.raises(ProtocolError) as err:
+        Topics().state(node_id)
+    assert err.value.reason == "node_id"
+
+
+@pytest.mark.parametrize("node_id", ["a", "A-1", "gui_01", "9" * 64])
+def test_good_node_ids_are_accepted(node_id: str) -> None:
+    assert protocol.check_node_id(node_id) == node_id
+
+
+def test_state_round_trip() -> None:
+    message = StateMessage(state="lost", session="0001-ab", since="2026-01-01T00:00:00.000Z",
+                           node_name="GUI", version="1.0", interval_s=30.0)
+    decoded = decode_state(encode(message))
+    assert decoded == message
+    assert json.loads(encode(message))["v"] == protocol.PROTOCOL_VERSION
+
+
+def test_status_round_trip_keeps_the_heartbeat_field_names() -> None:
+    decoded = decode_status(raw(status()), node_id="node-1")
+    again = json.loads(encode(decoded))
+    assert again == status()
+    assert set(decoded.heartbeat()) == {"node_id", "node_name", "timestamp", "status",
+                                         "version", "uptime", "resources", "gui", "reporter"}
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"{not json", "json"),
+    (b"\xff\xfe", "json"),
+    (b"[" * 60_000, "json"),
+    (b'{"v": NaN}', "json"),
+    (b'{"v": Infinity}', "json"),
+    (b'{"v": 1, "seq": ' + b"9" * 5000 + b"}", "json"),
+    (b"[1, 2]", "schema"),
+    (b"x" * (protocol.MAX_PAYLOAD_BYTES + 1), "too_large"),
+])
+def test_undecodable_payloads_raise_protocol_errors(payload: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode_status(payload)
+    assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"v": 2}, "version"),
+    ({"seq": "4"}, "'seq'"),
+    ({"seq": True}, "'seq'"),
+    ({"seq": -1}, "'seq'"),
+    ({"status": "online"}, "'status'"),
+    ({"node_id": ".."}, "invalid node id"),
+    ({"node_id": "node-2"}, "does not match"),
+    ({"resources": {"cpu_percent": 1, "memory_mb": 1, "threads": 1.5}}, "'threads'"),
+    ({"gui": {"video": [1]}}, "'video'"),
+    ({"gui": {"a b": 1}}, "not an identifier"),
+    ({"gui": {f"f{i}": 1 for i in range(40)}}, "more than"),
+    ({"timestamp": "yesterday"}, "ISO-8601"),
+    ({"session": "a/b"}, "'session'"),
+    ({"interval_s": 0}, "'interval_s'"),
+    ({"node_name": "x" * 300}, "longer than"),
+])
+def test_wrong_types_and_values_are_named(overrides: dict[str, object], needle: str) -> None:
+    with pytest.raises(ProtocolError, match=needle):
+        decode_status(raw(status(**overrides)), node_id="node-1")
+
+
+@pytest.mark.parametrize("field", ["node_id", "seq", "session", "status", "timestamp",
+                                   "resources", "gui", "interval_s", "v"])
+def test_missing_required_fields_are_named(field: str) -> None:
+    data = status()
+    del data[field]
+    with pytest.raises(ProtocolError, match=repr(field)):
+        decode_status(raw(data))
+
+
+def test_state_must_be_a_known_word() -> None:
+    message = json.loads(encode(StateMessage("ready", "s1", "2026-01-01T00:00:00Z", "n", "1",
+                                             30.0)))
+    message["state"] = "crashed"
+    with pytest.raises(ProtocolError, match="'state'"):
+        decode_state(raw(message))
+
+
+def test_newer_means_higher_seq_or_later_session() -> None:
+    assert protocol.is_newer(("s1", 2), None)
+    assert protocol.is_newer(("s1", 2), ("s1", 1))
+    assert not protocol.is_newer(("s1", 1), ("s1", 1))
+    assert not protocol.is_newer(("s1", 1), ("s1", 2))
+    first = protocol.new_session_id()
+    later = f"{int(first.split('-')[0], 16) + 1:012x}-000000000000"
+    assert protocol.is_newer((later, 1), (first, 99))
+    assert not protocol.is_newer((first, 99), (later, 1))
+
+
+def test_times_are_iso_utc_with_z() -> None:
+    stamp = protocol.utc_now_iso()
+    assert stamp.endswith("Z")
+    assert abs(protocol.epoch_from_iso(stamp) - protocol.epoch_from_iso(
+        protocol.iso_from_epoch(protocol.epoch_from_iso(stamp)))) < 0.001

@@ -1,0 +1,303 @@
+"""StatusPublisher against a real mosquitto started with the project's config."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from publisher import StatusPublisher
+from publisher.resources import ResourceSampler
+from tests.support import (
+    BRIDGE_PASSWORD,
+    BRIDGE_USER,
+    Recorder,
+    make_config,
+    retained,
+    wait_until,
+)
+from yl_status.dev_broker import DevBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+STATE = "yl/ar/nodes/node-1/state"
+STATUS = "yl/ar/nodes/node-1/status"
+
+
+@pytest.fixture
+def recorder(broker: DevBroker) -> Iterator[Recorder]:
+    rec = Recorder(broker.host, broker.port).start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[StatusPublisher]]:
+    made: list[StatusPublisher] = []
+    yield made
+    for publisher in made:
+        publisher.stop(timeout=2.0)
+
+
+def started(publishers: list[StatusPublisher], publisher: StatusPublisher) -> StatusPublisher:
+    publishers.append(publisher)
+    return publisher.start()
+
+
+def test_ready_and_status_are_retained_for_a_fresh_subscriber(
+        broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    wait_until(lambda: publisher.stats()["report_count"] >= 1, what="first status acked")
+    state = retained(broker.host, broker.port, STATE)
+    assert state["state"] == "ready"
+    assert state["session"] == publisher.session
+    assert state["node_type"] == "user-gui"
+    assert state["interval_s"] == 30.0
+    status = retained(broker.host, broker.port, STATUS)
+    assert status["node_id"] == "node-1"
+    assert status["session"] == publisher.session
+    assert status["seq"] >= 1
+    assert set(status["gui"]) >= {"window_active", "video_running", "audio_running",
+                                  "face_loaded"}
+    assert set(status["resources"]) == {"cpu_percent", "memory_mb", "threads"}
+    assert status["resources"]["memory_mb"] > 1
+    assert status["resources"]["threads"] >= 2
+
+
+def test_status_carries_a_message_expiry_of_three_intervals(
+        broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    config = make_config(broker, monitor={"report_interval": 2})
+    started(publishers, StatusPublisher(config))
+    expiry: list[int] = []
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=BRIDGE_USER,
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(BRIDGE_USER, BRIDGE_PASSWORD)
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        expiry.append(getattr(msg.properties, "MessageExpiryInterval", -1))
+        done.set()
+
+    client.on_connect = lambda c, *a: c.subscribe(STATUS, qos=1)
+    client.on_message = on_message
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        assert done.wait(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert 0 < expiry[0] <= 6
+
+
+def test_stop_publishes_disconnected_and_is_idempotent(
+        broker: DevBroker, recorder: Recorder) -> None:
+    publisher = StatusPublisher(make_config(broker)).start()
+    recorder.wait_for(STATE, lambda d: d["state"] == "ready")
+    begun = time.monotonic()
+    publisher.stop(timeout=2.0)
+    assert time.monotonic() - begun < 2.5
+    publisher.stop(timeout=2.0)
+    assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"
+    assert publisher.stats()["running"] is False
+    assert not [m for m in recorder.on(STATE) if m.json()["state"] == "lost"]
+
+
+def test_start_returns_at_once_and_stop_is_bounded_with_a_black_holed_broker(
+        tmp_path: Path) -> None:
+    """A broker address that accepts TCP but never answers MQTT."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    try:
+        config = make_config(type("B", (), {"host": "127.0.0.1",
+                                            "port": hole.getsockname()[1]})())
+        publisher = StatusPublisher(config)
+        begun = time.monotonic()
+        publisher.start()
+        assert time.monotonic() - begun < 0.2
+        update_begun = time.monotonic()
+        for i in range(1000):
+            publisher.update_gui_status(video_running=bool(i % 2))
+        assert time.monotonic() - update_begun < 0.2
+        assert publisher.connected is False
+        begun = time.monotonic()
+        publisher.stop(timeout=1.0)
+        assert time.monotonic() - begun < 1.5
+    finally:
+        hole.close()
+
+
+def test_broker_down_at_start_then_connects_when_it_appears(tmp_path: Path) -> None:
+    from tests.conftest import broker_users
+    broker = DevBroker(tmp_path / "late", users=broker_users())
+    publisher = StatusPublisher(make_config(broker)).start()
+    try:
+        wait_until(lambda: publisher.stats()["error_count"] >= 1, what="a failed attempt")
+        assert publisher.stats()["running"] is True
+        publisher.update_gui_status(face_loaded=True)
+        broker.start()
+        wait_until(lambda: publisher.connected, timeout=10, what="connection")
+        wait_until(lambda: (retained(broker.host, broker.port, STATUS) or {}).get("gui", {})
+                   .get("face_loaded") is True, what="current status after connect")
+        assert retained(broker.host, broker.port, STATE)["state"] == "ready"
+    finally:
+        publisher.stop()
+        broker.stop()
+
+
+def test_a_burst_of_updates_is_coalesced_and_the_last_values_win(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    first = recorder.wait_for(STATUS)
+    before = len(recorder.on(STATUS))
+    begun = time.monotonic()
+    for i in range(1000):
+        publisher.update_gui_status(video_running=bool(i % 2), frame=i)
+    burst = time.monotonic() - begun
+    last = recorder.wait_for(STATUS, lambda d: d["gui"].get("frame") == 999, after=first.at)
+    assert last.json()["gui"]["video_running"] is True
+    sent = len(recorder.on(STATUS)) - before
+    assert 1 <= sent <= 2 + int(burst / 0.02) + 2, f"{sent} messages for a {burst:.3f} s burst"
+    seqs = [m.json()["seq"] for m in recorder.on(STATUS)]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+
+
+def test_every_single_change_goes_out_at_once(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    recorder.wait_for(STATUS)
+    for value in (True, False, True):
+        begun = time.monotonic()
+        publisher.update_gui_status(audio_running=value)
+        got = recorder.wait_for(STATUS, lambda d, v=value: d["gui"]["audio_running"] is v,
+                                after=begun)
+        assert got.at - begun < 1.0
+
+
+@pytest.mark.parametrize("value", [[1], {"a": 1}, object(), b"bytes", (1,)])
+def test_non_scalar_flags_raise_type_error_and_change_nothing(
+        broker: DevBroker, value: object) -> None:
+    publisher = StatusPublisher(make_config(broker))
+    with pytest.raises(TypeError, match="camera"):
+        publisher.update_gui_status(video_running=True, camera=value)  # type: ignore[arg-type]
+    assert publisher.gui_status()["video_running"] is False
+    assert "camera" not in publisher.gui_status()
+
+
+def test_flag_names_and_count_are_limited(broker: DevBroker) -> None:
+    publisher = StatusPublisher(make_config(broker))
+    with pytest.raises(ValueError, match="not an identifier"):
+        publisher.update_gui_status(**{"bad name": 1})
+    with pytest.raises(ValueError, match="at most"):
+        publisher.update_gui_status(**{f"f{i}": i for i in range(40)})
+
+
+def test_rebirth_command_republishes_state_and_status(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    last = recorder.wait_for(STATUS)
+    seq = last.json()["seq"]
+    asked = time.monotonic()
+    recorder.client.publish("yl/ar/nodes/node-1/cmd/rebirth", b"", qos=1)
+    recorder.wait_for(STATE, lambda d: d["state"] == "ready", after=asked)
+    recorder.wait_for(STATUS, lambda d: d["seq"] > seq, after=asked)
+    assert publisher.connected
+
+
+def test_session_takeover_stops_the_older_publisher_instead_of_fighting(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    errors: list[str] = []
+    first = started(publishers, StatusPublisher(make_config(broker), on_error=errors.append))
+    wait_until(lambda: first.connected, what="first connected")
+    second = started(publishers, StatusPublisher(make_config(broker)))
+    wait_until(lambda: first.fatal_error is not None, what="takeover detected")
+    assert "taken over" in (first.fatal_error or "")
+    assert any("taken over" in e for e in errors)
+    assert first.stats()["running"] is False
+    wait_until(lambda: second.connected, what="second connected")
+    recorder.wait_for(STATE, lambda d: d["state"] == "ready" and d["session"] == second.session)
+    connects = second._link.connect_count
+    settle = time.monotonic() + 2.0
+    wait_until(lambda: time.monotonic() > settle, timeout=3, what="settling")
+    assert second.connected
+    assert second._link.connect_count == connects, "the two are still kicking each other"
+    assert retained(broker.host, broker.port, STATE)["session"] == second.session
+
+
+def test_broker_restart_brings_back_ready_and_a_current_status_not_stale_ones(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    recorder.wait_for(STATUS)
+    broker.stop()
+    wait_until(lambda: not publisher.connected, what="publisher noticing the outage")
+    for i in range(50):
+        publisher.update_gui_status(counter=i)
+    restarted = time.monotonic()
+    broker.start()
+    recorder.wait_for(STATE, lambda d: d["state"] == "ready", after=restarted, timeout=10)
+    first = recorder.wait_for(STATUS, after=restarted, timeout=10)
+    assert first.json()["gui"]["counter"] == 49
+    wait_until(lambda: publisher.stats()["report_count"] >= 2, what="acks after restart")
+    after = [m.json() for m in recorder.on(STATUS) if m.at >= restarted]
+    assert all(m["gui"]["counter"] == 49 for m in after), "a stale snapshot was replayed"
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "kill-9"])
+def test_retained_state_survives_a_broker_restart(broker: DevBroker, hard: bool) -> None:
+    publisher = StatusPublisher(make_config(broker)).start()
+    wait_until(lambda: publisher.stats()["report_count"] >= 1, what="status acked")
+    publisher.stop()
+    stopped_at = time.time()
+    if hard:
+        db = broker.workdir / "mosquitto.db"
+        wait_until(lambda: db.exists() and db.stat().st_mtime > stopped_at + 0.01,
+                   timeout=5, what="the broker's periodic save")
+        broker.kill()
+    else:
+        broker.stop()
+    broker.start()
+    assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"
+    assert retained(broker.host, broker.port, STATUS)["node_id"] == "node-1"
+
+
+def test_stats_report_counts_and_config(
+        broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    wait_until(lambda: publisher.stats()["report_count"] >= 1, what="a report")
+    stats = publisher.stats()
+    assert stats["running"] is True
+    assert stats["error_count"] == 0
+    assert stats["last_report_time"].endswith("Z")
+    assert stats["config"] == {"node_id": "node-1", "monitor_url": "http://localhost:5500",
+                               "interval": 30.0}
+
+
+def test_periodic_reports_follow_the_interval(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    started(publishers, StatusPublisher(make_config(broker, monitor={"report_interval": 0.3})))
+    wait_until(lambda: len(recorder.on(STATUS)) >= 4, what="periodic statuses")
+
+
+def test_cpu_percent_is_primed() -> None:
+    sampler = ResourceSampler()
+    end = time.process_time() + 0.15
+    while time.process_time() < end:
+        pass
+    assert sampler.sample().cpu_percent > 0.0
+
+
+def test_unused_port_is_refused_quickly_and_counted() -> None:
+    config = make_config(type("B", (), {"host": "127.0.0.1", "port": free_port()})())
+    publisher = StatusPublisher(config).start()
+    try:
+        wait_until(lambda: publisher.stats()["error_count"] >= 2, what="retries")
+    finally:
+        publisher.stop()
