@@ -184,3 +184,28 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int
         except subprocess.TimeoutExpired:
             process.kill()
     return process.wait()
+
+
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+             ) -> tuple[int, Any]:
+    """GET over a real socket; returns (status, parsed JSON or text)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+            code = response.status
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        code = err.code
+    try:
+        return code, json.loads(body)
+    except ValueError:
+        return code, body.decode(errors="replace")
+
+
+def serve_config(broker: Any, port: int, node_id: str = "node-1") -> dict[str, Any]:
+    return config_dict(broker, node_id, local_server={
+        "port": port, "mqtt_username": VIEWER_USER, "mqtt_password": VIEWER_PASSWORD})

@@ -1,0 +1,152 @@
+"""The Flask app factory: SPEC §5 routes over a ``NodeView``."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from publisher import protocol
+from publisher.config import Config
+from status_app.node_view import NodeView
+
+bp = Blueprint("status", __name__)
+
+SERVICE = "user-gui"
+MAX_REQUEST_BYTES = 16 * 1024
+
+
+def _view() -> NodeView:
+    view: NodeView = current_app.extensions["yl_status_view"]
+    return view
+
+
+def _config() -> Config:
+    config: Config = current_app.extensions["yl_status_config"]
+    return config
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    response = jsonify(data)
+    response.status_code = status
+    return response
+
+
+@bp.get("/health")
+def health() -> Response:
+    config = _config()
+    node_id = config.monitor.node_id
+    verdict = _view().health(node_id)
+    status = _view().status(node_id)
+    body: dict[str, Any] = {
+        "status": "healthy" if verdict.healthy else "unhealthy",
+        "service": SERVICE,
+        "node_id": node_id,
+        "version": status.version if status else None,
+        "timestamp": protocol.utc_now_iso(),
+    }
+    if not verdict.healthy:
+        body["reason"] = verdict.reason
+        body["detail"] = verdict.detail
+    return _json(body, 200 if verdict.healthy else 503)
+
+
+@bp.get("/status")
+def status() -> Response:
+    node_id = _config().monitor.node_id
+    payload = _view().status_payload(node_id)
+    if payload is None:
+        verdict = _view().health(node_id)
+        return _json({"status": "unknown", "node_id": node_id, "reason": verdict.reason,
+                      "detail": "no status received from this node"}, 503)
+    return Response(payload, mimetype="application/json")
+
+
+@bp.get("/stats")
+def stats() -> Response:
+    config = _config()
+    node_id = config.monitor.node_id
+    message = _view().status(node_id)
+    verdict = _view().health(node_id)
+    reporter = message.reporter if message else None
+    return _json({
+        "running": verdict.healthy,
+        "report_count": reporter.report_count if reporter else 0,
+        "error_count": reporter.error_count if reporter else 0,
+        "last_report_time": reporter.last_report_time if reporter else None,
+        "config": {
+            "node_id": node_id,
+            "monitor_url": config.monitor.url,
+            "interval": message.interval_s if message else config.monitor.report_interval,
+        },
+    })
+
+
+@bp.get("/nodes")
+def nodes() -> Response:
+    view = _view()
+    return _json({
+        "broker": {"connected": view.broker_connected, "reason": view.broker_reason},
+        "node_id": _config().monitor.node_id,
+        "timestamp": protocol.utc_now_iso(),
+        "nodes": view.describe_all(),
+        "counters": view.counters(),
+    })
+
+
+@bp.get("/nodes/<node_id>")
+def node(node_id: str) -> Response:
+    if not protocol.is_valid_node_id(node_id):
+        return _json({"error": "bad_request", "message": "invalid node id"}, 400)
+    found = _view().describe(node_id)
+    if found is None:
+        return _json({"error": "not_found", "message": f"node {node_id} not seen"}, 404)
+    return _json(found)
+
+
+@bp.get("/")
+def live_view() -> Response:
+    page = resources.files("status_app").joinpath("static/index.html").read_bytes()
+    return Response(page, mimetype="text/html")
+
+
+def _error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    name = (exc.name or "error").lower().replace(" ", "_")
+    return _json({"error": name, "message": exc.description or ""}, code)
+
+
+def _trusted_hosts(config: Config) -> list[str]:
+    if config.local_server.trusted_hosts:
+        return list(config.local_server.trusted_hosts)
+    hosts = {"localhost", "127.0.0.1", "[::1]", "::1"}
+    if config.local_server.host not in ("0.0.0.0", "::", ""):
+        hosts.add(config.local_server.host)
+    return sorted(hosts)
+
+
+def create_app(config: Config, view: NodeView | None = None) -> Flask:
+    """An app serving ``view`` (a fresh, unfed one if not given) for ``config``'s node."""
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        DEBUG=False,
+        TESTING=False,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        TRUSTED_HOSTS=_trusted_hosts(config),
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["yl_status_view"] = view or NodeView(topics=config.mqtt.topics)
+    app.extensions["yl_status_config"] = config
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _error)
+
+    @app.after_request
+    def no_store(response: Response) -> Response:
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    return app

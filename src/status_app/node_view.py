@@ -1,0 +1,228 @@
+"""The newest ``state`` and ``status`` of every node seen on the broker.
+
+Fed by the MQTT subscriber (paho's thread), read by HTTP worker threads; everything goes
+through one lock. Parsing and ordering rules come from the protocol module: a message older
+than what is held (by ``(session, seq)``, or from an older session) never replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from publisher import protocol
+from publisher.errors import ProtocolError
+from publisher.protocol import StateMessage, StatusMessage, Topics
+
+log = logging.getLogger(__name__)
+
+MAX_NODES = 10_000
+
+
+@dataclass
+class NodeRecord:
+    node_id: str
+    state: StateMessage | None = None
+    state_at: float = 0.0
+    status: StatusMessage | None = None
+    status_raw: bytes = b""
+    status_at: float = 0.0
+
+    @property
+    def session(self) -> str | None:
+        if self.status is not None and (self.state is None or
+                                        self.status.session >= self.state.session):
+            return self.status.session
+        return self.state.session if self.state is not None else None
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class NodeView:
+    """Thread-safe view of all nodes; ``clock`` is injectable for tests."""
+
+    topics: Topics = field(default_factory=Topics)
+    clock: Any = time.monotonic
+    wall_clock: Any = time.time
+    max_nodes: int = MAX_NODES
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeRecord] = {}
+        self._rejected: Counter[str] = Counter()
+        self._accepted = 0
+        self._stale = 0
+        self.broker_connected = False
+        self.broker_reason = "not connected yet"
+
+    # --- feeding --------------------------------------------------------------------------
+
+    def set_broker(self, connected: bool, reason: str = "") -> None:
+        self.broker_connected = connected
+        self.broker_reason = reason
+
+    def ingest(self, topic: str, payload: bytes, *, age: float = 0.0) -> bool:
+        """Take one message; returns whether it changed the view. ``age`` is how old the
+        message already was on arrival (a retained status's elapsed expiry)."""
+        try:
+            node_id, kind = self.topics.parse(topic)
+            if kind == "rebirth":
+                return False
+            if not payload:
+                return self._clear(node_id, kind)
+            if kind == "state":
+                return self._take_state(node_id, protocol.decode_state(payload), age)
+            return self._take_status(node_id, protocol.decode_status(payload, node_id=node_id),
+                                     payload, age)
+        except ProtocolError as exc:
+            with self._lock:
+                self._rejected[exc.reason] += 1
+            log.warning("rejected message on %r: %s", topic[:120], exc)
+            return False
+
+    def _record(self, node_id: str) -> NodeRecord | None:
+        record = self._nodes.get(node_id)
+        if record is None:
+            if len(self._nodes) >= self.max_nodes:
+                self._rejected["too_many_nodes"] += 1
+                return None
+            record = self._nodes[node_id] = NodeRecord(node_id)
+        return record
+
+    def _take_state(self, node_id: str, state: StateMessage, age: float) -> bool:
+        with self._lock:
+            record = self._record(node_id)
+            if record is None:
+                return False
+            current = record.session
+            if current is not None and state.session < current:
+                self._stale += 1
+                return False
+            record.state = state
+            record.state_at = self.clock() - age
+            self._accepted += 1
+            return True
+
+    def _take_status(self, node_id: str, status: StatusMessage, raw: bytes, age: float) -> bool:
+        with self._lock:
+            record = self._record(node_id)
+            if record is None:
+                return False
+            held = (record.status.session, record.status.seq) if record.status else None
+            newer = protocol.is_newer((status.session, status.seq), held)
+            if not newer or (record.state is not None and status.session < record.state.session):
+                self._stale += 1
+                return False
+            record.status = status
+            record.status_raw = raw
+            record.status_at = self.clock() - age
+            self._accepted += 1
+            return True
+
+    def _clear(self, node_id: str, kind: str) -> bool:
+        with self._lock:
+            record = self._nodes.get(node_id)
+            if record is None:
+                return False
+            if kind == "state":
+                record.state = None
+            else:
+                record.status, record.status_raw = None, b""
+            if record.state is None and record.status is None:
+                del self._nodes[node_id]
+            return True
+
+    # --- reading --------------------------------------------------------------------------
+
+    def health(self, node_id: str) -> Health:
+        if not self.broker_connected:
+            return Health(False, "broker unreachable", self.broker_reason)
+        with self._lock:
+            record = self._nodes.get(node_id)
+            if record is None or (record.state is None and record.status is None):
+                return Health(False, "unknown", f"nothing seen from node {node_id!r}")
+            if record.state is not None and record.state.state != "ready":
+                return Health(False, record.state.state,
+                              f"node {record.state.state} since {record.state.since}")
+            if record.status is None:
+                return Health(False, "stale", "no status received")
+            age = self.clock() - record.status_at
+            limit = protocol.EXPIRY_FACTOR * record.status.interval_s
+            if age > limit:
+                return Health(False, "stale", f"last status {age:.1f} s ago (limit {limit:g} s)")
+            if record.state is None:
+                return Health(False, "unknown", "no state received")
+            return Health(True, "ready")
+
+    def status_payload(self, node_id: str) -> bytes | None:
+        with self._lock:
+            record = self._nodes.get(node_id)
+            return record.status_raw if record is not None and record.status_raw else None
+
+    def status(self, node_id: str) -> StatusMessage | None:
+        with self._lock:
+            record = self._nodes.get(node_id)
+            return record.status if record is not None else None
+
+    def node_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._nodes)
+
+    def describe(self, node_id: str) -> dict[str, Any] | None:
+        health = self.health(node_id)
+        with self._lock:
+            record = self._nodes.get(node_id)
+            if record is None:
+                return None
+            return self._describe(record, health)
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [d for d in (self.describe(n) for n in self.node_ids()) if d is not None]
+
+    def _describe(self, record: NodeRecord, health: Health) -> dict[str, Any]:
+        now, wall = self.clock(), self.wall_clock()
+        status = record.status
+        if health.healthy:
+            word = "online"
+        elif health.reason in ("lost", "disconnected", "stale", "unknown"):
+            word = "offline" if health.reason == "disconnected" else health.reason
+        else:
+            word = "unknown"
+        age = round(now - record.status_at, 3) if status is not None else None
+        return {
+            "node_id": record.node_id,
+            "node_name": (status.node_name if status else None) or
+                         (record.state.node_name if record.state else ""),
+            "health": word,
+            "reason": health.reason,
+            "state": record.state.state if record.state else None,
+            "state_since": record.state.since if record.state else None,
+            "session": record.session,
+            "seq": status.seq if status else None,
+            "status": status.status if status else None,
+            "status_age_s": age,
+            "last_seen": protocol.iso_from_epoch(wall - (now - record.status_at))
+                         if status else None,
+            "version": (status.version if status else None) or
+                       (record.state.version if record.state else None),
+            "interval_s": status.interval_s if status else
+                          (record.state.interval_s if record.state else None),
+            "gui": dict(status.gui) if status else {},
+            "resources": status.resources.to_dict() if status else None,
+            "uptime": status.uptime if status else None,
+        }
+
+    def counters(self) -> dict[str, Any]:
+        with self._lock:
+            return {"nodes": len(self._nodes), "accepted": self._accepted,
+                    "stale_dropped": self._stale, "rejected": dict(self._rejected)}

@@ -1,0 +1,74 @@
+"""Feeds a ``NodeView`` from the broker: read-only, retained snapshot on every connect."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import paho.mqtt.client as mqtt
+
+from publisher import protocol
+from publisher.config import Config
+from publisher.errors import ProtocolError
+from publisher.link import Link, LinkDown, options_from_config
+from status_app.node_view import NodeView
+
+log = logging.getLogger(__name__)
+
+
+def retained_age(message: mqtt.MQTTMessage, interval_hint: float | None = None) -> float:
+    """How long a retained status had already waited at the broker, from MQTT 5 expiry."""
+    if not message.retain:
+        return 0.0
+    remaining = getattr(message.properties, "MessageExpiryInterval", None)
+    if remaining is None or interval_hint is None:
+        return 0.0
+    total = max(1, round(protocol.EXPIRY_FACTOR * interval_hint))
+    return float(max(total - remaining, 0))
+
+
+class ViewSubscriber:
+    """Keeps ``view`` current. Uses ``local_server.mqtt_username`` (a viewer) if set."""
+
+    def __init__(self, config: Config, view: NodeView) -> None:
+        self.view = view
+        self._topics = config.mqtt.topics
+        username = config.local_server.mqtt_username or config.mqtt.username
+        password = (config.local_server.mqtt_password if config.local_server.mqtt_username
+                    else config.mqtt.password)
+        client_id = username or f"yl-status-app-{secrets.token_hex(4)}"
+        self._link = Link(
+            options_from_config(config.mqtt, client_id, username=username, password=password),
+            on_connect=self._on_connect,
+            on_message=self._on_message,
+            on_down=self._on_down,
+            name="yl-status-app-link",
+        )
+
+    def start(self) -> ViewSubscriber:
+        self._link.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._link.stop(timeout)
+        self.view.set_broker(False, "stopped")
+
+    def _on_connect(self, client: mqtt.Client, session_present: bool) -> None:
+        client.subscribe([(self._topics.all_states, protocol.MQTT_QOS),
+                          (self._topics.all_statuses, protocol.MQTT_QOS)])
+        self.view.set_broker(True, "connected")
+
+    def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        age = 0.0
+        if message.retain and message.topic.endswith("/status") and payload:
+            try:
+                interval = protocol.load_json(payload).get("interval_s")
+            except ProtocolError:
+                interval = None
+            if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+                age = retained_age(message, float(interval))
+        self.view.ingest(message.topic, payload, age=age)
+
+    def _on_down(self, event: LinkDown) -> None:
+        self.view.set_broker(False, event.reason)

@@ -1,0 +1,105 @@
+"""The live view in headless Chromium: a node dying turns its row offline without a reload."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ARTIFACTS
+from tests.support import (
+    config_dict,
+    http_get,
+    start_process,
+    stop_process,
+    wait_until,
+    write_config,
+)
+from yl_status.dev_broker import DevBroker, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="yl-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1200,700"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def row_health(driver: Any, node_id: str) -> str | None:
+    """The health word the page shows for a node (read in one step: rows are re-rendered)."""
+    result = driver.execute_script(
+        "const row = document.querySelector(`tr[data-node='${arguments[0]}']`);"
+        "return row ? row.querySelector('.badge').textContent : null;", node_id)
+    return str(result) if result is not None else None
+
+
+def test_a_killed_node_turns_lost_on_screen_without_reload(
+        tmp_path: Path, broker: DevBroker, browser: Any) -> None:
+    port = free_port()
+    serve_cfg = config_dict(broker, local_server={"port": port, "mqtt_username": "yl-viewer",
+                                                  "mqtt_password": "viewer-secret"})
+    server = start_process(["serve", "-c", str(write_config(tmp_path / "s.yaml", serve_cfg))],
+                           log_path=tmp_path / "serve.log")
+    node_cfg = write_config(tmp_path / "n.yaml", config_dict(broker, "node-2"))
+    node = start_process(["node", "-c", str(node_cfg), "--toggle-every", "0.5"],
+                         log_path=tmp_path / "node.log")
+    other = start_process(["node", "-c", str(write_config(tmp_path / "o.yaml",
+                                                          config_dict(broker, "node-3")))],
+                          log_path=tmp_path / "other.log")
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until(lambda: _up(base), timeout=15, what="status app")
+        browser.get(base)
+        wait_until(lambda: row_health(browser, "node-2") == "online", timeout=15,
+                   what="node-2 online on screen")
+        wait_until(lambda: row_health(browser, "node-3") == "online", timeout=15,
+                   what="node-3 online on screen")
+        marker = browser.execute_script("window.__noReload = 42; return window.__noReload;")
+        assert marker == 42
+        killed = time.monotonic()
+        node.kill()
+        node.wait()
+        wait_until(lambda: row_health(browser, "node-2") == "lost", timeout=5,
+                   what="node-2 lost on screen")
+        assert time.monotonic() - killed < 5
+        assert browser.execute_script("return window.__noReload;") == 42, "page reloaded"
+        assert row_health(browser, "node-3") == "online"
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "live-view.png"))
+    finally:
+        stop_process(node)
+        stop_process(other)
+        stop_process(server)
+
+
+def _up(base: str) -> bool:
+    try:
+        return http_get(base + "nodes", timeout=1)[0] == 200
+    except OSError:
+        return False

@@ -1,0 +1,265 @@
+"""Status app routes through ``app.test_client()`` on a view fed with protocol messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from publisher.config import parse_config
+from publisher.protocol import (
+    ReporterCounters,
+    Resources,
+    StateMessage,
+    StatusMessage,
+    encode,
+)
+from status_app import NodeView, create_app
+
+SESSION = "000000000010-aaaaaaaaaaaa"
+OLDER = "000000000001-bbbbbbbbbbbb"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state(word: str, session: str = SESSION) -> bytes:
+    return encode(StateMessage(state=word, session=session,  # type: ignore[arg-type]
+                               since="2026-01-01T00:00:00.000Z", node_name="GUI",
+                               version="2.1", interval_s=30.0))
+
+
+def status(seq: int, session: str = SESSION, node_id: str = "gui-1", **gui: Any) -> bytes:
+    return encode(StatusMessage(
+        node_id=node_id, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z",
+        status="running", version="2.1", uptime=5.0,
+        resources=Resources(cpu_percent=3.5, memory_mb=120.0, threads=9),
+        gui={"video_running": False, **gui},
+        reporter=ReporterCounters(seq, 1, "2026-01-01T00:00:00.000Z"),
+        session=session, seq=seq, interval_s=30.0))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def view(clock: Clock) -> NodeView:
+    v = NodeView(clock=clock)
+    v.set_broker(True, "connected")
+    return v
+
+
+@pytest.fixture
+def client(view: NodeView) -> Iterator[FlaskClient]:
+    config = parse_config({"monitor": {"node_id": "gui-1", "url": "http://mon:5500"}}, "<test>")
+    app = create_app(config, view)
+    with app.test_client() as c:
+        yield c
+
+
+def feed(view: NodeView, node: str, kind: str, payload: bytes) -> bool:
+    return view.ingest(f"yl/ar/nodes/{node}/{kind}", payload)
+
+
+def test_health_is_healthy_while_ready_and_fresh(client: FlaskClient, view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "healthy"
+    assert body["service"] == "user-gui"
+    assert body["version"] == "2.1"
+    assert body["timestamp"].endswith("Z")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("word", ["lost", "disconnected"])
+def test_health_is_503_with_the_state_as_reason(client: FlaskClient, view: NodeView,
+                                                word: str) -> None:
+    feed(view, "gui-1", "status", status(1))
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "state", state(word))
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unhealthy"
+    assert response.get_json()["reason"] == word
+
+
+def test_health_goes_stale_after_three_intervals(client: FlaskClient, view: NodeView,
+                                                 clock: Clock) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    clock.now += 89
+    assert client.get("/health").status_code == 200
+    clock.now += 2
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["reason"] == "stale"
+
+
+def test_health_of_a_node_never_seen_is_unknown(client: FlaskClient, view: NodeView) -> None:
+    feed(view, "other", "state", state("ready"))
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["reason"] == "unknown"
+
+
+def test_health_without_the_broker_is_503_broker_unreachable(client: FlaskClient,
+                                                             view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    view.set_broker(False, "connection refused")
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["reason"] == "broker unreachable"
+
+
+def test_status_returns_the_snapshot_as_published(client: FlaskClient, view: NodeView) -> None:
+    payload = status(7, video_running=True)
+    feed(view, "gui-1", "status", payload)
+    response = client.get("/status")
+    assert response.status_code == 200
+    assert response.data == payload
+    body = response.get_json()
+    for key in ("node_id", "node_name", "timestamp", "status", "version", "uptime",
+                "resources", "gui", "reporter"):
+        assert key in body
+    assert body["gui"]["video_running"] is True
+
+
+def test_status_without_a_snapshot_is_503(client: FlaskClient) -> None:
+    response = client.get("/status")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unknown"
+
+
+def test_stats_keep_the_original_field_names(client: FlaskClient, view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(4))
+    body = client.get("/stats").get_json()
+    assert body == {"running": True, "report_count": 4, "error_count": 1,
+                    "last_report_time": "2026-01-01T00:00:00.000Z",
+                    "config": {"node_id": "gui-1", "monitor_url": "http://mon:5500",
+                               "interval": 30.0}}
+
+
+def test_an_older_message_never_overwrites_a_newer_one(client: FlaskClient,
+                                                       view: NodeView) -> None:
+    assert feed(view, "gui-1", "status", status(5, frame=5))
+    assert not feed(view, "gui-1", "status", status(4, frame=4))
+    assert not feed(view, "gui-1", "status", status(5, frame=99))
+    assert not feed(view, "gui-1", "status", status(9, session=OLDER))
+    assert client.get("/status").get_json()["gui"]["frame"] == 5
+    assert feed(view, "gui-1", "status", status(6, frame=6))
+    assert client.get("/status").get_json()["gui"]["frame"] == 6
+
+
+def test_the_will_of_a_replaced_session_is_ignored(client: FlaskClient, view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    assert not feed(view, "gui-1", "state", state("lost", session=OLDER))
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), [
+    ("yl/ar/nodes/gui-1/status", b"{broken", "json"),
+    ("yl/ar/nodes/gui-1/status", b'{"v": NaN}', "json"),
+    ("yl/ar/nodes/gui-1/status", status(1, node_id="gui-2"), "node_id"),
+    ("yl/ar/nodes/gui-1/status", b"[" * 50_000, "json"),
+    ("yl/ar/nodes/gui-1/status", b"x" * 2_000_000, "too_large"),
+    ("yl/ar/nodes/gui-1/state", b'{"v":1,"state":"zombie"}', "schema"),
+    ("yl/ar/nodes/../status", status(1), "node_id"),
+    ("yl/ar/nodes/nodé/status", status(1), "node_id"),
+])
+def test_malformed_messages_are_counted_and_change_nothing(
+        client: FlaskClient, view: NodeView, topic: str, payload: bytes, reason: str) -> None:
+    feed(view, "gui-1", "status", status(1, frame=1))
+    assert not view.ingest(topic, payload)
+    assert view.counters()["rejected"] == {reason: 1}
+    assert client.get("/status").get_json()["gui"]["frame"] == 1
+
+
+def test_nodes_lists_every_node_with_state_and_age(client: FlaskClient, view: NodeView,
+                                                   clock: Clock) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1, video_running=True))
+    feed(view, "gui-2", "state", state("lost"))
+    clock.now += 3
+    body = client.get("/nodes").get_json()
+    assert body["broker"]["connected"] is True
+    nodes = {n["node_id"]: n for n in body["nodes"]}
+    assert nodes["gui-1"]["health"] == "online"
+    assert nodes["gui-1"]["status_age_s"] == 3.0
+    assert nodes["gui-1"]["gui"]["video_running"] is True
+    assert nodes["gui-2"]["health"] == "lost"
+    one = client.get("/nodes/gui-2")
+    assert one.status_code == 200
+    assert one.get_json()["state"] == "lost"
+
+
+def test_unknown_node_and_bad_ids_are_json_errors(client: FlaskClient) -> None:
+    missing = client.get("/nodes/nobody")
+    assert missing.status_code == 404
+    assert missing.get_json()["error"] == "not_found"
+    bad = client.get("/nodes/a%2Fb")
+    assert bad.status_code in (400, 404)
+    assert bad.is_json
+
+
+def test_unknown_routes_and_methods_are_json(client: FlaskClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "not_found"
+    response = client.post("/health")
+    assert response.status_code == 405
+    assert response.get_json()["error"] == "method_not_allowed"
+
+
+def test_foreign_host_headers_are_refused(client: FlaskClient) -> None:
+    response = client.get("/health", headers={"Host": "evil.example:5502"})
+    assert response.status_code == 400
+    assert client.get("/health", headers={"Host": "127.0.0.1:5502"}).status_code in (200, 503)
+    assert client.get("/health", headers={"Host": "localhost:5502"}).status_code in (200, 503)
+
+
+def test_oversized_requests_are_refused(client: FlaskClient) -> None:
+    response = client.post("/health", data=b"x" * 100_000)
+    assert response.status_code in (405, 413)
+    assert response.is_json
+
+
+def test_live_page_is_self_contained(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "<table" in page
+    assert "fetch(\"nodes\"" in page
+    assert "http://" not in page
+    assert "https://" not in page
+
+
+def test_view_is_bounded_by_node_count(clock: Clock) -> None:
+    view = NodeView(clock=clock, max_nodes=3)
+    for i in range(5):
+        feed(view, f"n{i}", "state", state("ready"))
+    assert len(view.node_ids()) == 3
+    assert view.counters()["rejected"] == {"too_many_nodes": 2}
+
+
+def test_empty_retained_payload_clears(view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    assert feed(view, "gui-1", "state", b"")
+    assert view.node_ids() == []
+    assert json.loads(state("ready"))["state"] == "ready"
