@@ -14,6 +14,10 @@ from tests.support import (
     BRIDGE_USER,
     NODE_PASSWORD,
     NODE_USERS,
+    READER_USER,
+    RECORDER_USER,
+    TEST_ACL,
+    TEST_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
 )
@@ -58,7 +62,10 @@ def no_leaks() -> Iterator[None]:
 def broker_users() -> dict[str, str]:
     users = dict.fromkeys(NODE_USERS, NODE_PASSWORD)
     users[BRIDGE_USER] = BRIDGE_PASSWORD
+    users[BRIDGE_USER + "-status"] = BRIDGE_PASSWORD
     users[VIEWER_USER] = VIEWER_PASSWORD
+    users[RECORDER_USER] = TEST_PASSWORD
+    users[READER_USER] = TEST_PASSWORD
     return users
 
 
@@ -68,7 +75,24 @@ def broker(tmp_path: Path) -> Iterator[DevBroker]:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.fail("mosquitto is not installed (.ci/run installs it)")
     instance = DevBroker(tmp_path / "broker", users=broker_users(),
-                         message_size_limit=2 * 1024 * 1024)
+                         message_size_limit=2 * 1024 * 1024, extra_acl=TEST_ACL)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+INTRUDER_ACL = TEST_ACL + "\nuser intruder\ntopic write yl/ar/nodes/#\n"
+
+
+@pytest.fixture
+def open_broker(tmp_path: Path) -> Iterator[DevBroker]:
+    """The project's broker config plus one over-privileged user, to inject hostile input."""
+    users = broker_users()
+    users["intruder"] = "intruder-secret"
+    instance = DevBroker(tmp_path / "open-broker", users=users,
+                         message_size_limit=2 * 1024 * 1024, extra_acl=INTRUDER_ACL)
     instance.start()
     try:
         yield instance

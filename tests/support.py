@@ -24,6 +24,10 @@ T = TypeVar("T")
 NODE_PASSWORD = "node-secret"
 BRIDGE_USER, BRIDGE_PASSWORD = "yl-bridge", "bridge-secret"
 VIEWER_USER, VIEWER_PASSWORD = "yl-viewer", "viewer-secret"
+RECORDER_USER, READER_USER, TEST_PASSWORD = "test-recorder", "test-reader", "test-secret"
+TEST_ACL = (f"user {RECORDER_USER}\ntopic read yl/ar/#\ntopic write yl/ar/nodes/+/cmd/#\n\n"
+            f"user {READER_USER}\ntopic read yl/ar/#\n")
+"""Test-only observers, added to the project's ACL: each user holds one connection."""
 NODE_USERS = [f"node-{i}" for i in range(1, 21)]
 
 
@@ -77,8 +81,8 @@ class Recorder:
 
     host: str
     port: int
-    username: str = BRIDGE_USER
-    password: str = BRIDGE_PASSWORD
+    username: str = RECORDER_USER
+    password: str = TEST_PASSWORD
     topics: tuple[str, ...] = ("yl/ar/nodes/#",)
     messages: list[Received] = field(default_factory=list)
 
@@ -139,9 +143,9 @@ def retained(host: str, port: int, topic: str, timeout: float = 3.0) -> Any:
     got: list[bytes] = []
     arrived = threading.Event()
     subscribed = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=VIEWER_USER,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=READER_USER,
                          protocol=mqtt.MQTTv5)
-    client.username_pw_set(VIEWER_USER, VIEWER_PASSWORD)
+    client.username_pw_set(READER_USER, TEST_PASSWORD)
 
     def on_connect(c: mqtt.Client, *args: Any) -> None:
         c.subscribe(topic, qos=1)

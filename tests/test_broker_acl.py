@@ -110,6 +110,16 @@ def test_bridge_may_send_commands_and_its_own_state(broker: DevBroker) -> None:
         close(client)
 
 
+def test_bridge_status_session_only_reads(broker: DevBroker) -> None:
+    client, rc = connect(broker, BRIDGE_USER + "-status", BRIDGE_PASSWORD)
+    try:
+        assert rc == 0
+        assert publish_reason(client, "yl/ar/nodes/node-1/cmd/rebirth", b"") == 135
+        assert publish_reason(client, "yl/ar/bridges/yl-bridge/state", b"{}") == 135
+    finally:
+        close(client)
+
+
 @pytest.mark.parametrize(("username", "password"), [(None, None), ("node-1", "wrong"),
                                                     ("nobody", "node-secret")])
 def test_anonymous_and_bad_credentials_are_refused(broker: DevBroker, username: str | None,

@@ -15,8 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from publisher import StatusPublisher
 from publisher.resources import ResourceSampler
 from tests.support import (
-    BRIDGE_PASSWORD,
-    BRIDGE_USER,
+    READER_USER,
+    TEST_ACL,
+    TEST_PASSWORD,
     Recorder,
     make_config,
     retained,
@@ -76,9 +77,9 @@ def test_status_carries_a_message_expiry_of_three_intervals(
     started(publishers, StatusPublisher(config))
     expiry: list[int] = []
     done = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=BRIDGE_USER,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=READER_USER,
                          protocol=mqtt.MQTTv5)
-    client.username_pw_set(BRIDGE_USER, BRIDGE_PASSWORD)
+    client.username_pw_set(READER_USER, TEST_PASSWORD)
 
     def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         expiry.append(getattr(msg.properties, "MessageExpiryInterval", -1))
@@ -136,7 +137,7 @@ def test_start_returns_at_once_and_stop_is_bounded_with_a_black_holed_broker(
 
 def test_broker_down_at_start_then_connects_when_it_appears(tmp_path: Path) -> None:
     from tests.conftest import broker_users
-    broker = DevBroker(tmp_path / "late", users=broker_users())
+    broker = DevBroker(tmp_path / "late", users=broker_users(), extra_acl=TEST_ACL)
     publisher = StatusPublisher(make_config(broker)).start()
     try:
         wait_until(lambda: publisher.stats()["error_count"] >= 1, what="a failed attempt")

@@ -208,6 +208,19 @@ def node_id() -> Check:
     return check
 
 
+def bridge_id() -> Check:
+    """A node-id-like name with room for the ``-status`` suffix of the second session."""
+    base = node_id()
+
+    def check(value: Any, key: str, source: str) -> Any:
+        base(value, key, source)
+        if len(value) > 57:
+            raise ConfigError("must be at most 57 characters (the bridge also uses "
+                              f"'{value}-status')", key=key, source=source)
+        return value
+    return check
+
+
 def url() -> Check:
     def check(value: Any, key: str, source: str) -> Any:
         _kind(value, (str,), key, source)
@@ -305,7 +318,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "trusted_hosts": hosts_list(),
     }),
     "bridge": (BridgeConfig, {
-        "client_id": node_id(), "outbox_path": path(optional=False),
+        "client_id": bridge_id(), "outbox_path": path(optional=False),
         "http_concurrency": number(integer=True, low=1, high=64),
         "metrics": listen_address(),
         "session_expiry": number(integer=True, low=60, high=2**32 - 1),

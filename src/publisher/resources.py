@@ -12,21 +12,26 @@ from publisher.protocol import Resources
 
 class ResourceSampler:
     """Samples this process. ``cpu_percent`` is primed at construction so the first report
-    measures the time since then instead of returning psutil's meaningless first 0.0."""
+    measures the time since then instead of psutil's meaningless first 0.0."""
+
+    MIN_CPU_WINDOW = 0.1
+    """CPU is measured over at least this many seconds; more frequent samples reuse it."""
 
     def __init__(self) -> None:
         self._process = psutil.Process()
         self._lock = threading.Lock()
         self._process.cpu_percent(None)
-        self._primed_at = time.monotonic()
+        self._measured_at = time.monotonic()
+        self._cpu: float | None = None
         self.started = time.monotonic()
 
     def sample(self) -> Resources:
         with self._lock:
-            if time.monotonic() - self._primed_at < 0.05:
-                time.sleep(0.05)
-            cpu = self._process.cpu_percent(None)
-            self._primed_at = time.monotonic()
+            now = time.monotonic()
+            if self._cpu is None or now - self._measured_at >= self.MIN_CPU_WINDOW:
+                self._cpu = self._process.cpu_percent(None)
+                self._measured_at = now
+            cpu = self._cpu
             with self._process.oneshot():
                 memory = self._process.memory_info().rss
                 threads = self._process.num_threads()

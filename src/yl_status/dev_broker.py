@@ -77,7 +77,8 @@ class DevBroker:
     """A mosquitto process on a free loopback port with the project's config."""
 
     def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None,
-                 port: int | None = None, message_size_limit: int | None = None) -> None:
+                 port: int | None = None, message_size_limit: int | None = None,
+                 extra_acl: str = "") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -89,7 +90,8 @@ class DevBroker:
         self.config_path = self.workdir / "mosquitto.conf"
         self.config_path.write_text(render_config(template, port=self.port, workdir=self.workdir,
                                                   message_size_limit=message_size_limit))
-        shutil.copyfile(BROKER_CONFIG_DIR / "acl", self.workdir / "acl")
+        acl = (BROKER_CONFIG_DIR / "acl").read_text()
+        (self.workdir / "acl").write_text(acl + ("\n" + extra_acl + "\n" if extra_acl else ""))
         self._write_passwords()
 
     def _write_passwords(self) -> None:

@@ -1,0 +1,1 @@
+"""The bridge: every node's status from the broker into YL-monitor, at least once."""

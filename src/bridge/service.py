@@ -1,0 +1,250 @@
+"""``yl-status bridge``: broker → outbox → YL-monitor, as one long-running service.
+
+Two persistent MQTT sessions: ``{client_id}`` for the ``state`` topics and
+``{client_id}-status`` for ``status``. A broker queues a limited number of messages for an
+absent client; keeping the rare state transitions out of the status flood means a bridge
+outage can overflow only the status queue, whose newest message per node comes back as a
+retained message anyway.
+
+Threads: paho's network threads only queue incoming messages; the outbox writer records them
+in batches and acknowledges them (in arrival order) once committed; forwarder workers deliver
+from the outbox. One shutdown path: ``stop()``, which the signal handler triggers by setting
+an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from bridge.forwarder import Forwarder
+from bridge.metrics import Metrics, MetricsServer
+from bridge.outbox import Outbox
+from publisher import protocol
+from publisher.config import Config
+from publisher.errors import ProtocolError
+from publisher.link import Link, LinkDown, Will, options_from_config
+from publisher.protocol import StateMessage, StatusMessage
+
+log = logging.getLogger(__name__)
+
+BRIDGE_NODE_TYPE = "yl-bridge"
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Incoming:
+    client: mqtt.Client
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received: float
+
+
+class RejectLog:
+    """Logs the first few rejections of each reason, then one in a thousand."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, reason: str, topic: str, message: str) -> None:
+        count = self._counts.get(reason, 0) + 1
+        self._counts[reason] = count
+        if count <= 10 or count % 1000 == 0:
+            log.warning("rejected message reason=%s topic=%r count=%d: %s", reason,
+                        topic[:120], count, message)
+
+
+class Bridge:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.topics = config.mqtt.topics
+        self.metrics = Metrics()
+        self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes)
+        self.forwarder = Forwarder(config, self.outbox, self.metrics)
+        self._incoming: queue.Queue[Incoming | None] = queue.Queue()
+        self._reject_log = RejectLog()
+        self._writer = threading.Thread(target=self._write_loop, name="yl-bridge-outbox",
+                                        daemon=True)
+        self.session = protocol.new_session_id()
+        self._since = protocol.utc_now_iso()
+        client_id = config.bridge.client_id
+        self._state_topic = protocol.bridge_state_topic(client_id)
+        persistent = {"clean_start": False, "session_expiry": config.bridge.session_expiry,
+                      "manual_ack": True}
+        self.link = Link(
+            options_from_config(config.mqtt, client_id, **persistent,
+                                will=Will(self._state_topic, self._state("lost"))),
+            on_connect=self._on_connect_states,
+            on_message=self._on_message,
+            on_down=self._on_down,
+            name="yl-bridge-states",
+        )
+        status_user = config.mqtt.username and status_identity(config.mqtt.username)
+        self.status_link = Link(
+            options_from_config(config.mqtt, status_identity(client_id), **persistent,
+                                username=status_user),
+            on_connect=self._on_connect_statuses,
+            on_message=self._on_message,
+            on_down=self._on_down,
+            name="yl-bridge-statuses",
+        )
+        self.links = (self.link, self.status_link)
+        self.metrics_server: MetricsServer | None = None
+        if config.bridge.metrics:
+            self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
+        self.metrics.gauge("outbox_transitions", lambda: self.outbox.depth()[0])
+        self.metrics.gauge("outbox_statuses", lambda: self.outbox.depth()[1])
+        self.metrics.gauge("nodes_known", self.outbox.known_nodes)
+        self.metrics.gauge("monitor_reachable", lambda: float(self.forwarder.scheduler.reachable))
+        self.metrics.gauge("broker_connected", lambda: float(self.connected))
+
+    def _state(self, state: protocol.State) -> bytes:
+        return protocol.encode(StateMessage(
+            state=state, session=self.session, since=self._since,
+            node_name=self.config.bridge.client_id, version="0.1.0", interval_s=30.0,
+            node_type=BRIDGE_NODE_TYPE))
+
+    def start(self) -> Bridge:
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        self._writer.start()
+        self.forwarder.start()
+        for link in self.links:
+            link.start()
+        log.info("bridge started client_id=%s monitor=%s profile=%s outbox=%s",
+                 self.config.bridge.client_id, self.config.monitor.url,
+                 self.config.monitor.profile, self.config.bridge.outbox_path)
+        return self
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Stop taking messages, keep what is not delivered in the outbox, and return within
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self.status_link.stop(min(1.0, timeout / 4))
+        self.link.stop(min(1.5, timeout / 3), farewell=self._farewell)
+        self._incoming.put(None)
+        self._writer.join(max(min(1.0, deadline - time.monotonic()), 0.0))
+        self.forwarder.stop(max(deadline - time.monotonic() - 0.3, 0.0))
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        depth = self.outbox.depth()
+        log.info("bridge stopped; outbox keeps %d transition(s) and %d status(es)", *depth)
+
+    def _farewell(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo:
+        return client.publish(self._state_topic, self._state("disconnected"), qos=1,
+                              retain=True)
+
+    @property
+    def connected(self) -> bool:
+        return all(link.connected for link in self.links)
+
+    def health(self) -> dict[str, Any]:
+        transitions, statuses = self.outbox.depth()
+        ok = self.connected and self._writer.is_alive()
+        return {"ok": ok, "broker_connected": self.connected,
+                "monitor_reachable": self.forwarder.scheduler.reachable,
+                "monitor_problem": self.forwarder.scheduler.last_problem,
+                "outbox_transitions": transitions, "outbox_statuses": statuses,
+                "nodes_known": self.outbox.known_nodes()}
+
+    # --- MQTT (paho's thread) -------------------------------------------------------------
+
+    # Subscribing again even with a session present costs duplicate retained messages, which
+    # the outbox drops; not subscribing would miss whatever the broker discarded while its
+    # queue for us was full.
+
+    def _on_connect_states(self, client: mqtt.Client, session_present: bool) -> None:
+        client.subscribe(self.topics.all_states, qos=protocol.MQTT_QOS)
+        client.publish(self._state_topic, self._state("ready"), qos=1, retain=True)
+        log.info("bridge subscribed to states session_present=%s", session_present)
+
+    def _on_connect_statuses(self, client: mqtt.Client, session_present: bool) -> None:
+        client.subscribe(self.topics.all_statuses, qos=protocol.MQTT_QOS)
+        log.info("bridge subscribed to statuses session_present=%s", session_present)
+
+    def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        self._incoming.put(Incoming(client, message.mid, message.qos, message.topic,
+                                    bytes(message.payload), time.time()))
+
+    def _on_down(self, event: LinkDown) -> None:
+        log.debug("broker link down: %s", event.reason)
+
+    # --- outbox writer --------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._incoming.get()
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._incoming.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            messages = [m for m in batch if m is not None]
+            if messages:
+                try:
+                    self._record(messages)
+                except Exception:
+                    log.exception("outbox write failed; messages stay unacknowledged")
+            if stop:
+                return
+
+    def _record(self, messages: list[Incoming]) -> None:
+        decoded: list[tuple[str, StateMessage | StatusMessage, bytes, float]] = []
+        for m in messages:
+            try:
+                node_id, kind = self.topics.parse(m.topic)
+                if kind == "rebirth":
+                    continue
+                self.metrics.inc("received", kind=kind)
+                if not m.payload:
+                    continue
+                message: StateMessage | StatusMessage
+                if kind == "state":
+                    message = protocol.decode_state(m.payload)
+                else:
+                    message = protocol.decode_status(m.payload, node_id=node_id)
+                decoded.append((node_id, message, m.payload, m.received))
+            except ProtocolError as exc:
+                self.metrics.inc("rejected", reason=exc.reason)
+                self._reject_log(exc.reason, m.topic, str(exc))
+        result, touched = self.outbox.record(decoded)
+        self.metrics.inc("coalesced", result.coalesced)
+        self.metrics.inc("rejected", result.stale, reason="stale")
+        self.metrics.inc("duplicates", result.duplicates)
+        self.metrics.inc("dropped", result.dropped, reason="transition_cap")
+        self.metrics.inc("dropped", result.too_many_nodes, reason="too_many_nodes")
+        if result.too_many_nodes:
+            log.error("outbox: %d message(s) from new nodes dropped: more than %d nodes",
+                      result.too_many_nodes, self.config.bridge.max_nodes)
+        current = {link.client for link in self.links}
+        for m in messages:
+            if m.qos > 0 and m.client in current:
+                m.client.ack(m.mid, m.qos)
+        self.forwarder.notify(touched)
+
+
+def status_identity(name: str) -> str:
+    """Client id (and user) of the bridge's status session, derived from the state one's."""
+    return f"{name}-status"
+
+
+def run_bridge(config: Config) -> int:
+    from yl_status.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
+
+    configure_logging(config.logging)
+    stop = stop_event_on_signals()
+    bridge = Bridge(config).start()
+    stop.wait()
+    log.info("stopping bridge")
+    bridge.stop()
+    return 0

@@ -1,0 +1,106 @@
+"""Running a real ``yl-status bridge`` process against a broker and the monitor double."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.monitor_double import Heartbeat, MonitorDouble
+from tests.support import (
+    BRIDGE_PASSWORD,
+    BRIDGE_USER,
+    config_dict,
+    http_get,
+    start_process,
+    stop_process,
+    wait_until,
+    write_config,
+)
+from yl_status.dev_broker import DevBroker, free_port
+
+
+class BridgeProcess:
+    def __init__(self, tmp_path: Path, broker: DevBroker, double: MonitorDouble,
+                 **monitor: Any) -> None:
+        self.metrics_port = free_port()
+        self.log_path = tmp_path / "bridge.log"
+        data = config_dict(broker, "bridge-cfg",
+                           monitor={"url": double.url, "retry_delay": 1.0, "timeout": 2.0,
+                                    **monitor},
+                           mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
+                           bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"),
+                                   "metrics": f"127.0.0.1:{self.metrics_port}"},
+                           logging={"level": "INFO"})
+        self.config_path = write_config(tmp_path / "bridge.yaml", data)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> BridgeProcess:
+        self.process = start_process(["bridge", "-c", str(self.config_path)],
+                                     log_path=self.log_path)
+        wait_until(self.healthy, timeout, "bridge connected")
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return http_get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        code, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
+        assert code == 200
+        values: dict[str, float] = {}
+        for line in str(text).splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def drained(self) -> bool:
+        m = self.metrics()
+        return m.get("yl_bridge_outbox_transitions") == 0 and \
+            m.get("yl_bridge_outbox_statuses") == 0
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        code = stop_process(self.process)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def last_gui(double: MonitorDouble, node_id: str) -> dict[str, Any]:
+    """GUI flags of the node's last recorded heartbeat ({} if none carried a snapshot)."""
+    history = double.history(node_id)
+    return dict(history[-1].body.get("gui", {})) if history else {}
+
+
+def reasons(history: list[Heartbeat]) -> list[str | None]:
+    """The node's reasons with consecutive repeats folded: the transitions as delivered."""
+    out: list[str | None] = []
+    for beat in history:
+        if not out or out[-1] != beat.reason:
+            out.append(beat.reason)
+    return out
+
+
+def rejected_by_reason(metrics: dict[str, float]) -> dict[str, float]:
+    found = {}
+    for name, value in metrics.items():
+        m = re.fullmatch(r'yl_bridge_rejected_total\{reason="([^"]+)"\}', name)
+        if m:
+            found[m.group(1)] = value
+    return found

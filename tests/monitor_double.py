@@ -1,0 +1,346 @@
+"""A YL-monitor test double that follows SPEC §4, quirks included.
+
+- ``POST /api/ar/nodes/{id}/heartbeat``: 422 on a malformed body, 400 when the body's
+  ``node_id`` differs from the path; an unknown node is auto-registered by its first heartbeat
+  and that heartbeat is *not* recorded.
+- ``POST /api/ar/nodes/register`` (may be switched off: then 404, like monitors without it).
+- ``GET /api/ar/nodes``, ``GET /api/ar/nodes/{id}`` with ``is_online`` true only while
+  ``status == "online"`` and the last heartbeat is fresher than 2 x the check interval.
+- ``GET /api/health``; ``GET /api/alerts`` (a bare list, or ``{"alerts": [...]}``);
+  ``POST /api/alerts/{id}/acknowledge`` (422 without ``user``, 404 for an unknown id).
+- ``POST /api/v1/ar/heartbeat?node_id=`` (the deployed 1.0.6): body ignored, 200 always.
+
+It is a real HTTP/1.1 server on a socket. It can go down (connection refused) and come back
+on the same port, answer 500s or 429s on demand, and records every request.
+
+Run alone (for the demo): ``python tests/monitor_double.py --port 5500``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+@dataclass
+class Heartbeat:
+    node_id: str
+    status: str | None
+    reason: str | None
+    body: dict[str, Any]
+    at: float
+
+
+@dataclass
+class Node:
+    node_id: str
+    node_name: str
+    node_type: str
+    status: str = "unknown"
+    last_heartbeat: float | None = None
+    last_check: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], double: MonitorDouble) -> None:
+        self.double = double
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        code, body, headers = self.server.double.handle(
+            method, self.path, raw, self.headers.get("Authorization"))
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class MonitorDouble:
+    def __init__(self, port: int = 0, *, host: str = "127.0.0.1", check_interval: float = 30.0,
+                 register_route: bool = True, wrap_alerts: bool = False,
+                 token: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.check_interval = check_interval
+        self.register_route = register_route
+        self.wrap_alerts = wrap_alerts
+        self.token = token
+        self.failure: tuple[int, dict[str, str]] | None = None
+        self.refused_nodes: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.nodes: dict[str, Node] = {}
+        self.heartbeats: list[Heartbeat] = []
+        self.requests: list[tuple[str, str, int, float]] = []
+        self.alerts: list[dict[str, Any]] = [
+            {"id": "1", "level": "warning", "status": "active", "node_id": "node-1",
+             "message": "cpu above 80 %", "created_at": "2026-01-01T00:00:00Z"},
+            {"id": "2", "level": "critical", "status": "active", "node_id": "node-2",
+             "message": "node offline", "created_at": "2026-01-01T00:01:00Z"},
+            {"id": "3", "level": "info", "status": "acknowledged", "node_id": "node-1",
+             "message": "restarted", "created_at": "2026-01-01T00:02:00Z",
+             "acknowledged_by": "ops"},
+        ]
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> MonitorDouble:
+        """Listen (again, on the same port after ``down()``)."""
+        if self._server is not None:
+            return self
+        self._server = _Server((self.host, self.port), self)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        name="monitor-double", daemon=True)
+        self._thread.start()
+        return self
+
+    def down(self) -> None:
+        """Stop listening and drop every open connection: clients get connection refused."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.drop_connections()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    stop = down
+
+    def refuse_node(self, node_id: str, code: int | None) -> None:
+        """Answer ``code`` (e.g. 422) to every heartbeat of one node (None: accept again)."""
+        with self.lock:
+            if code is None:
+                self.refused_nodes.pop(node_id, None)
+            else:
+                self.refused_nodes[node_id] = code
+
+    def fail_with(self, code: int | None, retry_after: float | None = None) -> None:
+        """Answer every request with ``code`` (None: behave again)."""
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+        with self.lock:
+            self.failure = None if code is None else (code, headers)
+
+    # --- queries for tests ----------------------------------------------------------------
+
+    def history(self, node_id: str) -> list[Heartbeat]:
+        with self.lock:
+            return [h for h in self.heartbeats if h.node_id == node_id]
+
+    def node_view(self, node_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            node = self.nodes.get(node_id)
+            return None if node is None else self._view(node, time.time())
+
+    def is_online(self, node_id: str) -> bool:
+        view = self.node_view(node_id)
+        return bool(view and view["is_online"])
+
+    def request_count(self, path_part: str = "") -> int:
+        with self.lock:
+            return sum(1 for r in self.requests if path_part in r[1])
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, raw: bytes, auth: str | None
+               ) -> tuple[int, Any, dict[str, str]]:
+        now = time.time()
+        with self.lock:
+            code, body, headers = self._route(method, target, raw, auth, now)
+            self.requests.append((method, target, code, time.monotonic()))
+        return code, body, headers
+
+    def _route(self, method: str, target: str, raw: bytes, auth: str | None, now: float
+               ) -> tuple[int, Any, dict[str, str]]:
+        if self.failure is not None:
+            code, headers = self.failure
+            return code, {"detail": "injected failure"}, headers
+        if self.token is not None and auth != f"Bearer {self.token}":
+            return 401, {"detail": "Not authenticated"}, {}
+        parts = urlsplit(target)
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if method == "GET" and path == ["api", "health"]:
+            return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
+        if path[:3] == ["api", "ar", "nodes"]:
+            return self._nodes_api(method, path[3:], raw, now)
+        if method == "POST" and path == ["api", "v1", "ar", "heartbeat"]:
+            node_id = parse_qs(parts.query).get("node_id", [""])[0]
+            self.heartbeats.append(Heartbeat(node_id, None, None, {}, now))
+            node = self.nodes.setdefault(node_id, Node(node_id, node_id, "user-gui"))
+            node.status, node.last_heartbeat = "running", now
+            return 200, {"status": "success", "message": "heartbeat received"}, {}
+        if path[:2] == ["api", "alerts"]:
+            return self._alerts(method, path[2:], raw)
+        return 404, {"detail": "Not Found"}, {}
+
+    def _nodes_api(self, method: str, rest: list[str], raw: bytes, now: float
+                   ) -> tuple[int, Any, dict[str, str]]:
+        if method == "GET" and not rest:
+            return 200, [self._view(n, now) for n in self.nodes.values()], {}
+        if method == "GET" and len(rest) == 1:
+            node = self.nodes.get(rest[0])
+            if node is None:
+                return 404, {"detail": f"node {rest[0]} not found"}, {}
+            return 200, self._view(node, now), {}
+        if method == "POST" and rest == ["register"]:
+            if not self.register_route:
+                return 404, {"detail": "Not Found"}, {}
+            body = _json_object(raw)
+            if body is None or not all(isinstance(body.get(k), str) and body.get(k)
+                                       for k in ("node_id", "node_name", "node_type")):
+                return 422, {"detail": "node_id, node_name, node_type required"}, {}
+            node = self.nodes.get(body["node_id"])
+            if node is None:
+                self.nodes[body["node_id"]] = Node(body["node_id"], body["node_name"],
+                                                   body["node_type"])
+            return 200, {"status": "success", "message": "registered"}, {}
+        if method == "POST" and len(rest) == 2 and rest[1] == "heartbeat":
+            return self._heartbeat(rest[0], raw, now)
+        return 404, {"detail": "Not Found"}, {}
+
+    def _heartbeat(self, node_id: str, raw: bytes, now: float
+                   ) -> tuple[int, Any, dict[str, str]]:
+        if node_id in self.refused_nodes:
+            return self.refused_nodes[node_id], {"detail": "refused for this test"}, {}
+        body = _json_object(raw)
+        if body is None:
+            return 422, {"detail": "body must be a JSON object"}, {}
+        for key in ("node_id", "status", "timestamp"):
+            if not isinstance(body.get(key), str):
+                return 422, {"detail": f"field {key} required (string)"}, {}
+        for key in ("resources", "gui"):
+            if key in body and not isinstance(body[key], dict):
+                return 422, {"detail": f"field {key} must be an object"}, {}
+        if body["node_id"] != node_id:
+            return 400, {"detail": "node_id in body does not match the path"}, {}
+        node = self.nodes.get(node_id)
+        if node is None:
+            self.nodes[node_id] = Node(node_id, str(body.get("node_name") or node_id),
+                                       "user-gui", last_check=now)
+            return 200, {"status": "success", "message": "node registered",
+                         "timestamp": body["timestamp"]}, {}
+        node.status = body["status"]
+        node.last_heartbeat = now
+        node.last_check = now
+        node.metadata = {k: body[k] for k in ("resources", "gui", "version", "uptime")
+                         if k in body}
+        if body.get("node_name"):
+            node.node_name = str(body["node_name"])
+        self.heartbeats.append(Heartbeat(node_id, body["status"], body.get("reason"), body, now))
+        return 200, {"status": "success", "message": "heartbeat recorded",
+                     "timestamp": body["timestamp"]}, {}
+
+    def _alerts(self, method: str, rest: list[str], raw: bytes
+                ) -> tuple[int, Any, dict[str, str]]:
+        if method == "GET" and not rest:
+            alerts = [dict(a) for a in self.alerts]
+            return 200, ({"alerts": alerts} if self.wrap_alerts else alerts), {}
+        if method == "POST" and len(rest) == 2 and rest[1] == "acknowledge":
+            body = _json_object(raw)
+            if body is None or not isinstance(body.get("user"), str) or not body["user"]:
+                return 422, {"detail": "field user required"}, {}
+            for alert in self.alerts:
+                if alert["id"] == rest[0]:
+                    alert["status"] = "acknowledged"
+                    alert["acknowledged_by"] = body["user"]
+                    return 200, {"status": "success", "message": "acknowledged"}, {}
+            return 404, {"detail": f"alert {rest[0]} not found"}, {}
+        return 404, {"detail": "Not Found"}, {}
+
+    def _view(self, node: Node, now: float) -> dict[str, Any]:
+        fresh = node.last_heartbeat is not None and \
+            now - node.last_heartbeat < 2 * self.check_interval
+        return {"node_id": node.node_id, "node_name": node.node_name,
+                "node_type": node.node_type, "status": node.status,
+                "is_online": node.status == "online" and fresh,
+                "last_check": node.last_check, "last_heartbeat": node.last_heartbeat,
+                "metadata": node.metadata}
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="YL-monitor test double (SPEC §4)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5500)
+    parser.add_argument("--no-register-route", action="store_true")
+    args = parser.parse_args()
+    double = MonitorDouble(args.port, host=args.host,
+                           register_route=not args.no_register_route).start()
+    print(f"YL-monitor test double on {double.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        double.down()
+
+
+if __name__ == "__main__":
+    main()

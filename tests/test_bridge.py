@@ -1,0 +1,301 @@
+"""The bridge as a real process: real mosquitto, real publishers, the SPEC §4 monitor double."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from publisher import StatusPublisher
+from tests.bridge_support import BridgeProcess, last_gui, reasons
+from tests.monitor_double import MonitorDouble
+from tests.support import (
+    Recorder,
+    config_dict,
+    make_config,
+    retained,
+    start_process,
+    stop_process,
+    wait_until,
+    write_config,
+)
+from yl_status.dev_broker import DevBroker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def double() -> Iterator[MonitorDouble]:
+    d = MonitorDouble().start()
+    yield d
+    d.down()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator[BridgeProcess]:
+    b = BridgeProcess(tmp_path, broker, double).start()
+    yield b
+    assert b.stop() == 0
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[StatusPublisher]]:
+    made: list[StatusPublisher] = []
+    yield made
+    for p in made:
+        p.stop()
+
+
+def node_process(tmp_path: Path, broker: DevBroker, node_id: str, *extra: str) -> object:
+    config = write_config(tmp_path / f"{node_id}.yaml", config_dict(broker, node_id))
+    return start_process(["node", "-c", str(config), *extra],
+                         log_path=tmp_path / f"{node_id}.log")
+
+
+def test_a_new_node_is_online_within_a_second_and_changes_follow(
+        broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+        publishers: list[StatusPublisher]) -> None:
+    recorder = Recorder(broker.host, broker.port).start()
+    try:
+        publisher = StatusPublisher(make_config(broker, "node-1"))
+        publishers.append(publisher.start())
+        first = recorder.wait_for("yl/ar/nodes/node-1/status")
+        wait_until(lambda: double.is_online("node-1"), timeout=5, what="online at monitor",
+                   interval=0.005)
+        assert time.monotonic() - first.at < 1.0
+        for value in (True, False, True):
+            changed = time.monotonic()
+            publisher.update_gui_status(video_running=value)
+            wait_until(lambda v=value: last_gui(double, "node-1").get("video_running") is v,
+                       timeout=5, interval=0.005, what="flag change at the monitor")
+            assert time.monotonic() - changed < 1.0
+        body = double.history("node-1")[-1].body
+        assert body["status"] == "online"
+        assert body["reason"] == "ready"
+        assert body["node_id"] == "node-1"
+        assert set(body["resources"]) == {"cpu_percent", "memory_mb", "threads"}
+    finally:
+        recorder.stop()
+
+
+def test_kill_9_and_clean_stop_show_offline_with_the_reason(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess) -> None:
+    node = node_process(tmp_path, broker, "node-2")
+    try:
+        wait_until(lambda: double.is_online("node-2"), timeout=15, what="node-2 online")
+        killed = time.monotonic()
+        node.kill()  # type: ignore[attr-defined]
+        node.wait()  # type: ignore[attr-defined]
+        wait_until(lambda: double.node_view("node-2")["status"] == "offline",  # type: ignore[index]
+                   timeout=2, what="node-2 offline", interval=0.005)
+        assert time.monotonic() - killed < 2.0
+        assert double.history("node-2")[-1].reason == "lost"
+    finally:
+        stop_process(node)  # type: ignore[arg-type]
+    publisher = StatusPublisher(make_config(broker, "node-3")).start()
+    wait_until(lambda: double.is_online("node-3"), timeout=10, what="node-3 online")
+    publisher.stop()
+    wait_until(lambda: not double.is_online("node-3"), timeout=2, what="node-3 offline")
+    assert double.history("node-3")[-1].reason == "disconnected"
+    assert double.history("node-3")[-1].body["status"] == "offline"
+
+
+@pytest.mark.parametrize("outage", ["refused", "http-500"])
+def test_a_monitor_outage_loses_nothing_and_never_regresses(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+        outage: str) -> None:
+    steady = StatusPublisher(make_config(broker, "node-1")).start()
+    try:
+        wait_until(lambda: double.is_online("node-1"), timeout=10, what="node-1 online")
+        began = time.monotonic()
+        if outage == "refused":
+            double.down()
+        else:
+            double.fail_with(500)
+        for i in range(20):
+            steady.update_gui_status(step=i)
+        dying = node_process(tmp_path, broker, "node-2")
+        wait_until(lambda: retained(broker.host, broker.port, "yl/ar/nodes/node-2/state"),
+                   timeout=15, what="node-2 ready")
+        dying.kill()  # type: ignore[attr-defined]
+        dying.wait()  # type: ignore[attr-defined]
+        leaving = StatusPublisher(make_config(broker, "node-3")).start()
+        wait_until(lambda: leaving.stats()["report_count"] >= 1, what="node-3 reported")
+        leaving.stop()
+        steady.update_gui_status(step=99)
+        remaining = 30.0 - (time.monotonic() - began)
+        wait_until(lambda: time.monotonic() - began >= 30.0, timeout=remaining + 1,
+                   what="the outage to last 30 s", interval=0.2)
+        assert bridge.metric("yl_bridge_monitor_reachable") == 0
+        if outage == "refused":
+            double.start()
+        else:
+            double.fail_with(None)
+        wait_until(lambda: last_gui(double, "node-1").get("step") == 99,
+                   timeout=15, what="node-1's newest status")
+        wait_until(lambda: reasons(double.history("node-3"))[-1:] == ["disconnected"],
+                   timeout=10, what="node-3 disconnected")
+        wait_until(lambda: reasons(double.history("node-2"))[-1:] == ["lost"], timeout=10,
+                   what="node-2 lost")
+        assert reasons(double.history("node-2")) == ["ready", "lost"]
+        assert reasons(double.history("node-3")) == ["ready", "disconnected"]
+        steps = [h.body.get("gui", {}).get("step", -1) for h in double.history("node-1")]
+        assert steps == sorted(steps), f"node-1 regressed: {steps}"
+        wait_until(bridge.drained, timeout=10, what="outbox drained")
+        assert bridge.metric("yl_bridge_monitor_reachable") == 1
+        assert bridge.metric("yl_bridge_retries_total") >= 1
+    finally:
+        steady.stop()
+
+
+def test_a_node_refused_by_the_monitor_is_dropped_and_others_go_on(
+        broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+        publishers: list[StatusPublisher]) -> None:
+    good = StatusPublisher(make_config(broker, "node-1"))
+    bad = StatusPublisher(make_config(broker, "node-4"))
+    publishers.extend([good.start(), bad.start()])
+    wait_until(lambda: double.is_online("node-1") and double.is_online("node-4"), timeout=10,
+               what="both online")
+    double.refuse_node("node-4", 422)
+    bad.update_gui_status(face_loaded=True)
+    good.update_gui_status(face_loaded=True)
+    wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True,
+               what="good node forwarded")
+    wait_until(lambda: bridge.metrics().get('yl_bridge_rejected_total{reason="http_422"}', 0)
+               >= 1, what="422 counted")
+    double.refuse_node("node-4", None)
+    bad.update_gui_status(audio_running=True)
+    wait_until(lambda: last_gui(double, "node-4").get("audio_running") is True,
+               what="node-4 forwarded again")
+    assert "http_422" in bridge.log() or "HTTP 422" in bridge.log()
+
+
+def test_without_a_register_route_a_new_node_is_still_online_at_once(
+        tmp_path: Path, broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    double = MonitorDouble(register_route=False).start()
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    try:
+        publisher = StatusPublisher(make_config(broker, "node-5"))
+        started = time.monotonic()
+        publishers.append(publisher.start())
+        wait_until(lambda: double.is_online("node-5"), timeout=10, what="online",
+                   interval=0.005)
+        assert time.monotonic() - started < 1.5
+    finally:
+        assert bridge.stop() == 0
+        double.down()
+
+
+def test_profile_v1_posts_to_the_deployed_endpoint(
+        tmp_path: Path, broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    double = MonitorDouble().start()
+    bridge = BridgeProcess(tmp_path, broker, double, profile="v1").start()
+    try:
+        publishers.append(StatusPublisher(make_config(broker, "node-6")).start())
+        wait_until(lambda: double.history("node-6"), timeout=10, what="v1 heartbeat")
+        assert double.request_count("/api/v1/ar/heartbeat?node_id=node-6") >= 1
+        assert double.request_count("/api/ar/nodes") == 0
+    finally:
+        assert bridge.stop() == 0
+        double.down()
+
+
+def test_sigterm_exits_zero_within_five_seconds_and_keeps_the_outbox(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> None:
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    publisher = StatusPublisher(make_config(broker, "node-7")).start()
+    try:
+        wait_until(lambda: double.is_online("node-7"), timeout=10, what="online")
+        double.fail_with(503)
+        for i in range(10):
+            publisher.update_gui_status(step=i)
+        wait_until(lambda: bridge.metric("yl_bridge_retries_total") >= 1, what="retrying")
+        stopping = time.monotonic()
+        assert bridge.stop() == 0
+        assert time.monotonic() - stopping < 5.0
+        publisher.update_gui_status(step=10)
+        double.fail_with(None)
+        bridge.start()
+        wait_until(lambda: last_gui(double, "node-7").get("step") == 10,
+                   timeout=10, what="newest status after restart")
+    finally:
+        publisher.stop()
+        bridge.stop()
+
+
+def test_broker_kill_9_and_restart_under_traffic(
+        broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess) -> None:
+    publisher = StatusPublisher(make_config(broker, "node-8")).start()
+    try:
+        wait_until(lambda: double.is_online("node-8"), timeout=10, what="online")
+        for i in range(50):
+            publisher.update_gui_status(step=i)
+        broker.kill()
+        broker.start()
+        wait_until(lambda: publisher.connected, timeout=15, what="publisher back")
+        wait_until(bridge.healthy, timeout=15, what="bridge back")
+        publisher.update_gui_status(step=1000)
+        wait_until(lambda: last_gui(double, "node-8").get("step") == 1000,
+                   timeout=10, what="traffic after the broker restart")
+    finally:
+        publisher.stop()
+
+
+def test_bridge_announces_itself_with_a_last_will(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> None:
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    topic = "yl/ar/bridges/yl-bridge/state"
+    try:
+        assert retained(broker.host, broker.port, topic)["state"] == "ready"
+        bridge.kill()
+        wait_until(lambda: (retained(broker.host, broker.port, topic) or {}).get("state")
+                   == "lost", what="bridge lost")
+        bridge.start()
+    finally:
+        assert bridge.stop() == 0
+    assert retained(broker.host, broker.port, topic)["state"] == "disconnected"
+
+
+def test_metrics_and_healthz(broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+                             publishers: list[StatusPublisher]) -> None:
+    publishers.append(StatusPublisher(make_config(broker, "node-9")).start())
+    wait_until(lambda: double.is_online("node-9"), timeout=10, what="online")
+    m = bridge.metrics()
+    assert m['yl_bridge_received_total{kind="state"}'] >= 1
+    assert m['yl_bridge_forwarded_total{kind="state"}'] >= 1
+    assert m["yl_bridge_broker_connected"] == 1
+    assert m["yl_bridge_monitor_reachable"] == 1
+    assert m['yl_bridge_delivery_lag_seconds_bucket{le="+Inf"}'] >= 1
+    assert "yl_bridge_outbox_statuses" in m
+    assert "bridge-secret" not in bridge.log()
+
+
+def test_unreachable_broker_makes_healthz_fail(broker: DevBroker, double: MonitorDouble,
+                                               bridge: BridgeProcess) -> None:
+    broker.stop()
+    wait_until(lambda: not bridge.healthy(), what="healthz failing")
+    broker.start()
+    wait_until(bridge.healthy, timeout=15, what="healthz recovering")
+
+
+def test_a_frozen_bridge_does_not_block_nodes(tmp_path: Path, broker: DevBroker,
+                                              double: MonitorDouble) -> None:
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    assert bridge.process is not None
+    os.kill(bridge.process.pid, signal.SIGSTOP)
+    try:
+        publisher = StatusPublisher(make_config(broker, "node-10")).start()
+        wait_until(lambda: publisher.stats()["report_count"] >= 1, what="publishing anyway")
+        publisher.update_gui_status(video_running=True)
+    finally:
+        os.kill(bridge.process.pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: last_gui(double, "node-10").get("video_running") is True,
+                   timeout=15, what="delivered after the bridge thawed")
+    finally:
+        publisher.stop()
+        bridge.stop()

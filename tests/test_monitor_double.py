@@ -1,0 +1,127 @@
+"""The YL-monitor double itself follows SPEC §4 (it is what the bridge is judged against)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.monitor_double import MonitorDouble
+
+
+@pytest.fixture
+def double() -> Iterator[MonitorDouble]:
+    d = MonitorDouble().start()
+    yield d
+    d.down()
+
+
+def call(double: MonitorDouble, method: str, path: str, body: Any = None,
+         raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(double.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def beat(node: str = "gui-1", **overrides: Any) -> dict[str, Any]:
+    body = {"node_id": node, "status": "online", "timestamp": "2026-01-01T00:00:00Z"}
+    body.update(overrides)
+    return body
+
+
+def test_first_heartbeat_registers_but_is_not_recorded(double: MonitorDouble) -> None:
+    assert call(double, "POST", "/api/ar/nodes/gui-1/heartbeat", beat())[0] == 200
+    assert double.history("gui-1") == []
+    assert call(double, "GET", "/api/ar/nodes/gui-1")[1]["is_online"] is False
+    assert call(double, "POST", "/api/ar/nodes/gui-1/heartbeat", beat())[0] == 200
+    assert len(double.history("gui-1")) == 1
+    node = call(double, "GET", "/api/ar/nodes/gui-1")[1]
+    assert node["is_online"] is True
+    assert set(node) == {"node_id", "node_name", "node_type", "status", "is_online",
+                         "last_check", "last_heartbeat", "metadata"}
+
+
+def test_registered_nodes_record_their_first_heartbeat(double: MonitorDouble) -> None:
+    reg = {"node_id": "gui-1", "node_name": "GUI", "node_type": "user-gui",
+           "register_time": "2026-01-01T00:00:00Z"}
+    assert call(double, "POST", "/api/ar/nodes/register", reg)[0] == 200
+    call(double, "POST", "/api/ar/nodes/gui-1/heartbeat", beat())
+    assert double.is_online("gui-1")
+
+
+def test_register_route_can_be_missing() -> None:
+    d = MonitorDouble(register_route=False).start()
+    try:
+        assert call(d, "POST", "/api/ar/nodes/register", {"node_id": "x"})[0] == 404
+    finally:
+        d.down()
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    (beat(node="gui-2"), 400),
+    (beat(status=1), 422),
+    ({"node_id": "gui-1", "status": "online"}, 422),
+    (beat(resources=[1]), 422),
+    ([1, 2], 422),
+])
+def test_bad_heartbeats(double: MonitorDouble, body: Any, code: int) -> None:
+    assert call(double, "POST", "/api/ar/nodes/gui-1/heartbeat", body)[0] == code
+
+
+def test_online_needs_status_online_and_a_fresh_heartbeat() -> None:
+    d = MonitorDouble(check_interval=0.05).start()
+    try:
+        call(d, "POST", "/api/ar/nodes/gui-1/heartbeat", beat())
+        call(d, "POST", "/api/ar/nodes/gui-1/heartbeat", beat(status="offline"))
+        assert not d.is_online("gui-1")
+        call(d, "POST", "/api/ar/nodes/gui-1/heartbeat", beat())
+        assert d.node_view("gui-1")["status"] == "online"  # type: ignore[index]
+    finally:
+        d.down()
+
+
+def test_unknown_node_is_404(double: MonitorDouble) -> None:
+    assert call(double, "GET", "/api/ar/nodes/nobody")[0] == 404
+
+
+def test_alerts_and_acknowledge(double: MonitorDouble) -> None:
+    code, alerts = call(double, "GET", "/api/alerts")
+    assert code == 200
+    assert isinstance(alerts, list)
+    assert call(double, "POST", "/api/alerts/1/acknowledge", {})[0] == 422
+    assert call(double, "POST", "/api/alerts/99/acknowledge", {"user": "ops"})[0] == 404
+    assert call(double, "POST", "/api/alerts/1/acknowledge", {"user": "ops"})[0] == 200
+    assert double.alerts[0]["status"] == "acknowledged"
+    double.wrap_alerts = True
+    assert "alerts" in call(double, "GET", "/api/alerts")[1]
+
+
+def test_v1_heartbeat_ignores_the_body_and_accepts_unknown_ids(double: MonitorDouble) -> None:
+    assert call(double, "POST", "/api/v1/ar/heartbeat?node_id=anything", raw=b"junk")[0] == 200
+    assert double.history("anything")[0].status is None
+
+
+def test_down_refuses_and_comes_back_on_the_same_port(double: MonitorDouble) -> None:
+    port = double.port
+    double.down()
+    with pytest.raises(urllib.error.URLError):
+        call(double, "GET", "/api/health")
+    double.start()
+    assert double.port == port
+    assert call(double, "GET", "/api/health")[1]["status"] == "healthy"
+
+
+def test_injected_failures(double: MonitorDouble) -> None:
+    double.fail_with(500)
+    assert call(double, "GET", "/api/health")[0] == 500
+    double.fail_with(None)
+    assert call(double, "GET", "/api/health")[0] == 200

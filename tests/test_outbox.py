@@ -1,0 +1,133 @@
+"""The bridge outbox on a real SQLite file: coalescing, order, stale guard, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox
+from publisher.protocol import (
+    ReporterCounters,
+    Resources,
+    StateMessage,
+    StatusMessage,
+    encode,
+)
+
+A = "000000000010-aaaaaaaaaaaa"
+B = "000000000020-bbbbbbbbbbbb"
+
+
+def state(word: str, session: str = A) -> tuple[str, StateMessage, bytes, float]:
+    message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
+                           since="2026-01-01T00:00:00.000Z", node_name="GUI", version="1",
+                           interval_s=30.0)
+    return ("n1", message, encode(message), 1.0)
+
+
+def status(seq: int, session: str = A, node: str = "n1") -> tuple[str, StatusMessage, bytes,
+                                                                  float]:
+    message = StatusMessage(
+        node_id=node, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z", status="running",
+        version="1", uptime=1.0, resources=Resources(1.0, 1.0, 1), gui={"seq": seq},
+        reporter=ReporterCounters(0, 0, None), session=session, seq=seq, interval_s=30.0)
+    return (node, message, encode(message), 2.0)
+
+
+def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:
+    out = []
+    while (item := outbox.next_item(node)) is not None:
+        out.append((item.kind, item.state, item.seq))
+        outbox.done(item)
+    return out
+
+
+def test_statuses_coalesce_to_the_newest(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    result, touched = box.record([status(i) for i in range(1, 101)])
+    assert result.accepted == 100
+    assert result.coalesced == 99
+    assert touched == {"n1"}
+    assert drain(box) == [("status", None, 100)]
+    assert box.depth() == (0, 0)
+
+
+def test_transitions_keep_their_order_and_come_before_the_status(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(1), status(2), state("lost"), state("ready", B),
+                status(1, B)])
+    assert drain(box) == [("state", "ready", -1), ("state", "lost", -1), ("state", "ready", -1),
+                          ("status", None, 1)]
+
+
+def test_a_transition_carries_the_snapshot_it_superseded(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(7), state("lost")])
+    first = box.next_item("n1")
+    assert first is not None
+    box.done(first)
+    lost = box.next_item("n1")
+    assert lost is not None
+    assert lost.state == "lost"
+    assert b'"seq":7' in (lost.payload or b"")
+
+
+def test_older_and_duplicate_messages_are_dropped(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready", B), status(5, B)])
+    result, _ = box.record([status(4, B), status(5, B), status(9, A), state("lost", A),
+                            state("ready", B)])
+    assert result.stale == 4
+    assert result.duplicates == 1
+    assert drain(box) == [("state", "ready", -1), ("status", None, 5)]
+
+
+def test_a_newer_status_after_delivery_is_delivered_again(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([status(1)])
+    assert drain(box) == [("status", None, 1)]
+    box.record([status(1)])
+    assert drain(box) == []
+    box.record([status(2)])
+    assert drain(box) == [("status", None, 2)]
+
+
+def test_everything_survives_reopening(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(3), state("lost"), status(4)])
+    box.set_registered("n1", True)
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert again.nodes_with_work() == ["n1"]
+    mark = again.mark("n1")
+    assert mark is not None
+    assert mark.registered
+    assert (mark.session, mark.seq, mark.state) == (A, 4, "lost")
+    result, _ = again.record([status(3)])
+    assert result.stale == 1
+    assert drain(again) == [("state", "ready", -1), ("state", "lost", -1), ("status", None, 4)]
+
+
+def test_done_keeps_a_newer_status_that_arrived_meanwhile(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([status(1)])
+    item = box.next_item("n1")
+    assert item is not None
+    box.record([status(2)])
+    box.done(item)
+    assert drain(box) == [("status", None, 2)]
+
+
+def test_transition_cap_drops_the_oldest_and_counts(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    words = ["ready", "lost"] * (MAX_TRANSITIONS_PER_NODE // 2 + 5)
+    sessions = [f"{i:012x}-cccccccccccc" for i in range(len(words))]
+    result, _ = box.record([state(w, s) for w, s in zip(words, sessions, strict=True)])
+    assert result.dropped == 10
+    assert box.depth()[0] == MAX_TRANSITIONS_PER_NODE
+
+
+def test_node_count_is_bounded(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_nodes=2)
+    result, _ = box.record([status(1, node=f"n{i}") for i in range(4)])
+    assert result.too_many_nodes == 2
+    assert box.known_nodes() == 2
