@@ -131,3 +131,22 @@ def test_node_count_is_bounded(tmp_path: Path) -> None:
     result, _ = box.record([status(1, node=f"n{i}") for i in range(4)])
     assert result.too_many_nodes == 2
     assert box.known_nodes() == 2
+
+
+def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
+        tmp_path: Path) -> None:
+    """States and statuses arrive on two sessions; a status of the next process start may
+    come in before the previous process's last will."""
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready", A), status(3, A)])
+    assert drain(box) == [("state", "ready", -1), ("status", None, 3)]
+    result, _ = box.record([status(1, B), state("lost", A), state("ready", B)])
+    assert result.stale == 0
+    items = []
+    while (item := box.next_item("n1")) is not None:
+        items.append((item.kind, item.state, item.session, item.payload is not None))
+        box.done(item)
+    # the will of A carries no snapshot: the newest one belongs to B and goes with B's ready
+    assert items == [("state", "lost", A, False), ("state", "ready", B, True)]
+    lost_snapshot = box.record([state("lost", A)])[0]
+    assert lost_snapshot.stale == 1

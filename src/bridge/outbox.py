@@ -191,24 +191,15 @@ class Outbox:
 
     def _record_state(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
                       message: StateMessage, received: float, result: IngestResult) -> bool:
-        if mark.session is not None and message.session < mark.session:
+        """States are ordered among themselves only: statuses travel on another session and
+        may overtake them, so a state older than the newest *status* is still a transition."""
+        if mark.state_session is not None and message.session < mark.state_session:
             result.stale += 1
             return False
         if (message.session, message.state) == (mark.state_session, mark.state):
             result.duplicates += 1
             return False
-        snapshot: bytes | None = None
-        if mark.pending_status:
-            row = db.execute("SELECT payload FROM pending_status WHERE node_id = ?",
-                             (node_id,)).fetchone()
-            db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
-            mark.pending_status = False
-            result.coalesced += 1
-            snapshot = row[0] if row else None
-        if snapshot is None and message.session == mark.session:
-            row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?",
-                             (node_id,)).fetchone()
-            snapshot = row[0] if row else None
+        snapshot = self._snapshot_for(db, node_id, mark, message.session, result)
         db.execute("INSERT INTO transitions (node_id, session, state, snapshot, received) "
                    "VALUES (?, ?, ?, ?, ?)",
                    (node_id, message.session, message.state, snapshot, received))
@@ -221,22 +212,35 @@ class Outbox:
             result.dropped += excess
             log.error("outbox: node %s has more than %d undelivered transitions; dropped the "
                       "oldest %d", node_id, MAX_TRANSITIONS_PER_NODE, excess)
-        new_session = mark.session is None or message.session > mark.session
         db.execute(
-            "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
-            "node_name = excluded.node_name, state = excluded.state, "
-            "state_session = excluded.state_session, session = excluded.session, "
-            "seq = excluded.seq",
-            (node_id, message.node_name or mark.node_name,
-             message.session if new_session else mark.session,
-             -1 if new_session else mark.seq, message.state, message.session))
-        if new_session:
-            mark.session, mark.seq = message.session, -1
+            "INSERT INTO nodes (node_id, node_name, state, state_session) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
+            "state = excluded.state, state_session = excluded.state_session",
+            (node_id, message.node_name or mark.node_name, message.state, message.session))
         mark.state, mark.state_session = message.state, message.session
         mark.node_name = message.node_name or mark.node_name
         result.accepted += 1
         return True
+
+    def _snapshot_for(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
+                      session: str, result: IngestResult) -> bytes | None:
+        """The newest status of ``session`` to send along with a transition of that session.
+
+        A pending status of the same session is folded into the transition (it would only be
+        sent right after it); one of another session stays pending.
+        """
+        if mark.session != session:
+            return None
+        if mark.pending_status:
+            row = db.execute("SELECT payload FROM pending_status WHERE node_id = ?",
+                             (node_id,)).fetchone()
+            db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
+            mark.pending_status = False
+            result.coalesced += 1
+            if row is not None:
+                return bytes(row[0])
+        row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
 
     # --- delivery (forwarder threads) -----------------------------------------------------
 
