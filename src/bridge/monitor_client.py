@@ -97,8 +97,8 @@ class MonitorClient:
         data = None if body is None else json.dumps(body, separators=(",", ":"),
                                                     allow_nan=False).encode()
         for attempt in (1, 2):
-            conn = self._connection()
             try:
+                conn = self._connection()
                 conn.request(method, self._prefix + path, body=data, headers=self._headers)
                 response = conn.getresponse()
                 raw = response.read()
