@@ -183,3 +183,10 @@ def test_node_refuses_a_bad_node_id_before_any_network(
     path = write(tmp_path, "mqtt:\n  port: 1\n")
     assert main(["node", "-c", str(path), "--node-id", "../x"]) == 2
     assert "--node-id" in capsys.readouterr().err
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "monitor_config.example.yaml"
+    config = load_config(example, env={})
+    assert config.monitor.profile == "nodes-api"
+    assert config.bridge.outbox_path == "/var/lib/yl-status/outbox.sqlite3"
