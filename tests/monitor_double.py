@@ -9,6 +9,8 @@
 - ``GET /api/health``; ``GET /api/alerts`` (a bare list, or ``{"alerts": [...]}``);
   ``POST /api/alerts/{id}/acknowledge`` (422 without ``user``, 404 for an unknown id).
 - ``POST /api/v1/ar/heartbeat?node_id=`` (the deployed 1.0.6): body ignored, 200 always.
+- ``GET /_double/stats``, ``POST /_double/fail?code=503`` (empty code: recover): the
+  double's own controls, for benchmarks that run it as a separate process.
 
 It is a real HTTP/1.1 server on a socket. It can go down (connection refused) and come back
 on the same port, answer 500s or 429s on demand, and records every request.
@@ -113,13 +115,14 @@ class _Handler(BaseHTTPRequestHandler):
 class MonitorDouble:
     def __init__(self, port: int = 0, *, host: str = "127.0.0.1", check_interval: float = 30.0,
                  register_route: bool = True, wrap_alerts: bool = False,
-                 token: str | None = None) -> None:
+                 token: str | None = None, delay: float = 0.0) -> None:
         self.host = host
         self.port = port
         self.check_interval = check_interval
         self.register_route = register_route
         self.wrap_alerts = wrap_alerts
         self.token = token
+        self.delay = delay
         self.failure: tuple[int, dict[str, str]] | None = None
         self.refused_nodes: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -206,6 +209,8 @@ class MonitorDouble:
 
     def handle(self, method: str, target: str, raw: bytes, auth: str | None
                ) -> tuple[int, Any, dict[str, str]]:
+        if self.delay:
+            time.sleep(self.delay)
         now = time.time()
         with self.lock:
             code, body, headers = self._route(method, target, raw, auth, now)
@@ -214,13 +219,20 @@ class MonitorDouble:
 
     def _route(self, method: str, target: str, raw: bytes, auth: str | None, now: float
                ) -> tuple[int, Any, dict[str, str]]:
+        parts = urlsplit(target)
+        if method == "POST" and parts.path == "/_double/fail":
+            code = parse_qs(parts.query).get("code", [""])[0]
+            self.failure = (int(code), {}) if code else None
+            return 200, {"failure": code or None}, {}
         if self.failure is not None:
             code, headers = self.failure
             return code, {"detail": "injected failure"}, headers
         if self.token is not None and auth != f"Bearer {self.token}":
             return 401, {"detail": "Not authenticated"}, {}
-        parts = urlsplit(target)
         path = [unquote(p) for p in parts.path.split("/") if p]
+        if method == "GET" and path == ["_double", "stats"]:
+            return 200, {"requests": len(self.requests), "heartbeats": len(self.heartbeats),
+                         "nodes": len(self.nodes)}, {}
         if method == "GET" and path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
         if path[:3] == ["api", "ar", "nodes"]:
@@ -332,8 +344,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5500)
     parser.add_argument("--no-register-route", action="store_true")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="seconds to wait before answering (a slow monitor)")
     args = parser.parse_args()
-    double = MonitorDouble(args.port, host=args.host,
+    double = MonitorDouble(args.port, host=args.host, delay=args.delay,
                            register_route=not args.no_register_route).start()
     print(f"YL-monitor test double on {double.url}", flush=True)
     try:

@@ -163,7 +163,7 @@ def retained(host: str, port: int, topic: str, timeout: float = 3.0) -> Any:
     try:
         if not subscribed.wait(timeout):
             raise AssertionError(f"could not subscribe to {topic}")
-        arrived.wait(0.5)
+        arrived.wait(1.0)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -256,6 +256,8 @@ def test_retained_state_survives_a_broker_restart(broker: DevBroker, hard: bool)
     publisher = StatusPublisher(make_config(broker)).start()
     wait_until(lambda: publisher.stats()["report_count"] >= 1, what="status acked")
     publisher.stop()
+    wait_until(lambda: (retained(broker.host, broker.port, STATE) or {}).get("state")
+               == "disconnected", what="disconnected before the restart")
     stopped_at = time.time()
     if hard:
         db = broker.workdir / "mosquitto.db"

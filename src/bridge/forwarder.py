@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.metrics import Metrics
 from bridge.monitor_client import Answer, MonitorClient, Outcome
-from bridge.outbox import Item, Outbox
+from bridge.outbox import Item, NodeMark, Outbox
 from publisher import protocol
 from publisher.config import Config
 from publisher.errors import ProtocolError
@@ -50,13 +50,16 @@ class Scheduler:
 
     def notify(self, nodes: Iterable[str]) -> None:
         with self._cond:
+            added = 0
             for node in nodes:
                 if node in self._busy:
                     self._dirty.add(node)
                 elif node not in self._queued:
                     self._queued.add(node)
                     self._ready.append(node)
-            self._cond.notify_all()
+                    added += 1
+            if added:
+                self._cond.notify(added)
 
     def take(self) -> str | None:
         """The next node to serve, or None once stopping."""
@@ -77,13 +80,16 @@ class Scheduler:
     def release(self, node: str, again: bool) -> None:
         with self._cond:
             self._busy.discard(node)
-            self._probing = False
+            probing, self._probing = self._probing, False
             if again or node in self._dirty:
                 self._dirty.discard(node)
                 if node not in self._queued:
                     self._queued.add(node)
                     self._ready.append(node)
-            self._cond.notify_all()
+            if probing:
+                self._cond.notify_all()
+            elif self._ready:
+                self._cond.notify()
 
     def succeeded(self) -> None:
         with self._cond:
@@ -179,7 +185,7 @@ class Forwarder:
             answer = self._register(client, node, mark.node_name)
             if answer.outcome is Outcome.RETRY:
                 return self._retry(answer)
-        body = self._body(item)
+        body = self._body(item, mark)
         answer = client.heartbeat(node, body)
         if answer.outcome is Outcome.NOT_FOUND and self._nodes_api:
             self.outbox.set_registered(node, False)
@@ -239,7 +245,7 @@ class Forwarder:
         return {"node_id": node, "node_name": name or node, "timestamp": protocol.utc_now_iso(),
                 "status": self._values.online if online else self._values.offline}
 
-    def _body(self, item: Item) -> dict[str, Any]:
+    def _body(self, item: Item, mark: NodeMark | None) -> dict[str, Any]:
         snapshot: dict[str, Any] = {}
         if item.payload:
             try:
@@ -248,7 +254,6 @@ class Forwarder:
                 snapshot = {}
         state = item.state
         if state is None:
-            mark = self.outbox.mark(item.node_id)
             state = mark.state if mark is not None and mark.state_session == item.session \
                 else "ready"
         body: dict[str, Any] = {k: snapshot[k] for k in _HEARTBEAT_FIELDS if k in snapshot}
@@ -258,7 +263,6 @@ class Forwarder:
         if item.kind == "state" or "timestamp" not in body:
             body["timestamp"] = protocol.iso_from_epoch(item.received)
         if "node_name" not in body:
-            mark = self.outbox.mark(item.node_id)
             body["node_name"] = (mark.node_name if mark else "") or item.node_id
         return body
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher import protocol
@@ -82,6 +82,18 @@ class Item:
 
 
 @dataclass
+class _Delivered:
+    """What a node had delivered since the last flush (kept out of ``next_item``)."""
+
+    transitions: set[int] = field(default_factory=set)
+    statuses: set[tuple[str, int]] = field(default_factory=set)
+
+    def merge(self, other: _Delivered) -> None:
+        self.transitions |= other.transitions
+        self.statuses |= other.statuses
+
+
+@dataclass
 class IngestResult:
     accepted: int = 0
     coalesced: int = 0
@@ -96,16 +108,23 @@ Incoming = tuple[str, "StateMessage | StatusMessage", bytes, float]
 
 
 class Outbox:
-    def __init__(self, path: str | Path, *, max_nodes: int = 100_000) -> None:
+    def __init__(self, path: str | Path, *, max_nodes: int = 100_000,
+                 on_change: Callable[[], None] | None = None) -> None:
+        """``on_change`` is called when deliveries await ``flush()``; without it, every
+        ``done()`` is written at once (one transaction each)."""
         self.path = str(path)
         self.max_nodes = max_nodes
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._ingest = self._open("FULL")
-        self._delivery = self._open("NORMAL")
-        self._ingest_lock = threading.Lock()
-        self._delivery_lock = threading.Lock()
+        self._db = self._open("FULL")
+        self._write_lock = threading.Lock()
+        self._readers = threading.local()
+        self._readers_all: list[sqlite3.Connection] = []
         self._marks_lock = threading.Lock()
+        self._on_change = on_change
         self.marks: dict[str, NodeMark] = {}
+        self._done: dict[str, _Delivered] = {}
+        self._flushing: dict[str, _Delivered] = {}
+        self._registered: dict[str, bool] = {}
         self._load_marks()
 
     def _open(self, synchronous: str) -> sqlite3.Connection:
@@ -116,29 +135,41 @@ class Outbox:
         conn.executescript(_SCHEMA)
         return conn
 
+    def _reader(self) -> sqlite3.Connection:
+        """A read connection per thread: WAL readers never wait for the writer."""
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._readers.conn = conn
+            with self._marks_lock:
+                self._readers_all.append(conn)
+        return conn
+
     def _load_marks(self) -> None:
-        rows = self._ingest.execute(
+        rows = self._db.execute(
             "SELECT node_id, node_name, session, seq, state, state_session, registered "
             "FROM nodes").fetchall()
         for node_id, name, session, seq, state, state_session, registered in rows:
             self.marks[node_id] = NodeMark(session, -1 if seq is None else seq, state,
                                            state_session, name, bool(registered))
-        for (node_id,) in self._ingest.execute("SELECT node_id FROM pending_status"):
+        for (node_id,) in self._db.execute("SELECT node_id FROM pending_status"):
             self.marks.setdefault(node_id, NodeMark()).pending_status = True
 
     def close(self) -> None:
-        with self._ingest_lock, self._delivery_lock:
-            self._ingest.close()
-            self._delivery.close()
+        self.flush()
+        with self._write_lock, self._marks_lock:
+            self._db.close()
+            for conn in self._readers_all:
+                conn.close()
 
-    # --- ingest (one writer thread) -------------------------------------------------------
+    # --- writing (the writer thread) -----------------------------------------------------
 
     def record(self, batch: Iterable[Incoming]) -> tuple[IngestResult, set[str]]:
         """Record a batch in one committed transaction; returns counts and touched nodes."""
         result = IngestResult()
         touched: set[str] = set()
-        with self._ingest_lock, self._marks_lock:
-            db = self._ingest
+        with self._write_lock, self._marks_lock:
+            db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 for node_id, message, raw, received in batch:
@@ -242,46 +273,89 @@ class Outbox:
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
+    def flush(self) -> None:
+        """Write the deliveries and registrations reported since the last flush."""
+        with self._marks_lock:
+            done = self._done
+            self._done = {}
+            self._flushing = done
+            registered = dict(self._registered)
+            self._registered.clear()
+        transitions = [(t,) for d in done.values() for t in d.transitions]
+        statuses = [(node, s, q) for node, d in done.items() for s, q in d.statuses]
+        if not (transitions or statuses or registered):
+            return
+        with self._write_lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM transitions WHERE id = ?", transitions)
+                db.executemany("DELETE FROM pending_status WHERE node_id = ? AND session = ? "
+                               "AND seq = ?", statuses)
+                db.executemany("UPDATE nodes SET registered = ? WHERE node_id = ?",
+                               [(int(v), k) for k, v in registered.items()])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                with self._marks_lock:
+                    for node, value in registered.items():
+                        self._registered.setdefault(node, value)
+                    for node, delivered in done.items():
+                        self._done.setdefault(node, _Delivered()).merge(delivered)
+                    self._flushing = {}
+                raise
+        with self._marks_lock:
+            self._flushing = {}
+
     # --- delivery (forwarder threads) -----------------------------------------------------
 
     def next_item(self, node_id: str) -> Item | None:
-        with self._delivery_lock:
-            row = self._delivery.execute(
+        """The node's oldest undelivered transition, else its pending status."""
+        reader = self._reader()
+        with self._marks_lock:
+            skip = _Delivered()
+            for pending in (self._done, self._flushing):
+                if node_id in pending:
+                    skip.merge(pending[node_id])
+        for row in reader.execute(
                 "SELECT id, session, state, snapshot, received FROM transitions "
-                "WHERE node_id = ? ORDER BY id LIMIT 1", (node_id,)).fetchone()
-            if row is not None:
+                "WHERE node_id = ? ORDER BY id LIMIT ?", (node_id, len(skip.transitions) + 1)):
+            if row[0] not in skip.transitions:
                 return Item(node_id, "state", row[1], -1, row[2], row[3], row[4], row[0])
-            row = self._delivery.execute(
-                "SELECT session, seq, payload, received FROM pending_status WHERE node_id = ?",
-                (node_id,)).fetchone()
-        if row is None:
+        row = reader.execute(
+            "SELECT session, seq, payload, received FROM pending_status WHERE node_id = ?",
+            (node_id,)).fetchone()
+        if row is None or (row[0], row[1]) in skip.statuses:
             return None
         return Item(node_id, "status", row[0], row[1], None, row[2], row[3])
 
     def done(self, item: Item) -> None:
-        """The item reached the monitor (or was refused for good): remove it."""
-        with self._delivery_lock:
+        """The item reached the monitor (or was refused for good): it is never handed out
+        again, and is removed from disk at the next ``flush()``."""
+        with self._marks_lock:
+            delivered = self._done.setdefault(item.node_id, _Delivered())
             if item.transition_id is not None:
-                self._delivery.execute("DELETE FROM transitions WHERE id = ?",
-                                       (item.transition_id,))
-                return
-            cursor = self._delivery.execute(
-                "DELETE FROM pending_status WHERE node_id = ? AND session = ? AND seq = ?",
-                (item.node_id, item.session, item.seq))
-        if cursor.rowcount:
-            with self._marks_lock:
+                delivered.transitions.add(item.transition_id)
+            else:
+                delivered.statuses.add((item.session, item.seq))
                 mark = self.marks.get(item.node_id)
                 if mark is not None and (mark.session, mark.seq) == (item.session, item.seq):
                     mark.pending_status = False
+        self._changed()
 
     def set_registered(self, node_id: str, registered: bool) -> None:
         with self._marks_lock:
             mark = self.marks.get(node_id)
             if mark is not None:
                 mark.registered = registered
-        with self._delivery_lock:
-            self._delivery.execute("UPDATE nodes SET registered = ? WHERE node_id = ?",
-                                   (int(registered), node_id))
+            self._registered[node_id] = registered
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is None:
+            self.flush()
+        else:
+            self._on_change()
 
     def mark(self, node_id: str) -> NodeMark | None:
         with self._marks_lock:
@@ -289,18 +363,22 @@ class Outbox:
             return None if found is None else NodeMark(**vars(found))
 
     def nodes_with_work(self) -> list[str]:
-        with self._delivery_lock:
-            rows = self._delivery.execute(
-                "SELECT node_id FROM transitions UNION SELECT node_id FROM pending_status"
-            ).fetchall()
+        rows = self._reader().execute(
+            "SELECT node_id FROM transitions UNION SELECT node_id FROM pending_status"
+        ).fetchall()
         return [r[0] for r in rows]
 
     def depth(self) -> tuple[int, int]:
-        """(pending transitions, pending statuses)."""
-        with self._delivery_lock:
-            transitions = self._delivery.execute("SELECT COUNT(*) FROM transitions").fetchone()
-            statuses = self._delivery.execute("SELECT COUNT(*) FROM pending_status").fetchone()
-        return int(transitions[0]), int(statuses[0])
+        """(undelivered transitions, undelivered statuses)."""
+        reader = self._reader()
+        transitions = reader.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
+        statuses = reader.execute("SELECT COUNT(*) FROM pending_status").fetchone()[0]
+        with self._marks_lock:
+            done_t = sum(len(d.transitions) for p in (self._done, self._flushing)
+                         for d in p.values())
+            done_s = sum(len(d.statuses) for p in (self._done, self._flushing)
+                         for d in p.values())
+        return max(int(transitions) - done_t, 0), max(int(statuses) - done_s, 0)
 
     def known_nodes(self) -> int:
         with self._marks_lock:

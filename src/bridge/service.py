@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 BRIDGE_NODE_TYPE = "yl-bridge"
 MAX_BATCH = 1000
+FLUSH = "flush"
+"""Queued to wake the writer when deliveries are waiting to be written."""
+FLUSH_DELAY = 0.02
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,11 @@ class Bridge:
         self.config = config
         self.topics = config.mqtt.topics
         self.metrics = Metrics()
-        self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes)
+        self._incoming: queue.Queue[Incoming | str | None] = queue.Queue()
+        self._flush_requested = threading.Event()
+        self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes,
+                             on_change=self._request_flush)
         self.forwarder = Forwarder(config, self.outbox, self.metrics)
-        self._incoming: queue.Queue[Incoming | None] = queue.Queue()
         self._reject_log = RejectLog()
         self._writer = threading.Thread(target=self._write_loop, name="yl-bridge-outbox",
                                         daemon=True)
@@ -179,23 +185,41 @@ class Bridge:
 
     # --- outbox writer --------------------------------------------------------------------
 
+    def _request_flush(self) -> None:
+        if not self._flush_requested.is_set():
+            self._flush_requested.set()
+            self._incoming.put(FLUSH)
+
     def _write_loop(self) -> None:
+        """The only thread that writes the outbox: incoming batches at once (they are
+        acknowledged after the commit), deliveries within ``FLUSH_DELAY`` (losing those in a
+        crash only means sending them again)."""
+        flush_due: float | None = None
         while True:
-            first = self._incoming.get()
-            batch = [first]
+            timeout = None if flush_due is None else max(flush_due - time.monotonic(), 0.0)
+            try:
+                batch = [self._incoming.get(timeout=timeout)]
+            except queue.Empty:
+                batch = []
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._incoming.get_nowait())
                 except queue.Empty:
                     break
-            stop = None in batch
-            messages = [m for m in batch if m is not None]
-            if messages:
-                try:
+            messages = [m for m in batch if isinstance(m, Incoming)]
+            stopping = None in batch
+            if FLUSH in batch and flush_due is None:
+                flush_due = time.monotonic() + FLUSH_DELAY
+            try:
+                if messages:
                     self._record(messages)
-                except Exception:
-                    log.exception("outbox write failed; messages stay unacknowledged")
-            if stop:
+                if flush_due is not None and (stopping or time.monotonic() >= flush_due):
+                    flush_due = None
+                    self._flush_requested.clear()
+                    self.outbox.flush()
+            except Exception:
+                log.exception("outbox write failed; messages stay unacknowledged")
+            if stopping:
                 return
 
     def _record(self, messages: list[Incoming]) -> None:
@@ -242,6 +266,10 @@ def run_bridge(config: Config) -> int:
     from yl_status.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
 
     configure_logging(config.logging)
+    # Forwarder threads spend their time waiting for the monitor; with the default 5 ms
+    # switch interval each answer can wait that long for the GIL (measured: the backlog
+    # drain rate went from 0.85x to 1.3x of a plain POST loop with 0.5 ms).
+    sys.setswitchinterval(0.0005)
     stop = stop_event_on_signals()
     bridge = Bridge(config).start()
     stop.wait()

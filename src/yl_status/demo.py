@@ -145,8 +145,7 @@ def main() -> int:
                 break
             for process in processes:
                 if process.poll() is not None:
-                    say(f"{process.args[3] if len(process.args) > 3 else process.args[0]} "
-                        f"exited with {process.returncode}; see {workdir}")
+                    say(f"{process.args!r} exited with {process.returncode}; see {workdir}")
                     return 1
             stop.wait(0.5)
     except KeyboardInterrupt:

@@ -1,0 +1,380 @@
+"""The bridge under load, through a real mosquitto into a local YL-monitor sink.
+
+Measures, in one run:
+1. forwarding rate: the bridge draining a steady stream of statuses from many nodes into the
+   sink, against a plain single-connection keep-alive POST loop to the same sink;
+2. ingest: >= 5,000 status messages/s into the bridge while the sink is slower than that:
+   the sink's request rate stays capped, the bridge's memory stays flat, and every node's
+   newest status is delivered in the end;
+3. state change -> monitor latency (p50, p99) at 100 nodes;
+4. bridge RSS with 10,000 nodes known.
+
+Run: .venv/bin/python bench/bridge.py [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psutil
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+# bench/publisher.py would shadow the package of the same name: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+
+from publisher import protocol  # noqa: E402
+from publisher.protocol import ReporterCounters, Resources, StatusMessage  # noqa: E402
+from yl_status.dev_broker import PROJECT_ROOT, DevBroker, free_port  # noqa: E402
+
+DOUBLE = PROJECT_ROOT / "tests" / "monitor_double.py"
+PASSWORD = "bench-secret"
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait(what: str, check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise SystemExit(f"bench: gave up waiting for {what}")
+
+
+class Rig:
+    """Broker, sink and bridge processes for one scenario."""
+
+    def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4) -> None:
+        self.tmp = tmp
+        self.broker = DevBroker(tmp / "broker", users={
+            "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD},
+            extra_acl="user bench-pub\ntopic write yl/ar/nodes/#\n").start()
+        self.sink_port = free_port()
+        self.sink = subprocess.Popen([sys.executable, str(DOUBLE), "--port",
+                                      str(self.sink_port), "--delay", str(sink_delay)],
+                                     stdout=subprocess.DEVNULL)
+        self.sink_url = f"http://127.0.0.1:{self.sink_port}"
+        wait("sink", lambda: get(self.sink_url + "/api/health"))
+        self.metrics_port = free_port()
+        config = {
+            "monitor": {"url": self.sink_url, "retry_delay": 1},
+            "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "username": "yl-bridge",
+                     "password": PASSWORD},
+            "bridge": {"outbox_path": str(tmp / "outbox.sqlite3"),
+                       "metrics": f"127.0.0.1:{self.metrics_port}",
+                       "http_concurrency": concurrency},
+            "logging": {"level": "WARNING"},
+        }
+        (tmp / "bridge.yaml").write_text(yaml.safe_dump(config))
+        self.bridge = subprocess.Popen([sys.executable, "-m", "yl_status", "bridge", "-c",
+                                        str(tmp / "bridge.yaml")])
+        wait("bridge", lambda: get(f"http://127.0.0.1:{self.metrics_port}/healthz")["ok"])
+        self.publisher = Publisher(self.broker.port)
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def forwarded(self) -> float:
+        m = self.metrics()
+        return sum(v for k, v in m.items() if k.startswith("yl_bridge_forwarded_total"))
+
+    def drained(self) -> bool:
+        m = self.metrics()
+        return m.get("yl_bridge_outbox_transitions") == 0 and \
+            m.get("yl_bridge_outbox_statuses") == 0
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.bridge.pid).memory_info().rss / 2**20
+
+    def close(self) -> None:
+        self.publisher.close()
+        for process in (self.bridge, self.sink):
+            process.terminate()
+            process.wait()
+        self.broker.stop()
+
+
+class Publisher:
+    """Publishes ready-made protocol messages for many node ids from one connection."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                                  protocol=mqtt.MQTTv5)
+        self.client.username_pw_set("bench-pub", PASSWORD)
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.topics = protocol.Topics()
+        self.session = protocol.new_session_id()
+        self.seq: dict[str, int] = {}
+
+    def status(self, node: str, **gui: Any) -> mqtt.MQTTMessageInfo:
+        seq = self.seq.get(node, 0) + 1
+        self.seq[node] = seq
+        message = StatusMessage(
+            node_id=node, node_name=node, timestamp=protocol.utc_now_iso(), status="running",
+            version="bench", uptime=float(seq), resources=Resources(1.0, 100.0, 4),
+            gui={"n": seq, **gui}, reporter=ReporterCounters(seq, 0, None),
+            session=self.session, seq=seq, interval_s=30.0)
+        return self.client.publish(self.topics.status(node), protocol.encode(message), qos=1)
+
+    def state(self, node: str, word: str) -> mqtt.MQTTMessageInfo:
+        message = protocol.StateMessage(state=word, session=self.session,  # type: ignore[arg-type]
+                                        since=protocol.utc_now_iso(), node_name=node,
+                                        version="bench", interval_s=30.0)
+        return self.client.publish(self.topics.state(node), protocol.encode(message), qos=1,
+                                   retain=True)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def post_loop(url: str, seconds: float) -> float:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    body = json.dumps({"node_id": "loop-node", "status": "online",
+                       "timestamp": protocol.utc_now_iso(), "resources": {}, "gui": {}})
+    headers = {"Content-Type": "application/json"}
+    count = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        conn.request("POST", "/api/ar/nodes/loop-node/heartbeat", body=body, headers=headers)
+        conn.getresponse().read()
+        count += 1
+    conn.close()
+    return count / seconds
+
+
+def post(url: str) -> None:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+def forwarding_rate(seconds: float, nodes_count: int = 3000) -> None:
+    """Drain: nodes' newest statuses wait in the outbox (the monitor answered 503) and the
+    bridge forwards them with nothing else going on, as the loop does. Steady state: 500
+    nodes stream statuses at a fraction of the loop's rate while the bridge forwards."""
+    with tempfile.TemporaryDirectory() as name:
+        rig = Rig(Path(name))
+        try:
+            baseline = post_loop(rig.sink_url, seconds)
+            nodes = [f"fwd-{i:04d}" for i in range(nodes_count)]
+            for node in nodes:
+                rig.publisher.status(node)
+            wait("nodes registered", rig.drained, 120)
+            post(rig.sink_url + "/_double/fail?code=503")
+            for node in nodes:
+                rig.publisher.status(node)
+            wait("backlog in the outbox",
+                 lambda: rig.metrics().get("yl_bridge_outbox_statuses", 0) >= nodes_count, 120)
+            before = rig.forwarded()
+            post(rig.sink_url + "/_double/fail?code=")
+            wait("forwarding to start", lambda: rig.forwarded() > before + 10, 30)
+            first, t0 = rig.forwarded(), time.monotonic()
+            wait("backlog drained", rig.drained, 120)
+            drain = (rig.forwarded() - first) / (time.monotonic() - t0)
+            stop = threading.Event()
+
+            def feed(rate: float) -> None:
+                began, sent = time.monotonic(), 0
+                while not stop.is_set():
+                    for node in nodes[:500]:
+                        rig.publisher.status(node)
+                    sent += 500
+                    ahead = sent / rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+            steady: list[tuple[float, float]] = []
+            for fraction in (0.4, 0.6, 1.0):
+                stop.clear()
+                feeder = threading.Thread(target=feed, args=(baseline * fraction,),
+                                          daemon=True)
+                feeder.start()
+                time.sleep(2)
+                start_count, started = rig.forwarded(), time.monotonic()
+                time.sleep(seconds)
+                rate = (rig.forwarded() - start_count) / (time.monotonic() - started)
+                steady.append((baseline * fraction, rate))
+                stop.set()
+                feeder.join()
+                wait("outbox drained", rig.drained, 120)
+        finally:
+            rig.close()
+    print("1. forwarding rate into the sink (monitor double), requests/s:")
+    print(f"   plain keep-alive POST loop (1 connection), alone:        {baseline:8.0f}")
+    print(f"   bridge draining {nodes_count} nodes' backlog, alone:            {drain:8.0f}"
+          f"   ratio {drain / baseline:.2f}")
+    for offered, rate in steady:
+        print(f"   bridge steady state, 500 nodes publishing {offered:5.0f}/s: {rate:8.0f}"
+              f"   ratio {rate / baseline:.2f}")
+    print("   (steady state: publisher, mosquitto, the bridge's ingest and the sink share the "
+          "2 cores)")
+
+
+def ingest(seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as name:
+        rig = Rig(Path(name), sink_delay=0.02)
+        try:
+            nodes = [f"ing-{i:03d}" for i in range(100)]
+            for node in nodes:
+                rig.publisher.status(node)
+            wait("first statuses delivered", rig.drained, 60)
+            received0 = rig.metrics().get('yl_bridge_received_total{kind="status"}', 0)
+            sink0 = get(rig.sink_url + "/_double/stats")["requests"]
+            rss: list[float] = []
+            began = time.monotonic()
+            sent = 0
+            next_rss = began
+            while time.monotonic() - began < seconds:
+                for node in nodes:
+                    rig.publisher.status(node)
+                sent += len(nodes)
+                if time.monotonic() >= next_rss:
+                    rss.append(rig.rss_mb())
+                    next_rss += 1.0
+                behind = sent - (time.monotonic() - began) * 6000
+                if behind > 0:
+                    time.sleep(behind / 6000)
+            elapsed = time.monotonic() - began
+            published_rate = sent / elapsed
+            m = rig.metrics()
+            received = m.get('yl_bridge_received_total{kind="status"}', 0) - received0
+            sink_rate = (get(rig.sink_url + "/_double/stats")["requests"] - sink0) / elapsed
+            wait("outbox drained", rig.drained, 120)
+            received = rig.metrics().get('yl_bridge_received_total{kind="status"}', 0) - \
+                received0
+            newest_ok = sum(
+                1 for node in nodes
+                if get(f"{rig.sink_url}/api/ar/nodes/{node}")["metadata"]["gui"]["n"]
+                == rig.publisher.seq[node])
+            coalesced = rig.metrics().get("yl_bridge_coalesced_total", 0)
+        finally:
+            rig.close()
+    print("2. ingest with a slow sink (20 ms per request, 4 in flight: <= 200 requests/s):")
+    print(f"   published {sent} statuses at {published_rate:.0f}/s for {elapsed:.1f} s; "
+          f"bridge received {received:.0f} ({received / elapsed:.0f}/s over the window)")
+    print(f"   sink load {sink_rate:.0f} requests/s; coalesced {coalesced:.0f}")
+    print(f"   bridge RSS per second (MB): {' '.join(f'{r:.0f}' for r in rss)}")
+    print(f"   newest status delivered for {newest_ok}/{len(nodes)} nodes")
+
+
+def latency(changes: int) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.monitor_double import MonitorDouble
+
+    with tempfile.TemporaryDirectory() as name:
+        rig = Rig(Path(name))
+        sink = MonitorDouble().start()
+        rig.close_sink_process = True
+        rig.sink.terminate()
+        rig.sink.wait()
+        try:
+            rig.bridge.terminate()
+            rig.bridge.wait()
+            config = yaml.safe_load((rig.tmp / "bridge.yaml").read_text())
+            config["monitor"]["url"] = sink.url
+            (rig.tmp / "bridge.yaml").write_text(yaml.safe_dump(config))
+            rig.bridge = subprocess.Popen([sys.executable, "-m", "yl_status", "bridge", "-c",
+                                           str(rig.tmp / "bridge.yaml")])
+            wait("bridge", lambda: get(f"http://127.0.0.1:{rig.metrics_port}/healthz")["ok"])
+            nodes = [f"lat-{i:03d}" for i in range(100)]
+            for node in nodes:
+                rig.publisher.state(node, "ready")
+                rig.publisher.status(node)
+            wait("nodes online", lambda: all(sink.is_online(n) for n in nodes), 60)
+            samples: list[float] = []
+            words = ("disconnected", "ready")
+            for i in range(changes):
+                node = nodes[i % len(nodes)]
+                word = words[(i // len(nodes)) % 2]
+                before = len(sink.history(node))
+                sent = time.monotonic()
+                rig.publisher.state(node, word)
+                while True:
+                    history = sink.history(node)
+                    if len(history) > before and history[-1].reason == word:
+                        break
+                    if time.monotonic() - sent > 5:
+                        raise SystemExit(f"bench: {node} {word} not delivered")
+                    time.sleep(0.0005)
+                arrived = [r[3] for r in sink.requests if f"/{node}/" in r[1]][-1]
+                samples.append((arrived - sent) * 1000)
+        finally:
+            sink.down()
+            rig.close()
+    samples.sort()
+    print(f"3. state change -> monitor latency, 100 nodes, {changes} changes (ms):")
+    print(f"   p50 {statistics.median(samples):.1f}  p99 {samples[int(len(samples) * 0.99)]:.1f}"
+          f"  max {samples[-1]:.1f}")
+
+
+def rss_10k() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        rig = Rig(Path(name), concurrency=8)
+        try:
+            idle = rig.rss_mb()
+            nodes = [f"n{i:05d}" for i in range(10_000)]
+            for node in nodes:
+                rig.publisher.state(node, "ready")
+                rig.publisher.status(node)
+            wait("10,000 nodes known",
+                 lambda: rig.metrics().get("yl_bridge_nodes_known", 0) >= 10_000, 120)
+            wait("outbox drained", rig.drained, 300)
+            known = rig.metrics()["yl_bridge_nodes_known"]
+            rss = rig.rss_mb()
+        finally:
+            rig.close()
+    print(f"4. bridge RSS: {idle:.0f} MB idle, {rss:.0f} MB with {known:.0f} nodes known "
+          f"(all registered and delivered)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--only", choices=["rate", "ingest", "latency", "rss"])
+    args = parser.parse_args()
+    if args.only in (None, "rate"):
+        forwarding_rate(args.seconds)
+    if args.only in (None, "ingest"):
+        ingest(args.seconds)
+    if args.only in (None, "latency"):
+        latency(args.changes)
+    if args.only in (None, "rss"):
+        rss_10k()
+
+
+if __name__ == "__main__":
+    main()
