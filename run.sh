@@ -49,7 +49,7 @@ case "${1:-}" in
   test)
     setup browser
     shift
-    "$VENV/bin/ruff" check src tests bench
+    "$VENV/bin/ruff" check src tests bench examples
     "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

@@ -304,3 +304,18 @@ def test_unused_port_is_refused_quickly_and_counted() -> None:
         wait_until(lambda: publisher.stats()["error_count"] >= 2, what="retries")
     finally:
         publisher.stop()
+
+
+def test_a_disconnected_publisher_with_pending_changes_stays_idle() -> None:
+    """Regression: the heartbeat thread busy-waited while a change was pending and the
+    broker was unreachable, starving the GUI thread of the GIL."""
+    config = make_config(type("B", (), {"host": "127.0.0.1", "port": free_port()})())
+    publisher = StatusPublisher(config).start()
+    try:
+        publisher.update_gui_status(video_running=True)
+        wait_until(lambda: publisher.stats()["error_count"] >= 1, what="a failed attempt")
+        used = time.process_time()
+        threading.Event().wait(1.0)
+        assert time.process_time() - used < 0.3
+    finally:
+        publisher.stop()

@@ -249,8 +249,9 @@ class Link:
             client.connect(o.host, o.port, o.keepalive, clean_start=o.clean_start,
                            properties=props)
         except (OSError, ValueError) as exc:
-            self._note_failure(f"cannot reach broker {o.host}:{o.port}: {exc}")
-            self._notify_down(LinkDown(f"connect failed: {exc}"))
+            reason = f"cannot reach broker {o.host}:{o.port}: {exc}"
+            self._note_failure(reason)
+            self._notify_down(LinkDown(reason))
             return False
         sock = client.socket()
         if isinstance(sock, socket.socket):

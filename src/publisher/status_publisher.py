@@ -233,10 +233,13 @@ class StatusPublisher:
         last_status = float("-inf")
         while not self._stopping.is_set():
             now = time.monotonic()
-            wait = next_periodic - now
-            if self._pending or self._need_birth:
-                wait = min(wait, last_status + self._min_gap - now)
-            self._wake.wait(max(min(wait, 3600.0), 0.0) if wait != float("inf") else None)
+            wait: float | None = None
+            if self._link.client is not None:
+                wait = next_periodic - now
+                if self._pending or self._need_birth:
+                    wait = min(wait, last_status + self._min_gap - now)
+                wait = None if wait == float("inf") else max(min(wait, 3600.0), 0.0)
+            self._wake.wait(wait)
             self._wake.clear()
             if self._stopping.is_set():
                 break

@@ -1,0 +1,114 @@
+"""The Qt adapter and the example window, offscreen, against a real mosquitto."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtWidgets import QApplication
+
+from tests.support import make_config, retained, wait_until
+from yl_status.dev_broker import DevBroker
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ar_app.py"
+STATE = "yl/ar/nodes/node-1/state"
+STATUS = "yl/ar/nodes/node-1/status"
+
+
+@pytest.fixture(scope="module")
+def qapp() -> QApplication:
+    return QApplication.instance() or QApplication([])
+
+
+@pytest.fixture(scope="module")
+def ar_app_module() -> Any:
+    spec = importlib.util.spec_from_file_location("ar_app", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def window(qapp: QApplication, ar_app_module: Any, broker: DevBroker) -> Iterator[Any]:
+    win = ar_app_module.ARApp(make_config(broker, monitor={"report_interval": 30}))
+    win.show()
+    yield win
+    win.close()
+    qapp.processEvents()
+
+
+def pump(qapp: QApplication, predicate: Callable[[], Any], timeout: float = 10.0,
+         what: str = "condition") -> Any:
+    def check() -> Any:
+        qapp.processEvents()
+        return predicate()
+    return wait_until(check, timeout, what)
+
+
+def test_clicking_the_camera_button_reaches_the_retained_status(
+        qapp: QApplication, window: Any, broker: DevBroker) -> None:
+    pump(qapp, lambda: window.status.connected, what="connected")
+    window.buttons["start_camera"].click()
+    pump(qapp, lambda: (retained(broker.host, broker.port, STATUS) or {})
+         .get("gui", {}).get("video_running") is True, what="video_running in the status")
+    assert "camera started" in window.log.toPlainText()
+
+
+def test_closing_the_window_publishes_disconnected(
+        qapp: QApplication, ar_app_module: Any, broker: DevBroker) -> None:
+    win = ar_app_module.ARApp(make_config(broker))
+    stopped: list[bool] = []
+    win.status.stopped.connect(lambda: stopped.append(True))
+    win.show()
+    pump(qapp, lambda: win.status.connected, what="connected")
+    win.close()
+    assert stopped == [True]
+    assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"
+
+
+def test_the_indicator_follows_the_broker_on_the_gui_thread(
+        qapp: QApplication, window: Any, broker: DevBroker) -> None:
+    threads: list[int] = []
+    window.status.linkChanged.connect(lambda *_: threads.append(threading.get_ident()))
+    pump(qapp, lambda: window.indicator.text() == "monitoring: connected", what="connected")
+    broker.stop()
+    pump(qapp, lambda: window.indicator.text().startswith("monitoring: reconnecting"),
+         what="reconnecting shown")
+    broker.start()
+    pump(qapp, lambda: window.indicator.text() == "monitoring: connected", timeout=20,
+         what="connected again")
+    assert threads
+    assert set(threads) == {threading.main_thread().ident}
+
+
+def test_publish_failures_reach_the_gui_as_a_signal(
+        qapp: QApplication, ar_app_module: Any, broker: DevBroker) -> None:
+    from publisher.config import parse_config
+    from yl_status.dev_broker import free_port
+
+    config = parse_config({"monitor": {"node_id": "node-1"},
+                           "mqtt": {"host": "127.0.0.1", "port": free_port()}}, "<test>")
+    win = ar_app_module.ARApp(config)
+    failures: list[str] = []
+    win.status.publishFailed.connect(failures.append)
+    win.show()
+    try:
+        pump(qapp, lambda: failures, what="a failure signal")
+        assert "cannot reach broker" in failures[0]
+        assert "reconnecting" in win.indicator.text()
+    finally:
+        win.status.stop_timeout = 0.5
+        win.close()
+        qapp.processEvents()
