@@ -190,3 +190,25 @@ def test_the_shipped_example_config_is_valid() -> None:
     config = load_config(example, env={})
     assert config.monitor.profile == "nodes-api"
     assert config.bridge.outbox_path == "/var/lib/yl-status/outbox.sqlite3"
+
+
+def test_get_reporter_is_process_wide_and_follows_the_config_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import publisher
+
+    path = write(tmp_path, ORIGINAL_LAYOUT)
+    monkeypatch.setenv("YL_STATUS_CONFIG", str(path))
+    monkeypatch.setattr(publisher, "_reporter", None)
+    first = publisher.get_reporter()
+    assert first.node_id == "user-gui-007"
+    assert publisher.get_reporter() is first
+
+
+def test_find_config_looks_under_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import publisher
+
+    monkeypatch.delenv("YL_STATUS_CONFIG", raising=False)
+    (tmp_path / "config").mkdir()
+    write(tmp_path / "config", ORIGINAL_LAYOUT, "monitor_config.yaml")
+    assert publisher.find_config(tmp_path) == tmp_path / "config" / "monitor_config.yaml"
