@@ -69,13 +69,17 @@ def broker_users() -> dict[str, str]:
     return users
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[DevBroker]:
-    """A real mosquitto with the project's config on a free port, users pre-created."""
+TEST_MESSAGE_LIMIT = 2 * 1024 * 1024
+"""Above the protocol's 64 KiB, so oversized payloads reach the components that must refuse
+them."""
+INTRUDER_ACL = TEST_ACL + "\nuser intruder\ntopic write yl/ar/nodes/#\n"
+
+
+def _running_broker(workdir: Path, users: dict[str, str], acl: str) -> Iterator[DevBroker]:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.fail("mosquitto is not installed (.ci/run installs it)")
-    instance = DevBroker(tmp_path / "broker", users=broker_users(),
-                         message_size_limit=2 * 1024 * 1024, extra_acl=TEST_ACL)
+    instance = DevBroker(workdir, users=users, message_size_limit=TEST_MESSAGE_LIMIT,
+                         extra_acl=acl)
     instance.start()
     try:
         yield instance
@@ -83,7 +87,10 @@ def broker(tmp_path: Path) -> Iterator[DevBroker]:
         instance.stop()
 
 
-INTRUDER_ACL = TEST_ACL + "\nuser intruder\ntopic write yl/ar/nodes/#\n"
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[DevBroker]:
+    """A real mosquitto with the project's config on a free port, users pre-created."""
+    yield from _running_broker(tmp_path / "broker", broker_users(), TEST_ACL)
 
 
 @pytest.fixture
@@ -91,10 +98,4 @@ def open_broker(tmp_path: Path) -> Iterator[DevBroker]:
     """The project's broker config plus one over-privileged user, to inject hostile input."""
     users = broker_users()
     users["intruder"] = "intruder-secret"
-    instance = DevBroker(tmp_path / "open-broker", users=users,
-                         message_size_limit=2 * 1024 * 1024, extra_acl=INTRUDER_ACL)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
+    yield from _running_broker(tmp_path / "open-broker", users, INTRUDER_ACL)
