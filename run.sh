@@ -23,7 +23,7 @@ setup() {
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       "${need_apt[@]}" >/dev/null
   fi
   if [ ! -x "$VENV/bin/python" ]; then
