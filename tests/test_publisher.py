@@ -319,3 +319,10 @@ def test_a_disconnected_publisher_with_pending_changes_stays_idle() -> None:
         assert time.process_time() - used < 0.3
     finally:
         publisher.stop()
+
+
+def test_a_report_right_after_start_is_not_a_fake_zero() -> None:
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    assert ResourceSampler().sample().cpu_percent > 0.0
