@@ -43,10 +43,12 @@ class Metrics:
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
 
-    def observe_lag(self, seconds: float) -> None:
+    def delivered(self, kind: str, lag: float) -> None:
+        """One message reached the monitor ``lag`` seconds after the bridge received it."""
         with self._lock:
-            self._lag_counts[bisect.bisect_left(LAG_BUCKETS, seconds)] += 1
-            self._lag_sum += seconds
+            self.counters[("forwarded", (("kind", kind),))] += 1
+            self._lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+            self._lag_sum += lag
             self._lag_count += 1
 
     def render(self) -> str:
