@@ -326,3 +326,17 @@ def test_a_report_right_after_start_is_not_a_fake_zero() -> None:
     while time.process_time() < end:
         pass
     assert ResourceSampler().sample().cpu_percent > 0.0
+
+
+def test_a_status_the_broker_refuses_is_counted_and_reported(broker: DevBroker) -> None:
+    """Logged in as node-1 but reporting as node-2: the ACL refuses every message."""
+    errors: list[str] = []
+    publisher = StatusPublisher(make_config(broker, "node-2"), username="node-1",
+                                on_error=errors.append).start()
+    try:
+        wait_until(lambda: publisher.stats()["error_count"] >= 1, what="a refused status")
+        assert publisher.stats()["report_count"] == 0
+        assert any("reason code 135" in e for e in errors)
+        assert retained(broker.host, broker.port, "yl/ar/nodes/node-2/status") is None
+    finally:
+        publisher.stop()

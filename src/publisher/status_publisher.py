@@ -270,12 +270,15 @@ class StatusPublisher:
         info = self._publish(client, self._topics.status(self.node_id), encode(message), props)
         if info is None:
             return
+        problem = None
         with self._stats_lock:
             reason = self._early_acks.pop(info.mid, None)
             if reason is None:
                 self._status_mids.add(info.mid)
             else:
-                self._record_ack(reason)
+                problem = self._record_ack(reason)
+        if problem:
+            self._notify_error(problem)
 
     def _publish(self, client: mqtt.Client, topic: str, payload: bytes,
                  props: Properties | None = None) -> mqtt.MQTTMessageInfo | None:
@@ -290,13 +293,14 @@ class StatusPublisher:
         return self._publish(client, self._topics.state(self.node_id),
                              encode(self._state_message("disconnected")))
 
-    def _record_ack(self, reason: int) -> None:
+    def _record_ack(self, reason: int) -> str | None:
+        """Count a PUBACK (caller holds the stats lock); returns an error to report."""
         if reason >= 128:
             self._error_count += 1
-            self._notify_error(f"broker rejected status: reason code {reason}")
-        else:
-            self._report_count += 1
-            self._last_report_time = protocol.utc_now_iso()
+            return f"broker rejected status: reason code {reason}"
+        self._report_count += 1
+        self._last_report_time = protocol.utc_now_iso()
+        return None
 
     def _count_error(self, message: str) -> None:
         with self._stats_lock:
@@ -361,12 +365,15 @@ class StatusPublisher:
                 "fighting over the id")
 
     def _handle_publish(self, mid: int, reason: int) -> None:
+        problem = None
         with self._stats_lock:
             if mid in self._status_mids:
                 self._status_mids.discard(mid)
-                self._record_ack(reason)
+                problem = self._record_ack(reason)
             elif len(self._early_acks) < 1000:
                 self._early_acks[mid] = reason
+        if problem:
+            self._notify_error(problem)
 
     def _handle_down(self, event: LinkDown) -> None:
         if event.fatal:
