@@ -270,7 +270,7 @@ def ingest(seconds: float) -> None:
             elapsed = time.monotonic() - began
             published_rate = sent / elapsed
             m = rig.metrics()
-            received = m.get('yl_bridge_received_total{kind="status"}', 0) - received0
+            in_window = m.get('yl_bridge_received_total{kind="status"}', 0) - received0
             sink_rate = (get(rig.sink_url + "/_double/stats")["requests"] - sink0) / elapsed
             wait("outbox drained", rig.drained, 120)
             received = rig.metrics().get('yl_bridge_received_total{kind="status"}', 0) - \
@@ -284,7 +284,8 @@ def ingest(seconds: float) -> None:
             rig.close()
     print("2. ingest with a slow sink (20 ms per request, 4 in flight: <= 200 requests/s):")
     print(f"   published {sent} statuses at {published_rate:.0f}/s for {elapsed:.1f} s; "
-          f"bridge received {received:.0f} ({received / elapsed:.0f}/s over the window)")
+          f"bridge received {in_window:.0f} within the window ({in_window / elapsed:.0f}/s), "
+          f"{received:.0f} in all")
     print(f"   sink load {sink_rate:.0f} requests/s; coalesced {coalesced:.0f}")
     print(f"   bridge RSS per second (MB): {' '.join(f'{r:.0f}' for r in rss)}")
     print(f"   newest status delivered for {newest_ok}/{len(nodes)} nodes")
