@@ -218,7 +218,11 @@ class Bridge:
                     self._flush_requested.clear()
                     self.outbox.flush()
             except Exception:
-                log.exception("outbox write failed; messages stay unacknowledged")
+                log.exception("outbox write failed; the messages stay unacknowledged")
+                if messages and not stopping:
+                    # The broker redelivers unacknowledged messages only on a new connection.
+                    for link in self.links:
+                        link.reconnect("outbox write failed")
             if stopping:
                 return
 

@@ -158,6 +158,14 @@ class Link:
         self._thread = threading.Thread(target=self._supervise, name=self._name, daemon=True)
         self._thread.start()
 
+    def reconnect(self, reason: str) -> None:
+        """Drop the current connection (from any thread); the link connects again, and a
+        persistent session gets its unacknowledged messages redelivered."""
+        client = self.client
+        if client is not None:
+            log.warning("%s: reconnecting: %s", self._name, reason)
+            client.disconnect()
+
     def abandon(self, reason: str) -> None:
         """Give up for good (from any thread): disconnect and never reconnect."""
         if self._fatal is None:

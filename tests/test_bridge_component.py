@@ -1,0 +1,52 @@
+"""The bridge in-process, for faults that are hard to cause from outside."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.outbox import Outbox
+from bridge.service import Bridge
+from publisher import StatusPublisher
+from publisher.config import parse_config
+from tests.bridge_support import last_gui
+from tests.monitor_double import MonitorDouble
+from tests.support import BRIDGE_PASSWORD, BRIDGE_USER, config_dict, make_config, wait_until
+from yl_status.dev_broker import DevBroker
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
+        tmp_path: Path, broker: DevBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    double = MonitorDouble().start()
+    config = parse_config(config_dict(
+        broker, "bridge-cfg", monitor={"url": double.url},
+        mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
+        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": ""}), "<test>")
+    failures = {"left": 3}
+    original = Outbox.record
+
+    def flaky_record(self: Outbox, batch: Any) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(self, batch)
+
+    monkeypatch.setattr(Outbox, "record", flaky_record)
+    bridge = Bridge(config).start()
+    publisher = StatusPublisher(make_config(broker, "node-1")).start()
+    try:
+        publisher.update_gui_status(face_loaded=True)
+        wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True, timeout=15,
+                   what="delivered after the failed writes")
+        assert failures["left"] == 0
+        assert bridge.link.connect_count >= 2
+    finally:
+        publisher.stop()
+        bridge.stop()
+        bridge.outbox.close()
+        double.down()
