@@ -150,3 +150,23 @@ def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
     assert items == [("state", "lost", A, False), ("state", "ready", B, True)]
     lost_snapshot = box.record([state("lost", A)])[0]
     assert lost_snapshot.stale == 1
+
+
+def test_a_node_waits_for_its_last_delivery_to_be_written(tmp_path: Path) -> None:
+    """So that a crash can only repeat a node's newest delivered message, never an older
+    one after a newer one."""
+    box = Outbox(tmp_path / "o.db", on_change=lambda: None)
+    box.record([state("ready"), status(1)])
+    first = box.next_item("n1")
+    assert first is not None
+    assert first.state == "ready"
+    box.done(first)
+    assert box.next_item("n1") is None
+    crashed = Outbox(tmp_path / "o.db")
+    again = crashed.next_item("n1")
+    assert again is not None
+    assert again.transition_id == first.transition_id
+    assert box.flush() == {"n1"}
+    after = box.next_item("n1")
+    assert after is not None
+    assert (after.kind, after.seq) == ("status", 1)

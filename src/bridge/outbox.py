@@ -83,7 +83,7 @@ class Item:
 
 @dataclass
 class _Delivered:
-    """What a node had delivered since the last flush (kept out of ``next_item``)."""
+    """What a node had delivered since the last flush."""
 
     transitions: set[int] = field(default_factory=set)
     statuses: set[tuple[str, int]] = field(default_factory=set)
@@ -273,8 +273,9 @@ class Outbox:
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
-    def flush(self) -> None:
-        """Write the deliveries and registrations reported since the last flush."""
+    def flush(self) -> set[str]:
+        """Write the deliveries and registrations reported since the last flush; returns
+        the nodes whose next item can now be handed out."""
         with self._marks_lock:
             done = self._done
             self._done = {}
@@ -284,7 +285,9 @@ class Outbox:
         transitions = [(t,) for d in done.values() for t in d.transitions]
         statuses = [(node, s, q) for node, d in done.items() for s, q in d.statuses]
         if not (transitions or statuses or registered):
-            return
+            with self._marks_lock:
+                self._flushing = {}
+            return set()
         with self._write_lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -306,26 +309,29 @@ class Outbox:
                 raise
         with self._marks_lock:
             self._flushing = {}
+        return set(done)
 
     # --- delivery (forwarder threads) -----------------------------------------------------
 
     def next_item(self, node_id: str) -> Item | None:
-        """The node's oldest undelivered transition, else its pending status."""
-        reader = self._reader()
+        """The node's oldest undelivered transition, else its pending status.
+
+        None also while the node's last delivery is not yet on disk: a crash may then only
+        repeat the newest message a node had delivered, never an older one after it.
+        """
         with self._marks_lock:
-            skip = _Delivered()
-            for pending in (self._done, self._flushing):
-                if node_id in pending:
-                    skip.merge(pending[node_id])
-        for row in reader.execute(
-                "SELECT id, session, state, snapshot, received FROM transitions "
-                "WHERE node_id = ? ORDER BY id LIMIT ?", (node_id, len(skip.transitions) + 1)):
-            if row[0] not in skip.transitions:
-                return Item(node_id, "state", row[1], -1, row[2], row[3], row[4], row[0])
+            if node_id in self._done or node_id in self._flushing:
+                return None
+        reader = self._reader()
+        row = reader.execute(
+            "SELECT id, session, state, snapshot, received FROM transitions "
+            "WHERE node_id = ? ORDER BY id LIMIT 1", (node_id,)).fetchone()
+        if row is not None:
+            return Item(node_id, "state", row[1], -1, row[2], row[3], row[4], row[0])
         row = reader.execute(
             "SELECT session, seq, payload, received FROM pending_status WHERE node_id = ?",
             (node_id,)).fetchone()
-        if row is None or (row[0], row[1]) in skip.statuses:
+        if row is None:
             return None
         return Item(node_id, "status", row[0], row[1], None, row[2], row[3])
 

@@ -39,7 +39,9 @@ BRIDGE_NODE_TYPE = "yl-bridge"
 MAX_BATCH = 1000
 FLUSH = "flush"
 """Queued to wake the writer when deliveries are waiting to be written."""
-FLUSH_DELAY = 0.02
+FLUSH_DELAY = 0.002
+"""Deliveries are written in batches at most this long after the first; a node's next item
+waits for its previous delivery to be written."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,7 @@ class Bridge:
                 if flush_due is not None and (stopping or time.monotonic() >= flush_due):
                     flush_due = None
                     self._flush_requested.clear()
-                    self.outbox.flush()
+                    self.forwarder.notify(self.outbox.flush())
             except Exception:
                 log.exception("outbox write failed; the messages stay unacknowledged")
                 if messages and not stopping:
