@@ -335,11 +335,7 @@ class Link:
             log.debug("%s: %s (attempt %d)", self._name, message, self._failures)
 
     def _notify_down(self, event: LinkDown) -> None:
-        if self._on_down is not None:
-            try:
-                self._on_down(event)
-            except Exception:
-                log.exception("%s: on_down handler failed", self._name)
+        call_listener(self._on_down, event, name=f"{self._name} on_down")
 
     # --- paho callbacks (paho's thread): short, never raise -------------------------------
 
@@ -412,6 +408,16 @@ class Link:
                 self._on_publish(mid, reason_code.value)
         except Exception:
             log.exception("%s: publish handler failed", self._name)
+
+
+def call_listener(listener: Callable[..., object] | None, *args: object, name: str) -> None:
+    """Call an application's callback from one of our threads; never let it raise into us."""
+    if listener is None:
+        return
+    try:
+        listener(*args)
+    except Exception:
+        log.exception("%s listener failed", name)
 
 
 def new_properties(packet_type: int) -> Properties:

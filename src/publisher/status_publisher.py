@@ -24,6 +24,7 @@ from publisher.link import (
     Link,
     LinkDown,
     Will,
+    call_listener,
     new_properties,
     options_from_config,
     publish_ok,
@@ -308,18 +309,11 @@ class StatusPublisher:
         self._notify_error(message)
 
     def _notify_error(self, message: str) -> None:
-        if self._on_error is not None:
-            try:
-                self._on_error(message)
-            except Exception:
-                log.exception("node %s: on_error listener failed", self.node_id)
+        call_listener(self._on_error, message, name=f"node {self.node_id} on_error")
 
     def _notify_link(self, connected: bool, reason: str) -> None:
-        if self._on_link_change is not None:
-            try:
-                self._on_link_change(connected, reason)
-            except Exception:
-                log.exception("node %s: on_link_change listener failed", self.node_id)
+        call_listener(self._on_link_change, connected, reason,
+                      name=f"node {self.node_id} on_link_change")
 
     # --- link callbacks (paho's or the link's thread) -------------------------------------
 
