@@ -340,3 +340,27 @@ def test_a_status_the_broker_refuses_is_counted_and_reported(broker: DevBroker) 
         assert retained(broker.host, broker.port, "yl/ar/nodes/node-2/status") is None
     finally:
         publisher.stop()
+
+
+def test_an_unreachable_broker_is_logged_once_not_in_a_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(type("B", (), {"host": "127.0.0.1", "port": free_port()})())
+    caplog.set_level("DEBUG", logger="publisher.link")
+    publisher = StatusPublisher(config).start()
+    try:
+        wait_until(lambda: publisher.stats()["error_count"] >= 4, what="several retries")
+    finally:
+        publisher.stop()
+    warnings = [r for r in caplog.records
+                if r.levelname == "WARNING" and "cannot reach broker" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_reconnect_backoff_is_jittered_exponential_and_capped() -> None:
+    from publisher.link import Link, LinkOptions
+
+    link = Link(LinkOptions("n", "127.0.0.1", 1, backoff_initial=0.25, backoff_max=30.0))
+    for attempt, ceiling in ((1, 0.5), (3, 2.0), (6, 16.0), (12, 30.0), (40, 30.0)):
+        delays = [link._backoff(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
+        assert len(set(delays)) > 100, "no jitter"
