@@ -1,8 +1,9 @@
 """The bridge under load, through a real mosquitto into a local YL-monitor sink.
 
 Measures, in one run:
-1. forwarding rate: the bridge draining a steady stream of statuses from many nodes into the
-   sink, against a plain single-connection keep-alive POST loop to the same sink;
+1. forwarding rate: the bridge draining a backlog and forwarding a steady stream of statuses
+   from many nodes into the sink, against a plain single-connection keep-alive POST loop to
+   the same sink; with a sink as fast as it goes and with one taking 1 ms per request;
 2. ingest: >= 5,000 status messages/s into the bridge while the sink is slower than that:
    the sink's request rate stays capped, the bridge's memory stays flat, and every node's
    newest status is delivered in the end;
@@ -181,12 +182,12 @@ def post(url: str) -> None:
         pass
 
 
-def forwarding_rate(seconds: float, nodes_count: int = 3000) -> None:
+def forwarding_rate(seconds: float, nodes_count: int = 3000, sink_delay: float = 0.0) -> None:
     """Drain: nodes' newest statuses wait in the outbox (the monitor answered 503) and the
     bridge forwards them with nothing else going on, as the loop does. Steady state: 500
     nodes stream statuses at a fraction of the loop's rate while the bridge forwards."""
     with tempfile.TemporaryDirectory() as name:
-        rig = Rig(Path(name))
+        rig = Rig(Path(name), sink_delay=sink_delay)
         try:
             baseline = post_loop(rig.sink_url, seconds)
             nodes = [f"fwd-{i:04d}" for i in range(nodes_count)]
@@ -232,7 +233,8 @@ def forwarding_rate(seconds: float, nodes_count: int = 3000) -> None:
                 wait("outbox drained", rig.drained, 120)
         finally:
             rig.close()
-    print("1. forwarding rate into the sink (monitor double), requests/s:")
+    service = f"{sink_delay * 1000:g} ms per request" if sink_delay else "as fast as it goes"
+    print(f"1. forwarding rate into the sink (monitor double, {service}), requests/s:")
     print(f"   plain keep-alive POST loop (1 connection), alone:        {baseline:8.0f}")
     print(f"   bridge draining {nodes_count} nodes' backlog, alone:            {drain:8.0f}"
           f"   ratio {drain / baseline:.2f}")
@@ -366,9 +368,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--only", choices=["rate", "ingest", "latency", "rss"])
+    parser.add_argument("--sink-delay", type=float, action="append",
+                        help="seconds the sink takes per request in the rate scenario "
+                             "(repeatable; default: 0 and 0.001)")
     args = parser.parse_args()
     if args.only in (None, "rate"):
-        forwarding_rate(args.seconds)
+        for delay in args.sink_delay or [0.0, 0.001]:
+            forwarding_rate(args.seconds, sink_delay=delay)
     if args.only in (None, "ingest"):
         ingest(args.seconds)
     if args.only in (None, "latency"):
