@@ -32,6 +32,7 @@ from publisher.config import Config
 from publisher.errors import ProtocolError
 from publisher.link import Link, LinkDown, Will, options_from_config
 from publisher.protocol import StateMessage, StatusMessage
+from publisher.status_publisher import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Bridge:
     def _state(self, state: protocol.State) -> bytes:
         return protocol.encode(StateMessage(
             state=state, session=self.session, since=self._since,
-            node_name=self.config.bridge.client_id, version="0.1.0", interval_s=30.0,
+            node_name=self.config.bridge.client_id, version=PACKAGE_VERSION, interval_s=30.0,
             node_type=BRIDGE_NODE_TYPE))
 
     def start(self) -> Bridge:
