@@ -73,12 +73,28 @@ def render_config(template: str, *, port: int, workdir: Path,
     return "\n".join(out) + "\n"
 
 
+def render_tls(template: str, *, port: int, certs: Path) -> str:
+    """The project's TLS listener on a loopback ``port`` with certificates from ``certs``."""
+    files = {"cafile": "ca.crt", "certfile": "broker.crt", "keyfile": "broker.key"}
+    out = []
+    for line in template.splitlines():
+        key = line.split()[0] if line.strip() and not line.startswith("#") else ""
+        if key == "listener":
+            line = f"listener {port} 127.0.0.1"  # noqa: PLW2901
+        elif key in files:
+            line = f"{key} {certs / files[key]}"  # noqa: PLW2901
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 class DevBroker:
     """A mosquitto process on a free loopback port with the project's config."""
 
     def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None,
                  port: int | None = None, message_size_limit: int | None = None,
-                 extra_acl: str = "") -> None:
+                 extra_acl: str = "", tls_certs: Path | None = None) -> None:
+        """``tls_certs``: a folder with ``ca.crt``, ``broker.crt`` and ``broker.key``; adds the
+        project's TLS listener (``mosquitto/tls.conf``) on another free port."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -88,8 +104,14 @@ class DevBroker:
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         template = (BROKER_CONFIG_DIR / "mosquitto.conf").read_text()
         self.config_path = self.workdir / "mosquitto.conf"
-        self.config_path.write_text(render_config(template, port=self.port, workdir=self.workdir,
-                                                  message_size_limit=message_size_limit))
+        rendered = render_config(template, port=self.port, workdir=self.workdir,
+                                 message_size_limit=message_size_limit)
+        self.tls_port: int | None = None
+        if tls_certs is not None:
+            self.tls_port = free_port()
+            rendered += render_tls((BROKER_CONFIG_DIR / "tls.conf").read_text(),
+                                   port=self.tls_port, certs=Path(tls_certs))
+        self.config_path.write_text(rendered)
         acl = (BROKER_CONFIG_DIR / "acl").read_text()
         (self.workdir / "acl").write_text(acl + ("\n" + extra_acl + "\n" if extra_acl else ""))
         self._write_passwords()

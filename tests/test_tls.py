@@ -1,0 +1,77 @@
+"""The shipped TLS listener variant, with certificates made for the test."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from publisher import StatusPublisher
+from tests.conftest import broker_users
+from tests.support import TEST_ACL, make_config, retained, wait_until
+from yl_status.dev_broker import DevBroker
+
+pytestmark = pytest.mark.integration
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder)
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    make_ca(folder, "ca")
+    make_ca(folder, "other-ca")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", "broker.key", "-out", "broker.csr", cwd=folder)
+    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "broker.crt",
+            cwd=folder)
+    return folder
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, certs: Path) -> Iterator[DevBroker]:
+    broker = DevBroker(tmp_path / "tls-broker", users=broker_users(), extra_acl=TEST_ACL,
+                       tls_certs=certs).start()
+    yield broker
+    broker.stop()
+
+
+def test_a_node_reports_over_the_tls_listener(tls_broker: DevBroker, certs: Path) -> None:
+    assert tls_broker.tls_port is not None
+    config = make_config(tls_broker, mqtt={"port": tls_broker.tls_port,
+                                           "tls": {"ca_file": str(certs / "ca.crt")}})
+    publisher = StatusPublisher(config).start()
+    try:
+        wait_until(lambda: publisher.connected, what="connected over TLS")
+        wait_until(lambda: (retained(tls_broker.host, tls_broker.port,
+                                     "yl/ar/nodes/node-1/state") or {}).get("state") == "ready",
+                   what="ready seen on the plain listener")
+    finally:
+        publisher.stop()
+
+
+def test_a_broker_certificate_from_another_ca_is_refused(tls_broker: DevBroker,
+                                                         certs: Path) -> None:
+    assert tls_broker.tls_port is not None
+    errors: list[str] = []
+    config = make_config(tls_broker, mqtt={"port": tls_broker.tls_port,
+                                           "tls": {"ca_file": str(certs / "other-ca.crt")}})
+    publisher = StatusPublisher(config, on_error=errors.append).start()
+    try:
+        wait_until(lambda: errors, what="a refused connection")
+        assert "CERTIFICATE_VERIFY_FAILED" in errors[0] or "certificate verify" in errors[0]
+        assert not publisher.connected
+    finally:
+        publisher.stop()
