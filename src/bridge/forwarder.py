@@ -25,8 +25,6 @@ from publisher.config import Config
 
 log = logging.getLogger(__name__)
 
-_HEARTBEAT_FIELDS = ("node_name", "timestamp", "version", "uptime", "resources", "gui",
-                     "reporter")
 
 
 class Scheduler:
@@ -181,14 +179,14 @@ class Forwarder:
             return False
         mark = self.outbox.mark(node)
         if self._nodes_api and mark is not None and not mark.registered:
-            answer = self._register(client, node, mark.node_name)
+            answer = self._register(client, node, mark)
             if answer.outcome is Outcome.RETRY:
                 return self._retry(answer)
         body = self._body(item, mark)
         answer = client.heartbeat(node, body)
         if answer.outcome is Outcome.NOT_FOUND and self._nodes_api:
             self.outbox.set_registered(node, False)
-            registered = self._register(client, node, mark.node_name if mark else "")
+            registered = self._register(client, node, mark)
             if registered.outcome is Outcome.RETRY:
                 return self._retry(registered)
             answer = client.heartbeat(node, body)
@@ -210,20 +208,20 @@ class Forwarder:
         self.scheduler.failed(answer)
         return True
 
-    def _register(self, client: MonitorClient, node: str, name: str) -> Answer:
+    def _register(self, client: MonitorClient, node: str, mark: NodeMark | None) -> Answer:
         """Make the monitor know ``node`` so its next heartbeat counts.
 
         A monitor without ``/api/ar/nodes/register`` auto-registers a node on its first
         heartbeat and does not record that heartbeat; then one heartbeat is sent to register.
         """
+        name = (mark.node_name if mark else "") or node
         if self._register_route is not False:
-            answer = client.register(node, name or node, protocol.NODE_TYPE)
+            answer = client.register(node, name, protocol.NODE_TYPE)
             if answer.outcome is Outcome.RETRY:
                 return answer
             if answer.outcome is Outcome.DELIVERED:
                 self._register_route = True
-                self.outbox.set_registered(node, True)
-                self.metrics.inc("registered")
+                self._registered(node)
                 return answer
             if answer.outcome is Outcome.NOT_FOUND:
                 if self._register_route is None:
@@ -231,17 +229,17 @@ class Forwarder:
                 self._register_route = False
             else:
                 log.warning("monitor refused to register node %s (%s)", node, answer.reason)
-        answer = client.heartbeat(node, self._registration_body(node, name))
+        online = mark is None or mark.state in (None, "ready")
+        answer = client.heartbeat(node, {
+            "node_id": node, "node_name": name, "timestamp": protocol.utc_now_iso(),
+            "status": self._values.online if online else self._values.offline})
         if answer.outcome is Outcome.DELIVERED:
-            self.outbox.set_registered(node, True)
-            self.metrics.inc("registered")
+            self._registered(node)
         return answer
 
-    def _registration_body(self, node: str, name: str) -> dict[str, Any]:
-        mark = self.outbox.mark(node)
-        online = mark is None or mark.state in (None, "ready")
-        return {"node_id": node, "node_name": name or node, "timestamp": protocol.utc_now_iso(),
-                "status": self._values.online if online else self._values.offline}
+    def _registered(self, node: str) -> None:
+        self.outbox.set_registered(node, True)
+        self.metrics.inc("registered")
 
     def _body(self, item: Item, mark: NodeMark | None) -> dict[str, Any]:
         # The snapshot was validated when it was recorded.
@@ -250,7 +248,8 @@ class Forwarder:
         if state is None:
             state = mark.state if mark is not None and mark.state_session == item.session \
                 else "ready"
-        body: dict[str, Any] = {k: snapshot[k] for k in _HEARTBEAT_FIELDS if k in snapshot}
+        body: dict[str, Any] = {k: snapshot[k] for k in protocol.HEARTBEAT_FIELDS
+                                if k in snapshot}
         body["node_id"] = item.node_id
         body["status"] = self._values.online if state == "ready" else self._values.offline
         body["reason"] = state

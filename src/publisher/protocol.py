@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -27,6 +27,9 @@ BRIDGES_ROOT: Final = "yl/ar/bridges"
 NODE_TYPE: Final = "user-gui"
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 MAX_GUI_FLAGS: Final = 32
+HEARTBEAT_FIELDS: Final = ("node_id", "node_name", "timestamp", "status", "version", "uptime",
+                           "resources", "gui", "reporter")
+"""The heartbeat snapshot YL-monitor knows; a ``status`` adds ordering fields to it."""
 EXPIRY_FACTOR: Final = 3
 """A retained status expires after this many report intervals (MQTT 5 message expiry)."""
 
@@ -216,7 +219,6 @@ class StatusMessage:
     seq: int
     interval_s: float
     v: int = PROTOCOL_VERSION
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,9 +240,7 @@ class StatusMessage:
     def heartbeat(self) -> dict[str, Any]:
         """The snapshot alone, in the field names the original heartbeat used."""
         body = self.to_dict()
-        for key in ("v", "session", "seq", "interval_s"):
-            del body[key]
-        return body
+        return {key: body[key] for key in HEARTBEAT_FIELDS}
 
 
 def encode(message: StateMessage | StatusMessage) -> bytes:
