@@ -32,14 +32,6 @@ class Metrics:
             with self._lock:
                 self.counters[(name, tuple(sorted(labels.items())))] += amount
 
-    def value(self, name: str, **labels: str) -> int:
-        with self._lock:
-            return self.counters[(name, tuple(sorted(labels.items())))]
-
-    def total(self, name: str) -> int:
-        with self._lock:
-            return sum(v for (n, _), v in self.counters.items() if n == name)
-
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
 

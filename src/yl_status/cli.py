@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -127,10 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
     except KeyboardInterrupt:
         return EXIT_OK
-
-
-def dump_json(data: object) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)
 
 
 if __name__ == "__main__":
