@@ -1,126 +1,63 @@
 """Delivery from the outbox to YL-monitor.
 
-Several worker threads deliver for different nodes at once, never two requests for the same
-node (order per node is kept). When the monitor is unreachable or failing, every worker
-pauses with jittered exponential backoff (or the monitor's ``Retry-After``), and only one
-probe request at a time goes out until it answers again.
+One thread drives ``bridge.http_concurrency`` keep-alive connections: it delivers for several
+nodes at once, never two requests for the same node (order per node is kept). A delivery is a
+generator that yields the requests it needs (register, heartbeat, register again after a 404)
+and receives their answers, so no thread waits on the monitor and nothing is handed between
+threads per request. When the monitor is unreachable or failing, deliveries pause with
+jittered exponential backoff (or the monitor's ``Retry-After``), and only one probe request at
+a time goes out until it answers again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import selectors
+import socket
+import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import Any
 
+import httptools
+
 from bridge.metrics import Metrics
-from bridge.monitor_client import Answer, MonitorClient, Outcome
+from bridge.monitor_client import (
+    Answer,
+    ClosedError,
+    Exchange,
+    MonitorClient,
+    Outcome,
+    describe_error,
+)
 from bridge.outbox import Item, NodeMark, Outbox
 from publisher import protocol
 from publisher.config import Config
 
 log = logging.getLogger(__name__)
 
+Delivery = Generator[bytes, Answer, bool]
+"""Yields requests, receives their answers; returns True if the node has more to deliver."""
 
 
-class Scheduler:
-    """Hands nodes with work to workers: round robin, one worker per node at a time."""
+class _Slot:
+    """One connection to the monitor and the delivery it is serving."""
 
-    def __init__(self, backoff_initial: float, backoff_max: float) -> None:
-        self._cond = threading.Condition()
-        self._ready: deque[str] = deque()
-        self._queued: set[str] = set()
-        self._busy: set[str] = set()
-        self._dirty: set[str] = set()
-        self._stopping = False
-        self._paused_until = 0.0
-        self._failures = 0
-        self._probing = False
-        self.reachable = True
-        self.last_problem = ""
-        self._initial = backoff_initial
-        self._max = backoff_max
-
-    def notify(self, nodes: Iterable[str]) -> None:
-        with self._cond:
-            added = 0
-            for node in nodes:
-                if node in self._busy:
-                    self._dirty.add(node)
-                elif node not in self._queued:
-                    self._queued.add(node)
-                    self._ready.append(node)
-                    added += 1
-            if added:
-                self._cond.notify(added)
-
-    def take(self) -> str | None:
-        """The next node to serve, or None once stopping."""
-        with self._cond:
-            while True:
-                if self._stopping:
-                    return None
-                wait = self._paused_until - time.monotonic()
-                if self._ready and wait <= 0 and not (not self.reachable and self._probing):
-                    node = self._ready.popleft()
-                    self._queued.discard(node)
-                    self._busy.add(node)
-                    if not self.reachable:
-                        self._probing = True
-                    return node
-                self._cond.wait(wait if wait > 0 else None)
-
-    def release(self, node: str, again: bool) -> None:
-        with self._cond:
-            self._busy.discard(node)
-            probing, self._probing = self._probing, False
-            if again or node in self._dirty:
-                self._dirty.discard(node)
-                if node not in self._queued:
-                    self._queued.add(node)
-                    self._ready.append(node)
-            if probing:
-                self._cond.notify_all()
-            elif self._ready:
-                self._cond.notify()
-
-    def succeeded(self) -> None:
-        with self._cond:
-            if not self.reachable:
-                log.info("monitor reachable again")
-            self._failures = 0
-            self.reachable = True
-            self.last_problem = ""
-
-    def failed(self, answer: Answer) -> float:
-        """Pause everyone; returns the pause."""
-        with self._cond:
-            self._failures += 1
-            ceiling = min(self._max, self._initial * 2 ** min(self._failures - 1, 20))
-            pause = random.uniform(ceiling / 2, ceiling)
-            if answer.retry_after is not None:
-                pause = max(pause, min(answer.retry_after, 300.0))
-            if self.reachable:
-                log.warning("monitor unavailable (%s); pausing deliveries, retrying with backoff",
-                            answer.reason)
-            self.reachable = False
-            self.last_problem = answer.reason
-            self._paused_until = max(self._paused_until, time.monotonic() + pause)
-            self._cond.notify_all()
-            return pause
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-
-    def pending_nodes(self) -> int:
-        with self._cond:
-            return len(self._ready) + len(self._busy)
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.node: str | None = None
+        self.delivery: Delivery | None = None
+        self.request = b""
+        self.exchange: Exchange | None = None
+        self.deadline = 0.0
+        self.reused = False
+        self.resent = False
+        self.probe = False
 
 
 class Forwarder:
@@ -128,71 +65,265 @@ class Forwarder:
         self.config = config
         self.outbox = outbox
         self.metrics = metrics
-        self.scheduler = Scheduler(0.2, max(config.monitor.retry_delay, 0.5))
+        self.client = MonitorClient(config.monitor)
+        self.reachable = True
+        self.last_problem = ""
         self._values = config.monitor.status_values
         self._nodes_api = config.monitor.profile == "nodes-api"
         self._register_route: bool | None = None
-        self._threads = [threading.Thread(target=self._work, name=f"yl-bridge-forward-{i}",
-                                          daemon=True)
-                         for i in range(config.bridge.http_concurrency)]
+        self._backoff_initial = 0.2
+        self._backoff_max = max(config.monitor.retry_delay, 0.5)
+        self._failures = 0
+        self._paused_until = 0.0
+        self._ready: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._busy: set[str] = set()
+        self._dirty: set[str] = set()
+        self._inbox: deque[Iterable[str]] = deque()
+        self._woken = False
+        self._stopping = False
+        self._slots = [_Slot() for _ in range(config.bridge.http_concurrency)]
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="yl-bridge-forward",
+                                        daemon=True)
 
     def start(self) -> Forwarder:
-        self.scheduler.notify(self.outbox.nodes_with_work())
-        for thread in self._threads:
-            thread.start()
+        self.notify(self.outbox.nodes_with_work())
+        self._thread.start()
         return self
 
     def stop(self, timeout: float) -> None:
-        self.scheduler.stop()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
+        """Start nothing new; wait up to ``timeout`` for the requests in flight."""
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout)
 
     def notify(self, nodes: Iterable[str]) -> None:
-        self.scheduler.notify(nodes)
+        """``nodes`` have something to deliver (any thread)."""
+        self._inbox.append(nodes)
+        self._wake()
 
-    # --- workers --------------------------------------------------------------------------
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"!")
 
-    def _work(self) -> None:
-        client = MonitorClient(self.config.monitor)
+    # --- the delivery thread --------------------------------------------------------------
+
+    def _run(self) -> None:
         try:
             while True:
-                node = self.scheduler.take()
-                if node is None:
-                    return
-                again = False
-                try:
-                    again = self._deliver_next(client, node)
-                except Exception:
-                    log.exception("delivery for node %s failed unexpectedly", node)
-                    self.scheduler.failed(Answer(Outcome.RETRY, None, "internal error"))
-                    again = True
-                finally:
-                    self.scheduler.release(node, again)
+                self._take_notifications()
+                if self._stopping:
+                    if all(slot.node is None for slot in self._slots):
+                        return
+                else:
+                    self._assign()
+                for key, _ in self._selector.select(self._timeout()):
+                    if key.data is None:
+                        with contextlib.suppress(OSError):
+                            while self._wake_r.recv(4096):
+                                pass
+                        self._woken = False
+                    else:
+                        self._readable(key.data)
+                self._expire()
+        except Exception:
+            log.critical("forwarding stopped after an unexpected error", exc_info=True)
+            raise
         finally:
-            client.close()
+            for slot in self._slots:
+                self._close(slot)
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
 
-    def _deliver_next(self, client: MonitorClient, node: str) -> bool:
-        """Deliver one item of ``node``; True if the node should be scheduled again."""
+    def _take_notifications(self) -> None:
+        while self._inbox:
+            for node in self._inbox.popleft():
+                if node in self._busy:
+                    self._dirty.add(node)
+                elif node not in self._queued:
+                    self._queued.add(node)
+                    self._ready.append(node)
+
+    def _assign(self) -> None:
+        """Start deliveries on idle connections (one that needs no request frees its
+        connection at once)."""
+        while self._ready and time.monotonic() >= self._paused_until:
+            if not self.reachable and any(s.probe and s.node for s in self._slots):
+                return
+            slot = next((s for s in self._slots if s.node is None), None)
+            if slot is None:
+                return
+            node = self._ready.popleft()
+            self._queued.discard(node)
+            self._busy.add(node)
+            slot.node = node
+            slot.probe = not self.reachable
+            slot.delivery = self._deliver(node)
+            self._advance(slot, None)
+
+    def _timeout(self) -> float | None:
+        due = [slot.deadline for slot in self._slots if slot.exchange is not None]
+        if self._ready and not self._stopping and self._paused_until > time.monotonic():
+            due.append(self._paused_until)
+        if not due:
+            return None
+        return max(min(due) - time.monotonic(), 0.0)
+
+    def _advance(self, slot: _Slot, answer: Answer | None) -> None:
+        """Resume the slot's delivery with ``answer``; send what it asks for next."""
+        assert slot.delivery is not None
+        try:
+            request = slot.delivery.send(answer)  # type: ignore[arg-type]
+        except StopIteration as finished:
+            self._release(slot, bool(finished.value))
+            return
+        except Exception:
+            log.exception("delivery for node %s failed unexpectedly", slot.node)
+            self._failed(Answer(Outcome.RETRY, None, "internal error"))
+            self._release(slot, True)
+            return
+        if self._stopping:
+            slot.delivery.close()
+            self._release(slot, False)
+            return
+        slot.request = request
+        slot.resent = False
+        self._transmit(slot)
+
+    def _transmit(self, slot: _Slot) -> None:
+        slot.exchange = Exchange()
+        slot.deadline = time.monotonic() + self.client.timeout
+        slot.reused = slot.sock is not None
+        try:
+            if slot.sock is None:
+                slot.sock = self.client.connect()
+                self._selector.register(slot.sock, selectors.EVENT_READ, slot)
+            slot.sock.sendall(slot.request)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            self._lost(slot, exc)
+        except OSError as exc:
+            self._close(slot)
+            self._advance(slot, Answer(Outcome.RETRY, None, describe_error(exc)))
+
+    def _readable(self, slot: _Slot) -> None:
+        assert slot.sock is not None
+        exchange = slot.exchange
+        if exchange is None:
+            # An idle connection: the monitor closed it (or sent something unasked).
+            self._close(slot)
+            return
+        try:
+            complete = exchange.feed(slot.sock.recv(65536))
+            while not complete and isinstance(slot.sock, ssl.SSLSocket) and \
+                    slot.sock.pending():
+                complete = exchange.feed(slot.sock.recv(65536))
+        except ssl.SSLWantReadError:
+            return
+        except (ConnectionResetError, BrokenPipeError, ClosedError) as exc:
+            self._lost(slot, exc)
+            return
+        except (OSError, httptools.HttpParserError) as exc:
+            self._close(slot)
+            self._advance(slot, Answer(Outcome.RETRY, None, describe_error(exc)))
+            return
+        if complete:
+            slot.exchange = None
+            if not exchange.keep_alive:
+                self._close(slot)
+            self._advance(slot, exchange.answer())
+
+    def _lost(self, slot: _Slot, exc: Exception) -> None:
+        """The connection broke; a kept-alive one the monitor had closed is replaced once."""
+        self._close(slot)
+        if slot.reused and not slot.resent:
+            slot.resent = True
+            self._transmit(slot)
+        else:
+            self._advance(slot, Answer(Outcome.RETRY, None, f"connection lost: {exc}"))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.exchange is not None and now >= slot.deadline:
+                self._close(slot)
+                self._advance(slot, Answer(Outcome.RETRY, None, "timed out"))
+
+    def _close(self, slot: _Slot) -> None:
+        slot.exchange = None
+        if slot.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(slot.sock)
+            with contextlib.suppress(OSError):
+                slot.sock.close()
+            slot.sock = None
+
+    def _release(self, slot: _Slot, again: bool) -> None:
+        node = slot.node
+        slot.node = slot.delivery = None
+        slot.probe = False
+        if node is None:
+            return
+        self._busy.discard(node)
+        if again or node in self._dirty:
+            self._dirty.discard(node)
+            if node not in self._queued:
+                self._queued.add(node)
+                self._ready.append(node)
+
+    def _succeeded(self) -> None:
+        if not self.reachable:
+            log.info("monitor reachable again")
+        self._failures = 0
+        self.reachable = True
+        self.last_problem = ""
+
+    def _failed(self, answer: Answer) -> float:
+        """Pause all deliveries; returns the pause."""
+        self._failures += 1
+        ceiling = min(self._backoff_max,
+                      self._backoff_initial * 2 ** min(self._failures - 1, 20))
+        pause = random.uniform(ceiling / 2, ceiling)
+        if answer.retry_after is not None:
+            pause = max(pause, min(answer.retry_after, 300.0))
+        if self.reachable:
+            log.warning("monitor unavailable (%s); pausing deliveries, retrying with backoff",
+                        answer.reason)
+        self.reachable = False
+        self.last_problem = answer.reason
+        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        return pause
+
+    # --- one node's delivery ----------------------------------------------------------------
+
+    def _deliver(self, node: str) -> Delivery:
+        """Deliver one item of ``node``."""
         item = self.outbox.next_item(node)
         if item is None:
             return False
         mark = self.outbox.mark(node)
         if self._nodes_api and mark is not None and not mark.registered:
-            answer = self._register(client, node, mark)
+            answer = yield from self._register(node, mark)
             if answer.outcome is Outcome.RETRY:
                 return self._retry(answer)
-        body = self._body(item, mark)
-        answer = client.heartbeat(node, body)
+        request = self.client.heartbeat_request(node, self._body(item, mark))
+        answer = yield request
         if answer.outcome is Outcome.NOT_FOUND and self._nodes_api:
             self.outbox.set_registered(node, False)
-            registered = self._register(client, node, mark)
+            registered = yield from self._register(node, mark)
             if registered.outcome is Outcome.RETRY:
                 return self._retry(registered)
-            answer = client.heartbeat(node, body)
+            answer = yield request
         if answer.outcome is Outcome.RETRY:
             return self._retry(answer)
-        self.scheduler.succeeded()
+        self._succeeded()
         if answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
         else:
@@ -201,14 +332,15 @@ class Forwarder:
             log.warning("monitor refused %s of node %s (%s); dropped, the node's queue goes on",
                         item.kind, node, answer.reason)
         self.outbox.done(item)
-        return True
+        # A deferred write notifies the node again once it is on disk.
+        return not self.outbox.defers_writes
 
     def _retry(self, answer: Answer) -> bool:
         self.metrics.inc("retries")
-        self.scheduler.failed(answer)
+        self._failed(answer)
         return True
 
-    def _register(self, client: MonitorClient, node: str, mark: NodeMark | None) -> Answer:
+    def _register(self, node: str, mark: NodeMark | None) -> Generator[bytes, Answer, Answer]:
         """Make the monitor know ``node`` so its next heartbeat counts.
 
         A monitor without ``/api/ar/nodes/register`` auto-registers a node on its first
@@ -216,7 +348,7 @@ class Forwarder:
         """
         name = (mark.node_name if mark else "") or node
         if self._register_route is not False:
-            answer = client.register(node, name, protocol.NODE_TYPE)
+            answer = yield self.client.register_request(node, name, protocol.NODE_TYPE)
             if answer.outcome is Outcome.RETRY:
                 return answer
             if answer.outcome is Outcome.DELIVERED:
@@ -230,7 +362,7 @@ class Forwarder:
             else:
                 log.warning("monitor refused to register node %s (%s)", node, answer.reason)
         online = mark is None or mark.state in (None, "ready")
-        answer = client.heartbeat(node, {
+        answer = yield self.client.heartbeat_request(node, {
             "node_id": node, "node_name": name, "timestamp": protocol.utc_now_iso(),
             "status": self._values.online if online else self._values.offline})
         if answer.outcome is Outcome.DELIVERED:

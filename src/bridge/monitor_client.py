@@ -2,7 +2,6 @@
 responses parsed by httptools (llhttp). ``http.client`` parses headers with the email
 package, which made it most of the bridge's CPU per forwarded message.
 
-One ``MonitorClient`` per thread: a connection is reused for every request of that thread.
 Answers are classified so the caller can decide: delivered, rejected (drop and go on),
 not found (register first), or retry later (monitor down, overloaded or broken).
 """
@@ -62,7 +61,11 @@ class Answer:
 
 
 class MonitorClient:
-    """Requests to one monitor base URL; not thread-safe (use one per thread)."""
+    """Requests to one monitor base URL over one keep-alive connection; not thread-safe.
+
+    The request builders (``*_request``) and ``Exchange`` also serve the forwarder, which
+    drives several connections from one thread; the other methods block.
+    """
 
     def __init__(self, settings: MonitorConfig) -> None:
         self.settings = settings
@@ -71,7 +74,7 @@ class MonitorClient:
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
-        self._timeout = settings.timeout
+        self.timeout = settings.timeout
         self._conn: socket.socket | None = None
         host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
         headers = {"Host": host_header, "Content-Type": "application/json",
@@ -80,19 +83,42 @@ class MonitorClient:
             headers["Authorization"] = f"Bearer {settings.token}"
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
 
-    # --- calls ----------------------------------------------------------------------------
+    # --- requests -------------------------------------------------------------------------
 
-    def heartbeat(self, node_id: str, body: dict[str, Any]) -> Answer:
+    def build(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+        data = b"" if body is None else json.dumps(body, separators=(",", ":"),
+                                                   allow_nan=False).encode()
+        head = (f"{method} {self._prefix}{path} HTTP/1.1\r\n{self._fixed_headers}"
+                f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1")
+        return head + data
+
+    def heartbeat_request(self, node_id: str, body: dict[str, Any]) -> bytes:
         node = protocol.check_node_id(node_id)
         if self.settings.profile == "v1":
-            return self.request("POST", "/api/v1/ar/heartbeat?" + urlencode({"node_id": node}),
-                                body)
-        return self.request("POST", f"/api/ar/nodes/{quote(node, safe='')}/heartbeat", body)
+            return self.build("POST", "/api/v1/ar/heartbeat?" + urlencode({"node_id": node}),
+                              body)
+        return self.build("POST", f"/api/ar/nodes/{quote(node, safe='')}/heartbeat", body)
 
-    def register(self, node_id: str, node_name: str, node_type: str) -> Answer:
+    def register_request(self, node_id: str, node_name: str, node_type: str) -> bytes:
         body = {"node_id": protocol.check_node_id(node_id), "node_name": node_name,
                 "node_type": node_type, "register_time": protocol.utc_now_iso()}
-        return self.request("POST", "/api/ar/nodes/register", body)
+        return self.build("POST", "/api/ar/nodes/register", body)
+
+    def connect(self) -> socket.socket:
+        """A new connection to the monitor (blocking, bounded by the timeout)."""
+        sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._https:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
+        return sock
+
+    # --- blocking calls -------------------------------------------------------------------
+
+    def heartbeat(self, node_id: str, body: dict[str, Any]) -> Answer:
+        return self.perform(self.heartbeat_request(node_id, body))
+
+    def register(self, node_id: str, node_name: str, node_type: str) -> Answer:
+        return self.perform(self.register_request(node_id, node_name, node_type))
 
     def node(self, node_id: str) -> Answer:
         node = quote(protocol.check_node_id(node_id), safe="")
@@ -109,58 +135,33 @@ class MonitorClient:
     def health(self) -> Answer:
         return self.request("GET", "/api/health")
 
-    # --- transport ------------------------------------------------------------------------
-
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
-        data = b"" if body is None else json.dumps(body, separators=(",", ":"),
-                                                   allow_nan=False).encode()
-        head = (f"{method} {self._prefix}{path} HTTP/1.1\r\n{self._fixed_headers}"
-                f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1")
+        return self.perform(self.build(method, path, body))
+
+    def perform(self, request: bytes) -> Answer:
+        """Send ``request`` and classify the answer; a kept-alive connection the monitor has
+        closed meanwhile is replaced once."""
         for attempt in (1, 2):
             reused = self._conn is not None
             try:
-                response = self._exchange(head + data)
-            except (ConnectionResetError, BrokenPipeError, _ClosedError) as exc:
+                if self._conn is None:
+                    self._conn = self.connect()
+                exchange = Exchange()
+                self._conn.sendall(request)
+                while not exchange.feed(self._conn.recv(65536)):
+                    pass
+            except (ConnectionResetError, BrokenPipeError, ClosedError) as exc:
                 self.close()
                 if attempt == 1 and reused:
                     continue
                 return Answer(Outcome.RETRY, None, f"connection lost: {exc}")
             except (OSError, httptools.HttpParserError) as exc:
                 self.close()
-                return Answer(Outcome.RETRY, None, _describe_error(exc))
-            if not response.keep_alive:
+                return Answer(Outcome.RETRY, None, describe_error(exc))
+            if not exchange.keep_alive:
                 self.close()
-            return _classify(response.status, bytes(response.body),
-                             response.headers.get(b"retry-after"))
+            return exchange.answer()
         return Answer(Outcome.RETRY, None, "unreachable")
-
-    def _exchange(self, request: bytes) -> _Response:
-        sock = self._connection()
-        sock.sendall(request)
-        response = _Response()
-        parser = httptools.HttpResponseParser(response)
-        while not response.complete:
-            chunk = sock.recv(65536)
-            if not chunk:
-                if response.headers_done and response.until_close:
-                    break
-                raise _ClosedError("monitor closed the connection")
-            parser.feed_data(chunk)
-        response.status = parser.get_status_code()
-        if parser.get_http_version() != "1.1" or \
-                response.headers.get(b"connection", b"").lower() == b"close":
-            response.keep_alive = False
-        return response
-
-    def _connection(self) -> socket.socket:
-        if self._conn is None:
-            sock = socket.create_connection((self._host, self._port), timeout=self._timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._https:
-                sock = ssl.create_default_context().wrap_socket(sock,
-                                                                server_hostname=self._host)
-            self._conn = sock
-        return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -169,21 +170,48 @@ class MonitorClient:
             self._conn = None
 
 
-class _ClosedError(ConnectionError):
-    pass
+class ClosedError(ConnectionError):
+    """The monitor closed the connection before answering."""
 
 
-class _Response:
-    """httptools callbacks collecting one response."""
+class Exchange:
+    """One response being read: ``feed`` it what the socket gives until it returns True."""
 
     def __init__(self) -> None:
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         self.body = bytearray()
+        self.started = False
         self.headers_done = False
         self.complete = False
         self.keep_alive = True
         self.until_close = False
+        self._parser = httptools.HttpResponseParser(self)
+
+    def feed(self, chunk: bytes) -> bool:
+        """Raises ``ClosedError`` on an early end and ``httptools.HttpParserError`` on a
+        malformed answer."""
+        if not chunk:
+            if self.headers_done and self.until_close:
+                self.complete = True
+            else:
+                raise ClosedError("monitor closed the connection")
+        else:
+            self._parser.feed_data(chunk)
+        if self.complete:
+            self.status = self._parser.get_status_code()
+            if self._parser.get_http_version() != "1.1" or \
+                    self.headers.get(b"connection", b"").lower() == b"close":
+                self.keep_alive = False
+        return self.complete
+
+    def answer(self) -> Answer:
+        return _classify(self.status, bytes(self.body), self.headers.get(b"retry-after"))
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
@@ -204,7 +232,7 @@ class _Response:
         self.complete = True
 
 
-def _describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, (TimeoutError, socket.timeout)):

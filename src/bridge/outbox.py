@@ -357,6 +357,11 @@ class Outbox:
             self._registered[node_id] = registered
         self._changed()
 
+    @property
+    def defers_writes(self) -> bool:
+        """True if deliveries wait for ``flush()`` (whose caller then notifies the nodes)."""
+        return self._on_change is not None
+
     def _changed(self) -> None:
         if self._on_change is None:
             self.flush()

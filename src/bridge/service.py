@@ -112,7 +112,7 @@ class Bridge:
         self.metrics.gauge("outbox_transitions", lambda: self.outbox.depth()[0])
         self.metrics.gauge("outbox_statuses", lambda: self.outbox.depth()[1])
         self.metrics.gauge("nodes_known", self.outbox.known_nodes)
-        self.metrics.gauge("monitor_reachable", lambda: float(self.forwarder.scheduler.reachable))
+        self.metrics.gauge("monitor_reachable", lambda: float(self.forwarder.reachable))
         self.metrics.gauge("broker_connected", lambda: float(self.connected))
 
     def _state(self, state: protocol.State) -> bytes:
@@ -159,8 +159,8 @@ class Bridge:
         transitions, statuses = self.outbox.depth()
         ok = self.connected and self._writer.is_alive()
         return {"ok": ok, "broker_connected": self.connected,
-                "monitor_reachable": self.forwarder.scheduler.reachable,
-                "monitor_problem": self.forwarder.scheduler.last_problem,
+                "monitor_reachable": self.forwarder.reachable,
+                "monitor_problem": self.forwarder.last_problem,
                 "outbox_transitions": transitions, "outbox_statuses": statuses,
                 "nodes_known": self.outbox.known_nodes()}
 
