@@ -112,6 +112,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _node_of(target: str, raw: bytes) -> str:
+    """The node a request is about (the path's, or a registration's body's), else the path."""
+    path = [unquote(p) for p in urlsplit(target).path.split("/") if p]
+    if path[:3] == ["api", "ar", "nodes"] and len(path) == 5 and path[4] == "heartbeat":
+        return path[3]
+    if path == ["api", "ar", "nodes", "register"]:
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(raw).get("node_id"))
+    return target
+
+
 class MonitorDouble:
     def __init__(self, port: int = 0, *, host: str = "127.0.0.1", check_interval: float = 30.0,
                  register_route: bool = True, wrap_alerts: bool = False,
@@ -129,6 +140,10 @@ class MonitorDouble:
         self.nodes: dict[str, Node] = {}
         self.heartbeats: list[Heartbeat] = []
         self.requests: list[tuple[str, str, int, float]] = []
+        self._in_flight: dict[str, int] = {}
+        self.peak_in_flight = 0
+        """Most requests handled at once, and most at once for one node."""
+        self.peak_in_flight_one_node = 0
         self.alerts: list[dict[str, Any]] = [
             {"id": "1", "level": "warning", "status": "active", "node_id": "node-1",
              "message": "cpu above 80 %", "created_at": "2026-01-01T00:00:00Z"},
@@ -158,6 +173,11 @@ class MonitorDouble:
                                         name="monitor-double", daemon=True)
         self._thread.start()
         return self
+
+    def drop_connections(self) -> None:
+        """Close every open connection (as a monitor does with idle keep-alive ones)."""
+        if self._server is not None:
+            self._server.drop_connections()
 
     def down(self) -> None:
         """Stop listening and drop every open connection: clients get connection refused."""
@@ -209,13 +229,23 @@ class MonitorDouble:
 
     def handle(self, method: str, target: str, raw: bytes, auth: str | None
                ) -> tuple[int, Any, dict[str, str]]:
-        if self.delay:
-            time.sleep(self.delay)
-        now = time.time()
+        key = _node_of(target, raw)
         with self.lock:
-            code, body, headers = self._route(method, target, raw, auth, now)
-            self.requests.append((method, target, code, time.monotonic()))
-        return code, body, headers
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            self.peak_in_flight = max(self.peak_in_flight, sum(self._in_flight.values()))
+            self.peak_in_flight_one_node = max(self.peak_in_flight_one_node,
+                                               self._in_flight[key])
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            now = time.time()
+            with self.lock:
+                code, body, headers = self._route(method, target, raw, auth, now)
+                self.requests.append((method, target, code, time.monotonic()))
+            return code, body, headers
+        finally:
+            with self.lock:
+                self._in_flight[key] -= 1
 
     def _route(self, method: str, target: str, raw: bytes, auth: str | None, now: float
                ) -> tuple[int, Any, dict[str, str]]:

@@ -1,0 +1,96 @@
+"""The forwarder on a real outbox against the monitor double over a socket: requests in
+flight across nodes, one per node, kept-alive connections the monitor closes, a monitor that
+accepts connections and never answers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.forwarder import Forwarder
+from bridge.metrics import Metrics
+from bridge.outbox import Outbox
+from publisher.config import Config, parse_config
+from tests.monitor_double import MonitorDouble
+from tests.support import wait_until
+from tests.test_outbox import state, status
+
+
+def config_for(url: str, tmp_path: Path, **monitor: object) -> Config:
+    return parse_config({"monitor": {"url": url, "timeout": 0.5, "retry_delay": 0.5, **monitor},
+                         "bridge": {"outbox_path": str(tmp_path / "outbox.sqlite3"),
+                                    "http_concurrency": 4}}, "<test>")
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    yield box
+    box.close()
+
+
+@contextlib.contextmanager
+def forwarding(config: Config, outbox: Outbox) -> Iterator[Forwarder]:
+    forwarder = Forwarder(config, outbox, Metrics()).start()
+    try:
+        yield forwarder
+    finally:
+        forwarder.stop(5.0)
+        assert not forwarder._thread.is_alive()
+
+
+def test_several_nodes_at_once_never_two_requests_for_one_node(
+        tmp_path: Path, outbox: Outbox) -> None:
+    double = MonitorDouble(delay=0.02).start()
+    try:
+        nodes = [f"n{i}" for i in range(12)]
+        outbox.record([status(seq, node=node) for node in nodes for seq in (1, 2)])
+        outbox.record([(node, *state("ready")[1:]) for node in nodes])
+        with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="outbox drained")
+            assert forwarder.reachable
+        assert double.peak_in_flight >= 2
+        assert double.peak_in_flight <= 4
+        assert double.peak_in_flight_one_node == 1
+        for node in nodes:
+            sent = [(h.reason, h.body["gui"]) for h in double.history(node)]
+            assert sent[-1] == ("ready", {"seq": 2}), node
+    finally:
+        double.down()
+
+
+def test_a_kept_alive_connection_the_monitor_closed_is_replaced(
+        tmp_path: Path, outbox: Outbox) -> None:
+    double = MonitorDouble().start()
+    try:
+        with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
+            forwarder.notify(outbox.record([status(1)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="first delivery")
+            double.drop_connections()
+            forwarder.notify(outbox.record([status(2)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="second delivery")
+            assert forwarder.reachable
+            assert "yl_bridge_retries_total" not in forwarder.metrics.render()
+        assert double.history("n1")[-1].body["gui"] == {"seq": 2}
+    finally:
+        double.down()
+
+
+def test_a_monitor_that_never_answers_times_out_and_nothing_is_lost(
+        tmp_path: Path, outbox: Outbox) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        outbox.record([status(1, node=f"n{i}") for i in range(6)])
+        with forwarding(config_for(url, tmp_path), outbox) as forwarder:
+            wait_until(lambda: not forwarder.reachable, timeout=5, what="monitor unreachable")
+            assert forwarder.last_problem == "timed out"
+        assert outbox.depth() == (0, 6)
+    finally:
+        silent.close()
