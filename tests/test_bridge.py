@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from publisher import StatusPublisher
@@ -299,3 +300,44 @@ def test_a_frozen_bridge_does_not_block_nodes(tmp_path: Path, broker: DevBroker,
     finally:
         publisher.stop()
         bridge.stop()
+
+
+def receiver_of(bridge: BridgeProcess) -> psutil.Process:
+    assert bridge.process is not None
+    children = psutil.Process(bridge.process.pid).children()
+    assert len(children) == 1
+    assert "bridge.status_receiver" in " ".join(children[0].cmdline())
+    return children[0]
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_status_receiver_is_restarted_and_ends_with_the_bridge(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> None:
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    publisher = StatusPublisher(make_config(broker, "node-11")).start()
+    try:
+        wait_until(lambda: double.is_online("node-11"), timeout=10, what="online")
+        first = receiver_of(bridge)
+        first.kill()
+        wait_until(lambda: gone(first), what="receiver killed")
+        publisher.update_gui_status(step=1)
+        wait_until(lambda: last_gui(double, "node-11").get("step") == 1, timeout=15,
+                   what="statuses through a new receiver")
+        second = receiver_of(bridge)
+        assert second.pid != first.pid
+        assert "starting it again" in bridge.log()
+        bridge.kill()
+        wait_until(lambda: gone(second), timeout=5, what="receiver gone with the bridge")
+        bridge.start()
+        publisher.update_gui_status(step=2)
+        wait_until(lambda: last_gui(double, "node-11").get("step") == 2, timeout=15,
+                   what="statuses after the bridge restarted")
+    finally:
+        publisher.stop()
+        assert bridge.stop() == 0

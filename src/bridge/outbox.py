@@ -165,33 +165,39 @@ class Outbox:
     # --- writing (the writer thread) -----------------------------------------------------
 
     def record(self, batch: Iterable[Incoming]) -> tuple[IngestResult, set[str]]:
-        """Record a batch in one committed transaction; returns counts and touched nodes."""
+        """Record a batch in one committed transaction; returns counts and touched nodes.
+
+        The marks change before the commit (forwarders read them for the body and the
+        registration, never for what to send: items come from disk), so the commit, which
+        waits for the disk, does not hold up the forwarders."""
         result = IngestResult()
         touched: set[str] = set()
-        with self._write_lock, self._marks_lock:
+        with self._write_lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for node_id, message, raw, received in batch:
-                    mark = self.marks.get(node_id)
-                    if mark is None:
-                        if len(self.marks) >= self.max_nodes:
-                            result.too_many_nodes += 1
-                            continue
-                        mark = self.marks[node_id] = NodeMark()
-                    if isinstance(message, StatusMessage):
-                        changed = self._record_status(db, node_id, mark, message, raw,
-                                                      received, result)
-                    else:
-                        changed = self._record_state(db, node_id, mark, message, received,
-                                                     result)
-                    if changed:
-                        touched.add(node_id)
+                with self._marks_lock:
+                    for node_id, message, raw, received in batch:
+                        mark = self.marks.get(node_id)
+                        if mark is None:
+                            if len(self.marks) >= self.max_nodes:
+                                result.too_many_nodes += 1
+                                continue
+                            mark = self.marks[node_id] = NodeMark()
+                        if isinstance(message, StatusMessage):
+                            changed = self._record_status(db, node_id, mark, message, raw,
+                                                          received, result)
+                        else:
+                            changed = self._record_state(db, node_id, mark, message,
+                                                         received, result)
+                        if changed:
+                            touched.add(node_id)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
-                self.marks.clear()
-                self._load_marks()
+                with self._marks_lock:
+                    self.marks.clear()
+                    self._load_marks()
                 raise
         return result, touched
 

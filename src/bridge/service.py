@@ -4,12 +4,12 @@ Two persistent MQTT sessions: ``{client_id}`` for the ``state`` topics and
 ``{client_id}-status`` for ``status``. A broker queues a limited number of messages for an
 absent client; keeping the rare state transitions out of the status flood means a bridge
 outage can overflow only the status queue, whose newest message per node comes back as a
-retained message anyway.
+retained message anyway. The status session runs in a child process (``status_receiver``).
 
-Threads: paho's network threads only queue incoming messages; the outbox writer records them
-in batches and acknowledges them (in arrival order) once committed; forwarder workers deliver
-from the outbox. One shutdown path: ``stop()``, which the signal handler triggers by setting
-an event.
+Threads: paho's network thread (and the status receiver's reader) only queue incoming
+messages; the outbox writer records them in batches and acknowledges them (in arrival order)
+once committed; the forwarder delivers from the outbox. One shutdown path: ``stop()``, which
+the signal handler triggers by setting an event.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as mqtt
 
 from bridge.forwarder import Forwarder
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import Outbox
+from bridge.status_receiver import Received, StatusReceiver
 from publisher import protocol
 from publisher.config import Config
 from publisher.errors import ProtocolError
@@ -44,14 +44,30 @@ FLUSH_DELAY = 0.002
 waits for its previous delivery to be written."""
 
 
-@dataclass(frozen=True)
-class Incoming:
-    client: mqtt.Client
+class Acknowledger(Protocol):
+    def acknowledge(self, connection: Any, messages: list[tuple[int, int]]) -> None: ...
+
+
+class Incoming(NamedTuple):
+    source: Acknowledger
+    connection: Any
+    """What the message came over; acknowledgements go to that connection only."""
     mid: int
     qos: int
     topic: str
     payload: bytes
     received: float
+
+
+class _LinkAcknowledger:
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def acknowledge(self, connection: Any, messages: list[tuple[int, int]]) -> None:
+        client = self.link.client
+        if client is not None and client is connection:
+            for mid, qos in messages:
+                client.ack(mid, qos)
 
 
 class RejectLog:
@@ -73,7 +89,7 @@ class Bridge:
         self.config = config
         self.topics = config.mqtt.topics
         self.metrics = Metrics()
-        self._incoming: queue.Queue[Incoming | str | None] = queue.Queue()
+        self._incoming: queue.Queue[Incoming | list[Incoming] | str | None] = queue.Queue()
         self._flush_requested = threading.Event()
         self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes,
                              on_change=self._request_flush)
@@ -95,16 +111,12 @@ class Bridge:
             on_down=self._on_down,
             name="yl-bridge-states",
         )
+        self._link_acks = _LinkAcknowledger(self.link)
         status_user = config.mqtt.username and status_identity(config.mqtt.username)
-        self.status_link = Link(
+        self.statuses = StatusReceiver(
             options_from_config(config.mqtt, status_identity(client_id), **persistent,
                                 username=status_user),
-            on_connect=self._on_connect_statuses,
-            on_message=self._on_message,
-            on_down=self._on_down,
-            name="yl-bridge-statuses",
-        )
-        self.links = (self.link, self.status_link)
+            self.topics.all_statuses, protocol.MQTT_QOS, self._on_statuses, config.logging)
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
@@ -125,8 +137,8 @@ class Bridge:
             self.metrics_server.start()
         self._writer.start()
         self.forwarder.start()
-        for link in self.links:
-            link.start()
+        self.link.start()
+        self.statuses.start()
         log.info("bridge started client_id=%s monitor=%s profile=%s outbox=%s",
                  self.config.bridge.client_id, self.config.monitor.url,
                  self.config.monitor.profile, self.config.bridge.outbox_path)
@@ -136,7 +148,7 @@ class Bridge:
         """Stop taking messages, keep what is not delivered in the outbox, and return within
         ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        self.status_link.stop(min(1.0, timeout / 4))
+        self.statuses.stop(min(1.5, timeout / 3))
         self.link.stop(min(1.5, timeout / 3), farewell=self._farewell)
         self._incoming.put(None)
         self._writer.join(max(min(1.0, deadline - time.monotonic()), 0.0))
@@ -152,7 +164,7 @@ class Bridge:
 
     @property
     def connected(self) -> bool:
-        return all(link.connected for link in self.links)
+        return self.link.connected and self.statuses.connected
 
     def health(self) -> dict[str, Any]:
         transitions, statuses = self.outbox.depth()
@@ -174,13 +186,13 @@ class Bridge:
         client.publish(self._state_topic, self._state("ready"), qos=1, retain=True)
         log.info("bridge subscribed to states session_present=%s", session_present)
 
-    def _on_connect_statuses(self, client: mqtt.Client, session_present: bool) -> None:
-        client.subscribe(self.topics.all_statuses, qos=protocol.MQTT_QOS)
-        log.info("bridge subscribed to statuses session_present=%s", session_present)
-
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        self._incoming.put(Incoming(client, message.mid, message.qos, message.topic,
-                                    bytes(message.payload), time.time()))
+        self._incoming.put(Incoming(self._link_acks, client, message.mid, message.qos,
+                                    message.topic, bytes(message.payload), time.time()))
+
+    def _on_statuses(self, batch: list[Received]) -> None:
+        receiver = self.statuses
+        self._incoming.put([Incoming(receiver, *received) for received in batch])
 
     def _on_down(self, event: LinkDown) -> None:
         log.debug("broker link down: %s", event.reason)
@@ -208,7 +220,12 @@ class Bridge:
                     batch.append(self._incoming.get_nowait())
                 except queue.Empty:
                     break
-            messages = [m for m in batch if isinstance(m, Incoming)]
+            messages: list[Incoming] = []
+            for entry in batch:
+                if isinstance(entry, Incoming):
+                    messages.append(entry)
+                elif isinstance(entry, list):
+                    messages.extend(entry)
             stopping = None in batch
             if FLUSH in batch and flush_due is None:
                 flush_due = time.monotonic() + FLUSH_DELAY
@@ -223,8 +240,8 @@ class Bridge:
                 log.exception("outbox write failed; the messages stay unacknowledged")
                 if messages and not stopping:
                     # The broker redelivers unacknowledged messages only on a new connection.
-                    for link in self.links:
-                        link.reconnect("outbox write failed")
+                    self.link.reconnect("outbox write failed")
+                    self.statuses.reconnect("outbox write failed")
             if stopping:
                 return
 
@@ -256,10 +273,12 @@ class Bridge:
         if result.too_many_nodes:
             log.error("outbox: %d message(s) from new nodes dropped: more than %d nodes",
                       result.too_many_nodes, self.config.bridge.max_nodes)
-        current = {link.client for link in self.links}
+        acks: dict[tuple[Acknowledger, Any], list[tuple[int, int]]] = {}
         for m in messages:
-            if m.qos > 0 and m.client in current:
-                m.client.ack(m.mid, m.qos)
+            if m.qos > 0:
+                acks.setdefault((m.source, m.connection), []).append((m.mid, m.qos))
+        for (source, connection), pairs in acks.items():
+            source.acknowledge(connection, pairs)
         self.forwarder.notify(touched)
 
 

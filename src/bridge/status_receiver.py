@@ -1,0 +1,262 @@
+"""The bridge's status session, received in a process of its own.
+
+Statuses are the flood (every node, every interval). paho's per-message work in Python would
+otherwise share the bridge's interpreter lock with recording and forwarding, so a child
+process runs the ``{client_id}-status`` link and hands batches of raw messages to the bridge
+over a socket pair. The bridge records them and sends back which ones to acknowledge: a
+message is still acknowledged only once it is committed in the outbox. If the child ends, it
+is started again and the broker redelivers what was not acknowledged; if the bridge ends, the
+child sees its socket close and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from publisher.config import LoggingConfig
+from publisher.link import Link, LinkDown, LinkOptions
+
+log = logging.getLogger(__name__)
+
+Received = tuple[int, int, int, str, bytes, float]
+"""(connection number, mid, qos, topic, payload, wall-clock receive time)."""
+
+RESTART_DELAY = 1.0
+
+
+class StatusReceiver:
+    """The bridge's end: starts and supervises the child, passes its batches on."""
+
+    def __init__(self, options: LinkOptions, topic_filter: str, qos: int,
+                 on_messages: Callable[[list[Received]], None],
+                 logging_config: LoggingConfig) -> None:
+        self._setup = (options, topic_filter, qos, logging_config)
+        self._on_messages = on_messages
+        self._conn: Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connected = False
+        self.starts = 0
+        self._thread = threading.Thread(target=self._supervise, name="yl-bridge-statuses",
+                                        daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> StatusReceiver:
+        self._thread.start()
+        return self
+
+    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
+        """Acknowledge ``(mid, qos)`` pairs received on connection number ``connection``
+        (ignored if that connection has ended meanwhile)."""
+        self._send(("ack", connection, messages))
+
+    def reconnect(self, reason: str) -> None:
+        self._send(("reconnect", reason))
+
+    def stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._send(("stop", max(timeout - 0.5, 0.1)))
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        process = self._process
+        if process is not None:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.05))
+            except subprocess.TimeoutExpired:
+                log.warning("status receiver did not stop in time; killing it")
+                process.kill()
+                process.wait()
+        with self._send_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _send(self, command: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            if self._conn is None:
+                return
+            # A child that is gone gets started again by the supervisor.
+            with contextlib.suppress(OSError):
+                self._conn.send(command)
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn = self._spawn()
+            except OSError:
+                log.exception("could not start the status receiver")
+            else:
+                self._read(conn)
+                self._connected = False
+                if self._stopping.is_set():
+                    return
+                assert self._process is not None
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(2.0)
+                log.error("status receiver ended (exit code %s); starting it again",
+                          self._process.returncode)
+            self._stopping.wait(RESTART_DELAY)
+
+    def _spawn(self) -> Connection:
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bridge.status_receiver", "--fd", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        conn.send(self._setup)
+        with self._send_lock:
+            self._conn, self._process = conn, process
+        self.starts += 1
+        return conn
+
+    def _read(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "messages":
+                try:
+                    self._on_messages(message[1])
+                except Exception:
+                    log.exception("handing received statuses on failed")
+            elif kind == "up":
+                self._connected = True
+            elif kind == "down":
+                self._connected = False
+            elif kind == "stopped":
+                return
+
+
+class _Child:
+    """The child's end: one link, a batching sender thread, commands from the bridge."""
+
+    def __init__(self, conn: Connection, options: LinkOptions, topic_filter: str,
+                 qos: int) -> None:
+        self.conn = conn
+        self.topic_filter = topic_filter
+        self.qos = qos
+        self.send_lock = threading.Lock()
+        self.buffer: list[Received] = []
+        self.buffer_lock = threading.Lock()
+        self.pending = threading.Event()
+        self.stopping = False
+        self.current: tuple[mqtt.Client, int] | None = None
+        self.connections = 0
+        self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
+                         on_down=self._on_down, name="yl-bridge-statuses")
+
+    def run(self) -> None:
+        sender = threading.Thread(target=self._send_batches, name="yl-bridge-statuses-send",
+                                  daemon=True)
+        sender.start()
+        self.link.start()
+        try:
+            while True:
+                try:
+                    command = self.conn.recv()
+                except (EOFError, OSError):
+                    log.info("the bridge is gone; status receiver exiting")
+                    self.link.abandon("the bridge is gone")
+                    return
+                if command[0] == "ack":
+                    self._acknowledge(command[1], command[2])
+                elif command[0] == "reconnect":
+                    self.link.reconnect(command[1])
+                elif command[0] == "stop":
+                    self.link.stop(command[1])
+                    self.stopping = True
+                    self.pending.set()
+                    sender.join(1.0)
+                    self._send(("stopped",))
+                    return
+        finally:
+            self.stopping = True
+            self.pending.set()
+
+    def _acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
+        current = self.current
+        if current is None or current[1] != connection:
+            return
+        client = current[0]
+        for mid, qos in messages:
+            client.ack(mid, qos)
+
+    def _on_connect(self, client: mqtt.Client, session_present: bool) -> None:
+        self.connections += 1
+        self.current = (client, self.connections)
+        # A present session may miss what the broker discarded while its queue was full;
+        # subscribing again only costs duplicates of retained messages, dropped by the outbox.
+        client.subscribe(self.topic_filter, qos=self.qos)
+        log.info("bridge subscribed to statuses session_present=%s", session_present)
+        self._send(("up",))
+
+    def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        current = self.current
+        connection = current[1] if current is not None and current[0] is client else 0
+        item = (connection, message.mid, message.qos, message.topic, bytes(message.payload),
+                time.time())
+        with self.buffer_lock:
+            self.buffer.append(item)
+        self.pending.set()
+
+    def _on_down(self, event: LinkDown) -> None:
+        self.current = None
+        self._send(("down",))
+
+    def _send_batches(self) -> None:
+        while True:
+            self.pending.wait()
+            self.pending.clear()
+            with self.buffer_lock:
+                batch, self.buffer = self.buffer, []
+            if batch:
+                self._send(("messages", batch))
+            if self.stopping:
+                return
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock, contextlib.suppress(OSError):
+            self.conn.send(message)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="the bridge's status receiver (internal)")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the bridge stops it
+    conn = Connection(args.fd)
+    options, topic_filter, qos, logging_config = conn.recv()
+    from yl_status.service import configure_logging  # noqa: PLC0415
+
+    configure_logging(logging_config)
+    _Child(conn, options, topic_filter, qos).run()
+
+
+if __name__ == "__main__":
+    main()
