@@ -144,6 +144,7 @@ class Publisher:
         self.topics = protocol.Topics()
         self.session = protocol.new_session_id()
         self.seq: dict[str, int] = {}
+        self.templates: dict[str, tuple[str, bytes]] = {}
 
     def _connack(self) -> int:
         data = b""
@@ -191,15 +192,23 @@ class Publisher:
             body = _text(topic.encode()) + self.packet_id.to_bytes(2, "big") + b"\x00" + payload
             self.sock.sendall(_packet(0x33 if retain else 0x32, body))
 
-    def status(self, node: str, **gui: Any) -> None:
+    def status(self, node: str) -> None:
+        """The node's next status (``seq`` and ``gui.n`` count up)."""
         seq = self.seq.get(node, 0) + 1
         self.seq[node] = seq
+        template = self.templates.get(node)
+        if template is None:
+            template = self.templates[node] = self._template(node)
+        self._publish(template[0], template[1].replace(_SEQ, str(seq).encode()))
+
+    def _template(self, node: str) -> tuple[str, bytes]:
+        seq = int(_SEQ)
         message = StatusMessage(
             node_id=node, node_name=node, timestamp=protocol.utc_now_iso(), status="running",
             version="bench", uptime=float(seq), resources=Resources(1.0, 100.0, 4),
-            gui={"n": seq, **gui}, reporter=ReporterCounters(seq, 0, None),
+            gui={"n": seq}, reporter=ReporterCounters(seq, 0, None),
             session=self.session, seq=seq, interval_s=30.0)
-        self._publish(self.topics.status(node), protocol.encode(message))
+        return self.topics.status(node), protocol.encode(message)
 
     def state(self, node: str, word: str) -> None:
         message = protocol.StateMessage(state=word, session=self.session,  # type: ignore[arg-type]
@@ -215,6 +224,8 @@ class Publisher:
         self.reader.join(5)
 
 
+_SEQ = b"987654321"
+"""Stands for the sequence number in a node's ready-made status."""
 _FIXED_SIZE = {0x11: 4, 0x13: 2, 0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1,
                0x29: 1, 0x2A: 1}
 """CONNACK properties of a fixed size (the others are strings or binary data)."""
