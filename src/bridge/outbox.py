@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.incoming import StatusHead
 from publisher import protocol
 from publisher.protocol import StateMessage, StatusMessage
 
@@ -103,7 +104,7 @@ class IngestResult:
     too_many_nodes: int = 0
 
 
-Incoming = tuple[str, "StateMessage | StatusMessage", bytes, float]
+Incoming = tuple[str, "StateMessage | StatusMessage | StatusHead", bytes, float]
 """(node_id, decoded message, raw payload, wall-clock receive time)."""
 
 
@@ -184,12 +185,12 @@ class Outbox:
                                 result.too_many_nodes += 1
                                 continue
                             mark = self.marks[node_id] = NodeMark()
-                        if isinstance(message, StatusMessage):
-                            changed = self._record_status(db, node_id, mark, message, raw,
-                                                          received, result)
-                        else:
+                        if isinstance(message, StateMessage):
                             changed = self._record_state(db, node_id, mark, message,
                                                          received, result)
+                        else:
+                            changed = self._record_status(db, node_id, mark, message, raw,
+                                                          received, result)
                         if changed:
                             touched.add(node_id)
                 db.execute("COMMIT")
@@ -202,7 +203,7 @@ class Outbox:
         return result, touched
 
     def _record_status(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
-                       message: StatusMessage, raw: bytes, received: float,
+                       message: StatusMessage | StatusHead, raw: bytes, received: float,
                        result: IngestResult) -> bool:
         held = (mark.session, mark.seq) if mark.session is not None else None
         if not protocol.is_newer((message.session, message.seq), held):

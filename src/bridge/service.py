@@ -22,15 +22,16 @@ from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as mqtt
 
+from bridge import incoming
 from bridge.forwarder import Forwarder
+from bridge.incoming import StatusHead
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import Outbox
 from bridge.status_receiver import Received, StatusReceiver
 from publisher import protocol
 from publisher.config import Config
-from publisher.errors import ProtocolError
 from publisher.link import Link, LinkDown, Will, options_from_config
-from publisher.protocol import StateMessage, StatusMessage
+from publisher.protocol import StateMessage
 from publisher.status_publisher import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Incoming(NamedTuple):
     topic: str
     payload: bytes
     received: float
+    checked: incoming.Checked | None = None
+    """Filled in by the status receiver; the writer checks the others."""
 
 
 class _LinkAcknowledger:
@@ -116,7 +119,7 @@ class Bridge:
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, status_identity(client_id), **persistent,
                                 username=status_user),
-            self.topics.all_statuses, protocol.MQTT_QOS, self._on_statuses, config.logging)
+            self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging)
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
@@ -246,24 +249,21 @@ class Bridge:
                 return
 
     def _record(self, messages: list[Incoming]) -> None:
-        decoded: list[tuple[str, StateMessage | StatusMessage, bytes, float]] = []
+        decoded: list[tuple[str, StateMessage | StatusHead, bytes, float]] = []
+        received: dict[str, int] = {}
         for m in messages:
-            try:
-                node_id, kind = self.topics.parse(m.topic)
-                if kind == "rebirth":
-                    continue
-                self.metrics.inc("received", kind=kind)
-                if not m.payload:
-                    continue
-                message: StateMessage | StatusMessage
-                if kind == "state":
-                    message = protocol.decode_state(m.payload)
-                else:
-                    message = protocol.decode_status(m.payload, node_id=node_id)
-                decoded.append((node_id, message, m.payload, m.received))
-            except ProtocolError as exc:
-                self.metrics.inc("rejected", reason=exc.reason)
-                self._reject_log(exc.reason, m.topic, str(exc))
+            checked = m.checked or incoming.check(self.topics, m.topic, m.payload)
+            if checked.kind == "rebirth":
+                continue
+            if checked.kind is not None:
+                received[checked.kind] = received.get(checked.kind, 0) + 1
+            if checked.reason is not None:
+                self.metrics.inc("rejected", reason=checked.reason)
+                self._reject_log(checked.reason, m.topic, checked.detail)
+            elif checked.message is not None and checked.node_id is not None:
+                decoded.append((checked.node_id, checked.message, m.payload, m.received))
+        for kind, count in received.items():
+            self.metrics.inc("received", count, kind=kind)
         result, touched = self.outbox.record(decoded)
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")

@@ -26,13 +26,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from bridge.incoming import Checked, check
 from publisher.config import LoggingConfig
 from publisher.link import Link, LinkDown, LinkOptions
+from publisher.protocol import Topics
 
 log = logging.getLogger(__name__)
 
-Received = tuple[int, int, int, str, bytes, float]
-"""(connection number, mid, qos, topic, payload, wall-clock receive time)."""
+Received = tuple[int, int, int, str, bytes, float, Checked]
+"""(connection number, mid, qos, topic, payload, wall-clock receive time, what it is)."""
 
 RESTART_DELAY = 1.0
 
@@ -40,10 +42,10 @@ RESTART_DELAY = 1.0
 class StatusReceiver:
     """The bridge's end: starts and supervises the child, passes its batches on."""
 
-    def __init__(self, options: LinkOptions, topic_filter: str, qos: int,
+    def __init__(self, options: LinkOptions, topics: Topics, qos: int,
                  on_messages: Callable[[list[Received]], None],
                  logging_config: LoggingConfig) -> None:
-        self._setup = (options, topic_filter, qos, logging_config)
+        self._setup = (options, topics, qos, logging_config)
         self._on_messages = on_messages
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -155,13 +157,13 @@ class StatusReceiver:
 class _Child:
     """The child's end: one link, a batching sender thread, commands from the bridge."""
 
-    def __init__(self, conn: Connection, options: LinkOptions, topic_filter: str,
+    def __init__(self, conn: Connection, options: LinkOptions, topics: Topics,
                  qos: int) -> None:
         self.conn = conn
-        self.topic_filter = topic_filter
+        self.topics = topics
         self.qos = qos
         self.send_lock = threading.Lock()
-        self.buffer: list[Received] = []
+        self.buffer: list[tuple[int, int, int, str, bytes, float]] = []
         self.buffer_lock = threading.Lock()
         self.pending = threading.Event()
         self.stopping = False
@@ -211,7 +213,7 @@ class _Child:
         self.current = (client, self.connections)
         # A present session may miss what the broker discarded while its queue was full;
         # subscribing again only costs duplicates of retained messages, dropped by the outbox.
-        client.subscribe(self.topic_filter, qos=self.qos)
+        client.subscribe(self.topics.all_statuses, qos=self.qos)
         log.info("bridge subscribed to statuses session_present=%s", session_present)
         self._send(("up",))
 
@@ -235,7 +237,7 @@ class _Child:
             with self.buffer_lock:
                 batch, self.buffer = self.buffer, []
             if batch:
-                self._send(("messages", batch))
+                self._send(("messages", [(*m, check(self.topics, m[3], m[4])) for m in batch]))
             if self.stopping:
                 return
 
@@ -251,11 +253,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the bridge stops it
     conn = Connection(args.fd)
-    options, topic_filter, qos, logging_config = conn.recv()
+    options, topics, qos, logging_config = conn.recv()
     from yl_status.service import configure_logging  # noqa: PLC0415
 
     configure_logging(logging_config)
-    _Child(conn, options, topic_filter, qos).run()
+    _Child(conn, options, topics, qos).run()
 
 
 if __name__ == "__main__":
