@@ -34,6 +34,10 @@ _RETRYABLE = frozenset({401, 403, 408, 425, 429})
 message is kept and retried, never dropped."""
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_PATHS_KEPT = 100_000
+
+
 class Outcome(Enum):
     DELIVERED = "delivered"
     REJECTED = "rejected"
@@ -76,6 +80,7 @@ class MonitorClient:
         self._prefix = parts.path.rstrip("/")
         self.timeout = settings.timeout
         self._conn: socket.socket | None = None
+        self._heartbeat_paths: dict[str, str] = {}
         host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
         headers = {"Host": host_header, "Content-Type": "application/json",
                    "Accept": "application/json", "User-Agent": USER_AGENT}
@@ -86,18 +91,23 @@ class MonitorClient:
     # --- requests -------------------------------------------------------------------------
 
     def build(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
-        data = b"" if body is None else json.dumps(body, separators=(",", ":"),
-                                                   allow_nan=False).encode()
+        data = b"" if body is None else _JSON.encode(body).encode()
         head = (f"{method} {self._prefix}{path} HTTP/1.1\r\n{self._fixed_headers}"
                 f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1")
         return head + data
 
     def heartbeat_request(self, node_id: str, body: dict[str, Any]) -> bytes:
-        node = protocol.check_node_id(node_id)
-        if self.settings.profile == "v1":
-            return self.build("POST", "/api/v1/ar/heartbeat?" + urlencode({"node_id": node}),
-                              body)
-        return self.build("POST", f"/api/ar/nodes/{quote(node, safe='')}/heartbeat", body)
+        path = self._heartbeat_paths.get(node_id)
+        if path is None:
+            node = protocol.check_node_id(node_id)
+            if self.settings.profile == "v1":
+                path = "/api/v1/ar/heartbeat?" + urlencode({"node_id": node})
+            else:
+                path = f"/api/ar/nodes/{quote(node, safe='')}/heartbeat"
+            if len(self._heartbeat_paths) >= _PATHS_KEPT:
+                self._heartbeat_paths.clear()
+            self._heartbeat_paths[node_id] = path
+        return self.build("POST", path, body)
 
     def register_request(self, node_id: str, node_name: str, node_type: str) -> bytes:
         body = {"node_id": protocol.check_node_id(node_id), "node_name": node_name,

@@ -54,6 +54,17 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 
+_NEXT_ITEM = """
+SELECT id, session, seq, state, payload, received FROM (
+    SELECT * FROM (SELECT 0 AS rank, id, session, -1 AS seq, state, snapshot AS payload,
+                          received FROM transitions WHERE node_id = ? ORDER BY id LIMIT 1)
+    UNION ALL
+    SELECT 1, NULL, session, seq, NULL, payload, received FROM pending_status
+    WHERE node_id = ?)
+ORDER BY rank LIMIT 1
+"""
+"""A node's oldest transition, else its pending status, in one statement."""
+
 
 @dataclass
 class NodeMark:
@@ -329,18 +340,12 @@ class Outbox:
         with self._marks_lock:
             if node_id in self._done or node_id in self._flushing:
                 return None
-        reader = self._reader()
-        row = reader.execute(
-            "SELECT id, session, state, snapshot, received FROM transitions "
-            "WHERE node_id = ? ORDER BY id LIMIT 1", (node_id,)).fetchone()
-        if row is not None:
-            return Item(node_id, "state", row[1], -1, row[2], row[3], row[4], row[0])
-        row = reader.execute(
-            "SELECT session, seq, payload, received FROM pending_status WHERE node_id = ?",
-            (node_id,)).fetchone()
+        row = self._reader().execute(_NEXT_ITEM, (node_id, node_id)).fetchone()
         if row is None:
             return None
-        return Item(node_id, "status", row[0], row[1], None, row[2], row[3])
+        if row[0] is not None:
+            return Item(node_id, "state", row[1], -1, row[3], row[4], row[5], row[0])
+        return Item(node_id, "status", row[1], row[2], None, row[4], row[5])
 
     def done(self, item: Item) -> None:
         """The item reached the monitor (or was refused for good): it is never handed out
