@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox
 from publisher.protocol import (
@@ -124,6 +127,46 @@ def test_transition_cap_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     result, _ = box.record([state(w, s) for w, s in zip(words, sessions, strict=True)])
     assert result.dropped == 10
     assert box.depth()[0] == MAX_TRANSITIONS_PER_NODE
+
+
+def test_a_transition_dropped_while_in_flight_leaves_the_rest_in_order(
+        tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    sessions = [f"{i:012x}-cccccccccccc" for i in range(MAX_TRANSITIONS_PER_NODE + 1)]
+    words = ["ready", "lost"] * (len(sessions) // 2 + 1)
+    box.record([state(w, s) for w, s in zip(words, sessions[:-1], strict=False)])
+    in_flight = box.next_item("n1")
+    assert in_flight is not None
+    assert in_flight.session == sessions[0]
+    result, _ = box.record([state(words[len(sessions) - 1], sessions[-1])])
+    assert result.dropped == 1
+    box.done(in_flight)
+    delivered = []
+    while (item := box.next_item("n1")) is not None:
+        delivered.append(item.session)
+        box.done(item)
+    assert delivered == sessions[1:]
+
+
+def test_a_failed_write_keeps_what_was_committed_next(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(1)])
+    first = box.next_item("n1")
+    assert first is not None
+    assert first.kind == "state"
+    box.done(first)
+
+    def failing(*args: object) -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(box, "_record_status", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        box.record([status(2)])
+    monkeypatch.undo()
+    assert drain(box) == [("status", None, 1)]
+    box.record([status(3)])
+    assert drain(box) == [("status", None, 3)]
 
 
 def test_node_count_is_bounded(tmp_path: Path) -> None:

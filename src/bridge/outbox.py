@@ -54,21 +54,15 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 
-_NEXT_ITEM = """
-SELECT id, session, seq, state, payload, received FROM (
-    SELECT * FROM (SELECT 0 AS rank, id, session, -1 AS seq, state, snapshot AS payload,
-                          received FROM transitions WHERE node_id = ? ORDER BY id LIMIT 1)
-    UNION ALL
-    SELECT 1, NULL, session, seq, NULL, payload, received FROM pending_status
-    WHERE node_id = ?)
-ORDER BY rank LIMIT 1
-"""
-"""A node's oldest transition, else its pending status, in one statement."""
-
 
 @dataclass
 class NodeMark:
-    """What the bridge knows of one node (kept in memory, mirrored in ``nodes``)."""
+    """What the bridge knows of one node (kept in memory, mirrored in ``nodes``).
+
+    ``pending_status`` follows the writer's transaction; ``pending`` (the status to deliver)
+    and ``transitions`` (ids of the transitions to deliver) follow what is committed, so
+    forwarders find a node's next item without reading the disk.
+    """
 
     session: str | None = None
     seq: int = -1
@@ -77,6 +71,8 @@ class NodeMark:
     node_name: str = ""
     registered: bool = False
     pending_status: bool = False
+    pending: Item | None = None
+    transitions: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -91,6 +87,11 @@ class Item:
     payload: bytes | None
     received: float
     transition_id: int | None = None
+
+
+_Committed = tuple[NodeMark, "Item | None", "int | None", "Iterable[int]"]
+"""A change to a mark once the batch is committed: (mark, new pending status, transition
+added or None, transitions dropped)."""
 
 
 @dataclass
@@ -164,8 +165,21 @@ class Outbox:
         for node_id, name, session, seq, state, state_session, registered in rows:
             self.marks[node_id] = NodeMark(session, -1 if seq is None else seq, state,
                                            state_session, name, bool(registered))
-        for (node_id,) in self._db.execute("SELECT node_id FROM pending_status"):
-            self.marks.setdefault(node_id, NodeMark()).pending_status = True
+        # Delivered but not yet written (when reloading after a failed write): not pending.
+        delivered: dict[str, _Delivered] = {}
+        for done in (self._done, self._flushing):
+            for node_id, items in done.items():
+                delivered.setdefault(node_id, _Delivered()).merge(items)
+        nothing = _Delivered()
+        for node_id, session, seq, payload, received in self._db.execute(
+                "SELECT node_id, session, seq, payload, received FROM pending_status"):
+            mark = self.marks.setdefault(node_id, NodeMark())
+            mark.pending_status = True
+            if (session, seq) not in delivered.get(node_id, nothing).statuses:
+                mark.pending = Item(node_id, "status", session, seq, None, payload, received)
+        for node_id, transition_id in self._db.execute("SELECT node_id, id FROM transitions"):
+            if transition_id not in delivered.get(node_id, nothing).transitions:
+                self.marks.setdefault(node_id, NodeMark()).transitions.add(transition_id)
 
     def close(self) -> None:
         self.flush()
@@ -184,6 +198,7 @@ class Outbox:
         waits for the disk, does not hold up the forwarders."""
         result = IngestResult()
         touched: set[str] = set()
+        committed: list[_Committed] = []
         with self._write_lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -198,10 +213,10 @@ class Outbox:
                             mark = self.marks[node_id] = NodeMark()
                         if isinstance(message, StateMessage):
                             changed = self._record_state(db, node_id, mark, message,
-                                                         received, result)
+                                                         received, result, committed)
                         else:
                             changed = self._record_status(db, node_id, mark, message, raw,
-                                                          received, result)
+                                                          received, result, committed)
                         if changed:
                             touched.add(node_id)
                 db.execute("COMMIT")
@@ -211,11 +226,18 @@ class Outbox:
                     self.marks.clear()
                     self._load_marks()
                 raise
+            with self._marks_lock:
+                for mark, pending, added, dropped in committed:
+                    if added is None:
+                        mark.pending = pending
+                    else:
+                        mark.transitions.add(added)
+                        mark.transitions.difference_update(dropped)
         return result, touched
 
     def _record_status(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
                        message: StatusMessage | StatusHead, raw: bytes, received: float,
-                       result: IngestResult) -> bool:
+                       result: IngestResult, committed: list[_Committed]) -> bool:
         held = (mark.session, mark.seq) if mark.session is not None else None
         if not protocol.is_newer((message.session, message.seq), held):
             result.stale += 1
@@ -235,11 +257,14 @@ class Outbox:
         mark.session, mark.seq = message.session, message.seq
         mark.node_name = message.node_name or mark.node_name
         mark.pending_status = True
+        committed.append((mark, Item(node_id, "status", message.session, message.seq, None,
+                                     raw, received), None, ()))
         result.accepted += 1
         return True
 
     def _record_state(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
-                      message: StateMessage, received: float, result: IngestResult) -> bool:
+                      message: StateMessage, received: float, result: IngestResult,
+                      committed: list[_Committed]) -> bool:
         """States are ordered among themselves only: statuses travel on another session and
         may overtake them, so a state older than the newest *status* is still a transition."""
         if mark.state_session is not None and message.session < mark.state_session:
@@ -248,16 +273,21 @@ class Outbox:
         if (message.session, message.state) == (mark.state_session, mark.state):
             result.duplicates += 1
             return False
-        snapshot = self._snapshot_for(db, node_id, mark, message.session, result)
-        db.execute("INSERT INTO transitions (node_id, session, state, snapshot, received) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   (node_id, message.session, message.state, snapshot, received))
+        snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
+        added = db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
+                           "received) VALUES (?, ?, ?, ?, ?)",
+                           (node_id, message.session, message.state, snapshot, received)
+                           ).lastrowid
+        assert added is not None
         pending = db.execute("SELECT COUNT(*) FROM transitions WHERE node_id = ?",
                              (node_id,)).fetchone()[0]
+        dropped: list[int] = []
         if pending > MAX_TRANSITIONS_PER_NODE:
             excess = pending - MAX_TRANSITIONS_PER_NODE
-            db.execute("DELETE FROM transitions WHERE id IN (SELECT id FROM transitions "
-                       "WHERE node_id = ? ORDER BY id LIMIT ?)", (node_id, excess))
+            dropped = [r[0] for r in db.execute(
+                "SELECT id FROM transitions WHERE node_id = ? ORDER BY id LIMIT ?",
+                (node_id, excess))]
+            db.executemany("DELETE FROM transitions WHERE id = ?", [(i,) for i in dropped])
             result.dropped += excess
             log.error("outbox: node %s has more than %d undelivered transitions; dropped the "
                       "oldest %d", node_id, MAX_TRANSITIONS_PER_NODE, excess)
@@ -268,11 +298,13 @@ class Outbox:
             (node_id, message.node_name or mark.node_name, message.state, message.session))
         mark.state, mark.state_session = message.state, message.session
         mark.node_name = message.node_name or mark.node_name
+        committed.append((mark, None, added, dropped))
         result.accepted += 1
         return True
 
     def _snapshot_for(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
-                      session: str, result: IngestResult) -> bytes | None:
+                      session: str, result: IngestResult,
+                      committed: list[_Committed]) -> bytes | None:
         """The newest status of ``session`` to send along with a transition of that session.
 
         A pending status of the same session is folded into the transition (it would only be
@@ -285,6 +317,7 @@ class Outbox:
                              (node_id,)).fetchone()
             db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
             mark.pending_status = False
+            committed.append((mark, None, None, ()))
             result.coalesced += 1
             if row is not None:
                 return bytes(row[0])
@@ -337,28 +370,41 @@ class Outbox:
         None also while the node's last delivery is not yet on disk: a crash may then only
         repeat the newest message a node had delivered, never an older one after it.
         """
-        with self._marks_lock:
-            if node_id in self._done or node_id in self._flushing:
-                return None
-        row = self._reader().execute(_NEXT_ITEM, (node_id, node_id)).fetchone()
-        if row is None:
-            return None
-        if row[0] is not None:
-            return Item(node_id, "state", row[1], -1, row[3], row[4], row[5], row[0])
-        return Item(node_id, "status", row[1], row[2], None, row[4], row[5])
+        while True:
+            with self._marks_lock:
+                if node_id in self._done or node_id in self._flushing:
+                    return None
+                mark = self.marks.get(node_id)
+                if mark is None:
+                    return None
+                if not mark.transitions:
+                    return mark.pending
+                first = min(mark.transitions)
+            row = self._reader().execute(
+                "SELECT session, state, snapshot, received FROM transitions WHERE id = ?",
+                (first,)).fetchone()
+            if row is not None:
+                return Item(node_id, "state", row[0], -1, row[1], row[2], row[3], first)
+            with self._marks_lock:  # dropped meanwhile (too many transitions)
+                mark.transitions.discard(first)
 
     def done(self, item: Item) -> None:
         """The item reached the monitor (or was refused for good): it is never handed out
         again, and is removed from disk at the next ``flush()``."""
         with self._marks_lock:
             delivered = self._done.setdefault(item.node_id, _Delivered())
+            mark = self.marks.get(item.node_id)
             if item.transition_id is not None:
                 delivered.transitions.add(item.transition_id)
+                if mark is not None:
+                    mark.transitions.discard(item.transition_id)
             else:
                 delivered.statuses.add((item.session, item.seq))
-                mark = self.marks.get(item.node_id)
                 if mark is not None and (mark.session, mark.seq) == (item.session, item.seq):
                     mark.pending_status = False
+                if mark is not None and mark.pending is not None and \
+                        (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
+                    mark.pending = None
         self._changed()
 
     def set_registered(self, node_id: str, registered: bool) -> None:
@@ -381,9 +427,13 @@ class Outbox:
             self._on_change()
 
     def mark(self, node_id: str) -> NodeMark | None:
+        """A copy of the node's mark, without its pending items."""
         with self._marks_lock:
             found = self.marks.get(node_id)
-            return None if found is None else NodeMark(**vars(found))
+            if found is None:
+                return None
+            return NodeMark(found.session, found.seq, found.state, found.state_session,
+                            found.node_name, found.registered, found.pending_status)
 
     def nodes_with_work(self) -> list[str]:
         rows = self._reader().execute(
