@@ -5,6 +5,7 @@ accepts connections and never answers."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from bridge.forwarder import Forwarder
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
 from publisher.config import Config, parse_config
+from publisher.protocol import encode
 from tests.monitor_double import MonitorDouble
 from tests.support import wait_until
 from tests.test_outbox import state, status
@@ -94,3 +96,18 @@ def test_a_monitor_that_never_answers_times_out_and_nothing_is_lost(
         assert outbox.depth() == (0, 6)
     finally:
         silent.close()
+
+
+def test_integers_beyond_64_bits_reach_the_monitor_intact(tmp_path: Path, outbox: Outbox) -> None:
+    double = MonitorDouble().start()
+    try:
+        node, message, _, received = status(1)
+        message = dataclasses.replace(message, gui={"frames": 10**30, "ratio": 0.5,
+                                                     "fine": 0.1234567890123456789})
+        outbox.record([(node, message, encode(message), received)])
+        with forwarding(config_for(double.url, tmp_path), outbox):
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
+        assert double.history("n1")[-1].body["gui"] == {"frames": 10**30, "ratio": 0.5,
+                                                        "fine": 0.1234567890123456789}
+    finally:
+        double.down()

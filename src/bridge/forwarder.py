@@ -12,7 +12,6 @@ a time goes out until it answers again.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import selectors
@@ -33,6 +32,7 @@ from bridge.monitor_client import (
     Exchange,
     MonitorClient,
     Outcome,
+    decode_json,
     describe_error,
 )
 from bridge.outbox import Item, NodeMark, Outbox
@@ -375,7 +375,7 @@ class Forwarder:
 
     def _body(self, item: Item, mark: NodeMark | None) -> dict[str, Any]:
         # The snapshot was validated when it was recorded.
-        snapshot: dict[str, Any] = json.loads(item.payload) if item.payload else {}
+        snapshot: dict[str, Any] = decode_json(item.payload) if item.payload else {}
         state = item.state
         if state is None:
             state = mark.state if mark is not None and mark.state_session == item.session \

@@ -12,6 +12,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import re
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
+import orjson
 
 from publisher import protocol
 from publisher.config import MonitorConfig
@@ -34,8 +36,8 @@ _RETRYABLE = frozenset({401, 403, 408, 425, 429})
 message is kept and retried, never dropped."""
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _PATHS_KEPT = 100_000
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 class Outcome(Enum):
@@ -91,7 +93,7 @@ class MonitorClient:
     # --- requests -------------------------------------------------------------------------
 
     def build(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
-        data = b"" if body is None else _JSON.encode(body).encode()
+        data = b"" if body is None else encode_json(body)
         head = (f"{method} {self._prefix}{path} HTTP/1.1\r\n{self._fixed_headers}"
                 f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1")
         return head + data
@@ -240,6 +242,25 @@ class Exchange:
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON; orjson, or the standard library for what orjson refuses (integers
+    beyond 64 bits, which a node may legally send)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse JSON that was validated once already, as the standard library does: orjson
+    unless a number has 19 digits or more (orjson reads integers beyond 64 bits as floats)
+    or orjson refuses it."""
+    if not _LONG_NUMBER.search(raw):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
+    return json.loads(raw)
 
 
 def describe_error(exc: BaseException) -> str:
