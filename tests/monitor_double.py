@@ -26,6 +26,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -126,7 +127,9 @@ def _node_of(target: str, raw: bytes) -> str:
 class MonitorDouble:
     def __init__(self, port: int = 0, *, host: str = "127.0.0.1", check_interval: float = 30.0,
                  register_route: bool = True, wrap_alerts: bool = False,
-                 token: str | None = None, delay: float = 0.0) -> None:
+                 token: str | None = None, delay: float = 0.0, keep: int | None = None) -> None:
+        """``keep``: how many of the latest heartbeats and requests to remember (all by
+        default; a long benchmark bounds it so the double's cost stays flat)."""
         self.host = host
         self.port = port
         self.check_interval = check_interval
@@ -138,9 +141,12 @@ class MonitorDouble:
         self.refused_nodes: dict[str, int] = {}
         self.lock = threading.Lock()
         self.nodes: dict[str, Node] = {}
-        self.heartbeats: list[Heartbeat] = []
-        self.requests: list[tuple[str, str, int, float]] = []
+        self.heartbeats: deque[Heartbeat] = deque(maxlen=keep)
+        self.requests: deque[tuple[str, str, int, float]] = deque(maxlen=keep)
+        self.request_total = 0
+        self.heartbeat_total = 0
         self._in_flight: dict[str, int] = {}
+        self._in_flight_total = 0
         self.peak_in_flight = 0
         """Most requests handled at once, and most at once for one node."""
         self.peak_in_flight_one_node = 0
@@ -232,7 +238,8 @@ class MonitorDouble:
         key = _node_of(target, raw)
         with self.lock:
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
-            self.peak_in_flight = max(self.peak_in_flight, sum(self._in_flight.values()))
+            self._in_flight_total += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight_total)
             self.peak_in_flight_one_node = max(self.peak_in_flight_one_node,
                                                self._in_flight[key])
         try:
@@ -242,10 +249,14 @@ class MonitorDouble:
             with self.lock:
                 code, body, headers = self._route(method, target, raw, auth, now)
                 self.requests.append((method, target, code, time.monotonic()))
+                self.request_total += 1
             return code, body, headers
         finally:
             with self.lock:
+                self._in_flight_total -= 1
                 self._in_flight[key] -= 1
+                if not self._in_flight[key]:
+                    del self._in_flight[key]
 
     def _route(self, method: str, target: str, raw: bytes, auth: str | None, now: float
                ) -> tuple[int, Any, dict[str, str]]:
@@ -261,7 +272,7 @@ class MonitorDouble:
             return 401, {"detail": "Not authenticated"}, {}
         path = [unquote(p) for p in parts.path.split("/") if p]
         if method == "GET" and path == ["_double", "stats"]:
-            return 200, {"requests": len(self.requests), "heartbeats": len(self.heartbeats),
+            return 200, {"requests": self.request_total, "heartbeats": self.heartbeat_total,
                          "nodes": len(self.nodes)}, {}
         if method == "GET" and path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
@@ -270,6 +281,7 @@ class MonitorDouble:
         if method == "POST" and path == ["api", "v1", "ar", "heartbeat"]:
             node_id = parse_qs(parts.query).get("node_id", [""])[0]
             self.heartbeats.append(Heartbeat(node_id, None, None, {}, now))
+            self.heartbeat_total += 1
             node = self.nodes.setdefault(node_id, Node(node_id, node_id, "user-gui"))
             node.status, node.last_heartbeat = "running", now
             return 200, {"status": "success", "message": "heartbeat received"}, {}
@@ -331,6 +343,7 @@ class MonitorDouble:
         if body.get("node_name"):
             node.node_name = str(body["node_name"])
         self.heartbeats.append(Heartbeat(node_id, body["status"], body.get("reason"), body, now))
+        self.heartbeat_total += 1
         return 200, {"status": "success", "message": "heartbeat recorded",
                      "timestamp": body["timestamp"]}, {}
 
@@ -376,8 +389,10 @@ def main() -> None:
     parser.add_argument("--no-register-route", action="store_true")
     parser.add_argument("--delay", type=float, default=0.0,
                         help="seconds to wait before answering (a slow monitor)")
+    parser.add_argument("--keep", type=int, default=None,
+                        help="remember only the latest N heartbeats and requests")
     args = parser.parse_args()
-    double = MonitorDouble(args.port, host=args.host, delay=args.delay,
+    double = MonitorDouble(args.port, host=args.host, delay=args.delay, keep=args.keep,
                            register_route=not args.no_register_route).start()
     print(f"YL-monitor test double on {double.url}", flush=True)
     try:
