@@ -102,6 +102,11 @@ class Forwarder:
         self._wake()
         self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        """False once the delivery thread has ended (stopped, or crashed: then logged)."""
+        return self._thread.is_alive()
+
     def notify(self, nodes: Iterable[str]) -> None:
         """``nodes`` have something to deliver (any thread)."""
         self._inbox.append(nodes)

@@ -171,7 +171,7 @@ class Bridge:
 
     def health(self) -> dict[str, Any]:
         transitions, statuses = self.outbox.depth()
-        ok = self.connected and self._writer.is_alive()
+        ok = self.connected and self._writer.is_alive() and self.forwarder.alive
         return {"ok": ok, "broker_connected": self.connected,
                 "monitor_reachable": self.forwarder.reachable,
                 "monitor_problem": self.forwarder.last_problem,
