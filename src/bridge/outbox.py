@@ -5,7 +5,8 @@ newest status (older ones are coalesced away), plus what the bridge knows of the
 session and seq, current state, last snapshot, whether the monitor has it registered). A batch
 of messages is committed with ``synchronous=FULL`` before the broker gets its acks, so a
 ``kill -9`` at any instant loses nothing that was acknowledged. Disk use is bounded by the
-number of nodes (and ``MAX_TRANSITIONS_PER_NODE``); memory holds one small mark per node.
+number of nodes (and ``MAX_TRANSITIONS_PER_NODE``); memory holds one mark per node, with
+its undelivered status and the ids of its undelivered transitions.
 """
 
 from __future__ import annotations
@@ -193,9 +194,10 @@ class Outbox:
     def record(self, batch: Iterable[Incoming]) -> tuple[IngestResult, set[str]]:
         """Record a batch in one committed transaction; returns counts and touched nodes.
 
-        The marks change before the commit (forwarders read them for the body and the
-        registration, never for what to send: items come from disk), so the commit, which
-        waits for the disk, does not hold up the forwarders."""
+        What forwarders send (a mark's ``pending`` and ``transitions``) changes only after the
+        commit, so nothing uncommitted is ever sent; the rest of a mark (read for the body
+        and the registration) changes before it, so the commit, which waits for the disk,
+        does not hold up the forwarders."""
         result = IngestResult()
         touched: set[str] = set()
         committed: list[_Committed] = []

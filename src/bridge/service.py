@@ -252,7 +252,8 @@ class Bridge:
         decoded: list[tuple[str, StateMessage | StatusHead, bytes, float]] = []
         received: dict[str, int] = {}
         for m in messages:
-            checked = m.checked or incoming.check(self.topics, m.topic, m.payload)
+            checked = m.checked if m.checked is not None else \
+                incoming.check(self.topics, m.topic, m.payload)
             if checked.kind == "rebirth":
                 continue
             if checked.kind is not None:
