@@ -85,6 +85,7 @@ class StatusReceiver:
                 log.warning("status receiver did not stop in time; killing it")
                 process.kill()
                 process.wait()
+                self._thread.join(1.0)
         with self._send_lock:
             if self._conn is not None:
                 self._conn.close()
@@ -107,6 +108,10 @@ class StatusReceiver:
             else:
                 self._read(conn)
                 self._connected = False
+                with self._send_lock:
+                    conn.close()
+                    if self._conn is conn:
+                        self._conn = None
                 if self._stopping.is_set():
                     return
                 assert self._process is not None
@@ -128,7 +133,13 @@ class StatusReceiver:
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        conn.send(self._setup)
+        try:
+            conn.send(self._setup)
+        except OSError:
+            conn.close()
+            process.kill()
+            process.wait()
+            raise
         with self._send_lock:
             self._conn, self._process = conn, process
         self.starts += 1
@@ -145,7 +156,7 @@ class StatusReceiver:
                 try:
                     self._on_messages(message[1])
                 except Exception:
-                    log.exception("handing received statuses on failed")
+                    log.exception("passing received statuses on failed")
             elif kind == "up":
                 self._connected = True
             elif kind == "down":
