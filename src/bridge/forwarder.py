@@ -62,7 +62,6 @@ class _Slot:
 
 class Forwarder:
     def __init__(self, config: Config, outbox: Outbox, metrics: Metrics) -> None:
-        self.config = config
         self.outbox = outbox
         self.metrics = metrics
         self.client = MonitorClient(config.monitor)

@@ -193,7 +193,6 @@ class Exchange:
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         self.body = bytearray()
-        self.started = False
         self.headers_done = False
         self.complete = False
         self.keep_alive = True
@@ -221,9 +220,6 @@ class Exchange:
         return _classify(self.status, bytes(self.body), self.headers.get(b"retry-after"))
 
     # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self.started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value

@@ -438,10 +438,9 @@ class Outbox:
                             found.node_name, found.registered, found.pending_status)
 
     def nodes_with_work(self) -> list[str]:
-        rows = self._reader().execute(
-            "SELECT node_id FROM transitions UNION SELECT node_id FROM pending_status"
-        ).fetchall()
-        return [r[0] for r in rows]
+        with self._marks_lock:
+            return [node for node, mark in self.marks.items()
+                    if mark.pending is not None or mark.transitions]
 
     def depth(self) -> tuple[int, int]:
         """(undelivered transitions, undelivered statuses)."""

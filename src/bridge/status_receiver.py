@@ -52,7 +52,6 @@ class StatusReceiver:
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = False
-        self.starts = 0
         self._thread = threading.Thread(target=self._supervise, name="yl-bridge-statuses",
                                         daemon=True)
 
@@ -142,7 +141,6 @@ class StatusReceiver:
             raise
         with self._send_lock:
             self._conn, self._process = conn, process
-        self.starts += 1
         return conn
 
     def _read(self, conn: Connection) -> None:
