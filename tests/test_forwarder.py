@@ -76,7 +76,7 @@ def test_a_kept_alive_connection_the_monitor_closed_is_replaced(
             forwarder.notify(outbox.record([status(2)])[1])
             wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="second delivery")
             assert forwarder.reachable
-            assert "yl_bridge_retries_total" not in forwarder.metrics.render()
+            assert b"\nyl_bridge_retries_total 0.0\n" in forwarder.metrics.render()
         assert double.history("n1")[-1].body["gui"] == {"seq": 2}
     finally:
         double.down()
@@ -101,10 +101,10 @@ def test_a_monitor_that_never_answers_times_out_and_nothing_is_lost(
 def test_integers_beyond_64_bits_reach_the_monitor_intact(tmp_path: Path, outbox: Outbox) -> None:
     double = MonitorDouble().start()
     try:
-        node, message, _, received = status(1)
+        node, message, _, received, _ = status(1)
         message = dataclasses.replace(message, gui={"frames": 10**30, "ratio": 0.5,
                                                      "fine": 0.1234567890123456789})
-        outbox.record([(node, message, encode(message), received)])
+        outbox.record([(node, message, encode(message), received, False)])
         with forwarding(config_for(double.url, tmp_path), outbox):
             wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
         assert double.history("n1")[-1].body["gui"] == {"frames": 10**30, "ratio": 0.5,

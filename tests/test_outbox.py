@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox
+from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
 from publisher.protocol import (
     ReporterCounters,
     Resources,
@@ -20,20 +21,20 @@ A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"
 
 
-def state(word: str, session: str = A) -> tuple[str, StateMessage, bytes, float]:
+def state(word: str, session: str = A) -> tuple[str, StateMessage, bytes, float, bool]:
     message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
                            since="2026-01-01T00:00:00.000Z", node_name="GUI", version="1",
                            interval_s=30.0)
-    return ("n1", message, encode(message), 1.0)
+    return ("n1", message, encode(message), time.time(), False)
 
 
-def status(seq: int, session: str = A, node: str = "n1") -> tuple[str, StatusMessage, bytes,
-                                                                  float]:
+def status(seq: int, session: str = A, node: str = "n1"
+           ) -> tuple[str, StatusMessage, bytes, float, bool]:
     message = StatusMessage(
         node_id=node, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z", status="running",
         version="1", uptime=1.0, resources=Resources(1.0, 1.0, 1), gui={"seq": seq},
         reporter=ReporterCounters(0, 0, None), session=session, seq=seq, interval_s=30.0)
-    return (node, message, encode(message), 2.0)
+    return (node, message, encode(message), time.time(), False)
 
 
 def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:
@@ -76,12 +77,37 @@ def test_a_transition_carries_the_snapshot_it_superseded(tmp_path: Path) -> None
 
 def test_older_and_duplicate_messages_are_dropped(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
-    box.record([state("ready", B), status(5, B)])
+    box.record([state("ready", A), state("ready", B), status(5, B)])
     result, _ = box.record([status(4, B), status(5, B), status(9, A), state("lost", A),
                             state("ready", B)])
-    assert result.stale == 4
-    assert result.duplicates == 1
-    assert drain(box) == [("state", "ready", -1), ("status", None, 5)]
+    assert result.stale == 3
+    assert result.duplicates == 2
+    assert drain(box) == [("state", "ready", -1), ("state", "ready", -1), ("status", None, 5)]
+
+
+def test_session_ids_do_not_order_sessions(tmp_path: Path) -> None:
+    """A node whose clock was years ahead, or a hand-made id like ``zzzz``, must not make
+    the next correct session look stale."""
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready", "zzzz"), status(7, "zzzz"), state("lost", "zzzz")])
+    result, _ = box.record([state("ready", "0000"), status(1, "0000")])
+    assert (result.accepted, result.stale) == (2, 0)
+    mark = box.mark("n1")
+    assert mark is not None
+    assert (mark.truth.session, mark.truth.state, mark.truth.seq) == ("0000", "ready", 1)
+    late, _ = box.record([state("ready", "zzzz"), status(8, "zzzz")])
+    assert late.stale == 2
+
+
+def test_a_restored_ready_of_an_ended_session_is_stale(tmp_path: Path) -> None:
+    """A broker killed before its next save restarts with the older retained ``ready``."""
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready", A), status(1, A), state("disconnected", A)])
+    box.close()
+    reopened = Outbox(tmp_path / "o.db")
+    result, touched = reopened.record([state("ready", A), status(1, A)])
+    assert (result.accepted, result.stale, result.duplicates) == (0, 1, 1)
+    assert touched == set()
 
 
 def test_a_newer_status_after_delivery_is_delivered_again(tmp_path: Path) -> None:
@@ -96,7 +122,7 @@ def test_a_newer_status_after_delivery_is_delivered_again(tmp_path: Path) -> Non
 
 def test_everything_survives_reopening(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
-    box.record([state("ready"), status(3), state("lost"), status(4)])
+    box.record([state("ready"), status(3), status(4), state("lost")])
     box.set_registered("n1", True)
     box.close()
     again = Outbox(tmp_path / "o.db")
@@ -104,10 +130,10 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
     mark = again.mark("n1")
     assert mark is not None
     assert mark.registered
-    assert (mark.session, mark.seq, mark.state) == (A, 4, "lost")
+    assert (mark.truth.session, mark.truth.seq, mark.truth.state) == (A, 4, "lost")
     result, _ = again.record([status(3)])
     assert result.stale == 1
-    assert drain(again) == [("state", "ready", -1), ("state", "lost", -1), ("status", None, 4)]
+    assert drain(again) == [("state", "ready", -1), ("state", "lost", -1)]
 
 
 def test_done_keeps_a_newer_status_that_arrived_meanwhile(tmp_path: Path) -> None:
@@ -161,7 +187,7 @@ def test_a_failed_write_keeps_what_was_committed_next(tmp_path: Path,
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(box, "_record_status", failing)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(OutboxError, match="disk I/O error"):
         box.record([status(2)])
     monkeypatch.undo()
     assert drain(box) == [("status", None, 1)]
@@ -176,23 +202,20 @@ def test_node_count_is_bounded(tmp_path: Path) -> None:
     assert box.known_nodes() == 2
 
 
-def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
-        tmp_path: Path) -> None:
-    """States and statuses arrive on two sessions; a status of the next process start may
-    come in before the previous process's last will."""
+def test_a_late_will_after_the_next_sessions_status_is_ignored(tmp_path: Path) -> None:
+    """States and statuses arrive on two broker sessions; once a message of the next process
+    start has arrived, the previous process's will is old news."""
     box = Outbox(tmp_path / "o.db")
     box.record([state("ready", A), status(3, A)])
     assert drain(box) == [("state", "ready", -1), ("status", None, 3)]
     result, _ = box.record([status(1, B), state("lost", A), state("ready", B)])
-    assert result.stale == 0
+    assert result.stale == 1
     items = []
     while (item := box.next_item("n1")) is not None:
         items.append((item.kind, item.state, item.session, item.payload is not None))
         box.done(item)
-    # the will of A carries no snapshot: the newest one belongs to B and goes with B's ready
-    assert items == [("state", "lost", A, False), ("state", "ready", B, True)]
-    lost_snapshot = box.record([state("lost", A)])[0]
-    assert lost_snapshot.stale == 1
+    # B's status says B is up: its ready (published first) is no news when it comes
+    assert items == [("status", None, B, True)]
 
 
 def test_a_node_waits_for_its_last_delivery_to_be_written(tmp_path: Path) -> None:
@@ -213,3 +236,48 @@ def test_a_node_waits_for_its_last_delivery_to_be_written(tmp_path: Path) -> Non
     after = box.next_item("n1")
     assert after is not None
     assert (after.kind, after.seq) == ("status", 1)
+
+
+class _CommitFails:
+    """A connection whose COMMIT fails the way a full disk makes it fail: SQLite has already
+    rolled the transaction back when the error comes."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.failing = True
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.failing:
+            self.real.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: object) -> sqlite3.Cursor:
+        return self.real.executemany(sql, *args)
+
+
+def test_a_failed_commit_leaves_memory_as_on_disk(tmp_path: Path) -> None:
+    """Redelivered messages must be recorded again, not taken for duplicates."""
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready", A)])
+    real = box._db
+    failing = _CommitFails(real)
+    box._db = failing  # type: ignore[assignment]
+    batch = [status(1, A), state("lost", A), state("ready", B), status(1, B)]
+    with pytest.raises(OutboxError, match="disk is full"):
+        box.record(batch)
+    assert box.last_error is not None
+    mark = box.mark("n1")
+    assert mark is not None
+    assert (mark.truth.session, mark.truth.state, mark.truth.ended) == (A, "ready", ())
+    failing.failing = False
+    result, _ = box.record(batch)
+    assert (result.accepted, result.duplicates, result.stale) == (4, 0, 0)
+    assert box.last_error is None
+    box._db = real
+    assert [(i[0], i[1]) for i in drain(box)] == [("state", "ready"), ("state", "lost"),
+                                                 ("state", "ready"), ("status", None)]

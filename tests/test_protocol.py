@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -88,8 +89,10 @@ def test_status_round_trip_keeps_the_heartbeat_field_names() -> None:
     decoded = decode_status(raw(status()), node_id="node-1")
     again = json.loads(encode(decoded))
     assert again == status()
-    assert set(decoded.heartbeat()) == {"node_id", "node_name", "timestamp", "status",
-                                         "version", "uptime", "resources", "gui", "reporter"}
+    assert set(protocol.HEARTBEAT_FIELDS) == {"node_id", "node_name", "timestamp", "status",
+                                              "version", "uptime", "resources", "gui",
+                                              "reporter"}
+    assert set(protocol.HEARTBEAT_FIELDS) <= set(again)
 
 
 @pytest.mark.parametrize(("payload", "reason"), [
@@ -147,15 +150,104 @@ def test_state_must_be_a_known_word() -> None:
         decode_state(raw(message))
 
 
-def test_newer_means_higher_seq_or_later_session() -> None:
-    assert protocol.is_newer(("s1", 2), None)
-    assert protocol.is_newer(("s1", 2), ("s1", 1))
-    assert not protocol.is_newer(("s1", 1), ("s1", 1))
-    assert not protocol.is_newer(("s1", 1), ("s1", 2))
-    first = protocol.new_session_id()
-    later = f"{int(first.split('-')[0], 16) + 1:012x}-000000000000"
-    assert protocol.is_newer((later, 1), (first, 99))
-    assert not protocol.is_newer((first, 99), (later, 1))
+Step = tuple[str, str, "str | int", str]
+"""(kind, session, state or seq, expected verdict)."""
+
+
+@pytest.mark.parametrize(("steps", "final"), [
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 1, "accept"),
+                  ("status", "A", 2, "accept")], ("A", "ready", 2, ()), id="a normal session"),
+    pytest.param([("status", "A", 2, "accept"), ("status", "A", 1, "stale"),
+                  ("status", "A", 2, "duplicate")], ("A", "ready", 2, ()),
+                 id="within a session the higher seq wins; a status implies ready"),
+    pytest.param([("state", "A", "ready", "accept"), ("state", "A", "ready", "duplicate")],
+                 ("A", "ready", -1, ()), id="a rebirth repeats ready"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "disconnected", "accept"), ("state", "A", "ready", "stale"),
+                  ("state", "A", "lost", "stale"), ("status", "A", 3, "stale"),
+                  ("status", "A", 4, "duplicate")], ("A", "disconnected", 4, ("A",)),
+                 id="a stopped session stays dead (restored broker, late will)"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "disconnected", "accept"), ("status", "A", 5, "accept")],
+                 ("A", "disconnected", 5, ("A",)),
+                 id="a last status that comes after its stop is news, and stays stopped"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "lost", "accept"), ("retained", "A", "ready", "stale"),
+                  ("status", "A", 3, "stale"), ("state", "A", "ready", "accept")],
+                 ("A", "ready", 4, ()), id="after lost, a live ready revives the session"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "lost", "accept"), ("retained", "A", "ready", "stale"),
+                  ("status", "A", 5, "accept")],
+                 ("A", "ready", 5, ()), id="after lost, a newer status revives the session"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "lost", "accept"), ("apart", "A", 5, "accept")],
+                 ("A", "lost", 5, ()),
+                 id="a status received apart from the states may predate the will"),
+    pytest.param([("state", "A", "ready", "accept"), ("state", "B", "ready", "accept"),
+                  ("state", "A", "lost", "stale"), ("status", "A", 5, "stale"),
+                  ("state", "A", "ready", "stale")],
+                 ("B", "ready", -1, ("A",)), id="the will of a replaced process is ignored"),
+    pytest.param([("state", "zzzz", "ready", "accept"), ("state", "zzzz", "lost", "accept"),
+                  ("state", "0000", "ready", "accept"), ("state", "zzzz", "ready", "stale")],
+                 ("0000", "ready", -1, ("zzzz",)),
+                 id="ids never order sessions: a later 0000 beats an earlier zzzz"),
+    pytest.param([("state", "0000", "ready", "accept"), ("state", "zzzz", "ready", "accept"),
+                  ("state", "0000", "ready", "stale")], ("zzzz", "ready", -1, ("0000",)),
+                 id="a superseded session stays dead"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "B", 1, "accept"),
+                  ("state", "A", "disconnected", "stale"), ("state", "B", "ready", "duplicate"),
+                  ("state", "B", "lost", "accept")],
+                 ("B", "lost", 1, ("A",)), id="a status of a new session supersedes"),
+    pytest.param([("state", "A", "disconnected", "accept"), ("state", "A", "ready", "stale")],
+                 ("A", "disconnected", -1, ("A",)), id="a session first seen ended"),
+])
+def test_node_truth_follows_arrival_order(steps: list[Step],
+                                          final: tuple[object, ...]) -> None:
+    truth = protocol.NodeTruth()
+    for kind, session, value, expected in steps:
+        if kind in ("state", "retained"):
+            verdict, truth = truth.observe_state(session, value,  # type: ignore[arg-type]
+                                                 retained=kind == "retained")
+        else:
+            verdict, truth = truth.observe_status(session, int(value),
+                                                  in_order=kind == "status")
+        assert verdict.value == expected, (kind, session, value)
+    assert (truth.session, truth.state, truth.seq, truth.ended) == final
+
+
+def test_ended_sessions_are_bounded_and_the_newest_kept() -> None:
+    truth = protocol.NodeTruth()
+    for i in range(protocol.MAX_ENDED_SESSIONS * 3):
+        _, truth = truth.observe_state(f"s{i}", "ready")
+    assert len(truth.ended) == protocol.MAX_ENDED_SESSIONS
+    assert truth.ended[-1] == f"s{protocol.MAX_ENDED_SESSIONS * 3 - 2}"
+    verdict, _ = truth.observe_state(truth.ended[0], "ready")
+    assert verdict is protocol.Verdict.STALE
+
+
+@pytest.mark.parametrize(("state", "age", "interval", "up", "reason"), [
+    ("ready", 1.0, 10.0, True, "ready"),
+    ("ready", 29.9, 10.0, True, "ready"),
+    ("ready", 30.1, 10.0, False, "stale"),
+    ("ready", None, 10.0, False, "stale"),
+    ("lost", 0.0, 10.0, False, "lost"),
+    ("disconnected", 0.0, 10.0, False, "disconnected"),
+    (None, 1.0, 10.0, False, "unknown"),
+    (None, None, None, False, "stale"),
+    ("ready", 0.0, None, True, "ready"),
+    ("lost", None, None, False, "lost"),
+])
+def test_liveness_is_ready_and_a_fresh_status(state: protocol.State | None, age: float | None,
+                                              interval: float | None, up: bool,
+                                              reason: str) -> None:
+    verdict = protocol.liveness(state, age, interval)
+    assert (verdict.up, verdict.reason) == (up, reason)
+
+
+def test_session_ids_are_unique_and_valid() -> None:
+    ids = {protocol.new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids)
 
 
 def test_times_are_iso_utc_with_z() -> None:

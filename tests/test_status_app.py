@@ -157,19 +157,45 @@ def test_stats_keep_the_original_field_names(client: FlaskClient, view: NodeView
 
 def test_an_older_message_never_overwrites_a_newer_one(client: FlaskClient,
                                                        view: NodeView) -> None:
+    assert feed(view, "gui-1", "status", status(9, session=OLDER))
     assert feed(view, "gui-1", "status", status(5, frame=5))
     assert not feed(view, "gui-1", "status", status(4, frame=4))
     assert not feed(view, "gui-1", "status", status(5, frame=99))
-    assert not feed(view, "gui-1", "status", status(9, session=OLDER))
+    assert not feed(view, "gui-1", "status", status(10, session=OLDER))
     assert client.get("/status").get_json()["gui"]["frame"] == 5
     assert feed(view, "gui-1", "status", status(6, frame=6))
     assert client.get("/status").get_json()["gui"]["frame"] == 6
 
 
 def test_the_will_of_a_replaced_session_is_ignored(client: FlaskClient, view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready", session=OLDER))
+    feed(view, "gui-1", "status", status(3, session=OLDER))
     feed(view, "gui-1", "state", state("ready"))
     feed(view, "gui-1", "status", status(1))
     assert not feed(view, "gui-1", "state", state("lost", session=OLDER))
+    assert client.get("/health").status_code == 200
+
+
+def test_a_restored_ready_of_an_ended_session_does_not_resurrect(
+        client: FlaskClient, view: NodeView) -> None:
+    """A broker killed before its next save comes back with the older retained ``ready``
+    (and a status that has not expired yet)."""
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    feed(view, "gui-1", "state", state("disconnected"))
+    assert not feed(view, "gui-1", "state", state("ready"))
+    assert not feed(view, "gui-1", "status", status(1))
+    answer = client.get("/health")
+    assert answer.status_code == 503
+    assert answer.get_json()["reason"] == "disconnected"
+
+
+def test_session_ids_never_order_sessions(client: FlaskClient, view: NodeView) -> None:
+    """An earlier run with a clock years ahead (or a hand-made id) must not hide the next."""
+    feed(view, "gui-1", "state", state("ready", session="zzzz"))
+    feed(view, "gui-1", "state", state("lost", session="zzzz"))
+    assert feed(view, "gui-1", "state", state("ready", session="0000"))
+    assert feed(view, "gui-1", "status", status(1, session="0000"))
     assert client.get("/health").status_code == 200
 
 

@@ -365,7 +365,7 @@ class Forwarder:
                 self._register_route = False
             else:
                 log.warning("monitor refused to register node %s (%s)", node, answer.reason)
-        online = mark is None or mark.state in (None, "ready")
+        online = mark is None or mark.truth.state in (None, "ready")
         answer = yield self.client.heartbeat_request(node, {
             "node_id": node, "node_name": name, "timestamp": protocol.utc_now_iso(),
             "status": self._values.online if online else self._values.offline})
@@ -380,15 +380,19 @@ class Forwarder:
     def _body(self, item: Item, mark: NodeMark | None) -> dict[str, Any]:
         # The snapshot was validated when it was recorded.
         snapshot: dict[str, Any] = decode_json(item.payload) if item.payload else {}
-        state = item.state
-        if state is None:
-            state = mark.state if mark is not None and mark.state_session == item.session \
-                else "ready"
         body: dict[str, Any] = {k: snapshot[k] for k in protocol.HEARTBEAT_FIELDS
                                 if k in snapshot}
         body["node_id"] = item.node_id
-        body["status"] = self._values.online if state == "ready" else self._values.offline
-        body["reason"] = state
+        if item.kind == "state":
+            # A transition is its session's newest word, however long it waited here.
+            verdict = protocol.liveness(item.state, 0.0, None)  # type: ignore[arg-type]
+        else:
+            same = mark is not None and mark.truth.session == item.session
+            verdict = protocol.liveness(mark.truth.state if same and mark else None,
+                                        max(time.time() - item.received, 0.0),
+                                        snapshot.get("interval_s"))
+        body["status"] = self._values.online if verdict.up else self._values.offline
+        body["reason"] = verdict.reason
         if item.kind == "state" or "timestamp" not in body:
             body["timestamp"] = protocol.iso_from_epoch(item.received)
         if "node_name" not in body:

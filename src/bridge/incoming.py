@@ -19,6 +19,9 @@ class StatusHead(NamedTuple):
     session: str
     seq: int
     node_name: str
+    interval_s: float
+    timestamp: float
+    """The node's own clock (epoch seconds): forwarded as is, compared only to log skew."""
 
 
 class Checked(NamedTuple):
@@ -42,6 +45,8 @@ def check(topics: Topics, topic: str, payload: bytes) -> Checked:
         if kind == "state":
             return Checked(node_id, kind, protocol.decode_state(payload))
         status = protocol.decode_status(payload, node_id=node_id)
-        return Checked(node_id, kind, StatusHead(status.session, status.seq, status.node_name))
+        return Checked(node_id, kind, StatusHead(status.session, status.seq, status.node_name,
+                                                 status.interval_s,
+                                                 protocol.epoch_from_iso(status.timestamp)))
     except ProtocolError as exc:
         return Checked(node_id, kind, None, exc.reason, str(exc))

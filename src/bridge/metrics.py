@@ -1,83 +1,78 @@
-"""Bridge metrics in the Prometheus text format, and the tiny HTTP server exposing them."""
+"""Bridge metrics (``prometheus_client``) and the small HTTP server exposing them.
+
+Every reading comes from memory: a scrape opens no file and keeps nothing, however often it
+comes.
+"""
 
 from __future__ import annotations
 
-import bisect
+import json
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
 log = logging.getLogger(__name__)
 
+PREFIX = "yl_bridge_"
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                300.0, 3600.0)
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "received": ("Messages received from the broker, by topic kind", ("kind",)),
+    "forwarded": ("Messages delivered to the monitor, by kind", ("kind",)),
+    "coalesced": ("Statuses replaced by a newer one before delivery", ()),
+    "rejected": ("Messages not delivered: invalid, stale, or refused by the monitor",
+                 ("reason",)),
+    "duplicates": ("Messages already recorded (redelivered or repeated)", ()),
+    "dropped": ("Messages dropped to keep the outbox bounded", ("reason",)),
+    "retries": ("Deliveries to try again later (monitor unreachable or failing)", ()),
+    "registered": ("Nodes registered at the monitor", ()),
+    "outbox_errors": ("Outbox writes that failed (nothing was acknowledged)", ()),
+    "clock_skew_reports": ("Nodes found with a clock far from the bridge's (logged once each)",
+                           ()),
+}
+GAUGES: dict[str, str] = {
+    "outbox_transitions": "Transitions waiting in the outbox",
+    "outbox_statuses": "Statuses waiting in the outbox",
+    "nodes_known": "Nodes the bridge has seen",
+    "monitor_reachable": "1 while the monitor answers",
+    "broker_connected": "1 while both broker sessions are connected",
+    "outbox_ok": "1 while outbox writes succeed",
+    "max_clock_skew_seconds": "Largest difference between a node's clock and the bridge's",
+}
 
 
 class Metrics:
-    """Counters, gauges and one histogram, safe to update from any thread."""
+    """The bridge's metrics in a registry of their own; safe to update from any thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-        self.gauges: dict[str, Callable[[], float]] = {}
-        self._lag_counts = [0] * (len(LAG_BUCKETS) + 1)
-        self._lag_sum = 0.0
-        self._lag_count = 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters = {
+            name: Counter(PREFIX + name, text, labels, registry=self.registry)
+            for name, (text, labels) in COUNTERS.items()}
+        self._lag = Histogram(PREFIX + "delivery_lag_seconds",
+                              "Seconds from receipt at the bridge to delivery at the monitor",
+                              registry=self.registry, buckets=LAG_BUCKETS)
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         if amount:
-            with self._lock:
-                self.counters[(name, tuple(sorted(labels.items())))] += amount
+            counter = self._counters[name]
+            (counter.labels(**labels) if labels else counter).inc(amount)
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = read
+        Gauge(PREFIX + name, GAUGES[name], registry=self.registry).set_function(read)
 
     def delivered(self, kind: str, lag: float) -> None:
         """One message reached the monitor ``lag`` seconds after the bridge received it."""
-        with self._lock:
-            self.counters[("forwarded", (("kind", kind),))] += 1
-            self._lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
-            self._lag_sum += lag
-            self._lag_count += 1
+        self._counters["forwarded"].labels(kind=kind).inc()
+        self._lag.observe(lag)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        with self._lock:
-            counters = sorted(self.counters.items())
-            lag_counts, lag_sum, lag_count = list(self._lag_counts), self._lag_sum, \
-                self._lag_count
-        seen: set[str] = set()
-        for (name, labels), value in counters:
-            full = f"yl_bridge_{name}_total"
-            if full not in seen:
-                lines.append(f"# TYPE {full} counter")
-                seen.add(full)
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{full}{{{label_text}}} {value:g}" if labels else f"{full} {value:g}")
-        for name, read in sorted(self.gauges.items()):
-            try:
-                reading = float(read())
-            except Exception:
-                log.debug("gauge %s failed", name, exc_info=True)
-                continue
-            lines.append(f"# TYPE yl_bridge_{name} gauge")
-            lines.append(f"yl_bridge_{name} {reading:g}")
-        lines.append("# TYPE yl_bridge_delivery_lag_seconds histogram")
-        cumulative = 0
-        for bound, count in zip((*LAG_BUCKETS, float("inf")), lag_counts, strict=True):
-            cumulative += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f'yl_bridge_delivery_lag_seconds_bucket{{le="{le}"}} {cumulative}')
-        lines.append(f"yl_bridge_delivery_lag_seconds_sum {lag_sum:g}")
-        lines.append(f"yl_bridge_delivery_lag_seconds_count {lag_count}")
-        return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class MetricsServer:
@@ -92,10 +87,8 @@ class MetricsServer:
 
             def do_GET(self) -> None:
                 if self.path == "/metrics":
-                    self._send(200, metrics.render().encode(), "text/plain; version=0.0.4")
+                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
-                    import json  # noqa: PLC0415
-
                     state = health()
                     self._send(200 if state.get("ok") else 503, json.dumps(state).encode(),
                                "application/json")

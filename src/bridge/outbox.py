@@ -7,10 +7,16 @@ of messages is committed with ``synchronous=FULL`` before the broker gets its ac
 ``kill -9`` at any instant loses nothing that was acknowledged. Disk use is bounded by the
 number of nodes (and ``MAX_TRANSITIONS_PER_NODE``); memory holds one mark per node, with
 its undelivered status and the ids of its undelivered transitions.
+
+Which messages count is decided by ``protocol.NodeTruth`` (arrival order, ended sessions stay
+dead), the same model the status app uses. A write that fails (disk full, I/O error) leaves
+memory as it is on disk, so the broker's redelivery of the unacknowledged messages is
+recorded again rather than taken for a duplicate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -19,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.incoming import StatusHead
-from publisher import protocol
-from publisher.protocol import StateMessage, StatusMessage
+from publisher.errors import YLStatusError
+from publisher.protocol import NodeTruth, StateMessage, StatusMessage, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +57,32 @@ CREATE TABLE IF NOT EXISTS nodes (
     state TEXT,
     state_session TEXT,
     snapshot BLOB,
-    registered INTEGER NOT NULL DEFAULT 0
+    registered INTEGER NOT NULL DEFAULT 0,
+    ended TEXT NOT NULL DEFAULT '',
+    interval_s REAL
 );
 """
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version``: 1 had no ``ended``/``interval_s`` and ordered sessions by id."""
+
+
+class OutboxError(YLStatusError):
+    """The outbox file cannot be opened or used (names the path)."""
 
 
 @dataclass
 class NodeMark:
     """What the bridge knows of one node (kept in memory, mirrored in ``nodes``).
 
-    ``pending_status`` follows the writer's transaction; ``pending`` (the status to deliver)
-    and ``transitions`` (ids of the transitions to deliver) follow what is committed, so
-    forwarders find a node's next item without reading the disk.
+    ``truth`` and ``pending_status`` follow the writer's transaction; ``pending`` (the status
+    to deliver) and ``transitions`` (ids of the transitions to deliver) follow what is
+    committed, so forwarders find a node's next item without reading the disk.
     """
 
-    session: str | None = None
-    seq: int = -1
-    state: str | None = None
-    state_session: str | None = None
+    truth: NodeTruth = field(default_factory=NodeTruth)
     node_name: str = ""
     registered: bool = False
+    interval_s: float | None = None
     pending_status: bool = False
     pending: Item | None = None
     transitions: set[int] = field(default_factory=set)
@@ -117,8 +129,9 @@ class IngestResult:
     too_many_nodes: int = 0
 
 
-Incoming = tuple[str, "StateMessage | StatusMessage | StatusHead", bytes, float]
-"""(node_id, decoded message, raw payload, wall-clock receive time)."""
+Incoming = tuple[str, "StateMessage | StatusMessage | StatusHead", bytes, float, bool]
+"""(node_id, decoded message, raw payload, wall-clock receive time, whether it is a retained
+copy rather than a live message)."""
 
 
 class Outbox:
@@ -128,44 +141,67 @@ class Outbox:
         ``done()`` is written at once (one transaction each)."""
         self.path = str(path)
         self.max_nodes = max_nodes
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open("FULL")
         self._write_lock = threading.Lock()
-        self._readers = threading.local()
-        self._readers_all: list[sqlite3.Connection] = []
+        self._read_lock = threading.Lock()
         self._marks_lock = threading.Lock()
         self._on_change = on_change
         self.marks: dict[str, NodeMark] = {}
         self._done: dict[str, _Delivered] = {}
         self._flushing: dict[str, _Delivered] = {}
         self._registered: dict[str, bool] = {}
-        self._load_marks()
+        self._marks_behind = False
+        self.last_error: str | None = None
+        """Why the last write failed; None once a write succeeds again."""
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+            self._reader_db = sqlite3.connect(self.path, isolation_level=None,
+                                              check_same_thread=False)
+            self._load_marks()
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
 
-    def _open(self, synchronous: str) -> sqlite3.Connection:
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.executescript(_SCHEMA)
-        return conn
-
-    def _reader(self) -> sqlite3.Connection:
-        """A read connection per thread: WAL readers never wait for the writer."""
-        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._readers.conn = conn
-            with self._marks_lock:
-                self._readers_all.append(conn)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                log.error("outbox %s is damaged (%s); pending work may be lost: restore it "
+                          "from a backup or move it aside", self.path, "; ".join(problems))
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.executescript(_SCHEMA)
+            if version < SCHEMA_VERSION:
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
+                for name, kind in (("ended", "TEXT NOT NULL DEFAULT ''"),
+                                   ("interval_s", "REAL")):
+                    if name not in columns:
+                        conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} {kind}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _load_marks(self) -> None:
-        rows = self._db.execute(
-            "SELECT node_id, node_name, session, seq, state, state_session, registered "
-            "FROM nodes").fetchall()
-        for node_id, name, session, seq, state, state_session, registered in rows:
-            self.marks[node_id] = NodeMark(session, -1 if seq is None else seq, state,
-                                           state_session, name, bool(registered))
+        """Rebuild every mark from disk (at start, and after a failed write)."""
+        marks: dict[str, NodeMark] = {}
+        for node_id, name, session, seq, state, state_session, registered, ended, interval \
+                in self._db.execute(
+                    "SELECT node_id, node_name, session, seq, state, state_session, registered,"
+                    " ended, interval_s FROM nodes"):
+            # Rows written before schema 2 kept the status and the state session apart and
+            # took the greater id for the newer; the other one is over.
+            current = max(filter(None, (session, state_session)), default=None)
+            over = tuple(ended.split()) + tuple(
+                s for s in (session, state_session) if s and s != current)
+            truth = NodeTruth(current, state if state_session == current else None,
+                              -1 if seq is None or session != current else seq,
+                              tuple(dict.fromkeys(over)))
+            marks[node_id] = NodeMark(truth, name, bool(self._registered.get(
+                node_id, registered)), interval)
         # Delivered but not yet written (when reloading after a failed write): not pending.
         delivered: dict[str, _Delivered] = {}
         for done in (self._done, self._flushing):
@@ -174,20 +210,33 @@ class Outbox:
         nothing = _Delivered()
         for node_id, session, seq, payload, received in self._db.execute(
                 "SELECT node_id, session, seq, payload, received FROM pending_status"):
-            mark = self.marks.setdefault(node_id, NodeMark())
+            mark = marks.setdefault(node_id, NodeMark())
             mark.pending_status = True
             if (session, seq) not in delivered.get(node_id, nothing).statuses:
                 mark.pending = Item(node_id, "status", session, seq, None, payload, received)
         for node_id, transition_id in self._db.execute("SELECT node_id, id FROM transitions"):
             if transition_id not in delivered.get(node_id, nothing).transitions:
-                self.marks.setdefault(node_id, NodeMark()).transitions.add(transition_id)
+                marks.setdefault(node_id, NodeMark()).transitions.add(transition_id)
+        self.marks = marks
 
     def close(self) -> None:
-        self.flush()
-        with self._write_lock, self._marks_lock:
+        with contextlib.suppress(sqlite3.Error, OutboxError):
+            self.flush()
+        with self._write_lock, self._read_lock:
             self._db.close()
-            for conn in self._readers_all:
-                conn.close()
+            self._reader_db.close()
+
+    def _failed(self, exc: BaseException) -> None:
+        """After a failed write: end the transaction if SQLite has not, and make memory
+        match the disk again (now, or before the next write)."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        self._marks_behind = True
+        with contextlib.suppress(sqlite3.Error), self._marks_lock:
+            self._load_marks()
+            self._marks_behind = False
 
     # --- writing (the writer thread) -----------------------------------------------------
 
@@ -203,10 +252,14 @@ class Outbox:
         committed: list[_Committed] = []
         with self._write_lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
+                if self._marks_behind:
+                    with self._marks_lock:
+                        self._load_marks()
+                    self._marks_behind = False
+                db.execute("BEGIN IMMEDIATE")
                 with self._marks_lock:
-                    for node_id, message, raw, received in batch:
+                    for node_id, message, raw, received, retained in batch:
                         mark = self.marks.get(node_id)
                         if mark is None:
                             if len(self.marks) >= self.max_nodes:
@@ -214,7 +267,7 @@ class Outbox:
                                 continue
                             mark = self.marks[node_id] = NodeMark()
                         if isinstance(message, StateMessage):
-                            changed = self._record_state(db, node_id, mark, message,
+                            changed = self._record_state(db, node_id, mark, message, retained,
                                                          received, result, committed)
                         else:
                             changed = self._record_status(db, node_id, mark, message, raw,
@@ -222,12 +275,13 @@ class Outbox:
                         if changed:
                             touched.add(node_id)
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                with self._marks_lock:
-                    self.marks.clear()
-                    self._load_marks()
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc)
+                raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
+            except BaseException as exc:
+                self._failed(exc)
                 raise
+            self.last_error = None
             with self._marks_lock:
                 for mark, pending, added, dropped in committed:
                     if added is None:
@@ -240,24 +294,19 @@ class Outbox:
     def _record_status(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
                        message: StatusMessage | StatusHead, raw: bytes, received: float,
                        result: IngestResult, committed: list[_Committed]) -> bool:
-        held = (mark.session, mark.seq) if mark.session is not None else None
-        if not protocol.is_newer((message.session, message.seq), held):
-            result.stale += 1
-            return False
-        if mark.state_session is not None and message.session < mark.state_session:
-            result.stale += 1
+        verdict, truth = mark.truth.observe_status(message.session, message.seq,
+                                                   in_order=False)
+        if verdict is not Verdict.ACCEPT:
+            _count(result, verdict)
             return False
         if mark.pending_status:
             result.coalesced += 1
         db.execute("INSERT OR REPLACE INTO pending_status VALUES (?, ?, ?, ?, ?)",
                    (node_id, message.session, message.seq, raw, received))
-        db.execute(
-            "INSERT INTO nodes (node_id, node_name, session, seq, snapshot) VALUES "
-            "(?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name,"
-            " session = excluded.session, seq = excluded.seq, snapshot = excluded.snapshot",
-            (node_id, message.node_name, message.session, message.seq, raw))
-        mark.session, mark.seq = message.session, message.seq
+        mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
+        mark.interval_s = message.interval_s
+        self._save_node(db, node_id, mark, raw)
         mark.pending_status = True
         committed.append((mark, Item(node_id, "status", message.session, message.seq, None,
                                      raw, received), None, ()))
@@ -265,15 +314,12 @@ class Outbox:
         return True
 
     def _record_state(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
-                      message: StateMessage, received: float, result: IngestResult,
-                      committed: list[_Committed]) -> bool:
-        """States are ordered among themselves only: statuses travel on another session and
-        may overtake them, so a state older than the newest *status* is still a transition."""
-        if mark.state_session is not None and message.session < mark.state_session:
-            result.stale += 1
-            return False
-        if (message.session, message.state) == (mark.state_session, mark.state):
-            result.duplicates += 1
+                      message: StateMessage, retained: bool, received: float,
+                      result: IngestResult, committed: list[_Committed]) -> bool:
+        verdict, truth = mark.truth.observe_state(message.session, message.state,
+                                                  retained=retained)
+        if verdict is not Verdict.ACCEPT:
+            _count(result, verdict)
             return False
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
         added = db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
@@ -293,13 +339,10 @@ class Outbox:
             result.dropped += excess
             log.error("outbox: node %s has more than %d undelivered transitions; dropped the "
                       "oldest %d", node_id, MAX_TRANSITIONS_PER_NODE, excess)
-        db.execute(
-            "INSERT INTO nodes (node_id, node_name, state, state_session) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
-            "state = excluded.state, state_session = excluded.state_session",
-            (node_id, message.node_name or mark.node_name, message.state, message.session))
-        mark.state, mark.state_session = message.state, message.session
+        mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
+        mark.interval_s = message.interval_s
+        self._save_node(db, node_id, mark, None)
         committed.append((mark, None, added, dropped))
         result.accepted += 1
         return True
@@ -310,21 +353,36 @@ class Outbox:
         """The newest status of ``session`` to send along with a transition of that session.
 
         A pending status of the same session is folded into the transition (it would only be
-        sent right after it); one of another session stays pending.
+        sent right after it); one of an older session is dropped (that session is over).
         """
-        if mark.session != session:
-            return None
         if mark.pending_status:
-            row = db.execute("SELECT payload FROM pending_status WHERE node_id = ?",
+            row = db.execute("SELECT session, payload FROM pending_status WHERE node_id = ?",
                              (node_id,)).fetchone()
             db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
             mark.pending_status = False
             committed.append((mark, None, None, ()))
             result.coalesced += 1
-            if row is not None:
-                return bytes(row[0])
+            if row is not None and row[0] == session:
+                return bytes(row[1])
+        if mark.truth.session != session or mark.truth.seq < 0:
+            return None
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
+
+    @staticmethod
+    def _save_node(db: sqlite3.Connection, node_id: str, mark: NodeMark,
+                   snapshot: bytes | None) -> None:
+        truth = mark.truth
+        db.execute(
+            "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
+            "snapshot, ended, interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
+            "session = excluded.session, seq = excluded.seq, state = excluded.state, "
+            "state_session = excluded.state_session, "
+            "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
+            "interval_s = excluded.interval_s",
+            (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
+             snapshot, " ".join(truth.ended), mark.interval_s))
 
     def flush(self) -> set[str]:
         """Write the deliveries and registrations reported since the last flush; returns
@@ -343,23 +401,29 @@ class Outbox:
             return set()
         with self._write_lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
+                db.execute("BEGIN IMMEDIATE")
                 db.executemany("DELETE FROM transitions WHERE id = ?", transitions)
                 db.executemany("DELETE FROM pending_status WHERE node_id = ? AND session = ? "
                                "AND seq = ?", statuses)
                 db.executemany("UPDATE nodes SET registered = ? WHERE node_id = ?",
                                [(int(v), k) for k, v in registered.items()])
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 with self._marks_lock:
                     for node, value in registered.items():
                         self._registered.setdefault(node, value)
                     for node, delivered in done.items():
                         self._done.setdefault(node, _Delivered()).merge(delivered)
                     self._flushing = {}
+                if isinstance(exc, (sqlite3.Error, OSError)):
+                    raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
                 raise
+        self.last_error = None
         with self._marks_lock:
             self._flushing = {}
         return set(done)
@@ -382,9 +446,10 @@ class Outbox:
                 if not mark.transitions:
                     return mark.pending
                 first = min(mark.transitions)
-            row = self._reader().execute(
-                "SELECT session, state, snapshot, received FROM transitions WHERE id = ?",
-                (first,)).fetchone()
+            with self._read_lock:
+                row = self._reader_db.execute(
+                    "SELECT session, state, snapshot, received FROM transitions WHERE id = ?",
+                    (first,)).fetchone()
             if row is not None:
                 return Item(node_id, "state", row[0], -1, row[1], row[2], row[3], first)
             with self._marks_lock:  # dropped meanwhile (too many transitions)
@@ -402,7 +467,8 @@ class Outbox:
                     mark.transitions.discard(item.transition_id)
             else:
                 delivered.statuses.add((item.session, item.seq))
-                if mark is not None and (mark.session, mark.seq) == (item.session, item.seq):
+                if mark is not None and (mark.truth.session, mark.truth.seq) == \
+                        (item.session, item.seq):
                     mark.pending_status = False
                 if mark is not None and mark.pending is not None and \
                         (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
@@ -434,8 +500,8 @@ class Outbox:
             found = self.marks.get(node_id)
             if found is None:
                 return None
-            return NodeMark(found.session, found.seq, found.state, found.state_session,
-                            found.node_name, found.registered, found.pending_status)
+            return NodeMark(found.truth, found.node_name, found.registered, found.interval_s,
+                            found.pending_status)
 
     def nodes_with_work(self) -> list[str]:
         with self._marks_lock:
@@ -443,17 +509,19 @@ class Outbox:
                     if mark.pending is not None or mark.transitions]
 
     def depth(self) -> tuple[int, int]:
-        """(undelivered transitions, undelivered statuses)."""
-        reader = self._reader()
-        transitions = reader.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
-        statuses = reader.execute("SELECT COUNT(*) FROM pending_status").fetchone()[0]
+        """(undelivered transitions, undelivered statuses), from memory."""
         with self._marks_lock:
-            done_t = sum(len(d.transitions) for p in (self._done, self._flushing)
-                         for d in p.values())
-            done_s = sum(len(d.statuses) for p in (self._done, self._flushing)
-                         for d in p.values())
-        return max(int(transitions) - done_t, 0), max(int(statuses) - done_s, 0)
+            marks = list(self.marks.values())
+        return (sum(len(m.transitions) for m in marks),
+                sum(1 for m in marks if m.pending is not None))
 
     def known_nodes(self) -> int:
         with self._marks_lock:
             return len(self.marks)
+
+
+def _count(result: IngestResult, verdict: Verdict) -> None:
+    if verdict is Verdict.DUPLICATE:
+        result.duplicates += 1
+    else:
+        result.stale += 1

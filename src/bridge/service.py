@@ -26,7 +26,7 @@ from bridge import incoming
 from bridge.forwarder import Forwarder
 from bridge.incoming import StatusHead
 from bridge.metrics import Metrics, MetricsServer
-from bridge.outbox import Outbox
+from bridge.outbox import Outbox, OutboxError
 from bridge.status_receiver import Received, StatusReceiver
 from publisher import protocol
 from publisher.config import Config
@@ -43,6 +43,8 @@ FLUSH = "flush"
 FLUSH_DELAY = 0.002
 """Deliveries are written in batches at most this long after the first; a node's next item
 waits for its previous delivery to be written."""
+CLOCK_SKEW_LIMIT = 60.0
+"""A node whose clock is further than this from the bridge's is logged (once)."""
 
 
 class Acknowledger(Protocol):
@@ -60,6 +62,7 @@ class Incoming(NamedTuple):
     received: float
     checked: incoming.Checked | None = None
     """Filled in by the status receiver; the writer checks the others."""
+    retained: bool = False
 
 
 class _LinkAcknowledger:
@@ -123,11 +126,16 @@ class Bridge:
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
+        self._skew: dict[str, float] = {}
+        self._skew_reported: set[str] = set()
         self.metrics.gauge("outbox_transitions", lambda: self.outbox.depth()[0])
         self.metrics.gauge("outbox_statuses", lambda: self.outbox.depth()[1])
         self.metrics.gauge("nodes_known", self.outbox.known_nodes)
         self.metrics.gauge("monitor_reachable", lambda: float(self.forwarder.reachable))
         self.metrics.gauge("broker_connected", lambda: float(self.connected))
+        self.metrics.gauge("outbox_ok", lambda: float(self.outbox.last_error is None))
+        self.metrics.gauge("max_clock_skew_seconds",
+                           lambda: max(map(abs, list(self._skew.values())), default=0.0))
 
     def _state(self, state: protocol.State) -> bytes:
         return protocol.encode(StateMessage(
@@ -170,11 +178,16 @@ class Bridge:
         return self.link.connected and self.statuses.connected
 
     def health(self) -> dict[str, Any]:
+        """``ok`` only while the bridge can do its whole job: both broker sessions up, the
+        outbox writable, the monitor answering, and every thread alive."""
         transitions, statuses = self.outbox.depth()
-        ok = self.connected and self._writer.is_alive() and self.forwarder.alive
+        outbox_error = self.outbox.last_error
+        ok = self.connected and self._writer.is_alive() and self.forwarder.alive and \
+            self.forwarder.reachable and outbox_error is None
         return {"ok": ok, "broker_connected": self.connected,
                 "monitor_reachable": self.forwarder.reachable,
                 "monitor_problem": self.forwarder.last_problem,
+                "outbox_ok": outbox_error is None, "outbox_problem": outbox_error or "",
                 "outbox_transitions": transitions, "outbox_statuses": statuses,
                 "nodes_known": self.outbox.known_nodes()}
 
@@ -191,7 +204,8 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self._incoming.put(Incoming(self._link_acks, client, message.mid, message.qos,
-                                    message.topic, bytes(message.payload), time.time()))
+                                    message.topic, bytes(message.payload), time.time(),
+                                    retained=bool(message.retain)))
 
     def _on_statuses(self, batch: list[Received]) -> None:
         receiver = self.statuses
@@ -232,6 +246,7 @@ class Bridge:
             stopping = None in batch
             if FLUSH in batch and flush_due is None:
                 flush_due = time.monotonic() + FLUSH_DELAY
+            failed = self.outbox.last_error is not None
             try:
                 if messages:
                     self._record(messages)
@@ -239,17 +254,29 @@ class Bridge:
                     flush_due = None
                     self._flush_requested.clear()
                     self.forwarder.notify(self.outbox.flush())
-            except Exception:
-                log.exception("outbox write failed; the messages stay unacknowledged")
+            except OutboxError as exc:
+                self.metrics.inc("outbox_errors")
+                if not failed:
+                    log.error("%s; %d message(s) stay unacknowledged and come back from the "  # noqa: TRY400
+                              "broker; retrying", exc, len(messages))
                 if messages and not stopping:
                     # The broker redelivers unacknowledged messages only on a new connection.
                     self.link.reconnect("outbox write failed")
                     self.statuses.reconnect("outbox write failed")
+            except Exception:
+                self.metrics.inc("outbox_errors")
+                log.exception("outbox write failed; the messages stay unacknowledged")
+                if messages and not stopping:
+                    self.link.reconnect("outbox write failed")
+                    self.statuses.reconnect("outbox write failed")
+            else:
+                if failed and self.outbox.last_error is None:
+                    log.info("outbox writes work again")
             if stopping:
                 return
 
     def _record(self, messages: list[Incoming]) -> None:
-        decoded: list[tuple[str, StateMessage | StatusHead, bytes, float]] = []
+        decoded: list[tuple[str, StateMessage | StatusHead, bytes, float, bool]] = []
         received: dict[str, int] = {}
         for m in messages:
             checked = m.checked if m.checked is not None else \
@@ -262,7 +289,10 @@ class Bridge:
                 self.metrics.inc("rejected", reason=checked.reason)
                 self._reject_log(checked.reason, m.topic, checked.detail)
             elif checked.message is not None and checked.node_id is not None:
-                decoded.append((checked.node_id, checked.message, m.payload, m.received))
+                decoded.append((checked.node_id, checked.message, m.payload, m.received,
+                                m.retained))
+                if isinstance(checked.message, StatusHead):
+                    self._note_clock(checked.node_id, m.received - checked.message.timestamp)
         for kind, count in received.items():
             self.metrics.inc("received", count, kind=kind)
         result, touched = self.outbox.record(decoded)
@@ -281,6 +311,19 @@ class Bridge:
         for (source, connection), pairs in acks.items():
             source.acknowledge(connection, pairs)
         self.forwarder.notify(touched)
+
+
+    def _note_clock(self, node_id: str, skew: float) -> None:
+        """Remember how far the node's clock is from ours; its timestamps are forwarded as
+        they are, and nothing is ordered by them."""
+        if node_id not in self._skew and len(self._skew) >= self.config.bridge.max_nodes:
+            return
+        self._skew[node_id] = skew
+        if abs(skew) > CLOCK_SKEW_LIMIT and node_id not in self._skew_reported:
+            self._skew_reported.add(node_id)
+            self.metrics.inc("clock_skew_reports")
+            log.warning("node %s: its clock is %+.0f s from the bridge's; its timestamps are "
+                        "forwarded as they are", node_id, -skew)
 
 
 def status_identity(name: str) -> str:

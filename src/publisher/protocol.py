@@ -12,10 +12,10 @@ import json
 import math
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Final, Literal
 
 from publisher.errors import ProtocolError
@@ -126,10 +126,6 @@ class Topics:
     def all_statuses(self) -> str:
         return f"{self.root}/+/status"
 
-    @property
-    def everything(self) -> str:
-        return f"{self.root}/#"
-
     def parse(self, topic: str) -> tuple[str, TopicKind]:
         """Split a topic into ``(node_id, kind)``; raise ``ProtocolError`` if it is not ours."""
         prefix = self.root + "/"
@@ -236,11 +232,6 @@ class StatusMessage:
             "seq": self.seq,
             "interval_s": self.interval_s,
         }
-
-    def heartbeat(self) -> dict[str, Any]:
-        """The snapshot alone, in the field names the original heartbeat used."""
-        body = self.to_dict()
-        return {key: body[key] for key in HEARTBEAT_FIELDS}
 
 
 def encode(message: StateMessage | StatusMessage) -> bytes:
@@ -398,21 +389,118 @@ def decode_status(payload: bytes, *, node_id: str | None = None) -> StatusMessag
 
 
 def new_session_id() -> str:
-    """A session id for one process start: start time in ms (fixed-width hex), then randomness.
+    """A random id for one process start. It carries no time: which session is current is
+    decided by arrival order (``NodeTruth``), never by comparing ids or node clocks."""
+    return secrets.token_hex(12)
 
-    Ids of one node therefore sort by start time, which lets a consumer tell the newer of two
-    sessions apart, e.g. ignore the last will of a process that a newer one replaced.
+
+# --- node truth ---------------------------------------------------------------------------
+
+MAX_ENDED_SESSIONS: Final = 32
+"""Ended or superseded sessions remembered per node: a broker restored from an older save
+can bring back the retained state of any of them."""
+TERMINAL_STATES: Final = frozenset({"disconnected", "lost"})
+
+
+class Verdict(Enum):
+    ACCEPT = "accept"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class NodeTruth:
+    """What the messages seen so far say about one node, in the order they arrived.
+
+    ``session`` is the current session: the last one seen that had not ended. ``state`` is its
+    last state (a status implies ``ready``, which a node publishes first) and ``seq`` its
+    newest status (-1: none).
+    ``ended`` lists sessions that are over, oldest first: stopped (``disconnected``), or
+    superseded when a message of another session arrived. An ended session never comes
+    back, whatever its id, its clock or a restored broker says.
+
+    ``lost`` (the broker's last will) does not end a session: the same process may reconnect
+    (a network outage, a broker restart). It comes back with a live ``ready``, or a newer
+    status that arrived in order; a retained ``ready`` alone may be a broker's restored copy
+    and does not count.
     """
-    return f"{int(time.time() * 1000):012x}-{secrets.token_hex(6)}"
+
+    session: str | None = None
+    state: State | None = None
+    seq: int = -1
+    ended: tuple[str, ...] = ()
+
+    def observe_state(self, session: str, state: State, *, retained: bool = False
+                      ) -> tuple[Verdict, NodeTruth]:
+        """``retained``: the message is a retained copy (sent on subscribe), not live."""
+        if session in self.ended:
+            return Verdict.STALE, self
+        if session == self.session:
+            if state == self.state:
+                return Verdict.DUPLICATE, self
+            if self.state == "lost" and state == "ready" and retained:
+                return Verdict.STALE, self
+            return Verdict.ACCEPT, NodeTruth(session, state, self.seq,
+                                             _bounded(self.ended, session, state))
+        return Verdict.ACCEPT, NodeTruth(session, state, -1,
+                                         _bounded(self._superseded(), session, state))
+
+    def observe_status(self, session: str, seq: int, *, in_order: bool = True
+                       ) -> tuple[Verdict, NodeTruth]:
+        """``in_order``: statuses and states arrive in one ordered stream, as one MQTT
+        subscription gets them; the bridge receives them on two sessions, where a status can
+        lag behind the will that followed it.
+
+        A newer status of the current session counts even after it stopped or was lost (the
+        last ones may come after the state); in order, after ``lost``, it says the node is
+        back."""
+        if session == self.session:
+            if seq == self.seq:
+                return Verdict.DUPLICATE, self
+            if seq < self.seq:
+                return Verdict.STALE, self
+            back = in_order and self.state == "lost"
+            state: State | None = "ready" if back else self.state
+            return Verdict.ACCEPT, NodeTruth(session, state, seq, self.ended)
+        if session in self.ended:
+            return Verdict.STALE, self
+        # A node publishes ``ready`` before its first status; that one may still be on its way.
+        return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded())
+
+    def _superseded(self) -> tuple[str, ...]:
+        if self.session is None or self.session in self.ended:
+            return self.ended
+        return (*self.ended, self.session)[-MAX_ENDED_SESSIONS:]
 
 
-def is_newer(candidate: tuple[str, int], current: tuple[str, int] | None) -> bool:
-    """Whether a message ``(session, seq)`` may replace the one held.
+def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, ...]:
+    if state != "disconnected":
+        return ended
+    return (*ended, session)[-MAX_ENDED_SESSIONS:]
 
-    Within a session the higher ``seq`` wins; across sessions, the later session.
-    """
-    if current is None:
-        return True
-    if candidate[0] == current[0]:
-        return candidate[1] > current[1]
-    return candidate[0] > current[0]
+
+@dataclass(frozen=True)
+class Liveness:
+    """Whether a node is up, and if not, why: ``ready``, ``disconnected``, ``lost``,
+    ``stale`` (no fresh status) or ``unknown`` (no state)."""
+
+    up: bool
+    reason: str
+    detail: str = ""
+
+
+def liveness(state: State | None, status_age: float | None, interval_s: float | None
+             ) -> Liveness:
+    """The one rule of "up": the current session is ``ready`` and its newest word is younger
+    than ``EXPIRY_FACTOR`` report intervals. ``status_age`` is in seconds (None: nothing heard
+    from the session); without ``interval_s`` no age is too old."""
+    if state in TERMINAL_STATES:
+        return Liveness(False, str(state))
+    if status_age is None:
+        return Liveness(False, "stale", "no status received")
+    if interval_s is not None and status_age > EXPIRY_FACTOR * interval_s:
+        limit = EXPIRY_FACTOR * interval_s
+        return Liveness(False, "stale", f"last status {status_age:.1f} s ago (limit {limit:g} s)")
+    if state is None:
+        return Liveness(False, "unknown", "no state received")
+    return Liveness(True, "ready")

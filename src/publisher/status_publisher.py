@@ -89,6 +89,8 @@ class StatusPublisher:
         self._started = False
         self._stopped = False
         self._fatal: str | None = None
+        self._earlier_sessions: set[str] = set()
+        self._rival: str | None = None
 
         self._stats_lock = threading.Lock()
         self._seq = 0
@@ -321,6 +323,7 @@ class StatusPublisher:
         with self._stats_lock:
             self._status_mids.clear()
             self._early_acks.clear()
+        self._rival = None
         client.subscribe([(self._topics.state(self.node_id), protocol.MQTT_QOS),
                           (self._topics.rebirth(self.node_id), protocol.MQTT_QOS)])
         self._need_birth = True
@@ -329,34 +332,47 @@ class StatusPublisher:
 
     def _handle_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._topics.state(self.node_id):
-            self._check_takeover(bytes(message.payload))
+            self._check_takeover(bytes(message.payload), retained=bool(message.retain))
         elif message.topic == self._topics.rebirth(self.node_id):
             log.info("node %s: rebirth requested", self.node_id)
             self._need_birth = True
             self._wake.set()
 
-    def _check_takeover(self, payload: bytes) -> None:
-        """Stop if a newer process is using this node id.
+    def _check_takeover(self, payload: bytes, *, retained: bool) -> None:
+        """Stop if another process is using this node id.
 
         The broker drops the older of two connections with one client id. MQTT 5 brokers may
         say so with reason code 142 (handled by the link); mosquitto 2.0 just closes the
-        socket, and publishes the dropped connection's will. So after a reconnect, a ``ready``
-        or ``lost`` of a newer session on our own state topic means another process took this
-        id. Never on the first connect, so a leftover message from an earlier run (even with
-        a skewed clock) cannot stop us.
+        socket and publishes the dropped connection's will. Sessions are told apart by
+        what this process has seen, never by their ids or clocks: the states retained at the
+        first connect belong to earlier runs. After a reconnect, a state of any other session
+        means another process: at once if it arrives live, and if it is only the retained
+        copy (a broker restored from an older save also shows one), when this connection
+        is dropped again.
         """
-        if self._link.connect_count < 2 or not payload:
+        if not payload:
             return
         try:
             state = protocol.decode_state(payload)
         except ProtocolError:
             return
-        newer = protocol.is_newer((state.session, 0), (self.session, 0))
-        if state.state in ("ready", "lost") and newer:
-            self._link.abandon(
-                f"another process connected as node {self.node_id!r} (session "
-                f"{state.session}): session taken over; stopping instead of "
-                "fighting over the id")
+        if state.session == self.session or state.session in self._earlier_sessions:
+            return
+        if self._link.connect_count < 2:
+            if len(self._earlier_sessions) < protocol.MAX_ENDED_SESSIONS:
+                self._earlier_sessions.add(state.session)
+            return
+        if state.state == "disconnected":
+            return
+        if retained:
+            self._rival = state.session
+        else:
+            self._abandon_to(state.session)
+
+    def _abandon_to(self, session: str) -> None:
+        self._link.abandon(
+            f"another process connected as node {self.node_id!r} (session {session}): "
+            "session taken over; stopping instead of fighting over the id")
 
     def _handle_publish(self, mid: int, reason: int) -> None:
         problem = None
@@ -370,6 +386,10 @@ class StatusPublisher:
             self._notify_error(problem)
 
     def _handle_down(self, event: LinkDown) -> None:
+        rival, self._rival = self._rival, None
+        if rival is not None and not event.fatal and not self._stopping.is_set():
+            self._abandon_to(rival)
+            return
         if event.fatal:
             self._fatal = event.reason
             self._stopping.set()

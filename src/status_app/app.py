@@ -41,16 +41,16 @@ def health() -> Response:
     verdict = _view().health(node_id)
     status = _view().status(node_id)
     body: dict[str, Any] = {
-        "status": "healthy" if verdict.healthy else "unhealthy",
+        "status": "healthy" if verdict.up else "unhealthy",
         "service": SERVICE,
         "node_id": node_id,
         "version": status.version if status else None,
         "timestamp": protocol.utc_now_iso(),
     }
-    if not verdict.healthy:
+    if not verdict.up:
         body["reason"] = verdict.reason
         body["detail"] = verdict.detail
-    return _json(body, 200 if verdict.healthy else 503)
+    return _json(body, 200 if verdict.up else 503)
 
 
 @bp.get("/status")
@@ -72,7 +72,7 @@ def stats() -> Response:
     verdict = _view().health(node_id)
     reporter = message.reporter if message else None
     return _json({
-        "running": verdict.healthy,
+        "running": verdict.up,
         "report_count": reporter.report_count if reporter else 0,
         "error_count": reporter.error_count if reporter else 0,
         "last_report_time": reporter.last_report_time if reporter else None,

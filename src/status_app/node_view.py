@@ -1,8 +1,9 @@
 """The newest ``state`` and ``status`` of every node seen on the broker.
 
 Fed by the MQTT subscriber (paho's thread), read by HTTP worker threads; everything goes
-through one lock. Parsing and ordering rules come from the protocol module: a message older
-than what is held (by ``(session, seq)``, or from an older session) never replaces it.
+through one lock. Parsing, ordering (``protocol.NodeTruth``: arrival order, ended sessions
+stay dead) and liveness (``protocol.liveness``) come from the protocol module, the same rules
+the bridge applies.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from publisher import protocol
 from publisher.errors import ProtocolError
-from publisher.protocol import StateMessage, StatusMessage, Topics
+from publisher.protocol import Liveness, NodeTruth, StateMessage, StatusMessage, Topics, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +26,14 @@ MAX_NODES = 10_000
 
 @dataclass
 class NodeRecord:
+    """One node: the truth so far, and the current session's last state and status."""
+
     node_id: str
+    truth: NodeTruth = field(default_factory=NodeTruth)
     state: StateMessage | None = None
-    state_at: float = 0.0
     status: StatusMessage | None = None
     status_raw: bytes = b""
     status_at: float = 0.0
-
-    @property
-    def session(self) -> str | None:
-        if self.status is not None and (self.state is None or
-                                        self.status.session >= self.state.session):
-            return self.status.session
-        return self.state.session if self.state is not None else None
-
-
-@dataclass(frozen=True)
-class Health:
-    healthy: bool
-    reason: str
-    detail: str = ""
 
 
 @dataclass
@@ -71,9 +60,11 @@ class NodeView:
         self.broker_connected = connected
         self.broker_reason = reason
 
-    def ingest(self, topic: str, payload: bytes, *, age: float = 0.0) -> bool:
+    def ingest(self, topic: str, payload: bytes, *, age: float = 0.0,
+               retained: bool = False) -> bool:
         """Take one message; returns whether it changed the view. ``age`` is how old the
-        message already was on arrival (a retained status's elapsed expiry)."""
+        message already was on arrival (a retained status's elapsed expiry); ``retained``
+        says it is a retained copy rather than a live message."""
         try:
             node_id, kind = self.topics.parse(topic)
             if kind == "rebirth":
@@ -81,7 +72,7 @@ class NodeView:
             if not payload:
                 return self._clear(node_id, kind)
             if kind == "state":
-                return self._take_state(node_id, protocol.decode_state(payload), age)
+                return self._take_state(node_id, protocol.decode_state(payload), retained)
             return self._take_status(node_id, protocol.decode_status(payload, node_id=node_id),
                                      payload, age)
         except ProtocolError as exc:
@@ -99,17 +90,19 @@ class NodeView:
             record = self._nodes[node_id] = NodeRecord(node_id)
         return record
 
-    def _take_state(self, node_id: str, state: StateMessage, age: float) -> bool:
+    def _take_state(self, node_id: str, state: StateMessage, retained: bool) -> bool:
         with self._lock:
             record = self._record(node_id)
             if record is None:
                 return False
-            current = record.session
-            if current is not None and state.session < current:
-                self._stale += 1
+            verdict, record.truth = record.truth.observe_state(state.session, state.state,
+                                                               retained=retained)
+            if verdict is not Verdict.ACCEPT:
+                self._stale += verdict is Verdict.STALE
                 return False
+            if record.status is not None and record.status.session != state.session:
+                record.status, record.status_raw = None, b""
             record.state = state
-            record.state_at = self.clock() - age
             self._accepted += 1
             return True
 
@@ -118,11 +111,15 @@ class NodeView:
             record = self._record(node_id)
             if record is None:
                 return False
-            held = (record.status.session, record.status.seq) if record.status else None
-            newer = protocol.is_newer((status.session, status.seq), held)
-            if not newer or (record.state is not None and status.session < record.state.session):
-                self._stale += 1
+            verdict, record.truth = record.truth.observe_status(status.session, status.seq)
+            if verdict is not Verdict.ACCEPT:
+                self._stale += verdict is Verdict.STALE
                 return False
+            if record.state is not None and record.state.session != status.session:
+                record.state = None
+            elif record.state is not None and record.truth.state is not None and \
+                    record.truth.state != record.state.state:
+                record.state = replace(record.state, state=record.truth.state)
             record.status = status
             record.status_raw = raw
             record.status_at = self.clock() - age
@@ -144,25 +141,25 @@ class NodeView:
 
     # --- reading --------------------------------------------------------------------------
 
-    def health(self, node_id: str) -> Health:
+    def health(self, node_id: str) -> Liveness:
         if not self.broker_connected:
-            return Health(False, "broker unreachable", self.broker_reason)
+            return Liveness(False, "broker unreachable", self.broker_reason)
         with self._lock:
             record = self._nodes.get(node_id)
             if record is None or (record.state is None and record.status is None):
-                return Health(False, "unknown", f"nothing seen from node {node_id!r}")
-            if record.state is not None and record.state.state != "ready":
-                return Health(False, record.state.state,
-                              f"node {record.state.state} since {record.state.since}")
-            if record.status is None:
-                return Health(False, "stale", "no status received")
-            age = self.clock() - record.status_at
-            limit = protocol.EXPIRY_FACTOR * record.status.interval_s
-            if age > limit:
-                return Health(False, "stale", f"last status {age:.1f} s ago (limit {limit:g} s)")
-            if record.state is None:
-                return Health(False, "unknown", "no state received")
-            return Health(True, "ready")
+                return Liveness(False, "unknown", f"nothing seen from node {node_id!r}")
+            return self._liveness(record)
+
+    def _liveness(self, record: NodeRecord) -> Liveness:
+        status = record.status
+        verdict = protocol.liveness(
+            record.state.state if record.state else None,
+            self.clock() - record.status_at if status else None,
+            status.interval_s if status else None)
+        if record.state is not None and verdict.reason in protocol.TERMINAL_STATES:
+            return Liveness(False, verdict.reason,
+                            f"node {verdict.reason} since {record.state.since}")
+        return verdict
 
     def status_payload(self, node_id: str) -> bytes | None:
         with self._lock:
@@ -189,10 +186,10 @@ class NodeView:
     def describe_all(self) -> list[dict[str, Any]]:
         return [d for d in (self.describe(n) for n in self.node_ids()) if d is not None]
 
-    def _describe(self, record: NodeRecord, health: Health) -> dict[str, Any]:
+    def _describe(self, record: NodeRecord, health: Liveness) -> dict[str, Any]:
         now, wall = self.clock(), self.wall_clock()
         status = record.status
-        if health.healthy:
+        if health.up:
             word = "online"
         elif health.reason in ("lost", "disconnected", "stale", "unknown"):
             word = "offline" if health.reason == "disconnected" else health.reason
@@ -207,7 +204,7 @@ class NodeView:
             "reason": health.reason,
             "state": record.state.state if record.state else None,
             "state_since": record.state.since if record.state else None,
-            "session": record.session,
+            "session": record.truth.session,
             "seq": status.seq if status else None,
             "status": status.status if status else None,
             "status_age_s": age,

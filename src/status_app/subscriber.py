@@ -68,7 +68,7 @@ class ViewSubscriber:
                 interval = None
             if isinstance(interval, (int, float)) and not isinstance(interval, bool):
                 age = retained_age(message, float(interval))
-        self.view.ingest(message.topic, payload, age=age)
+        self.view.ingest(message.topic, payload, age=age, retained=bool(message.retain))
 
     def _on_down(self, event: LinkDown) -> None:
         self.view.set_broker(False, event.reason)
