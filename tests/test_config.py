@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,11 @@ def test_the_original_layout_is_read_nested_and_every_value_is_used(tmp_path: Pa
     ("bridge:\n  metrics: 'nohost'\n", "bridge.metrics", "HOST:PORT"),
     ("logging:\n  level: LOUD\n", "logging.level", "DEBUG, INFO"),
     ("monitor: [1, 2]\n", "monitor", "a mapping"),
+    ("monitor:\n  report_interval: .nan\n", "monitor.report_interval", "finite"),
+    ("monitor:\n  timeout: .nan\n", "monitor.timeout", "finite"),
+    ("monitor:\n  retry_delay: .inf\n", "monitor.retry_delay", "finite"),
+    ("monitor:\n  node_id: a\n  node_id: b\n", "monitor.node_id", "more than once"),
+    ("monitor:\n  node_id: a\nmonitor:\n  node_id: b\n", "monitor", "more than once"),
 ])
 def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, key: str,
                                               needle: str) -> None:
@@ -136,6 +142,8 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     ("YL_MQTT_PORT", "0", "mqtt.port"),
     ("USER_GUI_NODE_ID", "a/b", "monitor.node_id"),
     ("YL_MONITOR_URL", "localhost:5500", "monitor.url"),
+    ("YL_MQTT_PORT", "\u0661\u0668\u0668\u0663", "mqtt.port"),
+    ("YL_MQTT_PORT", " 1883", "mqtt.port"),
 ])
 def test_bad_environment_values_name_the_variable(var: str, value: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -212,3 +220,27 @@ def test_find_config_looks_under_the_working_directory(
     (tmp_path / "config").mkdir()
     write(tmp_path / "config", ORIGINAL_LAYOUT, "monitor_config.yaml")
     assert publisher.find_config(tmp_path) == tmp_path / "config" / "monitor_config.yaml"
+
+
+def test_a_log_file_that_cannot_be_written_is_a_config_error(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    path = write(tmp_path, f"logging:\n  file: {blocker}/yl.log\nmonitor:\n  node_id: n-1\n")
+    assert main(["node", "-c", str(path), "--duration", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "logging.file" in err
+    assert "Traceback" not in err
+
+
+def test_a_log_file_in_a_missing_folder_gets_its_folder(tmp_path: Path) -> None:
+    from yl_status.service import configure_logging
+
+    target = tmp_path / "logs" / "deeper" / "yl.log"
+    configure_logging(load_config(write(tmp_path, f"logging:\n  file: {target}\n"),
+                                  env={}).logging)
+    try:
+        assert target.parent.is_dir()
+    finally:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)

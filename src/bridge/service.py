@@ -30,6 +30,7 @@ from bridge.outbox import Outbox, OutboxError
 from bridge.status_receiver import Received, StatusReceiver
 from publisher import protocol
 from publisher.config import Config
+from publisher.errors import ConfigError
 from publisher.link import Link, LinkDown, Will, options_from_config
 from publisher.protocol import StateMessage
 from publisher.status_publisher import PACKAGE_VERSION
@@ -97,8 +98,12 @@ class Bridge:
         self.metrics = Metrics()
         self._incoming: queue.Queue[Incoming | list[Incoming] | str | None] = queue.Queue()
         self._flush_requested = threading.Event()
-        self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes,
-                             on_change=self._request_flush)
+        try:
+            self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes,
+                                 on_change=self._request_flush)
+        except OutboxError as exc:
+            raise ConfigError(str(exc), key="bridge.outbox_path", source=config.source) \
+                from exc
         self.forwarder = Forwarder(config, self.outbox, self.metrics)
         self._reject_log = RejectLog()
         self._writer = threading.Thread(target=self._write_loop, name="yl-bridge-outbox",
@@ -335,8 +340,9 @@ def run_bridge(config: Config) -> int:
     from yl_status.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
 
     configure_logging(config.logging)
+    bridge = Bridge(config)
     stop = stop_event_on_signals()
-    bridge = Bridge(config).start()
+    bridge.start()
     stop.wait()
     log.info("stopping bridge")
     bridge.stop()

@@ -8,6 +8,7 @@ taken relative to the config file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -181,6 +182,8 @@ def number(*, integer: bool = False, low: float | None = None, high: float | Non
            low_open: bool = False) -> Check:
     def check(value: Any, key: str, source: str) -> Any:
         _kind(value, (int,) if integer else (int, float), key, source)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"must be a finite number, got {value!r}", key=key, source=source)
         bad_low = low is not None and (value <= low if low_open else value < low)
         if bad_low or (high is not None and value > high):
             lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
@@ -348,11 +351,17 @@ def _build(cls: type, schema: dict[str, Any], data: Any, prefix: str, source: st
     return cls(**values)
 
 
+def _ascii_int(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(raw)
+    return int(raw)
+
+
 _ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "YL_MONITOR_URL": ("monitor", "url", str),
     "USER_GUI_NODE_ID": ("monitor", "node_id", str),
     "YL_MQTT_HOST": ("mqtt", "host", str),
-    "YL_MQTT_PORT": ("mqtt", "port", int),
+    "YL_MQTT_PORT": ("mqtt", "port", _ascii_int),
     "YL_MQTT_USERNAME": ("mqtt", "username", str),
     "YL_MQTT_PASSWORD": ("mqtt", "password", str),
 }
@@ -392,6 +401,23 @@ def parse_config(data: Any, source: str) -> Config:
     return Config(**sections, source=source)
 
 
+def _refuse_repeated_keys(node: yaml.Node | None, prefix: str, source: str) -> None:
+    """YAML takes the last of two equal keys without a word; a config must not."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            full = f"{prefix}.{key}" if prefix else str(key)
+            if key in seen:
+                raise ConfigError(f"appears more than once (line {key_node.start_mark.line + 1})",
+                                  key=full, source=source)
+            seen.add(key)
+            _refuse_repeated_keys(value_node, full, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_repeated_keys(item, f"{prefix}[{i}]", source)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *,
                 env: Mapping[str, str] | None = None) -> Config:
     """Load, validate and apply environment overrides.
@@ -413,6 +439,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file: {exc}", source=source) from exc
         try:
+            _refuse_repeated_keys(yaml.compose(raw, Loader=yaml.SafeLoader), "", source)
             data = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}", source=source) from exc

@@ -6,17 +6,26 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from publisher.config import LoggingConfig
+from publisher.errors import ConfigError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging(settings: LoggingConfig, *, level: str | None = None) -> None:
+    """Log to stderr and ``logging.file`` (its folder is created); a file that cannot be
+    opened is a ``ConfigError`` naming it."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if settings.file:
-        handlers.append(logging.FileHandler(settings.file, encoding="utf-8"))
+        try:
+            Path(settings.file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(settings.file, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write the log file: {exc.strerror or exc}",
+                              key="logging.file") from exc
     logging.basicConfig(level=level or settings.level, format=LOG_FORMAT, handlers=handlers,
                         force=True)
 

@@ -1,0 +1,97 @@
+"""``yl-status bridge`` with an outbox it cannot use: one line naming the path, exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.outbox import Outbox, OutboxError
+from tests.support import write_config
+from yl_status.cli import main
+
+
+def bridge_config(tmp_path: Path, outbox: Path) -> Path:
+    return write_config(tmp_path / "bridge.yaml", {
+        "bridge": {"outbox_path": str(outbox), "metrics": ""},
+        "mqtt": {"port": 1}})
+
+
+def run_bridge(tmp_path: Path, outbox: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["bridge", "-c", str(bridge_config(tmp_path, outbox))]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "bridge.outbox_path" in err
+    assert str(outbox) in err
+    return err
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    garbage = tmp_path / "outbox.sqlite3"
+    garbage.write_bytes(os.urandom(8192))
+    assert "not a database" in run_bridge(tmp_path, garbage, capsys)
+
+
+def test_a_folder_that_cannot_be_made(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("")
+    run_bridge(tmp_path, blocker / "outbox.sqlite3", capsys)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, filled up (needs root, as CI runs)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk(tmp_path: Path, full_disk: Path,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    run_bridge(tmp_path, full_disk / "outbox.sqlite3", capsys)
+
+
+def test_a_damaged_file_is_reported_at_start(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO transitions (node_id, session, state, snapshot, received) "
+                       "VALUES (?, 's', 'ready', ?, 0)",
+                       [(f"n{i}", os.urandom(300)) for i in range(200)])
+    box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[3 * page + 100:3 * page + 600] = random.Random(7).randbytes(500)
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="bridge.outbox"), \
+            contextlib.suppress(OutboxError):  # opening may also fail, naming the path
+        Outbox(path).close()
+    assert any("damaged" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records)
