@@ -48,6 +48,16 @@ class BridgeProcess:
         except OSError:
             return False
 
+    def health(self) -> dict[str, Any]:
+        code, body = http_get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2)
+        assert code in (200, 503)
+        assert isinstance(body, dict)
+        return body
+
+    def rejected(self) -> dict[str, float]:
+        """Messages the bridge did not deliver, by reason (stale and duplicates aside)."""
+        return {k: v for k, v in rejected_by_reason(self.metrics()).items() if k != "stale"}
+
     def metrics(self) -> dict[str, float]:
         code, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
         assert code == 200

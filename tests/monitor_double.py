@@ -8,7 +8,8 @@
   ``status == "online"`` and the last heartbeat is fresher than 2 x the check interval.
 - ``GET /api/health``; ``GET /api/alerts`` (a bare list, or ``{"alerts": [...]}``);
   ``POST /api/alerts/{id}/acknowledge`` (422 without ``user``, 404 for an unknown id).
-- ``POST /api/v1/ar/heartbeat?node_id=`` (the deployed 1.0.6): body ignored, 200 always.
+- ``POST /api/v1/ar/heartbeat?node_id=`` (the deployed 1.0.6): body ignored, 200 always;
+  ``GET /api/v1/ar/nodes``: the node ids it knows.
 - ``GET /_double/stats``, ``POST /_double/fail?code=503`` (empty code: recover): the
   double's own controls, for benchmarks that run it as a separate process.
 
@@ -206,6 +207,11 @@ class MonitorDouble:
             else:
                 self.refused_nodes[node_id] = code
 
+    def forget(self) -> None:
+        """Lose every node, as a monitor restarted without its table."""
+        with self.lock:
+            self.nodes.clear()
+
     def fail_with(self, code: int | None, retry_after: float | None = None) -> None:
         """Answer every request with ``code`` (None: behave again)."""
         headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
@@ -278,6 +284,8 @@ class MonitorDouble:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
         if path[:3] == ["api", "ar", "nodes"]:
             return self._nodes_api(method, path[3:], raw, now)
+        if method == "GET" and path == ["api", "v1", "ar", "nodes"]:
+            return 200, sorted(self.nodes), {}
         if method == "POST" and path == ["api", "v1", "ar", "heartbeat"]:
             node_id = parse_qs(parts.query).get("node_id", [""])[0]
             self.heartbeats.append(Heartbeat(node_id, None, None, {}, now))

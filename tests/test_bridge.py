@@ -105,7 +105,10 @@ def test_kill_9_and_clean_stop_show_offline_with_the_reason(
     assert double.history("node-3")[-1].body["status"] == "offline"
 
 
-@pytest.mark.parametrize("outage", ["refused", "http-500"])
+OUTAGE = 6.0
+
+
+@pytest.mark.parametrize("outage", ["refused", "http-500", "http-404"])
 def test_a_monitor_outage_loses_nothing_and_never_regresses(
         tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
         outage: str) -> None:
@@ -116,7 +119,7 @@ def test_a_monitor_outage_loses_nothing_and_never_regresses(
         if outage == "refused":
             double.down()
         else:
-            double.fail_with(500)
+            double.fail_with(int(outage.removeprefix("http-")))
         for i in range(20):
             steady.update_gui_status(step=i)
         dying = node_process(tmp_path, broker, "node-2")
@@ -128,10 +131,12 @@ def test_a_monitor_outage_loses_nothing_and_never_regresses(
         wait_until(lambda: leaving.stats()["report_count"] >= 1, what="node-3 reported")
         leaving.stop()
         steady.update_gui_status(step=99)
-        remaining = 30.0 - (time.monotonic() - began)
-        wait_until(lambda: time.monotonic() - began >= 30.0, timeout=remaining + 1,
-                   what="the outage to last 30 s", interval=0.2)
+        remaining = OUTAGE - (time.monotonic() - began)
+        wait_until(lambda: time.monotonic() - began >= OUTAGE, timeout=remaining + 1,
+                   what="the outage to last", interval=0.2)
         assert bridge.metric("yl_bridge_monitor_reachable") == 0
+        assert not bridge.healthy()
+        assert bridge.health()["monitor_problem"]
         if outage == "refused":
             double.start()
         else:
@@ -149,8 +154,28 @@ def test_a_monitor_outage_loses_nothing_and_never_regresses(
         wait_until(bridge.drained, timeout=10, what="outbox drained")
         assert bridge.metric("yl_bridge_monitor_reachable") == 1
         assert bridge.metric("yl_bridge_retries_total") >= 1
+        assert not bridge.rejected()
+        wait_until(bridge.healthy, timeout=5, what="healthz ok again")
     finally:
         steady.stop()
+
+
+def test_a_monitor_that_forgot_its_nodes_still_records_the_next_transition(
+        broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess) -> None:
+    """A monitor restarted without its table auto-registers a node by its next heartbeat and
+    does not record that heartbeat."""
+    publisher = StatusPublisher(make_config(broker, "node-1")).start()
+    try:
+        wait_until(lambda: double.is_online("node-1"), timeout=10, what="node-1 online")
+        publisher.update_gui_status(last=True)
+        wait_until(lambda: last_gui(double, "node-1").get("last") is True and bridge.drained(),
+                   timeout=5, what="everything delivered")
+        double.forget()
+    finally:
+        publisher.stop()
+    wait_until(lambda: (double.node_view("node-1") or {}).get("status") == "offline",
+               timeout=5, what="node-1 offline at the forgetful monitor")
+    assert double.history("node-1")[-1].reason == "disconnected"
 
 
 def test_a_node_refused_by_the_monitor_is_dropped_and_others_go_on(

@@ -313,7 +313,10 @@ class Forwarder:
         if item is None:
             return False
         mark = self.outbox.mark(node)
-        if self._nodes_api and mark is not None and not mark.registered:
+        # A transition registers first, every time: a monitor that lost its table (restarted
+        # without it) would otherwise swallow it as an auto-registration.
+        if self._nodes_api and mark is not None and \
+                (not mark.registered or item.kind == "state"):
             answer = yield from self._register(node, mark)
             if answer.outcome is Outcome.RETRY:
                 return self._retry(answer)
@@ -325,6 +328,17 @@ class Forwarder:
             if registered.outcome is Outcome.RETRY:
                 return self._retry(registered)
             answer = yield request
+        if answer.outcome in (Outcome.REJECTED, Outcome.NOT_FOUND):
+            # Refused: this message's fault, or the monitor's (a wrong URL, a misrouting
+            # proxy)? A monitor that fails its own health check keeps everything.
+            health = yield self.client.health_request()
+            if health.outcome is not Outcome.DELIVERED:
+                self._register_route = None
+                return self._retry(Answer(
+                    Outcome.RETRY, answer.status,
+                    f"monitor refuses deliveries ({answer.reason}) and fails its health "
+                    f"check ({health.reason}); check monitor.url and monitor.profile",
+                    retry_after=health.retry_after))
         if answer.outcome is Outcome.RETRY:
             return self._retry(answer)
         self._succeeded()

@@ -116,6 +116,12 @@ class MonitorClient:
                 "node_type": node_type, "register_time": protocol.utc_now_iso()}
         return self.build("POST", "/api/ar/nodes/register", body)
 
+    def health_request(self) -> bytes:
+        """A request any working monitor of the profile answers with 2xx: its health check
+        (``/api/health``), or for ``v1`` its node list."""
+        path = "/api/v1/ar/nodes" if self.settings.profile == "v1" else "/api/health"
+        return self.build("GET", path)
+
     def connect(self) -> socket.socket:
         """A new connection to the monitor (blocking, bounded by the timeout)."""
         sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
