@@ -366,3 +366,25 @@ def test_the_status_receiver_is_restarted_and_ends_with_the_bridge(
     finally:
         publisher.stop()
         assert bridge.stop() == 0
+
+
+def test_a_hung_status_receiver_is_reported_and_replaced(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> None:
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    publisher = StatusPublisher(make_config(broker, "node-12")).start()
+    try:
+        wait_until(lambda: double.is_online("node-12"), timeout=10, what="online")
+        frozen = receiver_of(bridge)
+        frozen.suspend()
+        publisher.update_gui_status(step=1)
+        wait_until(lambda: not bridge.healthy(), timeout=10, what="healthz reports the hang")
+        assert "status receiver" in bridge.health()["problem"]
+        wait_until(lambda: last_gui(double, "node-12").get("step") == 1, timeout=20,
+                   what="statuses through a new receiver")
+        assert receiver_of(bridge).pid != frozen.pid
+        assert gone(frozen)
+        assert "not answered" in bridge.log()
+        wait_until(bridge.healthy, timeout=10, what="healthy again")
+    finally:
+        publisher.stop()
+        bridge.stop()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bridge import service
 from bridge.outbox import Outbox
 from bridge.service import Bridge
 from publisher import StatusPublisher
@@ -45,6 +46,34 @@ def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
                    what="delivered after the failed writes")
         assert failures["left"] == 0
         assert bridge.link.connect_count >= 2
+    finally:
+        publisher.stop()
+        bridge.stop()
+        bridge.outbox.close()
+        double.down()
+
+
+def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
+        tmp_path: Path, broker: DevBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    double = MonitorDouble().start()
+    config = parse_config(config_dict(
+        broker, "bridge-cfg", monitor={"url": double.url},
+        mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
+        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": ""}), "<test>")
+    monkeypatch.setattr(service, "STALL_LIMIT", 1.5)
+    monkeypatch.setattr(service, "HANG_LIMIT", 4.0)
+    bridge = Bridge(config).start()
+    publisher = StatusPublisher(make_config(broker, "node-1")).start()
+    try:
+        wait_until(lambda: bridge.health()["ok"], timeout=10, what="healthy")
+        with bridge.outbox._write_lock:  # a disk that does not answer
+            publisher.update_gui_status(face_loaded=True)
+            wait_until(lambda: "outbox writer thread stalled" in bridge.health()["problem"],
+                       timeout=5, what="the stall reported")
+            assert not bridge.stopping.is_set()
+            assert bridge.stopping.wait(6.0)
+        assert bridge.failure is not None
+        assert "outbox writer" in bridge.failure
     finally:
         publisher.stop()
         bridge.stop()

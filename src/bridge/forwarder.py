@@ -41,6 +41,9 @@ from publisher.config import Config
 
 log = logging.getLogger(__name__)
 
+TICK = 1.0
+"""The delivery thread goes round its loop at least this often."""
+
 Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
 
@@ -87,6 +90,8 @@ class Forwarder:
         for sock in (self._wake_r, self._wake_w):
             sock.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.tick = time.monotonic()
+        """When the delivery thread last went round its loop (for the bridge's watchdog)."""
         self._thread = threading.Thread(target=self._run, name="yl-bridge-forward",
                                         daemon=True)
 
@@ -122,6 +127,7 @@ class Forwarder:
     def _run(self) -> None:
         try:
             while True:
+                self.tick = time.monotonic()
                 self._take_notifications()
                 if self._stopping:
                     if all(slot.node is None for slot in self._slots):
@@ -173,13 +179,13 @@ class Forwarder:
             slot.delivery = self._deliver(node)
             self._advance(slot, None)
 
-    def _timeout(self) -> float | None:
+    def _timeout(self) -> float:
+        """Until the next deadline, at most ``TICK`` (the watchdog's sign of life)."""
+        now = time.monotonic()
         due = [slot.deadline for slot in self._slots if slot.exchange is not None]
-        if self._ready and not self._stopping and self._paused_until > time.monotonic():
+        if self._ready and not self._stopping and self._paused_until > now:
             due.append(self._paused_until)
-        if not due:
-            return None
-        return max(min(due) - time.monotonic(), 0.0)
+        return max(min([*due, now + TICK]) - now, 0.0)
 
     def _advance(self, slot: _Slot, answer: Answer | None) -> None:
         """Resume the slot's delivery with ``answer``; send what it asks for next."""

@@ -44,6 +44,12 @@ FLUSH = "flush"
 FLUSH_DELAY = 0.002
 """Deliveries are written in batches at most this long after the first; a node's next item
 waits for its previous delivery to be written."""
+STALL_LIMIT = 10.0
+"""A thread that has not gone round its loop for this long is reported as stalled."""
+HANG_LIMIT = 60.0
+"""A thread stalled this long is taken as hung: the bridge stops with an error, and its
+service manager starts it again (nothing acknowledged is lost)."""
+TICK = 1.0
 CLOCK_SKEW_LIMIT = 60.0
 """A node whose clock is further than this from the bridge's is logged (once)."""
 
@@ -108,6 +114,12 @@ class Bridge:
         self._reject_log = RejectLog()
         self._writer = threading.Thread(target=self._write_loop, name="yl-bridge-outbox",
                                         daemon=True)
+        self._writer_tick = time.monotonic()
+        self.stopping = threading.Event()
+        """Set to stop the service (by a signal, or by the watchdog with ``failure``)."""
+        self.failure: str | None = None
+        self._watchdog = threading.Thread(target=self._watch, name="yl-bridge-watchdog",
+                                          daemon=True)
         self.session = protocol.new_session_id()
         self._since = protocol.utc_now_iso()
         client_id = config.bridge.client_id
@@ -155,6 +167,7 @@ class Bridge:
         self.forwarder.start()
         self.link.start()
         self.statuses.start()
+        self._watchdog.start()
         log.info("bridge started client_id=%s monitor=%s profile=%s outbox=%s",
                  self.config.bridge.client_id, self.config.monitor.url,
                  self.config.monitor.profile, self.config.bridge.outbox_path)
@@ -164,6 +177,7 @@ class Bridge:
         """Stop taking messages, keep what is not delivered in the outbox, and return within
         ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        self.stopping.set()
         self.statuses.stop(min(1.5, timeout / 3))
         self.link.stop(min(1.5, timeout / 3), farewell=self._farewell)
         self._incoming.put(None)
@@ -171,6 +185,8 @@ class Bridge:
         self.forwarder.stop(max(deadline - time.monotonic() - 0.3, 0.0))
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self._watchdog.is_alive():
+            self._watchdog.join(TICK + 0.5)
         depth = self.outbox.depth()
         log.info("bridge stopped; outbox keeps %d transition(s) and %d status(es)", *depth)
 
@@ -183,18 +199,51 @@ class Bridge:
         return self.link.connected and self.statuses.connected
 
     def health(self) -> dict[str, Any]:
-        """``ok`` only while the bridge can do its whole job: both broker sessions up, the
-        outbox writable, the monitor answering, and every thread alive."""
+        """``ok`` only while the bridge can do its whole job: both broker sessions up, every
+        thread and the status receiver going, the outbox writable, the monitor answering.
+        ``problem`` says what is not."""
         transitions, statuses = self.outbox.depth()
         outbox_error = self.outbox.last_error
-        ok = self.connected and self._writer.is_alive() and self.forwarder.alive and \
-            self.forwarder.reachable and outbox_error is None
-        return {"ok": ok, "broker_connected": self.connected,
+        problems = [*self._stalled()]
+        if self.statuses.problem:
+            problems.append(self.statuses.problem)
+        if not self.connected:
+            problems.append("not connected to the broker")
+        if not self.forwarder.reachable:
+            problems.append(f"monitor: {self.forwarder.last_problem}")
+        if outbox_error is not None:
+            problems.append(f"outbox: {outbox_error}")
+        return {"ok": not problems, "problem": "; ".join(problems),
+                "broker_connected": self.connected,
                 "monitor_reachable": self.forwarder.reachable,
                 "monitor_problem": self.forwarder.last_problem,
                 "outbox_ok": outbox_error is None, "outbox_problem": outbox_error or "",
                 "outbox_transitions": transitions, "outbox_statuses": statuses,
                 "nodes_known": self.outbox.known_nodes()}
+
+    def _stalled(self, limit: float | None = None) -> list[str]:
+        limit = STALL_LIMIT if limit is None else limit
+        now = time.monotonic()
+        found = []
+        for name, alive, tick in (("outbox writer", self._writer.is_alive(), self._writer_tick),
+                                  ("forwarder", self.forwarder.alive, self.forwarder.tick)):
+            if not alive:
+                if not self.stopping.is_set():
+                    found.append(f"{name} thread has ended")
+            elif now - tick > limit:
+                found.append(f"{name} thread stalled for {now - tick:.0f} s")
+        return found
+
+    def _watch(self) -> None:
+        """Report stalled threads; stop the service when one is hung or has ended."""
+        while not self.stopping.wait(TICK):
+            hung = self._stalled(HANG_LIMIT)
+            if hung:
+                self.failure = "; ".join(hung)
+                log.critical("%s; stopping so that the service manager starts the bridge "
+                             "again", self.failure)
+                self.stopping.set()
+                return
 
     # --- MQTT (paho's thread) -------------------------------------------------------------
 
@@ -232,7 +281,9 @@ class Bridge:
         crash only means sending them again)."""
         flush_due: float | None = None
         while True:
-            timeout = None if flush_due is None else max(flush_due - time.monotonic(), 0.0)
+            self._writer_tick = time.monotonic()
+            timeout = TICK if flush_due is None else \
+                min(max(flush_due - time.monotonic(), 0.0), TICK)
             try:
                 batch = [self._incoming.get(timeout=timeout)]
             except queue.Empty:
@@ -341,9 +392,9 @@ def run_bridge(config: Config) -> int:
 
     configure_logging(config.logging)
     bridge = Bridge(config)
-    stop = stop_event_on_signals()
+    stop_event_on_signals(bridge.stopping)
     bridge.start()
-    stop.wait()
+    bridge.stopping.wait()
     log.info("stopping bridge")
     bridge.stop()
-    return 0
+    return 1 if bridge.failure else 0

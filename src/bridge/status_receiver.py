@@ -37,6 +37,10 @@ Received = tuple[int, int, int, str, bytes, float, Checked]
 """(connection number, mid, qos, topic, payload, wall-clock receive time, what it is)."""
 
 RESTART_DELAY = 1.0
+ALIVE_EVERY = 1.0
+"""The child says it is alive this often, whatever else it has to say."""
+HANG_TIMEOUT = 5.0
+"""A child silent this long is hung (stopped, deadlocked): it is killed and replaced."""
 
 
 class StatusReceiver:
@@ -52,6 +56,8 @@ class StatusReceiver:
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = False
+        self.problem = ""
+        """Why the receiver is not working, for the bridge's health ("" when it is)."""
         self._thread = threading.Thread(target=self._supervise, name="yl-bridge-statuses",
                                         daemon=True)
 
@@ -120,6 +126,15 @@ class StatusReceiver:
                           self._process.returncode)
             self._stopping.wait(RESTART_DELAY)
 
+    def _replace_hung(self) -> None:
+        self._connected = False
+        self.problem = f"status receiver has not answered for {HANG_TIMEOUT:g} s; replaced"
+        log.error("status receiver has not answered for %g s; killing it and starting "
+                  "another", HANG_TIMEOUT)
+        process = self._process
+        if process is not None:
+            process.kill()
+
     def _spawn(self) -> Connection:
         ours, theirs = socket.socketpair()
         try:
@@ -146,6 +161,9 @@ class StatusReceiver:
     def _read(self, conn: Connection) -> None:
         while True:
             try:
+                if not conn.poll(HANG_TIMEOUT):
+                    self._replace_hung()
+                    return
                 message = conn.recv()
             except (EOFError, OSError):
                 return
@@ -157,6 +175,7 @@ class StatusReceiver:
                     log.exception("passing received statuses on failed")
             elif kind == "up":
                 self._connected = True
+                self.problem = ""
             elif kind == "down":
                 self._connected = False
             elif kind == "stopped":
@@ -185,6 +204,8 @@ class _Child:
         sender = threading.Thread(target=self._send_batches, name="yl-bridge-statuses-send",
                                   daemon=True)
         sender.start()
+        threading.Thread(target=self._say_alive, name="yl-bridge-statuses-alive",
+                         daemon=True).start()
         self.link.start()
         try:
             while True:
@@ -238,6 +259,11 @@ class _Child:
     def _on_down(self, event: LinkDown) -> None:
         self.current = None
         self._send(("down",))
+
+    def _say_alive(self) -> None:
+        while not self.stopping:
+            self._send(("alive",))
+            time.sleep(ALIVE_EVERY)
 
     def _send_batches(self) -> None:
         while True:

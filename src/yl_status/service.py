@@ -30,9 +30,10 @@ def configure_logging(settings: LoggingConfig, *, level: str | None = None) -> N
                         force=True)
 
 
-def stop_event_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT; the handler does nothing else."""
-    stop = threading.Event()
+def stop_event_on_signals(stop: threading.Event | None = None) -> threading.Event:
+    """An event (``stop``, or a new one) set by SIGTERM or SIGINT; the handler does nothing
+    else."""
+    stop = threading.Event() if stop is None else stop
 
     def handle(signum: int, frame: FrameType | None) -> None:
         stop.set()
