@@ -75,11 +75,12 @@ them."""
 INTRUDER_ACL = TEST_ACL + "\nuser intruder\ntopic write yl/ar/nodes/#\n"
 
 
-def _running_broker(workdir: Path, users: dict[str, str], acl: str) -> Iterator[DevBroker]:
+def running_broker(workdir: Path, users: dict[str, str], acl: str = TEST_ACL,
+                   settings: dict[str, str] | None = None) -> Iterator[DevBroker]:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.fail("mosquitto is not installed (.ci/run installs it)")
     instance = DevBroker(workdir, users=users, message_size_limit=TEST_MESSAGE_LIMIT,
-                         extra_acl=acl)
+                         extra_acl=acl, settings=settings)
     instance.start()
     try:
         yield instance
@@ -90,7 +91,7 @@ def _running_broker(workdir: Path, users: dict[str, str], acl: str) -> Iterator[
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[DevBroker]:
     """A real mosquitto with the project's config on a free port, users pre-created."""
-    yield from _running_broker(tmp_path / "broker", broker_users(), TEST_ACL)
+    yield from running_broker(tmp_path / "broker", broker_users(), TEST_ACL)
 
 
 @pytest.fixture
@@ -98,4 +99,4 @@ def open_broker(tmp_path: Path) -> Iterator[DevBroker]:
     """The project's broker config plus one over-privileged user, to inject hostile input."""
     users = broker_users()
     users["intruder"] = "intruder-secret"
-    yield from _running_broker(tmp_path / "open-broker", users, INTRUDER_ACL)
+    yield from running_broker(tmp_path / "open-broker", users, INTRUDER_ACL)

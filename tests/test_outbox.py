@@ -202,20 +202,23 @@ def test_node_count_is_bounded(tmp_path: Path) -> None:
     assert box.known_nodes() == 2
 
 
-def test_a_late_will_after_the_next_sessions_status_is_ignored(tmp_path: Path) -> None:
-    """States and statuses arrive on two broker sessions; once a message of the next process
-    start has arrived, the previous process's will is old news."""
+def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
+        tmp_path: Path) -> None:
+    """States and statuses arrive on two broker sessions; a status of the next process start
+    may come in before the previous process's last will, and must not swallow it."""
     box = Outbox(tmp_path / "o.db")
     box.record([state("ready", A), status(3, A)])
     assert drain(box) == [("state", "ready", -1), ("status", None, 3)]
     result, _ = box.record([status(1, B), state("lost", A), state("ready", B)])
-    assert result.stale == 1
+    assert result.stale == 0
     items = []
     while (item := box.next_item("n1")) is not None:
         items.append((item.kind, item.state, item.session, item.payload is not None))
         box.done(item)
-    # B's status says B is up: its ready (published first) is no news when it comes
-    assert items == [("status", None, B, True)]
+    # the will of A carries no snapshot: the newest one belongs to B and goes with B's ready
+    assert items == [("state", "lost", A, False), ("state", "ready", B, True)]
+    late, _ = box.record([state("lost", A), status(2, A)])
+    assert late.stale == 2
 
 
 def test_a_node_waits_for_its_last_delivery_to_be_written(tmp_path: Path) -> None:

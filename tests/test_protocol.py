@@ -183,6 +183,12 @@ Step = tuple[str, str, "str | int", str]
                   ("state", "A", "lost", "accept"), ("apart", "A", 5, "accept")],
                  ("A", "lost", 5, ()),
                  id="a status received apart from the states may predate the will"),
+    pytest.param([("state", "A", "ready", "accept"), ("apart", "B", 1, "accept"),
+                  ("apart", "A", 3, "stale"), ("state", "A", "lost", "accept"),
+                  ("apart", "B", 2, "accept"), ("state", "B", "ready", "accept"),
+                  ("state", "A", "ready", "stale")],
+                 ("B", "ready", 2, ("A",)),
+                 id="apart from the states, a new session's status runs ahead and ends nothing"),
     pytest.param([("state", "A", "ready", "accept"), ("state", "B", "ready", "accept"),
                   ("state", "A", "lost", "stale"), ("status", "A", 5, "stale"),
                   ("state", "A", "ready", "stale")],
@@ -209,8 +215,11 @@ def test_node_truth_follows_arrival_order(steps: list[Step],
             verdict, truth = truth.observe_state(session, value,  # type: ignore[arg-type]
                                                  retained=kind == "retained")
         else:
+            before = truth
             verdict, truth = truth.observe_status(session, int(value),
                                                   in_order=kind == "status")
+            if verdict is not protocol.Verdict.ACCEPT:
+                assert truth == before
         assert verdict.value == expected, (kind, session, value)
     assert (truth.session, truth.state, truth.seq, truth.ended) == final
 

@@ -407,8 +407,7 @@ class Forwarder:
             # A transition is its session's newest word, however long it waited here.
             verdict = protocol.liveness(item.state, 0.0, None)  # type: ignore[arg-type]
         else:
-            same = mark is not None and mark.truth.session == item.session
-            verdict = protocol.liveness(mark.truth.state if same and mark else None,
+            verdict = protocol.liveness(mark.truth.state_of(item.session) if mark else None,
                                         max(time.time() - item.received, 0.0),
                                         snapshot.get("interval_s"))
         body["status"] = self._values.online if verdict.up else self._values.offline

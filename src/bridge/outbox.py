@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     snapshot BLOB,
     registered INTEGER NOT NULL DEFAULT 0,
     ended TEXT NOT NULL DEFAULT '',
-    interval_s REAL
+    interval_s REAL,
+    ahead_session TEXT,
+    ahead_seq INTEGER
 );
 """
 SCHEMA_VERSION = 2
@@ -176,7 +178,8 @@ class Outbox:
             if version < SCHEMA_VERSION:
                 columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
                 for name, kind in (("ended", "TEXT NOT NULL DEFAULT ''"),
-                                   ("interval_s", "REAL")):
+                                   ("interval_s", "REAL"), ("ahead_session", "TEXT"),
+                                   ("ahead_seq", "INTEGER")):
                     if name not in columns:
                         conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} {kind}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -188,10 +191,10 @@ class Outbox:
     def _load_marks(self) -> None:
         """Rebuild every mark from disk (at start, and after a failed write)."""
         marks: dict[str, NodeMark] = {}
-        for node_id, name, session, seq, state, state_session, registered, ended, interval \
-                in self._db.execute(
+        for node_id, name, session, seq, state, state_session, registered, ended, interval, \
+                ahead_session, ahead_seq in self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
-                    " ended, interval_s FROM nodes"):
+                    " ended, interval_s, ahead_session, ahead_seq FROM nodes"):
             # Rows written before schema 2 kept the status and the state session apart and
             # took the greater id for the newer; the other one is over.
             current = max(filter(None, (session, state_session)), default=None)
@@ -199,7 +202,8 @@ class Outbox:
                 s for s in (session, state_session) if s and s != current)
             truth = NodeTruth(current, state if state_session == current else None,
                               -1 if seq is None or session != current else seq,
-                              tuple(dict.fromkeys(over)))
+                              tuple(dict.fromkeys(over)),
+                              None if ahead_session is None else (ahead_session, ahead_seq))
             marks[node_id] = NodeMark(truth, name, bool(self._registered.get(
                 node_id, registered)), interval)
         # Delivered but not yet written (when reloading after a failed write): not pending.
@@ -353,18 +357,24 @@ class Outbox:
         """The newest status of ``session`` to send along with a transition of that session.
 
         A pending status of the same session is folded into the transition (it would only be
-        sent right after it); one of an older session is dropped (that session is over).
+        sent right after it); one of the session this transition supersedes is dropped; one
+        of a session still ahead of the states stays pending.
         """
+        truth = mark.truth
         if mark.pending_status:
             row = db.execute("SELECT session, payload FROM pending_status WHERE node_id = ?",
                              (node_id,)).fetchone()
-            db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
-            mark.pending_status = False
-            committed.append((mark, None, None, ()))
-            result.coalesced += 1
-            if row is not None and row[0] == session:
-                return bytes(row[1])
-        if mark.truth.session != session or mark.truth.seq < 0:
+            superseded = row is not None and session != truth.session and \
+                row[0] == truth.session
+            if row is None or row[0] == session or superseded:
+                db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
+                mark.pending_status = False
+                committed.append((mark, None, None, ()))
+                result.coalesced += 1
+                if row is not None and row[0] == session:
+                    return bytes(row[1])
+        newest = truth.ahead[0] if truth.ahead else truth.session if truth.seq >= 0 else None
+        if newest != session:
             return None
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
@@ -373,16 +383,19 @@ class Outbox:
     def _save_node(db: sqlite3.Connection, node_id: str, mark: NodeMark,
                    snapshot: bytes | None) -> None:
         truth = mark.truth
+        ahead = truth.ahead or (None, None)
         db.execute(
             "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
-            "snapshot, ended, interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "snapshot, ended, interval_s, ahead_session, ahead_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
             "session = excluded.session, seq = excluded.seq, state = excluded.state, "
             "state_session = excluded.state_session, "
             "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
-            "interval_s = excluded.interval_s",
+            "interval_s = excluded.interval_s, ahead_session = excluded.ahead_session, "
+            "ahead_seq = excluded.ahead_seq",
             (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
-             snapshot, " ".join(truth.ended), mark.interval_s))
+             snapshot, " ".join(truth.ended), mark.interval_s, *ahead))
 
     def flush(self) -> set[str]:
         """Write the deliveries and registrations reported since the last flush; returns
@@ -467,12 +480,13 @@ class Outbox:
                     mark.transitions.discard(item.transition_id)
             else:
                 delivered.statuses.add((item.session, item.seq))
-                if mark is not None and (mark.truth.session, mark.truth.seq) == \
-                        (item.session, item.seq):
-                    mark.pending_status = False
-                if mark is not None and mark.pending is not None and \
-                        (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
-                    mark.pending = None
+                if mark is not None:
+                    truth = mark.truth
+                    if (truth.ahead or (truth.session, truth.seq)) == (item.session, item.seq):
+                        mark.pending_status = False  # nothing newer is being recorded
+                    if mark.pending is not None and \
+                            (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
+                        mark.pending = None
         self._changed()
 
     def set_registered(self, node_id: str, registered: bool) -> None:

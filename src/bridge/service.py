@@ -27,6 +27,7 @@ from bridge.forwarder import Forwarder
 from bridge.incoming import StatusHead
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import Outbox, OutboxError
+from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from bridge.status_receiver import Received, StatusReceiver
 from publisher import protocol
 from publisher.config import Config
@@ -126,12 +127,16 @@ class Bridge:
         self._state_topic = protocol.bridge_state_topic(client_id)
         persistent = {"clean_start": False, "session_expiry": config.bridge.session_expiry,
                       "manual_ack": True}
+        self.refresh = RetainedRefresh(self.topics.all_nodes,
+                                       protocol.bridge_sentinel_topic(client_id),
+                                       name="yl-bridge-states-refresh")
         self.link = Link(
             options_from_config(config.mqtt, client_id, **persistent,
                                 will=Will(self._state_topic, self._state("lost"))),
             on_connect=self._on_connect_states,
             on_message=self._on_message,
             on_down=self._on_down,
+            on_subscribe=self.refresh.subscribed,
             name="yl-bridge-states",
         )
         self._link_acks = _LinkAcknowledger(self.link)
@@ -165,6 +170,7 @@ class Bridge:
             self.metrics_server.start()
         self._writer.start()
         self.forwarder.start()
+        self.refresh.start()
         self.link.start()
         self.statuses.start()
         self._watchdog.start()
@@ -180,6 +186,7 @@ class Bridge:
         self.stopping.set()
         self.statuses.stop(min(1.5, timeout / 3))
         self.link.stop(min(1.5, timeout / 3), farewell=self._farewell)
+        self.refresh.stop()
         self._incoming.put(None)
         self._writer.join(max(min(1.0, deadline - time.monotonic()), 0.0))
         self.forwarder.stop(max(deadline - time.monotonic() - 0.3, 0.0))
@@ -247,16 +254,14 @@ class Bridge:
 
     # --- MQTT (paho's thread) -------------------------------------------------------------
 
-    # Subscribing again even with a session present costs duplicate retained messages, which
-    # the outbox drops; not subscribing would miss whatever the broker discarded while its
-    # queue for us was full.
-
     def _on_connect_states(self, client: mqtt.Client, session_present: bool) -> None:
-        client.subscribe(self.topics.all_states, qos=protocol.MQTT_QOS)
+        subscribe_without_retained(client, self.topics.all_states, protocol.MQTT_QOS)
+        self.refresh.connected(client)
         client.publish(self._state_topic, self._state("ready"), qos=1, retain=True)
         log.info("bridge subscribed to states session_present=%s", session_present)
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        self.refresh.received()
         self._incoming.put(Incoming(self._link_acks, client, message.mid, message.qos,
                                     message.topic, bytes(message.payload), time.time(),
                                     retained=bool(message.retain)))
@@ -266,6 +271,7 @@ class Bridge:
         self._incoming.put([Incoming(receiver, *received) for received in batch])
 
     def _on_down(self, event: LinkDown) -> None:
+        self.refresh.down()
         log.debug("broker link down: %s", event.reason)
 
     # --- outbox writer --------------------------------------------------------------------

@@ -27,14 +27,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from bridge.incoming import Checked, check
+from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from publisher.config import LoggingConfig
 from publisher.link import Link, LinkDown, LinkOptions
-from publisher.protocol import Topics
+from publisher.protocol import Topics, bridge_sentinel_topic
 
 log = logging.getLogger(__name__)
 
-Received = tuple[int, int, int, str, bytes, float, Checked]
-"""(connection number, mid, qos, topic, payload, wall-clock receive time, what it is)."""
+Received = tuple[int, int, int, str, bytes, float, Checked, bool]
+"""(connection number, mid, qos, topic, payload, wall-clock receive time, what it is,
+whether it is a retained copy)."""
 
 RESTART_DELAY = 1.0
 ALIVE_EVERY = 1.0
@@ -191,14 +193,18 @@ class _Child:
         self.topics = topics
         self.qos = qos
         self.send_lock = threading.Lock()
-        self.buffer: list[tuple[int, int, int, str, bytes, float]] = []
+        self.buffer: list[tuple[int, int, int, str, bytes, float, bool]] = []
         self.buffer_lock = threading.Lock()
         self.pending = threading.Event()
         self.stopping = False
         self.current: tuple[mqtt.Client, int] | None = None
         self.connections = 0
+        self.refresh = RetainedRefresh(topics.all_nodes,
+                                       bridge_sentinel_topic(options.client_id),
+                                       name="yl-bridge-statuses-refresh")
         self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
-                         on_down=self._on_down, name="yl-bridge-statuses")
+                         on_down=self._on_down, on_subscribe=self.refresh.subscribed,
+                         name="yl-bridge-statuses")
 
     def run(self) -> None:
         sender = threading.Thread(target=self._send_batches, name="yl-bridge-statuses-send",
@@ -206,6 +212,7 @@ class _Child:
         sender.start()
         threading.Thread(target=self._say_alive, name="yl-bridge-statuses-alive",
                          daemon=True).start()
+        self.refresh.start()
         self.link.start()
         try:
             while True:
@@ -241,22 +248,23 @@ class _Child:
     def _on_connect(self, client: mqtt.Client, session_present: bool) -> None:
         self.connections += 1
         self.current = (client, self.connections)
-        # A present session may miss what the broker discarded while its queue was full;
-        # subscribing again only costs duplicates of retained messages, dropped by the outbox.
-        client.subscribe(self.topics.all_statuses, qos=self.qos)
+        subscribe_without_retained(client, self.topics.all_statuses, self.qos)
+        self.refresh.connected(client)
         log.info("bridge subscribed to statuses session_present=%s", session_present)
         self._send(("up",))
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        self.refresh.received()
         current = self.current
         connection = current[1] if current is not None and current[0] is client else 0
         item = (connection, message.mid, message.qos, message.topic, bytes(message.payload),
-                time.time())
+                time.time(), bool(message.retain))
         with self.buffer_lock:
             self.buffer.append(item)
         self.pending.set()
 
     def _on_down(self, event: LinkDown) -> None:
+        self.refresh.down()
         self.current = None
         self._send(("down",))
 
@@ -272,7 +280,8 @@ class _Child:
             with self.buffer_lock:
                 batch, self.buffer = self.buffer, []
             if batch:
-                self._send(("messages", [(*m, check(self.topics, m[3], m[4])) for m in batch]))
+                self._send(("messages", [(*m[:6], check(self.topics, m[3], m[4]), m[6])
+                                         for m in batch]))
             if self.stopping:
                 return
 

@@ -113,6 +113,7 @@ class Link:
         on_message: MessageHandler | None = None,
         on_down: DownHandler | None = None,
         on_publish: Callable[[int, int], None] | None = None,
+        on_subscribe: Callable[[mqtt.Client, int], None] | None = None,
         name: str = "mqtt-link",
     ) -> None:
         self.options = options
@@ -120,6 +121,7 @@ class Link:
         self._on_message = on_message
         self._on_down = on_down
         self._on_publish = on_publish
+        self._on_subscribe = on_subscribe
         self._name = name
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -244,6 +246,7 @@ class Link:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         return client
 
     def _connect(self, client: mqtt.Client) -> bool:
@@ -400,6 +403,14 @@ class Link:
                 self._on_message(client, message)
         except Exception:
             log.exception("%s: message handler failed on %r", self._name, message.topic)
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                          reason_codes: Any, properties: Any) -> None:
+        try:
+            if self._on_subscribe is not None:
+                self._on_subscribe(client, mid)
+        except Exception:
+            log.exception("%s: subscribe handler failed", self._name)
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int,
                         reason_code: ReasonCode, properties: Any) -> None:

@@ -13,7 +13,7 @@ import math
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Final, Literal
@@ -126,6 +126,11 @@ class Topics:
     def all_statuses(self) -> str:
         return f"{self.root}/+/status"
 
+    @property
+    def all_nodes(self) -> str:
+        """Every node's state and status (and anything else one level down)."""
+        return f"{self.root}/+/+"
+
     def parse(self, topic: str) -> tuple[str, TopicKind]:
         """Split a topic into ``(node_id, kind)``; raise ``ProtocolError`` if it is not ours."""
         prefix = self.root + "/"
@@ -145,6 +150,12 @@ class Topics:
 
 def bridge_state_topic(client_id: str) -> str:
     return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/state"
+
+
+def bridge_sentinel_topic(client_id: str) -> str:
+    """A topic nothing is published to: the SUBACK of a subscription to it marks the end of
+    the retained copies sent for an earlier subscription."""
+    return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/sentinel"
 
 
 # --- payloads -----------------------------------------------------------------------------
@@ -423,12 +434,18 @@ class NodeTruth:
     (a network outage, a broker restart). It comes back with a live ``ready``, or a newer
     status that arrived in order; a retained ``ready`` alone may be a broker's restored copy
     and does not count.
+
+    Statuses received apart from the states (``in_order=False``: the bridge reads them on a
+    session of their own) may run ahead of them: a status of a session the states have not
+    reached yet is held as ``ahead`` (session, seq) and ends nothing; the states decide, in
+    their own order, when that session takes over.
     """
 
     session: str | None = None
     state: State | None = None
     seq: int = -1
     ended: tuple[str, ...] = ()
+    ahead: tuple[str, int] | None = None
 
     def observe_state(self, session: str, state: State, *, retained: bool = False
                       ) -> tuple[Verdict, NodeTruth]:
@@ -440,37 +457,59 @@ class NodeTruth:
                 return Verdict.DUPLICATE, self
             if self.state == "lost" and state == "ready" and retained:
                 return Verdict.STALE, self
-            return Verdict.ACCEPT, NodeTruth(session, state, self.seq,
-                                             _bounded(self.ended, session, state))
-        return Verdict.ACCEPT, NodeTruth(session, state, -1,
-                                         _bounded(self._superseded(), session, state))
+            return Verdict.ACCEPT, replace(self, state=state,
+                                           ended=_bounded(self.ended, session, state))
+        ahead: tuple[str, int] | None = self.ahead
+        seq = -1
+        if ahead is not None and ahead[0] == session:
+            seq, ahead = ahead[1], None
+        return Verdict.ACCEPT, NodeTruth(session, state, seq,
+                                         _bounded(self._superseded(), session, state), ahead)
 
     def observe_status(self, session: str, seq: int, *, in_order: bool = True
                        ) -> tuple[Verdict, NodeTruth]:
         """``in_order``: statuses and states arrive in one ordered stream, as one MQTT
-        subscription gets them; the bridge receives them on two sessions, where a status can
-        lag behind the will that followed it.
+        subscription gets them.
 
         A newer status of the current session counts even after it stopped or was lost (the
         last ones may come after the state); in order, after ``lost``, it says the node is
         back."""
-        if session == self.session:
-            if seq == self.seq:
-                return Verdict.DUPLICATE, self
-            if seq < self.seq:
-                return Verdict.STALE, self
-            back = in_order and self.state == "lost"
-            state: State | None = "ready" if back else self.state
-            return Verdict.ACCEPT, NodeTruth(session, state, seq, self.ended)
-        if session in self.ended:
+        if session in self.ended and session != self.session:
             return Verdict.STALE, self
+        if self.ahead is not None and session == self.ahead[0]:
+            return _newer(seq, self.ahead[1], self, replace(self, ahead=(session, seq)))
+        if session == self.session:
+            if self.ahead is not None:
+                return Verdict.STALE, self  # a later session's status came first
+            back = in_order and self.state == "lost"
+            return _newer(seq, self.seq, self,
+                          replace(self, state="ready" if back else self.state, seq=seq))
+        if not in_order:
+            return Verdict.ACCEPT, replace(self, ahead=(session, seq))
         # A node publishes ``ready`` before its first status; that one may still be on its way.
         return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded())
+
+    def state_of(self, session: str) -> State | None:
+        """The state of ``session`` as far as is known (a session ahead is ``ready``)."""
+        if session == self.session:
+            return self.state
+        if self.ahead is not None and session == self.ahead[0]:
+            return "ready"
+        return None
 
     def _superseded(self) -> tuple[str, ...]:
         if self.session is None or self.session in self.ended:
             return self.ended
         return (*self.ended, self.session)[-MAX_ENDED_SESSIONS:]
+
+
+def _newer(seq: int, held: int, current: NodeTruth, accepted: NodeTruth
+           ) -> tuple[Verdict, NodeTruth]:
+    if seq == held:
+        return Verdict.DUPLICATE, current
+    if seq < held:
+        return Verdict.STALE, current
+    return Verdict.ACCEPT, accepted
 
 
 def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, ...]:

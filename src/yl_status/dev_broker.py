@@ -43,8 +43,11 @@ def password_line(username: str, password: str, iterations: int = 101) -> str:
 
 
 def render_config(template: str, *, port: int, workdir: Path,
-                  message_size_limit: int | None = None) -> str:
-    """Point the project's broker config at ``workdir`` and ``port``; keep everything else."""
+                  message_size_limit: int | None = None,
+                  settings: Mapping[str, str] | None = None) -> str:
+    """Point the project's broker config at ``workdir`` and ``port``; keep everything else
+    but ``settings`` (e.g. a broker left at mosquitto's defaults)."""
+    settings = dict(settings or {})
     out = []
     replaced: set[str] = set()
     for original in template.splitlines():
@@ -63,11 +66,14 @@ def render_config(template: str, *, port: int, workdir: Path,
             line = f"log_dest file {workdir / 'mosquitto.log'}"
         elif key == "message_size_limit" and message_size_limit is not None:
             line = f"message_size_limit {message_size_limit}"
+        elif key in settings:
+            line = f"{key} {settings.pop(key)}"
         replaced.add(key)
         out.append(line)
     missing = {"listener", "password_file", "acl_file", "persistence_location"} - replaced
     if missing:
         raise BrokerError(f"broker config lacks {', '.join(sorted(missing))}")
+    out.extend(f"{key} {value}" for key, value in settings.items())
     out.append(f"user {getpass.getuser()}")
     out.append(f"pid_file {workdir / 'mosquitto.pid'}")
     return "\n".join(out) + "\n"
@@ -92,7 +98,8 @@ class DevBroker:
 
     def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None,
                  port: int | None = None, message_size_limit: int | None = None,
-                 extra_acl: str = "", tls_certs: Path | None = None) -> None:
+                 extra_acl: str = "", tls_certs: Path | None = None,
+                 settings: Mapping[str, str] | None = None) -> None:
         """``tls_certs``: a folder with ``ca.crt``, ``broker.crt`` and ``broker.key``; adds the
         project's TLS listener (``mosquitto/tls.conf``) on another free port."""
         self.workdir = Path(workdir)
@@ -105,7 +112,7 @@ class DevBroker:
         template = (BROKER_CONFIG_DIR / "mosquitto.conf").read_text()
         self.config_path = self.workdir / "mosquitto.conf"
         rendered = render_config(template, port=self.port, workdir=self.workdir,
-                                 message_size_limit=message_size_limit)
+                                 message_size_limit=message_size_limit, settings=settings)
         self.tls_port: int | None = None
         if tls_certs is not None:
             self.tls_port = free_port()

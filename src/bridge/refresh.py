@@ -1,0 +1,106 @@
+"""Every retained message once more after a (re)connect, past a full broker queue.
+
+While the bridge is away, the broker queues what its persistent sessions miss, up to its
+``max_queued_messages`` (mosquitto's default is 1000), and drops the rest, newest first. The
+retained copies a QoS 1 subscription brings on reconnecting are queued behind that backlog
+and dropped as well; with more nodes than the queue holds, some are dropped even from an
+empty queue. Copies sent at QoS 0 are not queued: they go out at once. So each session, on
+every connect, subscribes to its topics once more at QoS 0 next to its QoS 1 subscription
+(which asks for no retained copies of its own), and ends that extra subscription when the
+SUBACK of a later one says every copy has been sent.
+
+The round starts once the session has caught up with what the broker kept for it (nothing
+received for ``IDLE`` seconds, or ``LATEST`` seconds after the connect): retained copies
+sent earlier would overtake the queued messages they follow, and a state's transitions
+must arrive in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger(__name__)
+
+IDLE = 0.5
+"""A session that has received nothing for this long has caught up with its backlog."""
+LATEST = 10.0
+"""The round starts at the latest this long after the connect."""
+
+
+def subscribe_without_retained(client: mqtt.Client, topic: str, qos: int) -> None:
+    """The session's own subscription: live and queued messages only (retain handling 2)."""
+    client.subscribe(topic, options=SubscribeOptions(qos=qos, retainHandling=2))
+
+
+class RetainedRefresh:
+    """The QoS 0 round of one session after each connect; call ``connected``, ``received``,
+    ``subscribed`` and ``down`` from its link's callbacks."""
+
+    def __init__(self, topic: str, sentinel: str, *, name: str) -> None:
+        self.topic = topic
+        self.sentinel = sentinel
+        self.rounds = 0
+        """Rounds completed (every retained copy received)."""
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+        self._sentinel_mid: int | None = None
+        self._due = False
+        self._connected_at = 0.0
+        self._last_message = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
+
+    def start(self) -> RetainedRefresh:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(1.0)
+
+    def connected(self, client: mqtt.Client) -> None:
+        with self._lock:
+            self._client = client
+            self._connected_at = self._last_message = time.monotonic()
+            self._due = True
+
+    def received(self) -> None:
+        self._last_message = time.monotonic()
+
+    def subscribed(self, client: mqtt.Client, mid: int) -> None:
+        with self._lock:
+            if mid != self._sentinel_mid or client is not self._client:
+                return
+            self._sentinel_mid = None
+            self.rounds += 1
+        client.unsubscribe([self.topic, self.sentinel])
+        log.debug("retained copies of %s read again (round %d)", self.topic, self.rounds)
+
+    def down(self) -> None:
+        with self._lock:
+            self._client = None
+            self._sentinel_mid = None
+            self._due = False
+
+    def _begin(self, client: mqtt.Client) -> None:
+        """Start a round (the caller holds the lock)."""
+        client.subscribe(self.topic, qos=0)
+        self._sentinel_mid = client.subscribe(self.sentinel, qos=0)[1]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                client = self._client
+                due = self._due and client is not None and \
+                    self._sentinel_mid is None and \
+                    (now - self._last_message >= IDLE or now - self._connected_at >= LATEST)
+                if due and client is not None:
+                    self._due = False
+                    self._begin(client)
