@@ -20,6 +20,7 @@ from tests.support import (
     TEST_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
+    restart_receive_times,
 )
 from yl_status.dev_broker import DevBroker
 
@@ -39,6 +40,11 @@ def _extra_children(before: set[int]) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+@pytest.fixture(autouse=True)
+def receive_times() -> None:
+    restart_receive_times()
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,21 @@ TEST_ACL = (f"user {RECORDER_USER}\ntopic read yl/ar/#\ntopic write yl/ar/nodes/
 NODE_USERS = [f"node-{i}" for i in range(1, 21)]
 
 
+_received = [0.0]
+
+
+def received() -> float:
+    """Receive times for recorded messages, one second apart from ten seconds ago on (the
+    ``receive_times`` fixture starts each test there), so each will is a real one rather
+    than one withdrawn within ``LOST_HOLD``."""
+    _received[0] += 1.0
+    return _received[0]
+
+
+def restart_receive_times() -> None:
+    _received[0] = time.time() - 10.0
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition",
                interval: float = 0.01) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""

@@ -388,3 +388,30 @@ def test_a_hung_status_receiver_is_reported_and_replaced(
     finally:
         publisher.stop()
         bridge.stop()
+
+
+def test_a_takeover_never_shows_the_node_offline(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess) -> None:
+    """A second process with the same node id replaces the first: the first one's will must
+    not show the node offline, at the monitor or in the status app."""
+    first = node_process(tmp_path, broker, "node-5", "--toggle-every", "0.2")
+    second = None
+    try:
+        wait_until(lambda: double.is_online("node-5"), timeout=15, what="first online")
+        before = len(double.history("node-5"))
+        config = write_config(tmp_path / "node-5-second.yaml", config_dict(broker, "node-5"))
+        second = start_process(["node", "-c", str(config)], log_path=tmp_path / "second.log")
+        assert first.wait(timeout=15) == 3  # type: ignore[attr-defined]
+        session = wait_until(lambda: (retained(broker.host, broker.port,
+                                               "yl/ar/nodes/node-5/state") or {})
+                             .get("session"), timeout=5, what="second's state")
+        wait_until(bridge.drained, timeout=5, what="everything delivered")
+        after = [(h.reason, h.status) for h in double.history("node-5")[before:]]
+        assert ("lost", "offline") not in after, after
+        assert double.is_online("node-5")
+        assert retained(broker.host, broker.port, "yl/ar/nodes/node-5/state")["session"] \
+            == session
+    finally:
+        stop_process(first)  # type: ignore[arg-type]
+        if second is not None:
+            stop_process(second)

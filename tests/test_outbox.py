@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from publisher.protocol import (
     StatusMessage,
     encode,
 )
+from tests.support import received
 
 A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"
@@ -25,7 +25,7 @@ def state(word: str, session: str = A) -> tuple[str, StateMessage, bytes, float,
     message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
                            since="2026-01-01T00:00:00.000Z", node_name="GUI", version="1",
                            interval_s=30.0)
-    return ("n1", message, encode(message), time.time(), False)
+    return ("n1", message, encode(message), received(), False)
 
 
 def status(seq: int, session: str = A, node: str = "n1"
@@ -34,7 +34,7 @@ def status(seq: int, session: str = A, node: str = "n1"
         node_id=node, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z", status="running",
         version="1", uptime=1.0, resources=Resources(1.0, 1.0, 1), gui={"seq": seq},
         reporter=ReporterCounters(0, 0, None), session=session, seq=seq, interval_s=30.0)
-    return (node, message, encode(message), time.time(), False)
+    return (node, message, encode(message), received(), False)
 
 
 def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:

@@ -253,6 +253,18 @@ def test_liveness_is_ready_and_a_fresh_status(state: protocol.State | None, age:
     assert (verdict.up, verdict.reason) == (up, reason)
 
 
+@pytest.mark.parametrize(("state", "state_age", "up", "reason"), [
+    ("lost", 0.0, True, "ready"),
+    ("lost", protocol.LOST_HOLD - 0.01, True, "ready"),
+    ("lost", protocol.LOST_HOLD, False, "lost"),
+    ("disconnected", 0.0, False, "disconnected"),
+])
+def test_a_lost_counts_once_it_is_older_than_the_hold(state: protocol.State, state_age: float,
+                                                      up: bool, reason: str) -> None:
+    verdict = protocol.liveness(state, 1.0, 10.0, state_age)
+    assert (verdict.up, verdict.reason) == (up, reason)
+
+
 def test_session_ids_are_unique_and_valid() -> None:
     ids = {protocol.new_session_id() for _ in range(1000)}
     assert len(ids) == 1000

@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from publisher.config import parse_config
 from publisher.protocol import (
+    LOST_HOLD,
     ReporterCounters,
     Resources,
     StateMessage,
@@ -87,10 +88,11 @@ def test_health_is_healthy_while_ready_and_fresh(client: FlaskClient, view: Node
 
 @pytest.mark.parametrize("word", ["lost", "disconnected"])
 def test_health_is_503_with_the_state_as_reason(client: FlaskClient, view: NodeView,
-                                                word: str) -> None:
+                                                clock: Clock, word: str) -> None:
     feed(view, "gui-1", "status", status(1))
     feed(view, "gui-1", "state", state("ready"))
     feed(view, "gui-1", "state", state(word))
+    clock.now += LOST_HOLD
     response = client.get("/health")
     assert response.status_code == 503
     assert response.get_json()["status"] == "unhealthy"
@@ -289,3 +291,29 @@ def test_empty_retained_payload_clears(view: NodeView) -> None:
     assert feed(view, "gui-1", "state", b"")
     assert view.node_ids() == []
     assert json.loads(state("ready"))["state"] == "ready"
+
+
+def test_a_will_followed_at_once_by_the_node_or_its_replacement_never_shows(
+        client: FlaskClient, view: NodeView, clock: Clock) -> None:
+    feed(view, "gui-1", "state", state("ready", session=OLDER))
+    feed(view, "gui-1", "status", status(1, session=OLDER))
+    feed(view, "gui-1", "state", state("lost", session=OLDER))
+    clock.now += LOST_HOLD / 2
+    assert client.get("/health").status_code == 200
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    clock.now += LOST_HOLD
+    assert client.get("/health").status_code == 200
+    feed(view, "gui-1", "state", state("lost"))
+    clock.now += LOST_HOLD / 2
+    assert client.get("/health").status_code == 200
+    clock.now += LOST_HOLD / 2
+    answer = client.get("/health")
+    assert answer.status_code == 503
+    assert answer.get_json()["reason"] == "lost"
+
+
+def test_a_retained_will_counts_at_once(client: FlaskClient, view: NodeView) -> None:
+    view.ingest("yl/ar/nodes/gui-1/status", status(1), retained=True)
+    view.ingest("yl/ar/nodes/gui-1/state", state("lost"), retained=True)
+    assert client.get("/health").status_code == 503

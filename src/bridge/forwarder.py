@@ -12,6 +12,7 @@ a time goes out until it answers again.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import random
 import selectors
@@ -82,6 +83,8 @@ class Forwarder:
         self._busy: set[str] = set()
         self._dirty: set[str] = set()
         self._inbox: deque[Iterable[str]] = deque()
+        self._deferred: list[tuple[float, str]] = []
+        """(when, node): nodes whose next item waits (a ``lost`` within its hold)."""
         self._woken = False
         self._stopping = False
         self._slots = [_Slot() for _ in range(config.bridge.http_concurrency)]
@@ -153,7 +156,13 @@ class Forwarder:
             self._wake_r.close()
             self._wake_w.close()
 
+    def _defer(self, node: str, delay: float) -> None:
+        heapq.heappush(self._deferred, (time.monotonic() + delay, node))
+
     def _take_notifications(self) -> None:
+        now = time.monotonic()
+        while self._deferred and self._deferred[0][0] <= now:
+            self._inbox.append((heapq.heappop(self._deferred)[1],))
         while self._inbox:
             for node in self._inbox.popleft():
                 if node in self._busy:
@@ -185,6 +194,8 @@ class Forwarder:
         due = [slot.deadline for slot in self._slots if slot.exchange is not None]
         if self._ready and not self._stopping and self._paused_until > now:
             due.append(self._paused_until)
+        if self._deferred:
+            due.append(self._deferred[0][0])
         return max(min([*due, now + TICK]) - now, 0.0)
 
     def _advance(self, slot: _Slot, answer: Answer | None) -> None:
@@ -318,6 +329,11 @@ class Forwarder:
         item = self.outbox.next_item(node)
         if item is None:
             return False
+        if item.state == "lost":
+            hold = protocol.LOST_HOLD - (time.time() - item.received)
+            if hold > 0:  # withdrawn if the node is back meanwhile
+                self._defer(node, hold)
+                return False
         mark = self.outbox.mark(node)
         # A transition registers first, every time: a monitor that lost its table (restarted
         # without it) would otherwise swallow it as an auto-registration.

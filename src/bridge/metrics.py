@@ -31,6 +31,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dropped": ("Messages dropped to keep the outbox bounded", ("reason",)),
     "retries": ("Deliveries to try again later (monitor unreachable or failing)", ()),
     "registered": ("Nodes registered at the monitor", ()),
+    "withdrawn": ("Wills withdrawn: the node, or the process replacing it, was back within "
+                  "the hold", ()),
     "outbox_errors": ("Outbox writes that failed (nothing was acknowledged)", ()),
     "clock_skew_reports": ("Nodes found with a clock far from the bridge's (logged once each)",
                            ()),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bridge.incoming import StatusHead
 from publisher.errors import YLStatusError
-from publisher.protocol import NodeTruth, StateMessage, StatusMessage, Verdict
+from publisher.protocol import LOST_HOLD, NodeTruth, StateMessage, StatusMessage, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class NodeMark:
     node_name: str = ""
     registered: bool = False
     interval_s: float | None = None
+    lost: tuple[int, float] | None = None
+    """The node's newest transition if it is a ``lost``: (id, wall-clock receive time)."""
     pending_status: bool = False
     pending: Item | None = None
     transitions: set[int] = field(default_factory=set)
@@ -129,6 +131,7 @@ class IngestResult:
     duplicates: int = 0
     dropped: int = 0
     too_many_nodes: int = 0
+    withdrawn: int = 0
 
 
 Incoming = tuple[str, "StateMessage | StatusMessage | StatusHead", bytes, float, bool]
@@ -325,6 +328,13 @@ class Outbox:
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
+        withdrawn: list[int] = []
+        if mark.lost is not None and message.state == "ready" and \
+                received - mark.lost[1] < LOST_HOLD:
+            # The node, or the process that replaced it, is back: the will was a moment's.
+            withdrawn.append(mark.lost[0])
+            db.execute("DELETE FROM transitions WHERE id = ?", (mark.lost[0],))
+            result.withdrawn += 1
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
         added = db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
                            "received) VALUES (?, ?, ?, ?, ?)",
@@ -346,8 +356,9 @@ class Outbox:
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
+        mark.lost = (added, received) if message.state == "lost" else None
         self._save_node(db, node_id, mark, None)
-        committed.append((mark, None, added, dropped))
+        committed.append((mark, None, added, [*dropped, *withdrawn]))
         result.accepted += 1
         return True
 
@@ -515,7 +526,7 @@ class Outbox:
             if found is None:
                 return None
             return NodeMark(found.truth, found.node_name, found.registered, found.interval_s,
-                            found.pending_status)
+                            pending_status=found.pending_status)
 
     def nodes_with_work(self) -> list[str]:
         with self._marks_lock:

@@ -71,6 +71,8 @@ class Incoming(NamedTuple):
     checked: incoming.Checked | None = None
     """Filled in by the status receiver; the writer checks the others."""
     retained: bool = False
+    expiry_left: int | None = None
+    """The MQTT 5 message expiry the broker says remains (how long a state waited)."""
 
 
 class _LinkAcknowledger:
@@ -262,9 +264,10 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self.refresh.received()
-        self._incoming.put(Incoming(self._link_acks, client, message.mid, message.qos,
-                                    message.topic, bytes(message.payload), time.time(),
-                                    retained=bool(message.retain)))
+        self._incoming.put(Incoming(
+            self._link_acks, client, message.mid, message.qos, message.topic,
+            bytes(message.payload), time.time(), retained=bool(message.retain),
+            expiry_left=getattr(message.properties, "MessageExpiryInterval", None)))
 
     def _on_statuses(self, batch: list[Received]) -> None:
         receiver = self.statuses
@@ -351,8 +354,10 @@ class Bridge:
                 self.metrics.inc("rejected", reason=checked.reason)
                 self._reject_log(checked.reason, m.topic, checked.detail)
             elif checked.message is not None and checked.node_id is not None:
-                decoded.append((checked.node_id, checked.message, m.payload, m.received,
-                                m.retained))
+                # A state counts from when the broker got it (it may have waited there).
+                at = m.received - protocol.waited(m.expiry_left, protocol.STATE_EXPIRY) \
+                    if checked.kind == "state" else m.received
+                decoded.append((checked.node_id, checked.message, m.payload, at, m.retained))
                 if isinstance(checked.message, StatusHead):
                     self._note_clock(checked.node_id, m.received - checked.message.timestamp)
         for kind, count in received.items():
@@ -361,6 +366,7 @@ class Bridge:
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")
         self.metrics.inc("duplicates", result.duplicates)
+        self.metrics.inc("withdrawn", result.withdrawn)
         self.metrics.inc("dropped", result.dropped, reason="transition_cap")
         self.metrics.inc("dropped", result.too_many_nodes, reason="too_many_nodes")
         if result.too_many_nodes:

@@ -40,6 +40,8 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+    expiry: int | None = None
+    """MQTT 5 message expiry of the will, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,11 @@ class Link:
                 context.load_cert_chain(o.tls.cert_file, o.tls.key_file)
             client.tls_set_context(context)
         if o.will is not None:
-            client.will_set(o.will.topic, o.will.payload, o.will.qos, o.will.retain)
+            props = None
+            if o.will.expiry is not None:
+                props = new_properties(PacketTypes.WILLMESSAGE)
+                props.MessageExpiryInterval = o.will.expiry
+            client.will_set(o.will.topic, o.will.payload, o.will.qos, o.will.retain, props)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message

@@ -32,6 +32,22 @@ HEARTBEAT_FIELDS: Final = ("node_id", "node_name", "timestamp", "status", "versi
 """The heartbeat snapshot YL-monitor knows; a ``status`` adds ordering fields to it."""
 EXPIRY_FACTOR: Final = 3
 """A retained status expires after this many report intervals (MQTT 5 message expiry)."""
+STATE_EXPIRY: Final = 10 * 365 * 86400
+"""The message expiry of every ``state`` (will included): never reached, but a broker
+counts it down while the message waits, so a consumer can tell how long it waited."""
+
+
+def status_expiry(interval_s: float) -> int:
+    """The MQTT 5 message expiry of a ``status`` (whole seconds, at least 1)."""
+    return max(1, round(EXPIRY_FACTOR * interval_s))
+
+
+def waited(remaining: int | None, expiry: float) -> float:
+    """Seconds a message waited at the broker (queued or retained), from the MQTT 5 message
+    expiry it was published with and what the broker says remains; 0 if unknown."""
+    if remaining is None or not 0 <= remaining <= expiry:
+        return 0.0
+    return float(expiry - remaining)
 
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _FLAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -411,6 +427,11 @@ MAX_ENDED_SESSIONS: Final = 32
 """Ended or superseded sessions remembered per node: a broker restored from an older save
 can bring back the retained state of any of them."""
 TERMINAL_STATES: Final = frozenset({"disconnected", "lost"})
+LOST_HOLD: Final = 0.75
+"""Seconds a ``lost`` waits before it counts. When a second process takes a node id over,
+the broker publishes the first one's will just before the newcomer's ``ready``, and a process
+kicked by a rival is back within half a second; a will followed within this time by the node
+(or its replacement) is withdrawn instead of showing the node offline for a moment."""
 
 
 class Verdict(Enum):
@@ -528,17 +549,20 @@ class Liveness:
     detail: str = ""
 
 
-def liveness(state: State | None, status_age: float | None, interval_s: float | None
-             ) -> Liveness:
+def liveness(state: State | None, status_age: float | None, interval_s: float | None,
+             state_age: float | None = None) -> Liveness:
     """The one rule of "up": the current session is ``ready`` and its newest word is younger
     than ``EXPIRY_FACTOR`` report intervals. ``status_age`` is in seconds (None: nothing heard
-    from the session); without ``interval_s`` no age is too old."""
+    from the session); without ``interval_s`` no age is too old. A ``lost`` younger than
+    ``LOST_HOLD`` (``state_age``) does not count yet."""
+    if state == "lost" and state_age is not None and state_age < LOST_HOLD:
+        state = "ready"
     if state in TERMINAL_STATES:
         return Liveness(False, str(state))
     if status_age is None:
         return Liveness(False, "stale", "no status received")
-    if interval_s is not None and status_age > EXPIRY_FACTOR * interval_s:
-        limit = EXPIRY_FACTOR * interval_s
+    limit = None if interval_s is None else EXPIRY_FACTOR * interval_s
+    if limit is not None and status_age > limit:
         return Liveness(False, "stale", f"last status {status_age:.1f} s ago (limit {limit:g} s)")
     if state is None:
         return Liveness(False, "unknown", "no state received")

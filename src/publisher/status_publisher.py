@@ -101,7 +101,8 @@ class StatusPublisher:
         self._early_acks: dict[int, int] = {}
 
         self._resources: ResourceSampler | None = None
-        will = Will(self._topics.state(self.node_id), encode(self._state_message("lost")))
+        will = Will(self._topics.state(self.node_id), encode(self._state_message("lost")),
+                    expiry=protocol.STATE_EXPIRY)
         self._link = Link(
             options_from_config(config.mqtt, self.node_id,
                                 username=username or config.mqtt.username or self.node_id,
@@ -254,8 +255,7 @@ class StatusPublisher:
             try:
                 if self._need_birth:
                     self._need_birth = False
-                    self._publish(client, self._topics.state(self.node_id),
-                                  encode(self._state_message("ready")))
+                    self._publish_state(client, "ready")
                 elif not (self._pending and now - last_status >= self._min_gap) and \
                         now < next_periodic:
                     continue
@@ -269,7 +269,7 @@ class StatusPublisher:
     def _publish_status(self, client: mqtt.Client) -> None:
         message = self._status_message()
         props = new_properties(PacketTypes.PUBLISH)
-        props.MessageExpiryInterval = max(1, round(protocol.EXPIRY_FACTOR * self.interval))
+        props.MessageExpiryInterval = protocol.status_expiry(self.interval)
         info = self._publish(client, self._topics.status(self.node_id), encode(message), props)
         if info is None:
             return
@@ -292,9 +292,15 @@ class StatusPublisher:
             return None
         return info
 
-    def _publish_disconnected(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo | None:
+    def _publish_state(self, client: mqtt.Client, state: protocol.State
+                       ) -> mqtt.MQTTMessageInfo | None:
+        props = new_properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = protocol.STATE_EXPIRY
         return self._publish(client, self._topics.state(self.node_id),
-                             encode(self._state_message("disconnected")))
+                             encode(self._state_message(state)), props)
+
+    def _publish_disconnected(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo | None:
+        return self._publish_state(client, "disconnected")
 
     def _record_ack(self, reason: int) -> str | None:
         """Count a PUBACK (caller holds the stats lock); returns an error to report."""

@@ -31,6 +31,9 @@ class NodeRecord:
     node_id: str
     truth: NodeTruth = field(default_factory=NodeTruth)
     state: StateMessage | None = None
+    state_at: float = 0.0
+    """When the state last changed here (the view's clock); a retained ``lost`` counts as
+    older than the hold."""
     status: StatusMessage | None = None
     status_raw: bytes = b""
     status_at: float = 0.0
@@ -60,11 +63,11 @@ class NodeView:
         self.broker_connected = connected
         self.broker_reason = reason
 
-    def ingest(self, topic: str, payload: bytes, *, age: float = 0.0,
-               retained: bool = False) -> bool:
-        """Take one message; returns whether it changed the view. ``age`` is how old the
-        message already was on arrival (a retained status's elapsed expiry); ``retained``
-        says it is a retained copy rather than a live message."""
+    def ingest(self, topic: str, payload: bytes, *, retained: bool = False,
+               expiry_left: int | None = None) -> bool:
+        """Take one message; returns whether it changed the view. ``retained`` says it is a
+        retained copy rather than a live message; ``expiry_left`` is the MQTT 5 message
+        expiry the broker says remains, which tells how long it waited there."""
         try:
             node_id, kind = self.topics.parse(topic)
             if kind == "rebirth":
@@ -72,9 +75,11 @@ class NodeView:
             if not payload:
                 return self._clear(node_id, kind)
             if kind == "state":
-                return self._take_state(node_id, protocol.decode_state(payload), retained)
-            return self._take_status(node_id, protocol.decode_status(payload, node_id=node_id),
-                                     payload, age)
+                return self._take_state(node_id, protocol.decode_state(payload), retained,
+                                        protocol.waited(expiry_left, protocol.STATE_EXPIRY))
+            status = protocol.decode_status(payload, node_id=node_id)
+            return self._take_status(node_id, status, payload, protocol.waited(
+                expiry_left, protocol.status_expiry(status.interval_s)))
         except ProtocolError as exc:
             with self._lock:
                 self._rejected[exc.reason] += 1
@@ -90,7 +95,8 @@ class NodeView:
             record = self._nodes[node_id] = NodeRecord(node_id)
         return record
 
-    def _take_state(self, node_id: str, state: StateMessage, retained: bool) -> bool:
+    def _take_state(self, node_id: str, state: StateMessage, retained: bool, age: float
+                    ) -> bool:
         with self._lock:
             record = self._record(node_id)
             if record is None:
@@ -103,6 +109,8 @@ class NodeView:
             if record.status is not None and record.status.session != state.session:
                 record.status, record.status_raw = None, b""
             record.state = state
+            # A retained copy of unknown age is taken as older than the hold.
+            record.state_at = self.clock() - (age or (protocol.LOST_HOLD if retained else 0.0))
             self._accepted += 1
             return True
 
@@ -120,6 +128,7 @@ class NodeView:
             elif record.state is not None and record.truth.state is not None and \
                     record.truth.state != record.state.state:
                 record.state = replace(record.state, state=record.truth.state)
+                record.state_at = self.clock()
             record.status = status
             record.status_raw = raw
             record.status_at = self.clock() - age
@@ -151,14 +160,15 @@ class NodeView:
             return self._liveness(record)
 
     def _liveness(self, record: NodeRecord) -> Liveness:
-        status = record.status
+        status, now = record.status, self.clock()
         verdict = protocol.liveness(
             record.state.state if record.state else None,
-            self.clock() - record.status_at if status else None,
-            status.interval_s if status else None)
+            now - record.status_at if status else None,
+            status.interval_s if status else None,
+            now - record.state_at)
         if record.state is not None and verdict.reason in protocol.TERMINAL_STATES:
-            return Liveness(False, verdict.reason,
-                            f"node {verdict.reason} since {record.state.since}")
+            seen = protocol.iso_from_epoch(self.wall_clock() - (now - record.state_at))
+            return Liveness(False, verdict.reason, f"node {verdict.reason} since {seen}")
         return verdict
 
     def status_payload(self, node_id: str) -> bytes | None:

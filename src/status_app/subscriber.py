@@ -9,22 +9,10 @@ import paho.mqtt.client as mqtt
 
 from publisher import protocol
 from publisher.config import Config
-from publisher.errors import ProtocolError
 from publisher.link import Link, LinkDown, options_from_config
 from status_app.node_view import NodeView
 
 log = logging.getLogger(__name__)
-
-
-def retained_age(message: mqtt.MQTTMessage, interval_hint: float | None = None) -> float:
-    """How long a retained status had already waited at the broker, from MQTT 5 expiry."""
-    if not message.retain:
-        return 0.0
-    remaining = getattr(message.properties, "MessageExpiryInterval", None)
-    if remaining is None or interval_hint is None:
-        return 0.0
-    total = max(1, round(protocol.EXPIRY_FACTOR * interval_hint))
-    return float(max(total - remaining, 0))
 
 
 class ViewSubscriber:
@@ -59,16 +47,8 @@ class ViewSubscriber:
         self.view.set_broker(True, "connected")
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        payload = bytes(message.payload)
-        age = 0.0
-        if message.retain and message.topic.endswith("/status") and payload:
-            try:
-                interval = protocol.load_json(payload).get("interval_s")
-            except ProtocolError:
-                interval = None
-            if isinstance(interval, (int, float)) and not isinstance(interval, bool):
-                age = retained_age(message, float(interval))
-        self.view.ingest(message.topic, payload, age=age, retained=bool(message.retain))
+        self.view.ingest(message.topic, bytes(message.payload), retained=bool(message.retain),
+                         expiry_left=getattr(message.properties, "MessageExpiryInterval", None))
 
     def _on_down(self, event: LinkDown) -> None:
         self.view.set_broker(False, event.reason)
