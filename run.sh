@@ -17,6 +17,7 @@ setup() {
   if [ "${1:-}" = browser ]; then
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+    command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)   # clock-skew tests
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} with apt-get" >&2

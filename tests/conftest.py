@@ -20,9 +20,15 @@ from tests.support import (
     TEST_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
+    http_get,
     restart_receive_times,
+    serve_config,
+    start_process,
+    stop_process,
+    wait_until,
+    write_config,
 )
-from yl_status.dev_broker import DevBroker
+from yl_status.dev_broker import DevBroker, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -106,3 +112,25 @@ def open_broker(tmp_path: Path) -> Iterator[DevBroker]:
     users = broker_users()
     users["intruder"] = "intruder-secret"
     yield from running_broker(tmp_path / "open-broker", users, INTRUDER_ACL)
+
+
+@pytest.fixture
+def served(tmp_path: Path, broker: DevBroker) -> Iterator[str]:
+    """``yl-status serve`` as a real process for node-1 on a free port; its base URL."""
+    port = free_port()
+    config = write_config(tmp_path / "serve.yaml", serve_config(broker, port))
+    process = start_process(["serve", "-c", str(config)], log_path=tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(base), timeout=15, what="status app listening")
+        yield base
+    finally:
+        assert stop_process(process) == 0
+
+
+def _answers(base: str) -> bool:
+    try:
+        http_get(base + "/nodes", timeout=1)
+    except OSError:
+        return False
+    return True

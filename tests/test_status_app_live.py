@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,27 +19,6 @@ from tests.support import (
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def served(tmp_path: Path, broker: DevBroker) -> Iterator[str]:
-    port = free_port()
-    config = write_config(tmp_path / "serve.yaml", serve_config(broker, port))
-    process = start_process(["serve", "-c", str(config)], log_path=tmp_path / "serve.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(base), timeout=15, what="status app listening")
-        yield base
-    finally:
-        assert stop_process(process) == 0
-
-
-def _answers(base: str) -> bool:
-    try:
-        http_get(base + "/nodes", timeout=1)
-    except OSError:
-        return False
-    return True
 
 
 def start_node(tmp_path: Path, broker: DevBroker, name: str = "node") -> object:

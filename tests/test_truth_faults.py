@@ -1,0 +1,141 @@
+"""What the monitor and /health say under faults of the world around the node: a broker
+restored from an older save, and nodes whose clocks are years off. Real mosquitto, real
+bridge, status app and node processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.bridge_support import BridgeProcess
+from tests.conftest import broker_users, running_broker
+from tests.monitor_double import MonitorDouble
+from tests.support import (
+    config_dict,
+    http_get,
+    retained,
+    start_process,
+    stop_process,
+    wait_until,
+    write_config,
+)
+from yl_status.dev_broker import DevBroker
+
+pytestmark = pytest.mark.integration
+
+STATE = "yl/ar/nodes/node-1/state"
+YEARS_4 = "1460d"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[DevBroker]:
+    """The project's broker, saving its database only when told to (SIGUSR1), so that a
+    kill -9 restores exactly the save the test chose."""
+    yield from running_broker(tmp_path / "broker", broker_users(),
+                              settings={"autosave_interval": "3600"})
+
+
+@pytest.fixture
+def double() -> Iterator[MonitorDouble]:
+    d = MonitorDouble().start()
+    yield d
+    d.down()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator[BridgeProcess]:
+    b = BridgeProcess(tmp_path, broker, double).start()
+    yield b
+    assert b.stop() == 0
+
+
+def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None) -> object:
+    config = write_config(tmp_path / f"{name}.yaml", config_dict(broker, "node-1"))
+    args = ["node", "-c", str(config), "--toggle-every", "0.5"]
+    if clock is None:
+        return start_process(args, log_path=tmp_path / f"{name}.log")
+    library = next(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"), None)
+    if library is None:
+        pytest.fail("libfaketime is not installed (run.sh installs Debian's faketime)")
+    return start_process(args, log_path=tmp_path / f"{name}.log",
+                         env={"LD_PRELOAD": str(library), "FAKETIME": clock,
+                              "FAKETIME_DONT_RESET": "1"})
+
+
+def offline_everywhere(double: MonitorDouble, served: str) -> bool:
+    view = double.node_view("node-1") or {}
+    return view.get("status") == "offline" and http_get(served + "/health")[0] == 503
+
+
+def test_a_broker_restored_from_an_older_save_does_not_resurrect_a_stopped_node(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+        served: str) -> None:
+    gui = node(tmp_path, broker, "gui")
+    try:
+        wait_until(lambda: double.is_online("node-1") and
+                   http_get(served + "/health")[0] == 200, timeout=15, what="online")
+        database = broker.workdir / "mosquitto.db"
+        saved = database.stat().st_mtime_ns if database.exists() else 0
+        assert broker.process is not None
+        os.kill(broker.process.pid, signal.SIGUSR1)
+        wait_until(lambda: database.exists() and database.stat().st_mtime_ns != saved,
+                   what="the broker's save with the node ready")
+    finally:
+        assert stop_process(gui) == 0
+    wait_until(lambda: offline_everywhere(double, served), timeout=5, what="offline")
+    assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"
+    broker.kill()
+    broker.start()
+    assert retained(broker.host, broker.port, STATE)["state"] == "ready"  # the older save
+    wait_until(bridge.healthy, timeout=15, what="the bridge back on the broker")
+    wait_until(lambda: http_get(served + "/nodes")[1]["broker"]["connected"], timeout=15,
+               what="the status app back on the broker")
+    watched_until = time.monotonic() + 3.0
+    while time.monotonic() < watched_until:
+        assert offline_everywhere(double, served), (double.node_view("node-1"),
+                                                    http_get(served + "/health"))
+        time.sleep(0.1)
+    assert double.history("node-1")[-1].reason == "disconnected"
+
+
+def run_until_shown(tmp_path: Path, broker: DevBroker, double: MonitorDouble, served: str,
+                    name: str, clock: str | None = None) -> None:
+    """Run node-1 until the monitor and /health show it up, then stop it cleanly."""
+    process = node(tmp_path, broker, name, clock=clock)
+    try:
+        wait_until(lambda: double.is_online("node-1") and
+                   http_get(served + "/health")[0] == 200, timeout=15, what=f"{name} online")
+    finally:
+        assert stop_process(process) == 0
+    wait_until(lambda: offline_everywhere(double, served), timeout=5, what=f"{name} stopped")
+
+
+@pytest.mark.parametrize("skew", [f"+{YEARS_4}", f"-{YEARS_4}"])
+def test_a_node_clock_years_off_never_hides_the_node(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+        served: str, skew: str) -> None:
+    """Sessions are ordered by arrival, never by a node's clock: a run with a clock years
+    off, and the correct run after it, are each shown as they are; the skew is reported
+    once and the node's timestamps are forwarded as they are."""
+    run_until_shown(tmp_path, broker, double, served, "before")
+    skewed = node(tmp_path, broker, "skewed", clock=skew)
+    try:
+        wait_until(lambda: double.is_online("node-1") and
+                   http_get(served + "/health")[0] == 200, timeout=15, what="skewed online")
+        this_year = time.strftime("%Y", time.gmtime())
+        wait_until(lambda: any(h.body["timestamp"][:4] != this_year
+                               for h in double.history("node-1")),
+                   timeout=5, what="the node's own timestamp, forwarded as it is")
+        assert bridge.metric("yl_bridge_max_clock_skew_seconds") > 1000 * 86400
+    finally:
+        assert stop_process(skewed) == 0
+    wait_until(lambda: offline_everywhere(double, served), timeout=5, what="skewed stopped")
+    run_until_shown(tmp_path, broker, double, served, "after")
+    assert bridge.metric("yl_bridge_max_clock_skew_seconds") < 60
+    assert bridge.metric("yl_bridge_clock_skew_reports_total") == 1
+    assert bridge.log().count("its clock is") == 1
