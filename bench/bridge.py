@@ -40,7 +40,6 @@ from publisher import protocol  # noqa: E402
 from publisher.protocol import ReporterCounters, Resources, StatusMessage  # noqa: E402
 from yl_status.dev_broker import PROJECT_ROOT, DevBroker, free_port  # noqa: E402
 
-DOUBLE = PROJECT_ROOT / "tests" / "monitor_double.py"
 PASSWORD = "bench-secret"
 
 
@@ -71,7 +70,7 @@ class Rig:
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD},
             extra_acl="user bench-pub\ntopic write yl/ar/nodes/#\n").start()
         self.sink_port = free_port()
-        self.sink = subprocess.Popen([sys.executable, str(DOUBLE), "--port",
+        self.sink = subprocess.Popen([sys.executable, "-m", "yl_status.monitor_double", "--port",
                                       str(self.sink_port), "--delay", str(sink_delay),
                                       "--keep", "10000"],
                                      stdout=subprocess.DEVNULL)
@@ -391,7 +390,7 @@ def ingest(seconds: float) -> None:
 
 def latency(changes: int) -> None:
     sys.path.insert(0, str(PROJECT_ROOT))
-    from tests.monitor_double import MonitorDouble
+    from yl_status.monitor_double import MonitorDouble
 
     with tempfile.TemporaryDirectory() as name:
         rig = Rig(Path(name))

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.monitor_double import Heartbeat, MonitorDouble
 from tests.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
@@ -19,6 +18,7 @@ from tests.support import (
     write_config,
 )
 from yl_status.dev_broker import DevBroker, free_port
+from yl_status.monitor_double import Heartbeat, MonitorDouble
 
 
 class BridgeProcess:

@@ -13,7 +13,6 @@ import pytest
 
 from publisher import StatusPublisher
 from tests.bridge_support import BridgeProcess, last_gui, reasons
-from tests.monitor_double import MonitorDouble
 from tests.support import (
     Recorder,
     config_dict,
@@ -25,6 +24,7 @@ from tests.support import (
     write_config,
 )
 from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration
 

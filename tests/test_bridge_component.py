@@ -14,9 +14,9 @@ from bridge.service import Bridge
 from publisher import StatusPublisher
 from publisher.config import parse_config
 from tests.bridge_support import last_gui
-from tests.monitor_double import MonitorDouble
 from tests.support import BRIDGE_PASSWORD, BRIDGE_USER, config_dict, make_config, wait_until
 from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration
 

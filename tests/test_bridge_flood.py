@@ -9,7 +9,6 @@ import pytest
 
 from publisher.protocol import LOST_HOLD
 from tests.bridge_support import BridgeProcess, reasons
-from tests.monitor_double import MonitorDouble
 from tests.support import (
     NODE_PASSWORD,
     Recorder,
@@ -20,6 +19,7 @@ from tests.support import (
     write_config,
 )
 from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration
 

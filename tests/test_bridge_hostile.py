@@ -13,9 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from publisher import StatusPublisher
 from tests.bridge_support import BridgeProcess, last_gui, rejected_by_reason
-from tests.monitor_double import MonitorDouble
 from tests.support import make_config, retained, wait_until
 from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration
 

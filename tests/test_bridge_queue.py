@@ -11,9 +11,9 @@ import pytest
 from publisher import StatusPublisher
 from tests.bridge_support import BridgeProcess, last_gui
 from tests.conftest import broker_users, running_broker
-from tests.monitor_double import MonitorDouble
 from tests.support import NODE_PASSWORD, make_config, wait_until
 from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from bridge.metrics import Metrics
 from bridge.outbox import Outbox
 from publisher.config import Config, parse_config
 from publisher.protocol import encode
-from tests.monitor_double import MonitorDouble
 from tests.support import wait_until
 from tests.test_outbox import state, status
+from yl_status.monitor_double import MonitorDouble
 
 
 def config_for(url: str, tmp_path: Path, **monitor: object) -> Config:

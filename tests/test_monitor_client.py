@@ -9,7 +9,7 @@ import pytest
 
 from bridge.monitor_client import MonitorClient, Outcome, decode_json, encode_json
 from publisher.config import parse_config
-from tests.monitor_double import MonitorDouble
+from yl_status.monitor_double import MonitorDouble
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.monitor_double import MonitorDouble
+from yl_status.monitor_double import MonitorDouble
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.monitor_double import MonitorDouble
 from yl_status.cli import main
+from yl_status.monitor_double import MonitorDouble
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 
 from tests.bridge_support import BridgeProcess
 from tests.conftest import broker_users, running_broker
-from tests.monitor_double import MonitorDouble
 from tests.support import (
     config_dict,
     http_get,
@@ -25,6 +24,7 @@ from tests.support import (
     write_config,
 )
 from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration
 

@@ -92,8 +92,8 @@ def main() -> int:
         monitor_url = os.environ.get("YL_MONITOR_URL")
         if not monitor_url:
             port = free_port()
-            spawn([sys.executable, str(PROJECT_ROOT / "tests" / "monitor_double.py"),
-                   "--port", str(port)], "monitor")
+            spawn([sys.executable, "-m", "yl_status.monitor_double", "--port", str(port)],
+                  "monitor")
             monitor_url = f"http://127.0.0.1:{port}"
             wait_for("the monitor double", lambda: get_json(monitor_url + "/api/health")[0]
                      == 200, 10)

@@ -16,7 +16,7 @@
 It is a real HTTP/1.1 server on a socket. It can go down (connection refused) and come back
 on the same port, answer 500s or 429s on demand, and records every request.
 
-Run alone (for the demo): ``python tests/monitor_double.py --port 5500``.
+Run alone (the demo does): ``python -m yl_status.monitor_double --port 5500``.
 """
 
 from __future__ import annotations
@@ -268,9 +268,9 @@ class MonitorDouble:
                ) -> tuple[int, Any, dict[str, str]]:
         parts = urlsplit(target)
         if method == "POST" and parts.path == "/_double/fail":
-            code = parse_qs(parts.query).get("code", [""])[0]
-            self.failure = (int(code), {}) if code else None
-            return 200, {"failure": code or None}, {}
+            asked = parse_qs(parts.query).get("code", [""])[0]
+            self.failure = (int(asked), {}) if asked else None
+            return 200, {"failure": asked or None}, {}
         if self.failure is not None:
             code, headers = self.failure
             return code, {"detail": "injected failure"}, headers
