@@ -31,6 +31,9 @@ from publisher.protocol import LOST_HOLD, NodeTruth, StateMessage, StatusMessage
 log = logging.getLogger(__name__)
 
 MAX_TRANSITIONS_PER_NODE = 1000
+WAL_SIZE_LIMIT = 4 * 2**20
+"""The write-ahead log is cut back to this after each checkpoint (it grows to about 4 MiB
+between checkpoints): keep that much free on the outbox's disk."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transitions (
@@ -172,6 +175,7 @@ class Outbox:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 log.error("outbox %s is damaged (%s); pending work may be lost: restore it "

@@ -51,6 +51,8 @@ HANG_LIMIT = 60.0
 """A thread stalled this long is taken as hung: the bridge stops with an error, and its
 service manager starts it again (nothing acknowledged is lost)."""
 TICK = 1.0
+FLUSH_RETRY = 0.5
+"""A failed write of deliveries is tried again this soon."""
 CLOCK_SKEW_LIMIT = 60.0
 """A node whose clock is further than this from the bridge's is logged (once)."""
 
@@ -289,6 +291,7 @@ class Bridge:
         acknowledged after the commit), deliveries within ``FLUSH_DELAY`` (losing those in a
         crash only means sending them again)."""
         flush_due: float | None = None
+        reported = ""
         while True:
             self._writer_tick = time.monotonic()
             timeout = TICK if flush_due is None else \
@@ -312,26 +315,27 @@ class Bridge:
             if FLUSH in batch and flush_due is None:
                 flush_due = time.monotonic() + FLUSH_DELAY
             failed = self.outbox.last_error is not None
+            flushing = False
             try:
                 if messages:
                     self._record(messages)
                 if flush_due is not None and (stopping or time.monotonic() >= flush_due):
+                    flushing = True
                     flush_due = None
                     self._flush_requested.clear()
                     self.forwarder.notify(self.outbox.flush())
-            except OutboxError as exc:
+            except Exception as exc:
                 self.metrics.inc("outbox_errors")
-                if not failed:
-                    log.error("%s; %d message(s) stay unacknowledged and come back from the "  # noqa: TRY400
-                              "broker; retrying", exc, len(messages))
-                if messages and not stopping:
+                if not isinstance(exc, OutboxError):
+                    log.exception("outbox write failed")
+                elif not failed or str(exc) != reported:
+                    reported = str(exc)
+                    log.error("%s; retrying (nothing unwritten is acknowledged)", exc)  # noqa: TRY400
+                if flushing:
+                    # The nodes delivered to wait for this write: try it again soon.
+                    flush_due = time.monotonic() + FLUSH_RETRY
+                elif messages and not stopping:
                     # The broker redelivers unacknowledged messages only on a new connection.
-                    self.link.reconnect("outbox write failed")
-                    self.statuses.reconnect("outbox write failed")
-            except Exception:
-                self.metrics.inc("outbox_errors")
-                log.exception("outbox write failed; the messages stay unacknowledged")
-                if messages and not stopping:
                     self.link.reconnect("outbox write failed")
                     self.statuses.reconnect("outbox write failed")
             else:

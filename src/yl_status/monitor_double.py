@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -74,6 +75,11 @@ class _Server(ThreadingHTTPServer):
             self.connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (timed out, dropped) is no error of the double's."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
     def drop_connections(self) -> None:
         with self.connections_lock:
             connections = list(self.connections)
@@ -102,6 +108,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        double = self.server.double
+        if double.hanging.is_set():
+            # A black hole: the request is read, never answered and never applied.
+            double.answering.wait()
+            self.close_connection = True
+            return
         code, body, headers = self.server.double.handle(
             method, self.path, raw, self.headers.get("Authorization"))
         data = json.dumps(body).encode()
@@ -139,6 +151,9 @@ class MonitorDouble:
         self.token = token
         self.delay = delay
         self.failure: tuple[int, dict[str, str]] | None = None
+        self.hanging = threading.Event()
+        self.answering = threading.Event()
+        self.answering.set()
         self.refused_nodes: dict[str, int] = {}
         self.lock = threading.Lock()
         self.nodes: dict[str, Node] = {}
@@ -206,6 +221,17 @@ class MonitorDouble:
                 self.refused_nodes.pop(node_id, None)
             else:
                 self.refused_nodes[node_id] = code
+
+    def hang(self) -> None:
+        """Accept requests but neither answer nor apply them, until ``answer_again()``."""
+        self.answering.clear()
+        self.hanging.set()
+
+    def answer_again(self) -> None:
+        """End a hang: the requests held are dropped unanswered, new ones are served."""
+        self.hanging.clear()
+        self.answering.set()
+        self.drop_connections()
 
     def forget(self) -> None:
         """Lose every node, as a monitor restarted without its table."""
