@@ -38,7 +38,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from publisher import protocol  # noqa: E402
 from publisher.protocol import ReporterCounters, Resources, StatusMessage  # noqa: E402
-from yl_status.dev_broker import PROJECT_ROOT, DevBroker, free_port  # noqa: E402
+from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 PASSWORD = "bench-secret"
 

@@ -225,7 +225,7 @@ class Campaign:
             library = next(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"), None)
             if library is not None:
                 env = {"LD_PRELOAD": str(library), "FAKETIME": clock,
-                       "FAKETIME_DONT_RESET": "1"}
+                       "FAKETIME_DONT_RESET": "1", "DONT_FAKE_MONOTONIC": "1"}
         config = self.config(f"node-{node_id}")
         process = self.spawn(["node", "-c", str(config), "--node-id", node_id,
                               "--toggle-every", "1"], f"node-{node_id}.log", env)
@@ -468,17 +468,37 @@ class Campaign:
             for node in self.nodes.values():
                 if not node.up:
                     self.start_node(node.node_id, "end")
-            self.wait("every node back at the monitor",
-                      lambda: all(self.double.is_online(n) for n in self.node_ids), 60)
-            self.wait("the status app agreeing", lambda: all(
-                n["health"] == "online" for n in get_json(
-                    f"http://127.0.0.1:{self.serve_port}/nodes")["nodes"]), 60)
+            settled = self.settled(60.0)
             self._record("end", settle, settle)
             stop.wait(2.0)
         finally:
             stop.set()
             sampler.join(2.0)
-        return self.judge(time.monotonic() - began)
+        report = self.judge(time.monotonic() - began)
+        report.details.extend(settled)
+        return report
+
+    def settled(self, timeout: float) -> list[str]:
+        """Wait until the monitor and the status app show every node up; what is still
+        wrong after ``timeout``."""
+        def wrong() -> list[str]:
+            try:
+                app = {n["node_id"]: n for n in get_json(
+                    f"http://127.0.0.1:{self.serve_port}/nodes")["nodes"]}
+            except (OSError, ValueError, KeyError):
+                app = {}
+            found = []
+            for node_id in self.node_ids:
+                seen = app.get(node_id, {})
+                if not self.double.is_online(node_id) or seen.get("health") != "online":
+                    found.append(f"{node_id} not up at the end: monitor "
+                                 f"{self.double.node_view(node_id)}, status app {seen}")
+            return found
+
+        deadline = time.monotonic() + timeout
+        while (problems := wrong()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return problems
 
     def judge(self, seconds: float) -> Report:
         offset = time.time() - time.monotonic()

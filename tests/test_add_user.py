@@ -1,4 +1,4 @@
-"""mosquitto/add-user.sh writes users the shipped ACL and broker accept."""
+"""The shipped add-user.sh writes users the shipped ACL and broker accept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "mosquitto" / "add-user.sh"
+from yl_status.dev_broker import BROKER_CONFIG_DIR
+
+SCRIPT = BROKER_CONFIG_DIR / "add-user.sh"
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

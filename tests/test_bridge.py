@@ -16,6 +16,7 @@ from tests.bridge_support import BridgeProcess, last_gui, reasons
 from tests.support import (
     Recorder,
     config_dict,
+    http_get,
     make_config,
     retained,
     start_process,
@@ -415,3 +416,23 @@ def test_a_takeover_never_shows_the_node_offline(
         stop_process(first)  # type: ignore[arg-type]
         if second is not None:
             stop_process(second)
+
+
+def test_thousands_of_scrapes_leave_open_files_and_memory_flat(
+        bridge: BridgeProcess) -> None:
+    assert bridge.process is not None
+    process = psutil.Process(bridge.process.pid)
+    base = f"http://127.0.0.1:{bridge.metrics_port}"
+    for _ in range(100):  # warm up: lazily built things are built
+        http_get(base + "/metrics")
+        http_get(base + "/healthz")
+    files, rss = process.num_fds(), process.memory_info().rss
+    for _ in range(1500):
+        assert http_get(base + "/metrics")[0] == 200
+        assert http_get(base + "/healthz")[0] == 200
+    assert process.num_fds() <= files + 2, (files, process.num_fds())
+    grown = (process.memory_info().rss - rss) / 2**20
+    assert grown < 4, f"RSS grew {grown:.1f} MiB over 3,000 scrapes"
+    text = str(http_get(base + "/metrics")[1])
+    assert "# HELP yl_bridge_forwarded_total" in text
+    assert "# HELP yl_bridge_outbox_transitions" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_defaults_without_a_file() -> None:
     assert config.mqtt.topic_root == "yl/ar/nodes"
 
 
-def test_the_original_layout_is_read_nested_and_every_value_is_used(tmp_path: Path) -> None:
+def test_the_original_layout_is_read_with_every_value_in_place(tmp_path: Path) -> None:
     path = write(tmp_path, ORIGINAL_LAYOUT)
     config = load_config(path, env={})
     assert config.monitor.url == "http://monitor.local:5500"
@@ -235,12 +236,32 @@ def test_a_log_file_that_cannot_be_written_is_a_config_error(tmp_path: Path,
 
 
 def test_a_log_file_in_a_missing_folder_gets_its_folder(tmp_path: Path) -> None:
-    from yl_status.service import configure_logging
+    from publisher.service import configure_logging
 
     target = tmp_path / "logs" / "deeper" / "yl.log"
     configure_logging(load_config(write(tmp_path, f"logging:\n  file: {target}\n"),
                                   env={}).logging)
     try:
         assert target.parent.is_dir()
+    finally:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+
+
+def test_monitor_disabled_reports_nothing(tmp_path: Path) -> None:
+    from publisher import StatusPublisher
+
+    config = load_config(write(tmp_path, "monitor:\n  enabled: false\n  node_id: n-1\n"),
+                         env={})
+    publisher = StatusPublisher(config).start()
+    publisher.update_gui_status(video_running=True)
+    assert publisher.stats()["running"] is False
+    assert not [t for t in threading.enumerate() if t.name.endswith("-n-1")]
+    publisher.stop()
+
+
+def test_local_server_disabled_serves_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, "local_server:\n  enabled: false\n  port: 1\n")
+    try:
+        assert main(["serve", "-c", str(path)]) == 0
     finally:
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)

@@ -53,7 +53,7 @@ def test_kill_9_of_a_node_shows_lost_in_under_a_second(tmp_path: Path,
         recorder.stop()
 
 
-def test_a_frozen_node_is_lost_after_about_one_and_a_half_keepalives(
+def test_a_frozen_node_is_lost_after_one_and_a_half_to_two_and_a_half_keepalives(
         tmp_path: Path, broker: DevBroker) -> None:
     keepalive = 2
     recorder = Recorder(broker.host, broker.port).start()
@@ -66,7 +66,7 @@ def test_a_frozen_node_is_lost_after_about_one_and_a_half_keepalives(
         lost = recorder.wait_for(state_topic("node-1"), lambda d: d["state"] == "lost",
                                  after=frozen, timeout=6 * keepalive)
         elapsed = lost.at - frozen
-        assert 1.0 * keepalive <= elapsed <= 3.5 * keepalive, f"lost after {elapsed:.2f} s"
+        assert 1.5 * keepalive <= elapsed <= 2.5 * keepalive, f"lost after {elapsed:.2f} s"
     finally:
         os.kill(process.pid, signal.SIGCONT)
         process.kill()

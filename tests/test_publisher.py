@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -12,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from publisher import StatusPublisher
+from publisher import StatusPublisher, protocol
 from publisher.resources import ResourceSampler
 from tests.support import (
     READER_USER,
@@ -94,7 +95,9 @@ def test_status_carries_a_message_expiry_of_three_intervals(
     finally:
         client.disconnect()
         client.loop_stop()
-    assert 0 < expiry[0] <= 6
+    full = protocol.status_expiry(2)
+    assert full == 6
+    assert expiry[0] in (full - 1, full)  # as published, less at most a second in transit
 
 
 def test_stop_publishes_disconnected_and_is_idempotent(
@@ -286,7 +289,10 @@ def test_stats_report_counts_and_config(
 def test_periodic_reports_follow_the_interval(
         broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
     started(publishers, StatusPublisher(make_config(broker, monitor={"report_interval": 0.3})))
-    wait_until(lambda: len(recorder.on(STATUS)) >= 4, what="periodic statuses")
+    wait_until(lambda: len(recorder.on(STATUS)) >= 5, what="periodic statuses")
+    times = [m.at for m in recorder.on(STATUS)[1:5]]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.25 <= gap <= 1.0 for gap in gaps), gaps
 
 
 def test_cpu_percent_is_primed() -> None:
@@ -299,9 +305,13 @@ def test_cpu_percent_is_primed() -> None:
 
 def test_unused_port_is_refused_quickly_and_counted() -> None:
     config = make_config(type("B", (), {"host": "127.0.0.1", "port": free_port()})())
+    began = time.monotonic()
     publisher = StatusPublisher(config).start()
     try:
+        wait_until(lambda: publisher.stats()["error_count"] >= 1, what="refused")
+        assert time.monotonic() - began < 0.5
         wait_until(lambda: publisher.stats()["error_count"] >= 2, what="retries")
+        assert time.monotonic() - began < 1.5
     finally:
         publisher.stop()
 

@@ -64,7 +64,7 @@ def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None)
         pytest.fail("libfaketime is not installed (run.sh installs Debian's faketime)")
     return start_process(args, log_path=tmp_path / f"{name}.log",
                          env={"LD_PRELOAD": str(library), "FAKETIME": clock,
-                              "FAKETIME_DONT_RESET": "1"})
+                              "FAKETIME_DONT_RESET": "1", "DONT_FAKE_MONOTONIC": "1"})
 
 
 def offline_everywhere(double: MonitorDouble, served: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
-import random
 import selectors
 import socket
 import ssl
@@ -39,6 +38,7 @@ from bridge.monitor_client import (
 from bridge.outbox import Item, NodeMark, Outbox
 from publisher import protocol
 from publisher.config import Config
+from publisher.link import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +309,7 @@ class Forwarder:
     def _failed(self, answer: Answer) -> float:
         """Pause all deliveries; returns the pause."""
         self._failures += 1
-        ceiling = min(self._backoff_max,
-                      self._backoff_initial * 2 ** min(self._failures - 1, 20))
-        pause = random.uniform(ceiling / 2, ceiling)
+        pause = backoff_delay(self._failures - 1, self._backoff_initial, self._backoff_max)
         if answer.retry_after is not None:
             pause = max(pause, min(answer.retry_after, 300.0))
         if self.reachable:

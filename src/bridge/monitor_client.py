@@ -25,10 +25,11 @@ import orjson
 
 from publisher import protocol
 from publisher.config import MonitorConfig
+from publisher.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "yl-status-bridge/0.1"
+USER_AGENT = f"yl-status-bridge/{PACKAGE_VERSION}"
 _MAX_RESPONSE = 16 * 2**20
 _RETRYABLE = frozenset({401, 403, 408, 425, 429})
 """Answers that say "not now" (or "fix the token") rather than "this message is bad": the

@@ -34,7 +34,7 @@ from publisher.config import Config
 from publisher.errors import ConfigError
 from publisher.link import Link, LinkDown, Will, options_from_config
 from publisher.protocol import StateMessage
-from publisher.status_publisher import PACKAGE_VERSION
+from publisher.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def status_identity(name: str) -> str:
 
 
 def run_bridge(config: Config) -> int:
-    from yl_status.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
+    from publisher.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
 
     configure_logging(config.logging)
     bridge = Bridge(config)

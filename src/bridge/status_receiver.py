@@ -298,7 +298,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the bridge stops it
     conn = Connection(args.fd)
     options, topics, qos, logging_config = conn.recv()
-    from yl_status.service import configure_logging  # noqa: PLC0415
+    from publisher.service import configure_logging  # noqa: PLC0415
 
     configure_logging(logging_config)
     _Child(conn, options, topics, qos).run()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from publisher.config import ENV_CONFIG_PATH, Config, load_config
 from publisher.errors import ConfigError, ProtocolError, SessionTakenOverError, YLStatusError
-from publisher.status_publisher import PACKAGE_VERSION, StatusPublisher
+from publisher.status_publisher import StatusPublisher
+from publisher.version import PACKAGE_VERSION
 
 __version__ = PACKAGE_VERSION
 __all__ = [

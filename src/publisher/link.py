@@ -220,9 +220,7 @@ class Link:
             log.exception("%s: supervisor crashed", self._name)
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.options.backoff_max,
-                      self.options.backoff_initial * (2 ** min(attempt, 20)))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self.options.backoff_initial, self.options.backoff_max)
 
     def _new_client(self) -> mqtt.Client:
         o = self.options
@@ -425,6 +423,14 @@ class Link:
                 self._on_publish(mid, reason_code.value)
         except Exception:
             log.exception("%s: publish handler failed", self._name)
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with jitter: ``initial`` doubled ``attempt`` times, capped at
+    ``maximum``, then a random point in its upper half (so that many clients that failed
+    together do not come back together)."""
+    ceiling = min(maximum, initial * 2 ** min(attempt, 20))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def call_listener(listener: Callable[..., object] | None, *args: object, name: str) -> None:

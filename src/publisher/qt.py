@@ -17,7 +17,8 @@ from types import ModuleType
 from typing import Any
 
 from publisher.config import Config
-from publisher.status_publisher import PACKAGE_VERSION, StatusPublisher
+from publisher.status_publisher import StatusPublisher
+from publisher.version import PACKAGE_VERSION
 
 _BINDINGS = ("PySide6", "PyQt5")
 

@@ -37,10 +37,10 @@ from publisher.protocol import (
     encode,
 )
 from publisher.resources import ResourceSampler
+from publisher.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
-PACKAGE_VERSION: Final = "0.1.0"
 _SCALAR_TYPES: Final = frozenset(JSON_SCALARS)
 
 LinkListener = Callable[[bool, str], None]
@@ -119,7 +119,12 @@ class StatusPublisher:
     # --- GUI-facing API -------------------------------------------------------------------
 
     def start(self) -> StatusPublisher:
-        """Start reporting in the background; returns at once, even with no broker."""
+        """Start reporting in the background; returns at once, even with no broker. With
+        ``monitor.enabled: false`` nothing is started and nothing is reported."""
+        if not self.config.monitor.enabled:
+            log.info("node %s: monitor.enabled is false in %s; not reporting", self.node_id,
+                     self.config.source)
+            return self
         with self._lock:
             if self._started:
                 return self

@@ -5,8 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from publisher import protocol
 from publisher.config import Config
@@ -142,6 +142,13 @@ def create_app(config: Config, view: NodeView | None = None) -> Flask:
     app.extensions["yl_status_config"] = config
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _error)
+
+    @app.before_request
+    def refuse_large_bodies() -> None:
+        """No route reads a body, so none would hit MAX_CONTENT_LENGTH by itself."""
+        length = request.content_length
+        if length is not None and length > MAX_REQUEST_BYTES:
+            raise RequestEntityTooLarge
 
     @app.after_request
     def no_store(response: Response) -> Response:

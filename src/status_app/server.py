@@ -1,4 +1,6 @@
-"""Serving the status app with waitress: as ``yl-status serve`` or inside the GUI process."""
+"""Serving the status app: ``yl-status serve`` runs it under granian (a compiled HTTP server,
+one worker process); ``start_in_background`` serves it from threads of the GUI process with
+waitress."""
 
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def service_app() -> Flask:
     The config is read again from ``$YL_STATUS_CONFIG`` (set by ``run_server`` after it
     validated the same file), so the worker sees exactly what the parent checked.
     """
-    from yl_status.service import configure_logging  # noqa: PLC0415
+    from publisher.service import configure_logging  # noqa: PLC0415
 
     config = load_config()
     configure_logging(config.logging)
@@ -106,9 +108,12 @@ def run_server(config: Config) -> int:
     from granian.constants import Interfaces  # noqa: PLC0415
     from granian.log import LogLevels  # noqa: PLC0415
 
-    from yl_status.service import configure_logging  # noqa: PLC0415
+    from publisher.service import configure_logging  # noqa: PLC0415
 
     configure_logging(config.logging)
+    if not config.local_server.enabled:
+        log.info("local_server.enabled is false in %s; not serving", config.source)
+        return 0
     if config.local_server.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("status app bound to %s: reachable from other machines",
                     config.local_server.host)

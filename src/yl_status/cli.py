@@ -15,7 +15,6 @@ from publisher.errors import ConfigError, YLStatusError
 log = logging.getLogger("yl_status")
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
 
@@ -33,7 +32,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     from publisher.protocol import check_node_id  # noqa: PLC0415
-    from yl_status.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
+    from publisher.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
     from yl_status.simulated_node import run_nodes  # noqa: PLC0415
 
     config = _load(args)
@@ -61,13 +60,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from bridge.operator import list_alerts  # noqa: PLC0415
+    from bridge.alerts import list_alerts  # noqa: PLC0415
     return int(list_alerts(_load(args), status=args.status, level=args.level,
                            as_json=args.json, out=sys.stdout))
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    from bridge.operator import acknowledge  # noqa: PLC0415
+    from bridge.alerts import acknowledge  # noqa: PLC0415
     return int(acknowledge(_load(args), args.alert_id, user=args.user, out=sys.stdout))
 
 

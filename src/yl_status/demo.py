@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from yl_status.dev_broker import PROJECT_ROOT, DevBroker, free_port
+from yl_status.dev_broker import DevBroker, free_port
 
 NODE_ID = "demo-gui"
 WATCHER = "demo-watch"
@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: until Ctrl-C)")
     args = parser.parse_args()
-    workdir = PROJECT_ROOT / "var" / "demo"
+    workdir = Path.cwd() / "var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     secret = {name: secrets.token_urlsafe(12) for name in ("node", "bridge", "viewer", "watch")}

@@ -20,8 +20,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BROKER_CONFIG_DIR = PROJECT_ROOT / "mosquitto"
+BROKER_CONFIG_DIR = Path(__file__).resolve().parent / "mosquitto"
+"""The shipped broker configuration (``mosquitto.conf``, ``tls.conf``, ``acl``,
+``add-user.sh``), installed with the package."""
 
 
 class BrokerError(RuntimeError):
@@ -201,3 +202,20 @@ class DevBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="the shipped broker configuration")
+    parser.add_argument("--where", action="store_true",
+                        help="print the folder with mosquitto.conf, tls.conf, acl, add-user.sh")
+    args = parser.parse_args()
+    if args.where:
+        print(BROKER_CONFIG_DIR)
+    else:
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()

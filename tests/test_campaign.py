@@ -1,0 +1,27 @@
+"""The fault campaign (bench/campaign.py), CI-sized: every fault kind at least once against
+real processes, and the truth holds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from bench.campaign import KINDS, run_campaign
+
+pytestmark = pytest.mark.integration
+
+SECONDS = 110.0
+"""Long enough for one round of every kind (each takes a few seconds)."""
+
+
+def test_a_short_campaign_loses_nothing_and_heals_within_bounds(tmp_path: Path) -> None:
+    report = run_campaign(seed=7, seconds=SECONDS, nodes=6, workdir=tmp_path)
+    print(report.table())
+    expected = set(KINDS) - ({"disk_full"} if os.geteuid() != 0 else set())
+    assert expected <= {kind for kind, count in report.events.items() if count}, report.table()
+    assert report.total_lost == 0, report.details
+    assert report.total_regressions == 0, report.details
+    for kind in report.events:
+        assert report.after_heal.get(kind, 0.0) <= report.bound(kind), report.details
+    assert not report.details
