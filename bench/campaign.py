@@ -297,31 +297,26 @@ class Campaign:
     def _down_for(self, low: float, high: float) -> None:
         time.sleep(self.rng.uniform(low, high))
 
-    def fault_node_kill(self) -> None:
+    def _node_down(self, kind: str, end: Callable[[subprocess.Popen[bytes]], None],
+                   clock: str | None = None) -> None:
+        """End a node's process with ``end``, keep it down a while, start it again."""
         node = self._some_up_node()
         if node is None or node.process is None:
             return
         start = time.monotonic()
         with self.lock:
-            node.process.kill()
-            self.went_down(node, "node_kill")
+            end(node.process)
+            self.went_down(node, kind)
         node.process.wait()
-        self._record("node_kill", start, start, (node.node_id,))
+        self._record(kind, start, start, (node.node_id,))
         self._down_for(2, 5)
-        self._restart(node, "node_kill")
+        self._restart(node, kind, clock)
+
+    def fault_node_kill(self) -> None:
+        self._node_down("node_kill", subprocess.Popen.kill)
 
     def fault_node_stop(self) -> None:
-        node = self._some_up_node()
-        if node is None or node.process is None:
-            return
-        start = time.monotonic()
-        with self.lock:
-            node.process.terminate()
-            self.went_down(node, "node_stop")
-        node.process.wait()
-        self._record("node_stop", start, start, (node.node_id,))
-        self._down_for(2, 5)
-        self._restart(node, "node_stop")
+        self._node_down("node_stop", subprocess.Popen.terminate)
 
     def fault_node_freeze(self) -> None:
         node = self._some_up_node()
@@ -351,17 +346,8 @@ class Campaign:
         self._record("node_takeover", start, start, (node.node_id,))
 
     def fault_node_skew(self) -> None:
-        node = self._some_up_node()
-        if node is None or node.process is None:
-            return
-        start = time.monotonic()
-        with self.lock:
-            node.process.terminate()
-            self.went_down(node, "node_skew")
-        node.process.wait()
-        self._record("node_skew", start, start, (node.node_id,))
-        self._down_for(2, 4)
-        self._restart(node, "node_skew", clock=self.rng.choice(("+1460d", "-1460d")))
+        self._node_down("node_skew", subprocess.Popen.terminate,
+                        clock=self.rng.choice(("+1460d", "-1460d")))
 
     def fault_bridge_kill(self) -> None:
         assert self.bridge is not None

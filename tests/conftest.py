@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.bridge_support import BridgeProcess
 from tests.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
@@ -29,6 +31,7 @@ from tests.support import (
     write_config,
 )
 from yl_status.dev_broker import DevBroker, free_port
+from yl_status.monitor_double import MonitorDouble
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -134,3 +137,45 @@ def _answers(base: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder)
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    """A CA (``ca.crt``), another CA, and ``broker.crt``/``broker.key`` for 127.0.0.1 and
+    localhost signed by the first."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    make_ca(folder, "ca")
+    make_ca(folder, "other-ca")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", "broker.key", "-out", "broker.csr", cwd=folder)
+    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "broker.crt",
+            cwd=folder)
+    return folder
+
+
+@pytest.fixture
+def double() -> Iterator[MonitorDouble]:
+    """The YL-monitor double (SPEC §4) on a free port."""
+    d = MonitorDouble().start()
+    yield d
+    d.down()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator[BridgeProcess]:
+    """``yl-status bridge`` as a real process between ``broker`` and ``double``."""
+    b = BridgeProcess(tmp_path, broker, double).start()
+    yield b
+    assert b.stop() == 0

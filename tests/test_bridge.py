@@ -31,20 +31,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def double() -> Iterator[MonitorDouble]:
-    d = MonitorDouble().start()
-    yield d
-    d.down()
-
-
-@pytest.fixture
-def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator[BridgeProcess]:
-    b = BridgeProcess(tmp_path, broker, double).start()
-    yield b
-    assert b.stop() == 0
-
-
-@pytest.fixture
 def publishers() -> Iterator[list[StatusPublisher]]:
     made: list[StatusPublisher] = []
     yield made

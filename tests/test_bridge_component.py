@@ -12,7 +12,7 @@ from bridge import service
 from bridge.outbox import Outbox
 from bridge.service import Bridge
 from publisher import StatusPublisher
-from publisher.config import parse_config
+from publisher.config import Config, parse_config
 from tests.bridge_support import last_gui
 from tests.support import BRIDGE_PASSWORD, BRIDGE_USER, config_dict, make_config, wait_until
 from yl_status.dev_broker import DevBroker
@@ -21,13 +21,17 @@ from yl_status.monitor_double import MonitorDouble
 pytestmark = pytest.mark.integration
 
 
-def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
-        tmp_path: Path, broker: DevBroker, monkeypatch: pytest.MonkeyPatch) -> None:
-    double = MonitorDouble().start()
-    config = parse_config(config_dict(
+def bridge_config(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Config:
+    return parse_config(config_dict(
         broker, "bridge-cfg", monitor={"url": double.url},
         mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
         bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": ""}), "<test>")
+
+
+def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
+        tmp_path: Path, broker: DevBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    double = MonitorDouble().start()
+    config = bridge_config(tmp_path, broker, double)
     failures = {"left": 3}
     original = Outbox.record
 
@@ -56,10 +60,7 @@ def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
 def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
         tmp_path: Path, broker: DevBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     double = MonitorDouble().start()
-    config = parse_config(config_dict(
-        broker, "bridge-cfg", monitor={"url": double.url},
-        mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
-        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": ""}), "<test>")
+    config = bridge_config(tmp_path, broker, double)
     monkeypatch.setattr(service, "STALL_LIMIT", 1.5)
     monkeypatch.setattr(service, "HANG_LIMIT", 4.0)
     bridge = Bridge(config).start()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import ssl
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,3 +114,106 @@ def test_integers_beyond_64_bits_reach_the_monitor_intact(tmp_path: Path, outbox
                                                         "fine": 0.1234567890123456789}
     finally:
         double.down()
+
+
+def test_https_to_a_monitor_with_its_own_ca(tmp_path: Path, outbox: Outbox,
+                                            certs: Path) -> None:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certs / "broker.crt", certs / "broker.key")
+    double = MonitorDouble(host="localhost", tls=tls).start()
+    try:
+        with forwarding(config_for(double.url, tmp_path, ca_file=str(certs / "ca.crt")),
+                        outbox) as forwarder:
+            forwarder.notify(outbox.record([status(1)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="delivered")
+            assert forwarder.reachable
+        assert double.history("n1")[-1].body["gui"] == {"seq": 1}
+        with forwarding(config_for(double.url, tmp_path,
+                                   ca_file=str(certs / "other-ca.crt")), outbox) as untrusting:
+            untrusting.notify(outbox.record([status(2)])[1])
+            wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in untrusting.last_problem,
+                       timeout=10, what="a monitor certificate from another CA refused")
+        assert outbox.depth() == (0, 1)
+    finally:
+        double.down()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+    """Accepts TCP connections and never says a word (no TLS handshake, no answer)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        yield server, accepted
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_a_monitor_that_never_completes_tls_holds_up_nothing_else(
+        tmp_path: Path, outbox: Outbox,
+        silent_server: tuple[socket.socket, list[socket.socket]]) -> None:
+    server, accepted = silent_server
+    port = server.getsockname()[1]
+    config = config_for(f"https://127.0.0.1:{port}", tmp_path, timeout=3.0)
+    with forwarding(config, outbox) as forwarder:
+        forwarder.notify(outbox.record([status(1, node=f"n{i}") for i in range(3)])[1])
+        wait_until(lambda: accepted, timeout=5, what="a connection")
+        for _ in range(25):  # the delivery loop keeps going while a handshake hangs
+            assert time.monotonic() - forwarder.tick < 1.5
+            time.sleep(0.1)
+        wait_until(lambda: forwarder.last_problem == "timed out", timeout=5,
+                   what="the handshake timed out")
+        assert outbox.depth() == (0, 3)
+
+
+def test_a_one_megabyte_chunked_answer(tmp_path: Path, outbox: Outbox) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    body = b"x" * 2**20
+    done = threading.Event()
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, rest = request.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: text/plain\r\nConnection: close\r\n\r\n")
+            for start in range(0, len(body), 65536):
+                chunk = body[start:start + 65536]
+                conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            conn.sendall(b"0\r\n\r\n")
+        done.set()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        config = config_for(f"http://127.0.0.1:{server.getsockname()[1]}", tmp_path,
+                            profile="v1")
+        with forwarding(config, outbox) as forwarder:
+            forwarder.notify(outbox.record([status(1)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="delivered")
+            assert forwarder.reachable
+        assert done.is_set()
+    finally:
+        thread.join(5)
+        server.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from bridge.monitor_client import MonitorClient, Outcome, decode_json, encode_json
+from bridge.monitor_client import Answer, MonitorClient, Outcome, decode_json, encode_json
 from publisher.config import parse_config
 from yl_status.monitor_double import MonitorDouble
 
@@ -34,13 +35,13 @@ def beat(node: str = "gui-1") -> dict[str, str]:
 def test_delivered_rejected_and_not_found(double: MonitorDouble) -> None:
     client = client_for(double)
     try:
-        assert client.heartbeat("gui-1", beat()).outcome is Outcome.DELIVERED
-        wrong = client.heartbeat("gui-1", beat("gui-2"))
+        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
+        wrong = heartbeat(client, "gui-1", beat("gui-2"))
         assert wrong.outcome is Outcome.REJECTED
         assert wrong.status == 400
         assert "does not match" in wrong.reason
-        assert client.node("nobody").outcome is Outcome.NOT_FOUND
-        assert client.health().body["status"] == "healthy"
+        assert client.request("GET", "/api/ar/nodes/nobody").outcome is Outcome.NOT_FOUND
+        assert client.perform(client.health_request()).body["status"] == "healthy"
     finally:
         client.close()
 
@@ -49,13 +50,13 @@ def test_overload_and_errors_are_retried_with_retry_after(double: MonitorDouble)
     client = client_for(double)
     try:
         double.fail_with(429, retry_after=7)
-        answer = client.heartbeat("gui-1", beat())
+        answer = heartbeat(client, "gui-1", beat())
         assert answer.outcome is Outcome.RETRY
         assert answer.retry_after == 7
         double.fail_with(503)
-        assert client.heartbeat("gui-1", beat()).outcome is Outcome.RETRY
+        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.RETRY
         double.fail_with(None)
-        assert client.heartbeat("gui-1", beat()).outcome is Outcome.DELIVERED
+        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
     finally:
         client.close()
 
@@ -63,7 +64,7 @@ def test_overload_and_errors_are_retried_with_retry_after(double: MonitorDouble)
 def test_a_wrong_token_is_retried_not_dropped(double: MonitorDouble) -> None:
     client = client_for(double, token="wrong")
     try:
-        answer = client.heartbeat("gui-1", beat())
+        answer = heartbeat(client, "gui-1", beat())
         assert answer.outcome is Outcome.RETRY
         assert answer.status == 401
     finally:
@@ -74,13 +75,13 @@ def test_a_dead_monitor_is_a_retry_and_a_new_connection_follows(
         double: MonitorDouble) -> None:
     client = client_for(double)
     try:
-        assert client.heartbeat("gui-1", beat()).outcome is Outcome.DELIVERED
+        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
         double.down()
-        down = client.heartbeat("gui-1", beat())
+        down = heartbeat(client, "gui-1", beat())
         assert down.outcome is Outcome.RETRY
         assert down.status is None
         double.start()
-        assert client.heartbeat("gui-1", beat()).outcome is Outcome.DELIVERED
+        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
     finally:
         client.close()
 
@@ -90,7 +91,7 @@ def test_hostile_node_ids_never_make_a_url(double: MonitorDouble) -> None:
     try:
         for bad in ("..", "%2e%2e", "a/b"):
             with pytest.raises(Exception, match="invalid node id"):
-                client.heartbeat(bad, beat(bad))
+                heartbeat(client, bad, beat(bad))
         assert double.request_count() == 0
     finally:
         client.close()
@@ -99,7 +100,7 @@ def test_hostile_node_ids_never_make_a_url(double: MonitorDouble) -> None:
 def test_v1_profile_uses_the_query_parameter(double: MonitorDouble) -> None:
     client = client_for(double, profile="v1")
     try:
-        assert client.heartbeat("gui-1", {"ignored": True}).outcome is Outcome.DELIVERED
+        assert heartbeat(client, "gui-1", {"ignored": True}).outcome is Outcome.DELIVERED
         assert double.request_count("/api/v1/ar/heartbeat?node_id=gui-1") == 1
     finally:
         client.close()
@@ -121,3 +122,7 @@ def test_decode_json_reads_what_the_standard_library_reads(text: str) -> None:
 def test_encode_json_writes_what_the_standard_library_reads() -> None:
     value = {"big": 10**30, "f": 0.1, "s": "é", "l": [1, None, True]}
     assert json.loads(encode_json(value)) == value
+
+
+def heartbeat(client: MonitorClient, node_id: str, body: dict[str, Any]) -> Answer:
+    return client.perform(client.heartbeat_request(node_id, body))

@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from yl_status.monitor_double import MonitorDouble
-
-
-@pytest.fixture
-def double() -> Iterator[MonitorDouble]:
-    d = MonitorDouble().start()
-    yield d
-    d.down()
 
 
 def call(double: MonitorDouble, method: str, path: str, body: Any = None,

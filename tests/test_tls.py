@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,30 +13,6 @@ from tests.support import TEST_ACL, make_config, retained, wait_until
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(folder: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder)
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Path:
-    folder = tmp_path / "certs"
-    folder.mkdir()
-    make_ca(folder, "ca")
-    make_ca(folder, "other-ca")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-keyout", "broker.key", "-out", "broker.csr", cwd=folder)
-    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "broker.crt",
-            cwd=folder)
-    return folder
 
 
 @pytest.fixture

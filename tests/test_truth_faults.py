@@ -40,20 +40,6 @@ def broker(tmp_path: Path) -> Iterator[DevBroker]:
                               settings={"autosave_interval": "3600"})
 
 
-@pytest.fixture
-def double() -> Iterator[MonitorDouble]:
-    d = MonitorDouble().start()
-    yield d
-    d.down()
-
-
-@pytest.fixture
-def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator[BridgeProcess]:
-    b = BridgeProcess(tmp_path, broker, double).start()
-    yield b
-    assert b.stop() == 0
-
-
 def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None) -> object:
     config = write_config(tmp_path / f"{name}.yaml", config_dict(broker, "node-1"))
     args = ["node", "-c", str(config), "--toggle-every", "0.5"]

@@ -1,21 +1,22 @@
 """Delivery from the outbox to YL-monitor.
 
-One thread drives ``bridge.http_concurrency`` keep-alive connections: it delivers for several
-nodes at once, never two requests for the same node (order per node is kept). A delivery is a
-generator that yields the requests it needs (register, heartbeat, register again after a 404)
-and receives their answers, so no thread waits on the monitor and nothing is handed between
-threads per request. When the monitor is unreachable or failing, deliveries pause with
-jittered exponential backoff (or the monitor's ``Retry-After``), and only one probe request at
-a time goes out until it answers again.
+One thread runs an asyncio loop with ``bridge.http_concurrency`` workers, each with its own
+keep-alive connection to the monitor: they deliver for several nodes at once, never two
+requests for the same node (order per node is kept). Connecting, TLS and reading are
+asyncio's, non-blocking, so a slow or silent monitor host holds up only the worker waiting on
+it, for at most ``monitor.timeout``; answers are parsed by httptools (llhttp). A delivery is a
+generator that yields the requests it needs (register, heartbeat, register again after a
+404) and receives their answers. When the monitor is unreachable or failing, deliveries pause
+with jittered exponential backoff (or the monitor's ``Retry-After``), and only one probe
+request at a time goes out until it answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
-import selectors
-import socket
 import ssl
 import threading
 import time
@@ -43,25 +44,57 @@ from publisher.link import backoff_delay
 log = logging.getLogger(__name__)
 
 TICK = 1.0
-"""The delivery thread goes round its loop at least this often."""
+"""The delivery loop says it is alive this often (for the bridge's watchdog)."""
 
 Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
 
 
-class _Slot:
-    """One connection to the monitor and the delivery it is serving."""
+class _Connection:
+    """One worker's keep-alive connection to the monitor."""
 
-    def __init__(self) -> None:
-        self.sock: socket.socket | None = None
-        self.node: str | None = None
-        self.delivery: Delivery | None = None
-        self.request = b""
-        self.exchange: Exchange | None = None
-        self.deadline = 0.0
-        self.reused = False
-        self.resent = False
-        self.probe = False
+    def __init__(self, client: MonitorClient) -> None:
+        self.client = client
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def exchange(self, request: bytes) -> Answer:
+        """Send ``request`` and classify the answer, all within the monitor timeout; a
+        kept-alive connection the monitor has closed meanwhile is replaced once."""
+        for attempt in (1, 2):
+            reused = self.writer is not None
+            try:
+                return await asyncio.wait_for(self._exchange(request), self.client.timeout)
+            except (ConnectionResetError, BrokenPipeError, ClosedError,
+                    asyncio.IncompleteReadError) as exc:
+                self.close()
+                if attempt == 1 and reused:
+                    continue
+                return Answer(Outcome.RETRY, None, f"connection lost: {exc}")
+            except (asyncio.TimeoutError, TimeoutError):
+                self.close()
+                return Answer(Outcome.RETRY, None, "timed out")
+            except (OSError, ssl.SSLError, httptools.HttpParserError) as exc:
+                self.close()
+                return Answer(Outcome.RETRY, None, describe_error(exc))
+        return Answer(Outcome.RETRY, None, "unreachable")
+
+    async def _exchange(self, request: bytes) -> Answer:
+        if self.writer is None:
+            self.reader, self.writer = await self.client.open()
+        assert self.reader is not None
+        self.writer.write(request)
+        exchange = Exchange()
+        while not exchange.feed(await self.reader.read(65536)):
+            pass
+        if not exchange.keep_alive:
+            self.close()
+        return exchange.answer()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 class Forwarder:
@@ -78,6 +111,7 @@ class Forwarder:
         self._backoff_max = max(config.monitor.retry_delay, 0.5)
         self._failures = 0
         self._paused_until = 0.0
+        self._probing = False
         self._ready: deque[str] = deque()
         self._queued: set[str] = set()
         self._busy: set[str] = set()
@@ -85,16 +119,12 @@ class Forwarder:
         self._inbox: deque[Iterable[str]] = deque()
         self._deferred: list[tuple[float, str]] = []
         """(when, node): nodes whose next item waits (a ``lost`` within its hold)."""
-        self._woken = False
         self._stopping = False
-        self._slots = [_Slot() for _ in range(config.bridge.http_concurrency)]
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        for sock in (self._wake_r, self._wake_w):
-            sock.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._workers = config.bridge.http_concurrency
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
         self.tick = time.monotonic()
-        """When the delivery thread last went round its loop (for the bridge's watchdog)."""
+        """When the delivery loop last said it is alive (for the bridge's watchdog)."""
         self._thread = threading.Thread(target=self._run, name="yl-bridge-forward",
                                         daemon=True)
 
@@ -120,41 +150,94 @@ class Forwarder:
         self._wake()
 
     def _wake(self) -> None:
-        if not self._woken:
-            self._woken = True
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"!")
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                loop.call_soon_threadsafe(self._poke)
 
-    # --- the delivery thread --------------------------------------------------------------
+    def _poke(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    # --- the delivery loop ------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            while True:
-                self.tick = time.monotonic()
-                self._take_notifications()
-                if self._stopping:
-                    if all(slot.node is None for slot in self._slots):
-                        return
-                else:
-                    self._assign()
-                for key, _ in self._selector.select(self._timeout()):
-                    if key.data is None:
-                        with contextlib.suppress(OSError):
-                            while self._wake_r.recv(4096):
-                                pass
-                        self._woken = False
-                    else:
-                        self._readable(key.data)
-                self._expire()
+            asyncio.run(self._main())
         except Exception:
             log.critical("forwarding stopped after an unexpected error", exc_info=True)
             raise
+
+    async def _main(self) -> None:
+        self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await asyncio.gather(*(self._worker() for _ in range(self._workers)))
         finally:
-            for slot in self._slots:
-                self._close(slot)
-            self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            self.tick = time.monotonic()
+            await asyncio.sleep(TICK)
+
+    async def _worker(self) -> None:
+        connection = _Connection(self.client)
+        try:
+            while (taken := await self._next_node()) is not None:
+                node, probe = taken
+                again = True
+                try:
+                    again = await self._serve(connection, node)
+                finally:
+                    self._release(node, again, probe)
+        finally:
+            connection.close()
+
+    async def _next_node(self) -> tuple[str, bool] | None:
+        """The next node to deliver for (and whether it is the probe), or None to stop."""
+        assert self._changed is not None
+        while True:
+            self._take_notifications()
+            if self._stopping:
+                return None
+            now = time.monotonic()
+            if self._ready and now >= self._paused_until and \
+                    (self.reachable or not self._probing):
+                node = self._ready.popleft()
+                self._queued.discard(node)
+                self._busy.add(node)
+                probe = not self.reachable
+                self._probing = self._probing or probe
+                return node, probe
+            due = [now + TICK]
+            if self._ready:
+                due.append(self._paused_until)
+            if self._deferred:
+                due.append(self._deferred[0][0])
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(min(due) - now, 0.0))
+
+    async def _serve(self, connection: _Connection, node: str) -> bool:
+        """Run one delivery of ``node``; whether the node has more to deliver."""
+        delivery = self._deliver(node)
+        answer: Answer | None = None
+        try:
+            while True:
+                try:
+                    request = delivery.send(answer)  # type: ignore[arg-type]
+                except StopIteration as finished:
+                    return bool(finished.value)
+                if self._stopping:
+                    delivery.close()
+                    return False
+                answer = await connection.exchange(request)
+        except Exception:
+            log.exception("delivery for node %s failed unexpectedly", node)
+            self._failed(Answer(Outcome.RETRY, None, "internal error"))
+            return True
 
     def _defer(self, node: str, delay: float) -> None:
         heapq.heappush(self._deferred, (time.monotonic() + delay, node))
@@ -171,133 +254,17 @@ class Forwarder:
                     self._queued.add(node)
                     self._ready.append(node)
 
-    def _assign(self) -> None:
-        """Start deliveries on idle connections (one that needs no request frees its
-        connection at once)."""
-        while self._ready and time.monotonic() >= self._paused_until:
-            if not self.reachable and any(s.probe and s.node for s in self._slots):
-                return
-            slot = next((s for s in self._slots if s.node is None), None)
-            if slot is None:
-                return
-            node = self._ready.popleft()
-            self._queued.discard(node)
-            self._busy.add(node)
-            slot.node = node
-            slot.probe = not self.reachable
-            slot.delivery = self._deliver(node)
-            self._advance(slot, None)
-
-    def _timeout(self) -> float:
-        """Until the next deadline, at most ``TICK`` (the watchdog's sign of life)."""
-        now = time.monotonic()
-        due = [slot.deadline for slot in self._slots if slot.exchange is not None]
-        if self._ready and not self._stopping and self._paused_until > now:
-            due.append(self._paused_until)
-        if self._deferred:
-            due.append(self._deferred[0][0])
-        return max(min([*due, now + TICK]) - now, 0.0)
-
-    def _advance(self, slot: _Slot, answer: Answer | None) -> None:
-        """Resume the slot's delivery with ``answer``; send what it asks for next."""
-        assert slot.delivery is not None
-        try:
-            request = slot.delivery.send(answer)  # type: ignore[arg-type]
-        except StopIteration as finished:
-            self._release(slot, bool(finished.value))
-            return
-        except Exception:
-            log.exception("delivery for node %s failed unexpectedly", slot.node)
-            self._failed(Answer(Outcome.RETRY, None, "internal error"))
-            self._release(slot, True)
-            return
-        if self._stopping:
-            slot.delivery.close()
-            self._release(slot, False)
-            return
-        slot.request = request
-        slot.resent = False
-        self._transmit(slot)
-
-    def _transmit(self, slot: _Slot) -> None:
-        slot.exchange = Exchange()
-        slot.deadline = time.monotonic() + self.client.timeout
-        slot.reused = slot.sock is not None
-        try:
-            if slot.sock is None:
-                slot.sock = self.client.connect()
-                self._selector.register(slot.sock, selectors.EVENT_READ, slot)
-            slot.sock.sendall(slot.request)
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            self._lost(slot, exc)
-        except OSError as exc:
-            self._close(slot)
-            self._advance(slot, Answer(Outcome.RETRY, None, describe_error(exc)))
-
-    def _readable(self, slot: _Slot) -> None:
-        assert slot.sock is not None
-        exchange = slot.exchange
-        if exchange is None:
-            # An idle connection: the monitor closed it (or sent something unasked).
-            self._close(slot)
-            return
-        try:
-            complete = exchange.feed(slot.sock.recv(65536))
-            while not complete and isinstance(slot.sock, ssl.SSLSocket) and \
-                    slot.sock.pending():
-                complete = exchange.feed(slot.sock.recv(65536))
-        except ssl.SSLWantReadError:
-            return
-        except (ConnectionResetError, BrokenPipeError, ClosedError) as exc:
-            self._lost(slot, exc)
-            return
-        except (OSError, httptools.HttpParserError) as exc:
-            self._close(slot)
-            self._advance(slot, Answer(Outcome.RETRY, None, describe_error(exc)))
-            return
-        if complete:
-            slot.exchange = None
-            if not exchange.keep_alive:
-                self._close(slot)
-            self._advance(slot, exchange.answer())
-
-    def _lost(self, slot: _Slot, exc: Exception) -> None:
-        """The connection broke; a kept-alive one the monitor had closed is replaced once."""
-        self._close(slot)
-        if slot.reused and not slot.resent:
-            slot.resent = True
-            self._transmit(slot)
-        else:
-            self._advance(slot, Answer(Outcome.RETRY, None, f"connection lost: {exc}"))
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for slot in self._slots:
-            if slot.exchange is not None and now >= slot.deadline:
-                self._close(slot)
-                self._advance(slot, Answer(Outcome.RETRY, None, "timed out"))
-
-    def _close(self, slot: _Slot) -> None:
-        slot.exchange = None
-        if slot.sock is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(slot.sock)
-            with contextlib.suppress(OSError):
-                slot.sock.close()
-            slot.sock = None
-
-    def _release(self, slot: _Slot, again: bool) -> None:
-        node = slot.node
-        slot.node = slot.delivery = None
-        slot.probe = False
-        if node is None:
-            return
+    def _release(self, node: str, again: bool, probe: bool) -> None:
+        if probe:
+            self._probing = False
         self._busy.discard(node)
         if again or node in self._dirty:
             self._dirty.discard(node)
             if node not in self._queued:
                 self._queued.add(node)
                 self._ready.append(node)
+        if self._changed is not None:
+            self._changed.set()
 
     def _succeeded(self) -> None:
         if not self.reachable:

@@ -1,6 +1,8 @@
-"""A small YL-monitor REST client (SPEC §4): HTTP/1.1 keep-alive over a plain socket, with
-responses parsed by httptools (llhttp). ``http.client`` parses headers with the email
-package, which made it most of the bridge's CPU per forwarded message.
+"""A small YL-monitor REST client (SPEC §4): HTTP/1.1 keep-alive requests built here and
+answers parsed by httptools (llhttp), over asyncio streams for the bridge's forwarder
+(``open``) or a blocking socket for the operator commands (``perform``). ``http.client``
+parses headers with the email package, which made it most of the bridge's CPU per
+forwarded message.
 
 Answers are classified so the caller can decide: delivered, rejected (drop and go on),
 not found (register first), or retry later (monitor down, overloaded or broken).
@@ -8,6 +10,7 @@ not found (register first), or retry later (monitor down, overloaded or broken).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import json
@@ -82,6 +85,9 @@ class MonitorClient:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self.timeout = settings.timeout
+        self._tls: ssl.SSLContext | None = None
+        if self._https:
+            self._tls = ssl.create_default_context(cafile=settings.ca_file)
         self._conn: socket.socket | None = None
         self._heartbeat_paths: dict[str, str] = {}
         host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
@@ -127,21 +133,24 @@ class MonitorClient:
         """A new connection to the monitor (blocking, bounded by the timeout)."""
         sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._https:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_hostname=self._host)
         return sock
 
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to the monitor on the running asyncio loop: name lookup, connect
+        and TLS handshake without blocking it (the caller bounds the time)."""
+        reader, writer = await asyncio.open_connection(
+            self._host, self._port, ssl=self._tls,
+            server_hostname=self._host if self._tls is not None else None,
+            limit=_MAX_RESPONSE)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
     # --- blocking calls -------------------------------------------------------------------
-
-    def heartbeat(self, node_id: str, body: dict[str, Any]) -> Answer:
-        return self.perform(self.heartbeat_request(node_id, body))
-
-    def register(self, node_id: str, node_name: str, node_type: str) -> Answer:
-        return self.perform(self.register_request(node_id, node_name, node_type))
-
-    def node(self, node_id: str) -> Answer:
-        node = quote(protocol.check_node_id(node_id), safe="")
-        return self.request("GET", f"/api/ar/nodes/{node}")
 
     def alerts(self, **filters: str) -> Answer:
         query = {k: v for k, v in filters.items() if v}
@@ -150,9 +159,6 @@ class MonitorClient:
     def acknowledge(self, alert_id: str, user: str) -> Answer:
         return self.request("POST", f"/api/alerts/{quote(alert_id, safe='')}/acknowledge",
                             {"user": user})
-
-    def health(self) -> Answer:
-        return self.request("GET", "/api/health")
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
         return self.perform(self.build(method, path, body))

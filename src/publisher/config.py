@@ -47,6 +47,7 @@ class MonitorConfig:
     retry_delay: float = 5.0
     enabled: bool = True
     token: str | None = None
+    ca_file: str | None = None
     profile: str = "nodes-api"
     status_values: StatusValues = field(default_factory=StatusValues)
 
@@ -306,7 +307,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
                                                                           high=300),
         "max_retries": number(integer=True, low=0, high=1000),
         "retry_delay": number(low=0, high=3600), "enabled": boolean(),
-        "token": text(optional=True), "profile": text(choices=_PROFILES),
+        "token": text(optional=True), "ca_file": path(must_exist=True),
+        "profile": text(choices=_PROFILES),
         "status_values": (StatusValues, _STATUS_VALUES),
     }),
     "mqtt": (MqttConfig, {

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -140,7 +141,8 @@ def _node_of(target: str, raw: bytes) -> str:
 class MonitorDouble:
     def __init__(self, port: int = 0, *, host: str = "127.0.0.1", check_interval: float = 30.0,
                  register_route: bool = True, wrap_alerts: bool = False,
-                 token: str | None = None, delay: float = 0.0, keep: int | None = None) -> None:
+                 token: str | None = None, delay: float = 0.0, keep: int | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         """``keep``: how many of the latest heartbeats and requests to remember (all by
         default; a long benchmark bounds it so the double's cost stays flat)."""
         self.host = host
@@ -150,6 +152,8 @@ class MonitorDouble:
         self.wrap_alerts = wrap_alerts
         self.token = token
         self.delay = delay
+        self.tls = tls
+        """Serve HTTPS with this server context."""
         self.failure: tuple[int, dict[str, str]] | None = None
         self.hanging = threading.Event()
         self.answering = threading.Event()
@@ -182,13 +186,15 @@ class MonitorDouble:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> MonitorDouble:
         """Listen (again, on the same port after ``down()``)."""
         if self._server is not None:
             return self
         self._server = _Server((self.host, self.port), self)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
