@@ -66,7 +66,9 @@ def test_a_frozen_node_is_lost_after_one_and_a_half_to_two_and_a_half_keepalives
         lost = recorder.wait_for(state_topic("node-1"), lambda d: d["state"] == "lost",
                                  after=frozen, timeout=6 * keepalive)
         elapsed = lost.at - frozen
-        assert 1.5 * keepalive <= elapsed <= 2.5 * keepalive, f"lost after {elapsed:.2f} s"
+        # mosquitto drops a client 1.5 keepalives after its last packet, which came at most
+        # one keepalive before the freeze; it checks about once a second
+        assert 1.5 * keepalive <= elapsed <= 2.5 * keepalive + 1.0, f"lost after {elapsed:.2f} s"
     finally:
         os.kill(process.pid, signal.SIGCONT)
         process.kill()
