@@ -237,13 +237,17 @@ class Outbox:
             self._db.close()
             self._reader_db.close()
 
-    def _failed(self, exc: BaseException) -> None:
-        """After a failed write: end the transaction if SQLite has not, and make memory
-        match the disk again (now, or before the next write)."""
+    def _rollback(self, exc: BaseException) -> None:
+        """Note a failed write and end its transaction, if SQLite has not already."""
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
+
+    def _failed(self, exc: BaseException) -> None:
+        """After a failed write: end the transaction if SQLite has not, and make memory
+        match the disk again (now, or before the next write)."""
+        self._rollback(exc)
         self._marks_behind = True
         with contextlib.suppress(sqlite3.Error), self._marks_lock:
             self._load_marks()
@@ -388,8 +392,8 @@ class Outbox:
                 result.coalesced += 1
                 if row is not None and row[0] == session:
                     return bytes(row[1])
-        newest = truth.ahead[0] if truth.ahead else truth.session if truth.seq >= 0 else None
-        if newest != session:
+        newest = truth.newest_status
+        if newest is None or newest[0] != session:
             return None
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
@@ -438,10 +442,7 @@ class Outbox:
                                [(int(v), k) for k, v in registered.items()])
                 db.execute("COMMIT")
             except BaseException as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
+                self._rollback(exc)
                 with self._marks_lock:
                     for node, value in registered.items():
                         self._registered.setdefault(node, value)
@@ -497,7 +498,7 @@ class Outbox:
                 delivered.statuses.add((item.session, item.seq))
                 if mark is not None:
                     truth = mark.truth
-                    if (truth.ahead or (truth.session, truth.seq)) == (item.session, item.seq):
+                    if truth.newest_status == (item.session, item.seq):
                         mark.pending_status = False  # nothing newer is being recorded
                     if mark.pending is not None and \
                             (mark.pending.session, mark.pending.seq) == (item.session, item.seq):

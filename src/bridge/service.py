@@ -215,7 +215,7 @@ class Bridge:
         ``problem`` says what is not."""
         transitions, statuses = self.outbox.depth()
         outbox_error = self.outbox.last_error
-        problems = [*self._stalled()]
+        problems = self._stalled()
         if self.statuses.problem:
             problems.append(self.statuses.problem)
         if not self.connected:

@@ -510,6 +510,15 @@ class NodeTruth:
         # A node publishes ``ready`` before its first status; that one may still be on its way.
         return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded())
 
+    @property
+    def newest_status(self) -> tuple[str, int] | None:
+        """``(session, seq)`` of the newest status taken (one ahead of the states first)."""
+        if self.ahead is not None:
+            return self.ahead
+        if self.session is not None and self.seq >= 0:
+            return self.session, self.seq
+        return None
+
     def state_of(self, session: str) -> State | None:
         """The state of ``session`` as far as is known (a session ahead is ``ready``)."""
         if session == self.session:
