@@ -284,3 +284,43 @@ def test_a_failed_commit_leaves_memory_as_on_disk(tmp_path: Path) -> None:
     box._db = real
     assert [(i[0], i[1]) for i in drain(box)] == [("state", "ready"), ("state", "lost"),
                                                  ("state", "ready"), ("status", None)]
+
+
+def test_a_ready_node_silent_for_three_intervals_is_reported_once(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(1)])
+    spoke = box.marks["n1"].heard
+    drain(box)
+    assert box.silent_nodes(spoke + 89.9) == []
+    assert box.silent_nodes(spoke + 90.1) == ["n1"]
+    assert box.silent_nodes(spoke + 200) == []
+    assert drain(box) == [("silence", "ready", 1)]
+    assert box.silent_nodes(spoke + 300) == []
+    box.record([status(2)])
+    again = box.marks["n1"].heard
+    assert box.silent_nodes(again + 89.9) == []
+    assert drain(box) == [("status", None, 2)]
+    assert box.silent_nodes(again + 90.1) == ["n1"]
+
+
+@pytest.mark.parametrize("last", ["disconnected", "lost"])
+def test_a_node_that_said_it_is_down_never_falls_silent(tmp_path: Path, last: str) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(1), state(last)])
+    assert box.silent_nodes(box.marks["n1"].heard + 1000) == []
+
+
+def test_a_silence_waits_behind_undelivered_work(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record([state("ready"), status(1)])
+    assert box.silent_nodes(box.marks["n1"].heard + 91) == ["n1"]
+    assert drain(box) == [("state", "ready", -1), ("status", None, 1), ("silence", "ready", 1)]
+
+
+def test_a_reopened_outbox_gives_known_nodes_three_intervals_from_its_start(
+        tmp_path: Path) -> None:
+    Outbox(tmp_path / "o.db").record([state("ready"), status(1)])
+    box = Outbox(tmp_path / "o.db")
+    opened = box.marks["n1"].heard
+    assert box.silent_nodes(opened + 89) == []
+    assert box.silent_nodes(opened + 91) == ["n1"]

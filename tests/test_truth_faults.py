@@ -40,8 +40,10 @@ def broker(tmp_path: Path) -> Iterator[DevBroker]:
                               settings={"autosave_interval": "3600"})
 
 
-def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None) -> object:
-    config = write_config(tmp_path / f"{name}.yaml", config_dict(broker, "node-1"))
+def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None,
+         interval: float = 30) -> object:
+    config = write_config(tmp_path / f"{name}.yaml", config_dict(
+        broker, "node-1", monitor={"report_interval": interval}))
     args = ["node", "-c", str(config), "--toggle-every", "0.5"]
     if clock is None:
         return start_process(args, log_path=tmp_path / f"{name}.log")
@@ -87,6 +89,38 @@ def test_a_broker_restored_from_an_older_save_does_not_resurrect_a_stopped_node(
                                                     http_get(served + "/health"))
         time.sleep(0.1)
     assert double.history("node-1")[-1].reason == "disconnected"
+
+
+def test_a_node_that_stops_while_the_broker_is_down_is_shown_offline_once_silent(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
+        served: str) -> None:
+    """Neither its ``disconnected`` nor its will reaches the broker, which comes back with
+    the node's retained ``ready`` and last status: the bridge reports it offline (stale)
+    once three report intervals pass without a word."""
+    interval = 1.0
+    gui = node(tmp_path, broker, "gui", interval=interval)
+    try:
+        wait_until(lambda: double.is_online("node-1") and
+                   http_get(served + "/health")[0] == 200, timeout=15, what="online")
+        database = broker.workdir / "mosquitto.db"
+        saved = database.stat().st_mtime_ns if database.exists() else 0
+        assert broker.process is not None
+        os.kill(broker.process.pid, signal.SIGUSR1)
+        wait_until(lambda: database.exists() and database.stat().st_mtime_ns != saved,
+                   what="the broker's save with the node ready")
+        broker.kill()
+    finally:
+        assert stop_process(gui) == 0
+    broker.start()
+    assert retained(broker.host, broker.port, STATE)["state"] == "ready"
+    wait_until(bridge.healthy, timeout=15, what="the bridge back on the broker")
+    back = time.monotonic()
+    wait_until(lambda: offline_everywhere(double, served), timeout=3 * interval + 3,
+               what="offline at the monitor and in /health")
+    assert time.monotonic() - back <= 3 * interval + 3
+    last = double.history("node-1")[-1]
+    assert (last.status, last.reason) == ("offline", "stale")
+    assert bridge.metric('yl_bridge_forwarded_total{kind="silence"}') >= 1
 
 
 def run_until_shown(tmp_path: Path, broker: DevBroker, double: MonitorDouble, served: str,

@@ -44,7 +44,9 @@ from publisher.link import backoff_delay
 log = logging.getLogger(__name__)
 
 TICK = 1.0
-"""The delivery loop says it is alive this often (for the bridge's watchdog)."""
+"""The longest the delivery loop waits before looking for work again."""
+SILENCE_CHECK = 0.25
+"""How often the loop looks for nodes that fell silent (``Outbox.silent_nodes``)."""
 
 Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
@@ -179,8 +181,11 @@ class Forwarder:
 
     async def _tick(self) -> None:
         while True:
-            self.tick = time.monotonic()
-            await asyncio.sleep(TICK)
+            self.tick = now = time.monotonic()
+            silent = self.outbox.silent_nodes(now)
+            if silent:
+                self.notify(silent)
+            await asyncio.sleep(SILENCE_CHECK)
 
     async def _worker(self) -> None:
         connection = _Connection(self.client)
@@ -303,11 +308,16 @@ class Forwarder:
         # A transition registers first, every time: a monitor that lost its table (restarted
         # without it) would otherwise swallow it as an auto-registration.
         if self._nodes_api and mark is not None and \
-                (not mark.registered or item.kind == "state"):
+                (not mark.registered or item.kind != "status"):
             answer = yield from self._register(node, mark)
             if answer.outcome is Outcome.RETRY:
                 return self._retry(answer)
-        request = self.client.heartbeat_request(node, self._body(item, mark))
+        body = self._body(item, mark)
+        if not self._nodes_api and body["status"] != self._values.online:
+            # v1 takes any heartbeat as "alive" and cannot be told otherwise: send nothing.
+            self.outbox.done(item)
+            return not self.outbox.defers_writes or item.kind == "silence"
+        request = self.client.heartbeat_request(node, body)
         answer = yield request
         if answer.outcome is Outcome.NOT_FOUND and self._nodes_api:
             self.outbox.set_registered(node, False)
@@ -329,7 +339,9 @@ class Forwarder:
         if answer.outcome is Outcome.RETRY:
             return self._retry(answer)
         self._succeeded()
-        if answer.outcome is Outcome.DELIVERED:
+        if answer.outcome is Outcome.DELIVERED and item.kind == "silence":
+            self.metrics.inc("forwarded", kind="silence")
+        elif answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
         else:
             reason = f"http_{answer.status}" if answer.status else answer.outcome.value
@@ -337,8 +349,8 @@ class Forwarder:
             log.warning("monitor refused %s of node %s (%s); dropped, the node's queue goes on",
                         item.kind, node, answer.reason)
         self.outbox.done(item)
-        # A deferred write notifies the node again once it is on disk.
-        return not self.outbox.defers_writes
+        # A deferred write notifies the node again once it is on disk (a silence has none).
+        return not self.outbox.defers_writes or item.kind == "silence"
 
     def _retry(self, answer: Answer) -> bool:
         self.metrics.inc("retries")
@@ -390,7 +402,7 @@ class Forwarder:
         else:
             verdict = protocol.liveness(mark.truth.state_of(item.session) if mark else None,
                                         max(time.time() - item.received, 0.0),
-                                        snapshot.get("interval_s"))
+                                        snapshot.get("interval_s", mark and mark.interval_s))
         body["status"] = self._values.online if verdict.up else self._values.offline
         body["reason"] = verdict.reason
         if item.kind == "state" or "timestamp" not in body:

@@ -17,16 +17,25 @@ recorded again rather than taken for a duplicate.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.incoming import StatusHead
 from publisher.errors import YLStatusError
-from publisher.protocol import LOST_HOLD, NodeTruth, StateMessage, StatusMessage, Verdict
+from publisher.protocol import (
+    EXPIRY_FACTOR,
+    LOST_HOLD,
+    NodeTruth,
+    StateMessage,
+    StatusMessage,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +102,18 @@ class NodeMark:
     pending_status: bool = False
     pending: Item | None = None
     transitions: set[int] = field(default_factory=set)
+    heard: float = field(default_factory=time.monotonic)
+    """When the bridge last took a message of the node (monotonic; the outbox's start for a
+    node known from disk)."""
+    silence: str = ""
+    """``due``: the node fell silent (see ``Outbox.silent_nodes``) and the monitor is to be
+    told; ``told``: it was; empty while the node speaks."""
 
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to deliver: a transition (``transition_id``) or the pending status."""
+    """One thing to deliver: a transition (``transition_id``), the pending status, or
+    (``silence``) word that a ``ready`` node has sent nothing for too long."""
 
     node_id: str
     kind: str
@@ -158,6 +174,8 @@ class Outbox:
         self._flushing: dict[str, _Delivered] = {}
         self._registered: dict[str, bool] = {}
         self._marks_behind = False
+        self._silence: list[tuple[float, str, float]] = []
+        """(when the node falls silent, node, its ``heard`` then): a heap, checked lazily."""
         self.last_error: str | None = None
         """Why the last write failed; None once a write succeeds again."""
         try:
@@ -211,8 +229,13 @@ class Outbox:
                               -1 if seq is None or session != current else seq,
                               tuple(dict.fromkeys(over)),
                               None if ahead_session is None else (ahead_session, ahead_seq))
-            marks[node_id] = NodeMark(truth, name, bool(self._registered.get(
+            marks[node_id] = mark = NodeMark(truth, name, bool(self._registered.get(
                 node_id, registered)), interval)
+            old = self.marks.get(node_id)
+            if old is not None:
+                mark.heard, mark.silence = old.heard, old.silence
+            else:
+                self._listen(node_id, mark)
         # Delivered but not yet written (when reloading after a failed write): not pending.
         delivered: dict[str, _Delivered] = {}
         for done in (self._done, self._flushing):
@@ -321,6 +344,7 @@ class Outbox:
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
+        self._listen(node_id, mark, time.monotonic())
         self._save_node(db, node_id, mark, raw)
         mark.pending_status = True
         committed.append((mark, Item(node_id, "status", message.session, message.seq, None,
@@ -365,6 +389,7 @@ class Outbox:
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
         mark.lost = (added, received) if message.state == "lost" else None
+        self._listen(node_id, mark, time.monotonic())
         self._save_node(db, node_id, mark, None)
         committed.append((mark, None, added, [*dropped, *withdrawn]))
         result.accepted += 1
@@ -397,6 +422,41 @@ class Outbox:
             return None
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
+
+    def _listen(self, node_id: str, mark: NodeMark, heard: float | None = None) -> None:
+        """The node spoke at ``heard``: it falls silent ``EXPIRY_FACTOR`` intervals later."""
+        if heard is not None:
+            mark.heard, mark.silence = heard, ""
+        if mark.interval_s is not None:
+            heapq.heappush(self._silence, (mark.heard + EXPIRY_FACTOR * mark.interval_s,
+                                           node_id, mark.heard))
+
+    def silent_nodes(self, now: float | None = None) -> list[str]:
+        """Nodes whose current session is ``ready`` but whose newest message is older than
+        ``EXPIRY_FACTOR`` report intervals: the monitor is to be told they are offline.
+
+        Neither a will nor ``disconnected`` reaches the broker when a node stops while its
+        link is down (a broker restart); its retained ``ready`` and last status would keep it
+        online at the monitor for good. Each silence is reported once."""
+        now = time.monotonic() if now is None else now
+        found: list[str] = []
+        with self._marks_lock:
+            while self._silence and self._silence[0][0] <= now:
+                _, node_id, heard = heapq.heappop(self._silence)
+                mark = self.marks.get(node_id)
+                if mark is None or mark.heard != heard or mark.silence:
+                    continue
+                newest = mark.truth.newest_status
+                session = newest[0] if newest else mark.truth.session
+                if session is not None and mark.truth.state_of(session) == "ready":
+                    mark.silence = "due"
+                    found.append(node_id)
+        return found
+
+    def next_silence(self) -> float | None:
+        """When (monotonic) the next node may fall silent, if any may."""
+        with self._marks_lock:
+            return self._silence[0][0] if self._silence else None
 
     @staticmethod
     def _save_node(db: sqlite3.Connection, node_id: str, mark: NodeMark,
@@ -473,6 +533,8 @@ class Outbox:
                 if mark is None:
                     return None
                 if not mark.transitions:
+                    if mark.pending is None and mark.silence == "due":
+                        return self._silence_item(node_id, mark)
                     return mark.pending
                 first = min(mark.transitions)
             with self._read_lock:
@@ -484,9 +546,22 @@ class Outbox:
             with self._marks_lock:  # dropped meanwhile (too many transitions)
                 mark.transitions.discard(first)
 
+    @staticmethod
+    def _silence_item(node_id: str, mark: NodeMark) -> Item:
+        truth = mark.truth
+        session, seq = truth.newest_status or (truth.session or "", -1)
+        heard = time.time() - (time.monotonic() - mark.heard)
+        return Item(node_id, "silence", session, seq, "ready", None, heard)
+
     def done(self, item: Item) -> None:
         """The item reached the monitor (or was refused for good): it is never handed out
         again, and is removed from disk at the next ``flush()``."""
+        if item.kind == "silence":
+            with self._marks_lock:
+                mark = self.marks.get(item.node_id)
+                if mark is not None and mark.silence == "due":
+                    mark.silence = "told"
+            return
         with self._marks_lock:
             delivered = self._done.setdefault(item.node_id, _Delivered())
             mark = self.marks.get(item.node_id)
