@@ -223,6 +223,24 @@ def test_find_config_looks_under_the_working_directory(
     assert publisher.find_config(tmp_path) == tmp_path / "config" / "monitor_config.yaml"
 
 
+def test_load_config_without_a_path_finds_the_same_file_as_get_reporter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("YL_STATUS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_config().monitor.node_id == "user-gui"
+    (tmp_path / "config").mkdir()
+    write(tmp_path / "config", ORIGINAL_LAYOUT, "monitor_config.yaml")
+    assert load_config().monitor.node_id == "user-gui-007"
+    other = write(tmp_path, "monitor:\n  node_id: from-env\n", "other.yaml")
+    monkeypatch.setenv("YL_STATUS_CONFIG", str(other))
+    assert load_config().monitor.node_id == "from-env"
+
+
+def test_the_defaults_are_the_monitors_seed() -> None:
+    monitor = Config().monitor
+    assert (monitor.node_id, monitor.node_name) == ("user-gui", "User GUI Application")
+
+
 def test_a_log_file_that_cannot_be_written_is_a_config_error(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]
                                                                ) -> None:

@@ -39,8 +39,8 @@ class StatusValues:
 @dataclass(frozen=True)
 class MonitorConfig:
     url: str = "http://localhost:5500"
-    node_id: str = "user-gui-001"
-    node_name: str = "AR Live Studio"
+    node_id: str = "user-gui"
+    node_name: str = "User GUI Application"
     report_interval: float = 30.0
     timeout: float = 5.0
     max_retries: int = 3
@@ -420,16 +420,34 @@ def _refuse_repeated_keys(node: yaml.Node | None, prefix: str, source: str) -> N
             _refuse_repeated_keys(item, f"{prefix}[{i}]", source)
 
 
+CONFIG_NAME: Final = Path("config") / "monitor_config.yaml"
+
+
+def find_config(cwd: Path | None = None, *, env: Mapping[str, str] | None = None
+                ) -> Path | None:
+    """The config file to use when none is named: ``$YL_STATUS_CONFIG``, else
+    ``config/monitor_config.yaml`` under the working directory, else next to the package;
+    None if there is none (the defaults apply)."""
+    explicit = (os.environ if env is None else env).get(ENV_CONFIG_PATH)
+    if explicit:
+        return Path(explicit)
+    for base in (cwd or Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = base / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *,
                 env: Mapping[str, str] | None = None) -> Config:
     """Load, validate and apply environment overrides.
 
-    ``path`` falls back to ``$YL_STATUS_CONFIG``; with neither, the defaults are used.
+    Without ``path`` the file is found by ``find_config``; with none, the defaults are used.
     ``env`` defaults to ``os.environ`` (read at call time, never at import).
     """
     environ = os.environ if env is None else env
     if path is None:
-        path = environ.get(ENV_CONFIG_PATH) or None
+        path = find_config(env=environ)
     if path is None:
         config = Config()
     else:

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("-c", "--config", metavar="FILE",
-                       help="YAML config (default: $YL_STATUS_CONFIG, else built-in defaults)")
+                       help="YAML config (default: $YL_STATUS_CONFIG, else "
+                            "config/monitor_config.yaml, else built-in defaults)")
         return p
 
     p = command("check-config", "validate a config file and print the effective settings")
