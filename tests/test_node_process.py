@@ -132,3 +132,26 @@ def test_a_second_process_with_the_same_id_makes_the_first_exit_with_an_error(
         stop_process(first)
         if second is not None:
             assert stop_process(second) == 0
+
+
+def test_toggle_every_0_means_never(tmp_path: Path, broker: DevBroker) -> None:
+    recorder = Recorder(broker.host, broker.port).start()
+    process = start_process(["node", "-c", str(node_config(tmp_path, broker)),
+                             "--toggle-every", "0", "--duration", "3"],
+                            log_path=tmp_path / "node.log")
+    try:
+        assert process.wait(timeout=15) == 0
+        statuses = recorder.on("yl/ar/nodes/node-1/status")
+        assert 1 <= len(statuses) <= 3, len(statuses)
+    finally:
+        stop_process(process)
+        recorder.stop()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_toggle_period_that_is_not_a_time_is_a_config_error(
+        tmp_path: Path, broker: DevBroker, value: str) -> None:
+    process = start_process(["node", "-c", str(node_config(tmp_path, broker)),
+                             "--toggle-every", value], log_path=tmp_path / "node.log")
+    assert process.wait(timeout=15) == 2
+    assert "--toggle-every" in (tmp_path / "node.log").read_text()

@@ -43,6 +43,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc), key="--node-id") from exc
     if args.count < 1:
         raise ConfigError("must be at least 1", key="--count")
+    if not 0 <= args.toggle_every < float("inf"):
+        raise ConfigError("must be a number of seconds, 0 for never", key="--toggle-every")
     configure_logging(config.logging)
     stop = stop_event_on_signals()
     return run_nodes(config, node_id=args.node_id, count=args.count,
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1,
                    help="run N nodes ID-0001..ID-N, each with its own connection")
     p.add_argument("--toggle-every", type=float, default=5.0, metavar="SECONDS",
-                   help="flip a random GUI flag on every node this often")
+                   help="flip a random GUI flag on every node this often (0: never)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: until SIGTERM/Ctrl-C)")
     p.set_defaults(func=cmd_node)

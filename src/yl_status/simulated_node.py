@@ -13,6 +13,8 @@ from publisher.status_publisher import StatusPublisher
 log = logging.getLogger(__name__)
 
 TOGGLED_FLAGS = ("video_running", "audio_running", "face_loaded")
+CHECK_EVERY = 1.0
+"""How often the nodes are checked for a takeover when nothing is toggled."""
 
 
 def node_ids(base: str, count: int) -> list[str]:
@@ -23,7 +25,8 @@ def node_ids(base: str, count: int) -> list[str]:
 
 def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: float,
               duration: float | None, stop: threading.Event) -> int:
-    """Run ``count`` publishers, each with its own connection, until ``stop`` or ``duration``.
+    """Run ``count`` publishers, each with its own connection, until ``stop`` or ``duration``;
+    every ``toggle_every`` seconds a random GUI flag flips on each (0: never).
 
     Returns 0 on a clean stop, 3 if a node's id was taken over by another process.
     """
@@ -42,9 +45,9 @@ def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: 
     rng = random.Random()
     deadline = None if duration is None else time.monotonic() + duration
     exit_code = 0
+    step = toggle_every if toggle_every > 0 else CHECK_EVERY
     while True:
-        wait = toggle_every if deadline is None else min(toggle_every,
-                                                         deadline - time.monotonic())
+        wait = step if deadline is None else min(step, deadline - time.monotonic())
         if stop.wait(max(wait, 0.0)):
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -54,7 +57,7 @@ def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: 
             log.error("node %s stopped: %s", fatal[0].node_id, fatal[0].fatal_error)
             exit_code = 3
             break
-        for publisher in publishers:
+        for publisher in publishers if toggle_every > 0 else ():
             flag = rng.choice(TOGGLED_FLAGS)
             publisher.update_gui_status(**{flag: not publisher.gui_status().get(flag)})
     threads = [threading.Thread(target=p.stop, args=(2.0,)) for p in publishers]
