@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from publisher import protocol
 from publisher.config import parse_config
 from publisher.protocol import (
     LOST_HOLD,
@@ -130,15 +131,37 @@ def test_health_without_the_broker_is_503_broker_unreachable(client: FlaskClient
 
 def test_status_returns_the_snapshot_as_published(client: FlaskClient, view: NodeView) -> None:
     payload = status(7, video_running=True)
+    feed(view, "gui-1", "state", state("ready"))
     feed(view, "gui-1", "status", payload)
     response = client.get("/status")
     assert response.status_code == 200
-    assert response.data == payload
     body = response.get_json()
+    published = json.loads(payload)
+    assert {k: body[k] for k in published} == published
+    assert (body["state"], body["up"]) == ("ready", True)
     for key in ("node_id", "node_name", "timestamp", "status", "version", "uptime",
                 "resources", "gui", "reporter"):
         assert key in body
     assert body["gui"]["video_running"] is True
+
+
+@pytest.mark.parametrize("word", ["lost", "disconnected"])
+def test_status_of_a_node_that_is_down_says_so_and_since_when(
+        client: FlaskClient, view: NodeView, clock: Clock, word: str) -> None:
+    view.wall_clock = lambda: clock.now + 1_700_000_000
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(3))
+    clock.now += 40
+    feed(view, "gui-1", "state", state(word))
+    changed = protocol.iso_from_epoch(clock.now + 1_700_000_000)
+    clock.now += 90
+    response = client.get("/status")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert (body["state"], body["state_changed_at"], body["up"], body["reason"]) == \
+        (word, changed, False, word)
+    assert body["seq"] == 3
+    assert client.get("/health").get_json()["detail"] == f"node {word} since {changed}"
 
 
 def test_status_without_a_snapshot_is_503(client: FlaskClient) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from publisher import protocol
 from tests.support import (
     config_dict,
     http_get,
@@ -40,13 +41,19 @@ def test_health_follows_a_real_node_up_and_killed(tmp_path: Path, broker: DevBro
         assert "video_running" in status["gui"]
         code, stats = http_get(served + "/stats")
         assert stats["running"] is True
-        killed = time.monotonic()
+        killed, killed_at = time.monotonic(), time.time()
         node.kill()  # type: ignore[attr-defined]
         node.wait()  # type: ignore[attr-defined]
         code, body = wait_until(lambda: (r := http_get(served + "/health"))[0] == 503 and r,
                                 timeout=2, what="unhealthy after kill -9")
         assert time.monotonic() - killed < 2
         assert body["reason"] == "lost"
+        code, status = http_get(served + "/status")
+        assert (code, status["state"], status["up"]) == (503, "lost", False)
+        lost_at = protocol.epoch_from_iso(status["state_changed_at"])
+        assert killed_at - 0.1 <= lost_at <= killed_at + 2
+        said = protocol.epoch_from_iso(body["detail"].removeprefix("node lost since "))
+        assert abs(said - lost_at) < 0.05
     finally:
         stop_process(node)  # type: ignore[arg-type]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from typing import Any
 
@@ -55,13 +56,20 @@ def health() -> Response:
 
 @bp.get("/status")
 def status() -> Response:
+    """The node's latest snapshot as published, with its state and when that changed; 503
+    whenever ``/health`` is (the snapshot is then the last word of a node that is down)."""
     node_id = _config().monitor.node_id
-    payload = _view().status_payload(node_id)
-    if payload is None:
-        verdict = _view().health(node_id)
-        return _json({"status": "unknown", "node_id": node_id, "reason": verdict.reason,
-                      "detail": "no status received from this node"}, 503)
-    return Response(payload, mimetype="application/json")
+    view = _view()
+    payload = view.status_payload(node_id)
+    verdict = view.health(node_id)
+    state, changed = view.state_change(node_id)
+    body: dict[str, Any] = {"status": "unknown", "node_id": node_id} if payload is None \
+        else json.loads(payload)
+    body.update(state=state, state_changed_at=changed, up=verdict.up)
+    if not verdict.up:
+        body["reason"] = verdict.reason
+        body["detail"] = verdict.detail or "no status received from this node"
+    return _json(body, 200 if verdict.up else 503)
 
 
 @bp.get("/stats")

@@ -171,6 +171,16 @@ class NodeView:
             return Liveness(False, verdict.reason, f"node {verdict.reason} since {seen}")
         return verdict
 
+    def state_change(self, node_id: str) -> tuple[str | None, str | None]:
+        """The node's current state and when it changed (ISO-8601, the view's clock; for a
+        retained message, as far as its expiry tells how long it waited at the broker)."""
+        with self._lock:
+            record = self._nodes.get(node_id)
+            if record is None or record.state is None:
+                return None, None
+            changed = self.wall_clock() - (self.clock() - record.state_at)
+            return record.state.state, protocol.iso_from_epoch(changed)
+
     def status_payload(self, node_id: str) -> bytes | None:
         with self._lock:
             record = self._nodes.get(node_id)
@@ -214,6 +224,8 @@ class NodeView:
             "reason": health.reason,
             "state": record.state.state if record.state else None,
             "state_since": record.state.since if record.state else None,
+            "state_changed_at": protocol.iso_from_epoch(wall - (now - record.state_at))
+                                if record.state else None,
             "session": record.truth.session,
             "seq": status.seq if status else None,
             "status": status.status if status else None,
