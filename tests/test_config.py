@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from publisher.config import Config, load_config
+from publisher.config import Config, load_config, parse_config
 from publisher.errors import ConfigError
 from yl_status.cli import main
 
@@ -283,3 +283,13 @@ def test_local_server_disabled_serves_nothing(tmp_path: Path) -> None:
         assert main(["serve", "-c", str(path)]) == 0
     finally:
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("*", "every web page"), ("mon.example", "must be an origin"),
+    ("http://mon.example/path", "must be an origin"), ("ftp://mon", "must be an origin"),
+    ("http://user@mon", "must be an origin"), ("http://mon:99999", "must be an origin")])
+def test_cors_origins_are_origins_and_never_everyone(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_config({"local_server": {"cors_origins": [value]}}, "<test>")
+    assert "local_server.cors_origins[0]" in str(caught.value)

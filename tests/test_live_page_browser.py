@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,59 @@ def _up(base: str) -> bool:
         return http_get(base + "nodes", timeout=1)[0] == 200
     except OSError:
         return False
+
+
+class _Page:
+    """A page served from an origin of its own that reads ``target`` with ``fetch()``."""
+
+    def __init__(self, target: str) -> None:
+        html = ("<!doctype html><title>waiting</title><script>"
+                f"fetch({target!r}).then(r => r.json())"
+                ".then(j => { document.title = 'read:' + j.status; })"
+                ".catch(e => { document.title = 'refused:' + e.name; });"
+                "</script>").encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(html)))
+                self.end_headers()
+                self.wfile.write(html)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_the_monitors_dashboard_reads_health_from_the_browser_and_no_other_page_does(
+        tmp_path: Path, broker: DevBroker, browser: Any) -> None:
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    dashboard, stranger = _Page(health), _Page(health)
+    serve_cfg = config_dict(broker, monitor={"url": f"http://localhost:{dashboard.port}"},
+                            local_server={"port": port, "mqtt_username": "yl-viewer",
+                                          "mqtt_password": "viewer-secret"})
+    server = start_process(["serve", "-c", str(write_config(tmp_path / "s.yaml", serve_cfg))],
+                           log_path=tmp_path / "serve.log")
+    try:
+        wait_until(lambda: _up(f"http://127.0.0.1:{port}/"), timeout=15, what="status app")
+        browser.get(f"http://localhost:{dashboard.port}/")
+        wait_until(lambda: browser.title != "waiting", timeout=10, what="dashboard fetch")
+        assert browser.title == "read:unhealthy"
+        browser.get(f"http://localhost:{stranger.port}/")
+        wait_until(lambda: browser.title != "waiting", timeout=10, what="stranger fetch")
+        assert browser.title == "refused:TypeError"
+    finally:
+        stop_process(server)
+        dashboard.close()
+        stranger.close()

@@ -344,3 +344,32 @@ def test_a_retained_will_counts_at_once(client: FlaskClient, view: NodeView) -> 
     view.ingest("yl/ar/nodes/gui-1/status", status(1), retained=True)
     view.ingest("yl/ar/nodes/gui-1/state", state("lost"), retained=True)
     assert client.get("/health").status_code == 503
+
+
+def test_the_monitors_own_application_check_host_is_served(client: FlaskClient) -> None:
+    assert client.get("/health", headers={"Host": "0.0.0.0:5502"}).status_code == 503
+    assert client.get("/health", headers={"Host": "0.0.0.0:5502"}).get_json()["reason"] == \
+        "unknown"
+
+
+def test_cors_answers_the_monitors_origin_and_no_other(client: FlaskClient) -> None:
+    mine = client.get("/health", headers={"Origin": "http://mon:5500"})
+    assert mine.headers["Access-Control-Allow-Origin"] == "http://mon:5500"
+    other = client.get("/health", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    preflight = client.options("/status", headers={
+        "Origin": "http://mon:5500", "Access-Control-Request-Method": "GET"})
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://mon:5500"
+    assert "POST" not in preflight.headers.get("Access-Control-Allow-Methods", "")
+
+
+def test_configured_origins_are_allowed_besides_the_monitors(view: NodeView) -> None:
+    config = parse_config({"monitor": {"node_id": "gui-1", "url": "https://mon.example/api"},
+                           "local_server": {"cors_origins": ["http://dash.example:8080/"]}},
+                          "<test>")
+    with create_app(config, view).test_client() as c:
+        for origin in ("https://mon.example", "http://dash.example:8080"):
+            answer = c.get("/health", headers={"Origin": origin})
+            assert answer.headers["Access-Control-Allow-Origin"] == origin
+        assert "Access-Control-Allow-Origin" not in \
+            c.get("/health", headers={"Origin": "http://dash.example"}).headers

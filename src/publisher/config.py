@@ -86,6 +86,8 @@ class LocalServerConfig:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     trusted_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to read the endpoints, besides the monitor's own."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,43 @@ def hosts_list() -> Check:
     return check
 
 
+def origins_list() -> Check:
+    """Web origins (``scheme://host[:port]``); never ``*``."""
+    def check(value: Any, key: str, source: str) -> Any:
+        _kind(value, (list,), key, source)
+        origins = []
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            _kind(item, (str,), where, source)
+            if item.strip() == "*":
+                raise ConfigError("'*' would let every web page read the node's status; "
+                                  "list the origins", key=where, source=source)
+            parts = urlsplit(item)
+            try:
+                parts.port  # noqa: B018
+            except ValueError:
+                parts = urlsplit("")
+            if parts.scheme not in ("http", "https") or not parts.hostname or \
+                    parts.path not in ("", "/") or parts.query or parts.fragment or \
+                    parts.username is not None:
+                raise ConfigError("must be an origin like http://monitor.example:5500, got "
+                                  f"{_preview(item)}", key=where, source=source)
+            origins.append(origin_of(item))
+        return tuple(origins)
+    return check
+
+
+def origin_of(address: str) -> str:
+    """The web origin of an http(s) URL: scheme, host and port as a browser sends them."""
+    parts = urlsplit(address)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{parts.scheme.lower()}://{host}{port}"
+
+
 _STATUS_VALUES: dict[str, Check] = {"online": text(), "offline": text()}
 _TLS: dict[str, Check] = {
     "ca_file": path(must_exist=True), "cert_file": path(must_exist=True),
@@ -320,7 +359,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
     "local_server": (LocalServerConfig, {
         "enabled": boolean(), "host": host(), "port": number(integer=True, low=1, high=65535),
         "mqtt_username": text(optional=True), "mqtt_password": text(optional=True),
-        "trusted_hosts": hosts_list(),
+        "trusted_hosts": hosts_list(), "cors_origins": origins_list(),
     }),
     "bridge": (BridgeConfig, {
         "client_id": bridge_id(), "outbox_path": path(optional=False),

@@ -7,10 +7,11 @@ from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from publisher import protocol
-from publisher.config import Config
+from publisher.config import Config, origin_of
 from status_app.node_view import NodeView
 
 bp = Blueprint("status", __name__)
@@ -129,10 +130,18 @@ def _error(exc: HTTPException) -> Response:
 def _trusted_hosts(config: Config) -> list[str]:
     if config.local_server.trusted_hosts:
         return list(config.local_server.trusted_hosts)
-    hosts = {"localhost", "127.0.0.1", "[::1]", "::1"}
+    # The deployed monitor's application check asks for http://0.0.0.0:5502, which a
+    # client on this machine reaches on loopback.
+    hosts = {"localhost", "127.0.0.1", "[::1]", "::1", "0.0.0.0"}
     if config.local_server.host not in ("0.0.0.0", "::", ""):
         hosts.add(config.local_server.host)
     return sorted(hosts)
+
+
+def cors_origins(config: Config) -> list[str]:
+    """Origins whose pages may read the endpoints: the monitor's (its dashboard fetches
+    ``/health`` from the browser) and ``local_server.cors_origins``; never ``*``."""
+    return sorted({origin_of(config.monitor.url), *config.local_server.cors_origins})
 
 
 def create_app(config: Config, view: NodeView | None = None) -> Flask:
@@ -150,6 +159,9 @@ def create_app(config: Config, view: NodeView | None = None) -> Flask:
     app.extensions["yl_status_config"] = config
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _error)
+    CORS(app, origins=cors_origins(config), methods=["GET"], supports_credentials=False,
+         always_send=False,
+         max_age=600)
 
     @app.before_request
     def refuse_large_bodies() -> None:
