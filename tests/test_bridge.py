@@ -205,13 +205,66 @@ def test_without_a_register_route_a_new_node_is_still_online_at_once(
 
 def test_profile_v1_posts_to_the_deployed_endpoint(
         tmp_path: Path, broker: DevBroker, publishers: list[StatusPublisher]) -> None:
-    double = MonitorDouble().start()
+    double = MonitorDouble(known=("node-6",)).start()
     bridge = BridgeProcess(tmp_path, broker, double, profile="v1").start()
     try:
         publishers.append(StatusPublisher(make_config(broker, "node-6")).start())
         wait_until(lambda: double.history("node-6"), timeout=10, what="v1 heartbeat")
         assert double.request_count("/api/v1/ar/heartbeat?node_id=node-6") >= 1
         assert double.request_count("/api/ar/nodes") == 0
+    finally:
+        assert bridge.stop() == 0
+        double.down()
+
+
+def test_against_the_deployed_v1_monitor_a_killed_node_gets_no_heartbeat(
+        tmp_path: Path, broker: DevBroker) -> None:
+    """The deployed monitor (1.0.6) takes any POST as "alive": with the default profile the
+    bridge finds it speaks v1 and sends nothing once the node is down."""
+    double = MonitorDouble(api="v1", known=("node-6",)).start()
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    node = start_process(["node", "-c", str(write_config(tmp_path / "n.yaml",
+                                                         config_dict(broker, "node-6")))],
+                         log_path=tmp_path / "node.log")
+    try:
+        wait_until(lambda: double.history("node-6"), timeout=15, what="v1 heartbeat")
+        assert bridge.health()["monitor_api"] == "v1"
+        states = bridge.metric('yl_bridge_received_total{kind="state"}')
+        node.kill()
+        node.wait()
+        killed = time.monotonic()
+        wait_until(lambda: bridge.metric('yl_bridge_received_total{kind="state"}') > states,
+                   timeout=5, what="the will at the bridge")
+        wait_until(lambda: time.monotonic() > killed + 3 and bridge.drained(), timeout=10,
+                   what="the will handled")
+        with double.lock:
+            after = [r for r in double.requests if r[0] == "POST" and r[3] > killed + 0.5]
+        assert after == []
+        assert "profile=auto" in bridge.log_path.read_text()
+        assert "serves the v1 API; using it" in bridge.log_path.read_text()
+    finally:
+        stop_process(node)
+        assert bridge.stop() == 0
+        double.down()
+
+
+def test_a_monitor_url_serving_neither_api_fails_health_loudly(
+        tmp_path: Path, broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    double = MonitorDouble().start()
+    double.fail_with(404)
+    bridge = BridgeProcess(tmp_path, broker, double)
+    try:
+        bridge.start(wait=False)
+        publishers.append(StatusPublisher(make_config(broker, "node-8")).start())
+        wait_until(lambda: "serves neither" in bridge.health()["problem"], timeout=15,
+                   what="health names the problem")
+        assert not bridge.healthy()
+        assert bridge.metric('yl_bridge_monitor_api{profile="none"}') == 1
+        wait_until(lambda: bridge.metric("yl_bridge_outbox_statuses") == 1, timeout=10,
+                   what="the status kept")
+        double.fail_with(None)
+        wait_until(lambda: double.is_online("node-8"), timeout=15, what="delivered after")
+        assert bridge.log_path.read_text().count("serves neither") == 1
     finally:
         assert bridge.stop() == 0
         double.down()

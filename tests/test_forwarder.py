@@ -186,23 +186,26 @@ def test_a_one_megabyte_chunked_answer(tmp_path: Path, outbox: Outbox) -> None:
     done = threading.Event()
 
     def answer() -> None:
-        conn, _ = server.accept()
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(65536)
-            head, _, rest = request.partition(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            while len(rest) < length:
-                rest += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-                         b"Content-Type: text/plain\r\nConnection: close\r\n\r\n")
-            for start in range(0, len(body), 65536):
-                chunk = body[start:start + 65536]
-                conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            conn.sendall(b"0\r\n\r\n")
-        done.set()
+        """Every request (the v1 node list, then the heartbeat) gets the same answer."""
+        while not done.is_set():
+            conn, _ = server.accept()
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, rest = request.partition(b"\r\n\r\n")
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length")), b"0"))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                             b"Content-Type: text/plain\r\nConnection: close\r\n\r\n")
+                for start in range(0, len(body), 65536):
+                    chunk = body[start:start + 65536]
+                    conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                conn.sendall(b"0\r\n\r\n")
+                if head.startswith(b"POST"):
+                    done.set()
 
     thread = threading.Thread(target=answer)
     thread.start()

@@ -97,9 +97,31 @@ def test_alerts_and_acknowledge(double: MonitorDouble) -> None:
     assert "alerts" in call(double, "GET", "/api/alerts")[1]
 
 
-def test_v1_heartbeat_ignores_the_body_and_accepts_unknown_ids(double: MonitorDouble) -> None:
-    assert call(double, "POST", "/api/v1/ar/heartbeat?node_id=anything", raw=b"junk")[0] == 200
-    assert double.history("anything")[0].status is None
+def test_v1_heartbeat_ignores_the_body_and_answers_200_for_unknown_ids_storing_nothing(
+        ) -> None:
+    double = MonitorDouble(api="v1", known=("user-gui",)).start()
+    try:
+        assert call(double, "POST", "/api/v1/ar/heartbeat?node_id=anything", raw=b"junk")[0] \
+            == 200
+        assert double.history("anything") == []
+        assert call(double, "POST", "/api/v1/ar/heartbeat?node_id=user-gui", raw=b"junk")[0] \
+            == 200
+        assert [h.status for h in double.history("user-gui")] == [None]
+        assert call(double, "GET", "/api/v1/ar/nodes") == (200, ["user-gui"])
+        assert call(double, "GET", "/api/ar/nodes")[0] == 404
+        assert call(double, "POST", "/api/ar/nodes/user-gui/heartbeat", {})[0] == 404
+    finally:
+        double.down()
+
+
+def test_a_nodes_api_monitor_has_no_v1_routes() -> None:
+    double = MonitorDouble(api="nodes-api").start()
+    try:
+        assert call(double, "GET", "/api/v1/ar/nodes")[0] == 404
+        assert call(double, "POST", "/api/v1/ar/heartbeat?node_id=n")[0] == 404
+        assert call(double, "GET", "/api/ar/nodes") == (200, [])
+    finally:
+        double.down()
 
 
 def test_down_refuses_and_comes_back_on_the_same_port(double: MonitorDouble) -> None:

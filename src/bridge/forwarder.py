@@ -28,6 +28,8 @@ import httptools
 
 from bridge.metrics import Metrics
 from bridge.monitor_client import (
+    NODES,
+    V1_NODES,
     Answer,
     ClosedError,
     Exchange,
@@ -35,6 +37,7 @@ from bridge.monitor_client import (
     Outcome,
     decode_json,
     describe_error,
+    listed_node_ids,
 )
 from bridge.outbox import Item, NodeMark, Outbox
 from publisher import protocol
@@ -47,6 +50,13 @@ TICK = 1.0
 """The longest the delivery loop waits before looking for work again."""
 SILENCE_CHECK = 0.25
 """How often the loop looks for nodes that fell silent (``Outbox.silent_nodes``)."""
+
+KNOWN_TTL = 30.0
+"""How long a v1 monitor's list of the nodes it knows is trusted before it is read again."""
+PROFILES = ("nodes-api", "v1")
+"""The APIs ``monitor.profile: auto`` looks for, in this order."""
+_DETECT = ""
+"""Taken from the queue instead of a node (no node id is empty): find out the monitor's API."""
 
 Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
@@ -107,7 +117,17 @@ class Forwarder:
         self.reachable = True
         self.last_problem = ""
         self._values = config.monitor.status_values
-        self._nodes_api = config.monitor.profile == "nodes-api"
+        self._url = config.monitor.url
+        self._auto = config.monitor.profile == "auto"
+        self.profile: str | None = None if self._auto else config.monitor.profile
+        """The API the monitor serves (None: not known yet)."""
+        self._detecting = False
+        self._logged_profile: str | None = None
+        self._known: set[str] | None = None
+        self._known_at = float("-inf")
+        self.unknown_nodes: set[str] = set()
+        """Nodes a v1 monitor does not list: it would answer 200 and store nothing."""
+        self.metrics.api(self.profile)
         self._register_route: bool | None = None
         self._backoff_initial = 0.2
         self._backoff_max = max(config.monitor.retry_delay, 0.5)
@@ -192,6 +212,14 @@ class Forwarder:
         try:
             while (taken := await self._next_node()) is not None:
                 node, probe = taken
+                if node == _DETECT:
+                    try:
+                        await self._drive(connection, self._detect(), "finding the API")
+                    finally:
+                        self._detecting = False
+                        if self._changed is not None:
+                            self._changed.set()
+                    continue
                 again = True
                 try:
                     again = await self._serve(connection, node)
@@ -208,7 +236,11 @@ class Forwarder:
             if self._stopping:
                 return None
             now = time.monotonic()
-            if self._ready and now >= self._paused_until and \
+            if self.profile is None:
+                if not self._detecting and now >= self._paused_until:
+                    self._detecting = True
+                    return _DETECT, False
+            elif self._ready and now >= self._paused_until and \
                     (self.reachable or not self._probing):
                 node = self._ready.popleft()
                 self._queued.discard(node)
@@ -217,7 +249,7 @@ class Forwarder:
                 self._probing = self._probing or probe
                 return node, probe
             due = [now + TICK]
-            if self._ready:
+            if self._ready or self.profile is None:
                 due.append(self._paused_until)
             if self._deferred:
                 due.append(self._deferred[0][0])
@@ -227,7 +259,9 @@ class Forwarder:
 
     async def _serve(self, connection: _Connection, node: str) -> bool:
         """Run one delivery of ``node``; whether the node has more to deliver."""
-        delivery = self._deliver(node)
+        return await self._drive(connection, self._deliver(node), f"delivery for node {node}")
+
+    async def _drive(self, connection: _Connection, delivery: Delivery, what: str) -> bool:
         answer: Answer | None = None
         try:
             while True:
@@ -240,7 +274,7 @@ class Forwarder:
                     return False
                 answer = await connection.exchange(request)
         except Exception:
-            log.exception("delivery for node %s failed unexpectedly", node)
+            log.exception("%s failed unexpectedly", what)
             self._failed(Answer(Outcome.RETRY, None, "internal error"))
             return True
 
@@ -287,15 +321,75 @@ class Forwarder:
         if self.reachable:
             log.warning("monitor unavailable (%s); pausing deliveries, retrying with backoff",
                         answer.reason)
+        if self.reachable and self._auto:
+            self.profile = None  # the monitor that comes back may be another release
         self.reachable = False
         self.last_problem = answer.reason
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
         return pause
 
+    # --- which API the monitor serves ---------------------------------------------------------
+
+    def _detect(self) -> Delivery:
+        """``monitor.profile: auto``: ask for each API's node list; the first that answers
+        2xx is the one spoken."""
+        answer = Answer(Outcome.NOT_FOUND, None, "")
+        for profile in PROFILES:
+            answer = yield self.client.nodes_request(profile)
+            if answer.outcome is Outcome.RETRY:
+                self._retry(answer)
+                return False
+            if answer.outcome is Outcome.DELIVERED:
+                self.profile = profile
+                self.client.use_profile(profile)
+                self.metrics.api(profile)
+                if profile == "v1":
+                    self._remember_known(answer)
+                if self._logged_profile != profile:
+                    self._logged_profile = profile
+                    log.info("monitor at %s serves the %s API; using it", self._url, profile)
+                self._succeeded()
+                return False
+        problem = (f"monitor at {self._url} serves neither the nodes API (GET {NODES}) nor v1 "
+                   f"(GET {V1_NODES}): {answer.reason}; check monitor.url")
+        if self._logged_profile != "none":
+            self._logged_profile = "none"
+            log.error("%s; keeping every message until it does", problem)
+        self.metrics.api("none")
+        self.reachable = False
+        self._failed(Answer(Outcome.RETRY, answer.status, problem))
+        return False
+
+    def _remember_known(self, answer: Answer) -> None:
+        self._known = listed_node_ids(answer.body)
+        self._known_at = time.monotonic()
+        if self._known is None:
+            log.warning("the monitor's node list (GET %s) has a shape not understood; "
+                        "heartbeats are sent without checking that it knows the node", V1_NODES)
+
+    def _knows(self, node: str) -> Generator[bytes, Answer, bool]:
+        """Whether a v1 monitor lists ``node`` (True when it cannot be told)."""
+        if time.monotonic() - self._known_at > KNOWN_TTL:
+            answer = yield self.client.nodes_request("v1")
+            if answer.outcome is Outcome.DELIVERED:
+                self._remember_known(answer)
+        if self._known is None or node in self._known:
+            self.unknown_nodes.discard(node)
+            return True
+        if node not in self.unknown_nodes:
+            self.unknown_nodes.add(node)
+            log.warning("monitor at %s does not know node %s: it would answer 200 and store "
+                        "nothing; add the node to the monitor's node list", self._url, node)
+        return False
+
     # --- one node's delivery ----------------------------------------------------------------
 
     def _deliver(self, node: str) -> Delivery:
         """Deliver one item of ``node``."""
+        profile = self.profile
+        if profile is None:
+            return True  # handed out again once the monitor's API is known
+        nodes_api = profile == "nodes-api"
         item = self.outbox.next_item(node)
         if item is None:
             return False
@@ -307,19 +401,28 @@ class Forwarder:
         mark = self.outbox.mark(node)
         # A transition registers first, every time: a monitor that lost its table (restarted
         # without it) would otherwise swallow it as an auto-registration.
-        if self._nodes_api and mark is not None and \
+        if nodes_api and mark is not None and \
                 (not mark.registered or item.kind != "status"):
             answer = yield from self._register(node, mark)
             if answer.outcome is Outcome.RETRY:
                 return self._retry(answer)
         body = self._body(item, mark)
-        if not self._nodes_api and body["status"] != self._values.online:
-            # v1 takes any heartbeat as "alive" and cannot be told otherwise: send nothing.
+        if not nodes_api:
+            # v1 takes any heartbeat as "alive" and cannot be told otherwise: nothing is sent
+            # for a node that is down, nor for one the monitor would not store.
+            if body["status"] == self._values.online and not (yield from self._knows(node)):
+                self.metrics.inc("rejected", reason="unknown_at_monitor")
+            elif body["status"] == self._values.online:
+                return (yield from self._send(node, item, mark, body, nodes_api))
             self.outbox.done(item)
             return not self.outbox.defers_writes or item.kind == "silence"
+        return (yield from self._send(node, item, mark, body, nodes_api))
+
+    def _send(self, node: str, item: Item, mark: NodeMark | None, body: dict[str, Any],
+              nodes_api: bool) -> Delivery:
         request = self.client.heartbeat_request(node, body)
         answer = yield request
-        if answer.outcome is Outcome.NOT_FOUND and self._nodes_api:
+        if answer.outcome is Outcome.NOT_FOUND and nodes_api:
             self.outbox.set_registered(node, False)
             registered = yield from self._register(node, mark)
             if registered.outcome is Outcome.RETRY:

@@ -56,6 +56,9 @@ class Metrics:
         self._counters = {
             name: Counter(PREFIX + name, text, labels, registry=self.registry)
             for name, (text, labels) in COUNTERS.items()}
+        self._api = Gauge(PREFIX + "monitor_api",
+                          "1 for the API the monitor was found to serve (none: neither)",
+                          ("profile",), registry=self.registry)
         self._lag = Histogram(PREFIX + "delivery_lag_seconds",
                               "Seconds from receipt at the bridge to delivery at the monitor",
                               registry=self.registry, buckets=LAG_BUCKETS)
@@ -67,6 +70,11 @@ class Metrics:
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         Gauge(PREFIX + name, GAUGES[name], registry=self.registry).set_function(read)
+
+    def api(self, profile: str | None) -> None:
+        """The monitor's API: ``nodes-api``, ``v1``, ``none`` (neither), None (not known)."""
+        for name in ("nodes-api", "v1", "none"):
+            self._api.labels(profile=name).set(float(name == profile))
 
     def delivered(self, kind: str, lag: float) -> None:
         """One message reached the monitor ``lag`` seconds after the bridge received it."""

@@ -39,6 +39,8 @@ _RETRYABLE = frozenset({401, 403, 408, 425, 429})
 message is kept and retried, never dropped."""
 
 
+NODES = "/api/ar/nodes"
+V1_NODES = "/api/v1/ar/nodes"
 _PATHS_KEPT = 100_000
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
@@ -85,6 +87,9 @@ class MonitorClient:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self.timeout = settings.timeout
+        self.profile = settings.profile
+        """The API spoken: ``nodes-api`` or ``v1`` (``auto`` until the forwarder has found
+        out which one the monitor serves)."""
         self._tls: ssl.SSLContext | None = None
         if self._https:
             self._tls = ssl.create_default_context(cafile=settings.ca_file)
@@ -105,11 +110,16 @@ class MonitorClient:
                 f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1")
         return head + data
 
+    def use_profile(self, profile: str) -> None:
+        if profile != self.profile:
+            self.profile = profile
+            self._heartbeat_paths.clear()
+
     def heartbeat_request(self, node_id: str, body: dict[str, Any]) -> bytes:
         path = self._heartbeat_paths.get(node_id)
         if path is None:
             node = protocol.check_node_id(node_id)
-            if self.settings.profile == "v1":
+            if self.profile == "v1":
                 path = "/api/v1/ar/heartbeat?" + urlencode({"node_id": node})
             else:
                 path = f"/api/ar/nodes/{quote(node, safe='')}/heartbeat"
@@ -126,8 +136,12 @@ class MonitorClient:
     def health_request(self) -> bytes:
         """A request any working monitor of the profile answers with 2xx: its health check
         (``/api/health``), or for ``v1`` its node list."""
-        path = "/api/v1/ar/nodes" if self.settings.profile == "v1" else "/api/health"
+        path = V1_NODES if self.profile == "v1" else "/api/health"
         return self.build("GET", path)
+
+    def nodes_request(self, profile: str) -> bytes:
+        """The profile's node list: answered 2xx only by a monitor that serves the profile."""
+        return self.build("GET", V1_NODES if profile == "v1" else NODES)
 
     def connect(self) -> socket.socket:
         """A new connection to the monitor (blocking, bounded by the timeout)."""
@@ -270,6 +284,30 @@ def decode_json(raw: bytes) -> Any:
         with contextlib.suppress(orjson.JSONDecodeError):
             return orjson.loads(raw)
     return json.loads(raw)
+
+
+def listed_node_ids(body: Any) -> set[str] | None:
+    """The node ids in a monitor's node list: a list of ids or of node objects, possibly
+    wrapped as ``{"nodes": …}`` or keyed by id; None if the shape says nothing."""
+    if isinstance(body, dict):
+        inner = body.get("nodes", body.get("data"))
+        if inner is not None:
+            return listed_node_ids(inner)
+        if all(isinstance(v, dict) for v in body.values()):
+            return {str(k) for k in body}
+        return None
+    if not isinstance(body, list):
+        return None
+    ids = set()
+    for entry in body:
+        if isinstance(entry, str):
+            ids.add(entry)
+        elif isinstance(entry, dict) and \
+                isinstance(found := entry.get("node_id", entry.get("id")), str):
+            ids.add(found)
+        else:
+            return None
+    return ids
 
 
 def describe_error(exc: BaseException) -> str:

@@ -228,6 +228,8 @@ class Bridge:
                 "broker_connected": self.connected,
                 "monitor_reachable": self.forwarder.reachable,
                 "monitor_problem": self.forwarder.last_problem,
+                "monitor_api": self.forwarder.profile,
+                "monitor_unknown_nodes": sorted(self.forwarder.unknown_nodes)[:100],
                 "outbox_ok": outbox_error is None, "outbox_problem": outbox_error or "",
                 "outbox_transitions": transitions, "outbox_statuses": statuses,
                 "nodes_known": self.outbox.known_nodes()}

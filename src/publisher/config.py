@@ -26,7 +26,7 @@ ENV_CONFIG_PATH: Final = "YL_STATUS_CONFIG"
 SECRET_KEYS: Final = frozenset({"password", "token", "mqtt_password"})
 _MASK = "********"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_PROFILES = ("nodes-api", "v1")
+_PROFILES = ("auto", "nodes-api", "v1")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,253}")
 
 
@@ -48,7 +48,7 @@ class MonitorConfig:
     enabled: bool = True
     token: str | None = None
     ca_file: str | None = None
-    profile: str = "nodes-api"
+    profile: str = "auto"
     status_values: StatusValues = field(default_factory=StatusValues)
 
 

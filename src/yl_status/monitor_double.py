@@ -8,8 +8,11 @@
   ``status == "online"`` and the last heartbeat is fresher than 2 x the check interval.
 - ``GET /api/health``; ``GET /api/alerts`` (a bare list, or ``{"alerts": [...]}``);
   ``POST /api/alerts/{id}/acknowledge`` (422 without ``user``, 404 for an unknown id).
-- ``POST /api/v1/ar/heartbeat?node_id=`` (the deployed 1.0.6): body ignored, 200 always;
-  ``GET /api/v1/ar/nodes``: the node ids it knows.
+- ``POST /api/v1/ar/heartbeat?node_id=`` (the deployed 1.0.6): body ignored, 200 always,
+  recorded only for a node it knows (its ``nodes.yaml``: ``known``); ``GET /api/v1/ar/nodes``:
+  the node ids it knows.
+- ``api``: ``both`` (default), or only ``nodes-api``, or only ``v1`` as the deployed 1.0.6
+  (every other ``/api/ar/…`` and ``/api/v1/…`` route is 404).
 - ``GET /_double/stats``, ``POST /_double/fail?code=503`` (empty code: recover): the
   double's own controls, for benchmarks that run it as a separate process.
 
@@ -142,7 +145,8 @@ class MonitorDouble:
     def __init__(self, port: int = 0, *, host: str = "127.0.0.1", check_interval: float = 30.0,
                  register_route: bool = True, wrap_alerts: bool = False,
                  token: str | None = None, delay: float = 0.0, keep: int | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, api: str = "both",
+                 known: tuple[str, ...] = ()) -> None:
         """``keep``: how many of the latest heartbeats and requests to remember (all by
         default; a long benchmark bounds it so the double's cost stays flat)."""
         self.host = host
@@ -154,13 +158,16 @@ class MonitorDouble:
         self.delay = delay
         self.tls = tls
         """Serve HTTPS with this server context."""
+        if api not in ("both", "nodes-api", "v1"):
+            raise ValueError(f"api must be both, nodes-api or v1, not {api!r}")
+        self.api = api
         self.failure: tuple[int, dict[str, str]] | None = None
         self.hanging = threading.Event()
         self.answering = threading.Event()
         self.answering.set()
         self.refused_nodes: dict[str, int] = {}
         self.lock = threading.Lock()
-        self.nodes: dict[str, Node] = {}
+        self.nodes: dict[str, Node] = {n: Node(n, n, "user-gui") for n in known}
         self.heartbeats: deque[Heartbeat] = deque(maxlen=keep)
         self.requests: deque[tuple[str, str, int, float]] = deque(maxlen=keep)
         self.request_total = 0
@@ -314,16 +321,18 @@ class MonitorDouble:
                          "nodes": len(self.nodes)}, {}
         if method == "GET" and path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
-        if path[:3] == ["api", "ar", "nodes"]:
+        if path[:3] == ["api", "ar", "nodes"] and self.api != "v1":
             return self._nodes_api(method, path[3:], raw, now)
-        if method == "GET" and path == ["api", "v1", "ar", "nodes"]:
+        if method == "GET" and path == ["api", "v1", "ar", "nodes"] and self.api != "nodes-api":
             return 200, sorted(self.nodes), {}
-        if method == "POST" and path == ["api", "v1", "ar", "heartbeat"]:
+        if method == "POST" and path == ["api", "v1", "ar", "heartbeat"] and \
+                self.api != "nodes-api":
             node_id = parse_qs(parts.query).get("node_id", [""])[0]
-            self.heartbeats.append(Heartbeat(node_id, None, None, {}, now))
-            self.heartbeat_total += 1
-            node = self.nodes.setdefault(node_id, Node(node_id, node_id, "user-gui"))
-            node.status, node.last_heartbeat = "running", now
+            node = self.nodes.get(node_id)
+            if node is not None:
+                self.heartbeats.append(Heartbeat(node_id, None, None, {}, now))
+                self.heartbeat_total += 1
+                node.status, node.last_heartbeat = "running", now
             return 200, {"status": "success", "message": "heartbeat received"}, {}
         if path[:2] == ["api", "alerts"]:
             return self._alerts(method, path[2:], raw)
@@ -427,13 +436,18 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5500)
     parser.add_argument("--no-register-route", action="store_true")
+    parser.add_argument("--api", choices=("both", "nodes-api", "v1"), default="both",
+                        help="serve both APIs, or only one (v1: as the deployed 1.0.6)")
+    parser.add_argument("--known", action="append", default=[], metavar="NODE_ID",
+                        help="a node the monitor knows from the start (repeatable)")
     parser.add_argument("--delay", type=float, default=0.0,
                         help="seconds to wait before answering (a slow monitor)")
     parser.add_argument("--keep", type=int, default=None,
                         help="remember only the latest N heartbeats and requests")
     args = parser.parse_args()
     double = MonitorDouble(args.port, host=args.host, delay=args.delay, keep=args.keep,
-                           register_route=not args.no_register_route).start()
+                           register_route=not args.no_register_route, api=args.api,
+                           known=tuple(args.known)).start()
     print(f"YL-monitor test double on {double.url}", flush=True)
     try:
         threading.Event().wait()

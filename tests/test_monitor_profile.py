@@ -1,0 +1,140 @@
+"""Which API the monitor serves (``monitor.profile: auto``) and what the bridge may tell a v1
+monitor: the forwarder on a real outbox against the monitor double over a socket."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.outbox import Outbox
+from tests.support import wait_until
+from tests.test_forwarder import config_for, forwarding
+from tests.test_outbox import state, status
+from yl_status.monitor_double import MonitorDouble
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    yield box
+    box.close()
+
+
+def node_state(node: str, word: str) -> tuple:  # type: ignore[type-arg]
+    return (node, *state(word)[1:])
+
+
+def v1_posts(double: MonitorDouble, node: str) -> int:
+    return double.request_count(f"/api/v1/ar/heartbeat?node_id={node}")
+
+
+@pytest.mark.parametrize("api", ["nodes-api", "v1"])
+def test_auto_finds_the_api_the_monitor_serves_and_says_so_once(
+        tmp_path: Path, outbox: Outbox, api: str, caplog: pytest.LogCaptureFixture) -> None:
+    double = MonitorDouble(api=api, known=("n1",)).start()
+    caplog.set_level(logging.INFO, logger="bridge.forwarder")
+    try:
+        with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
+            for seq in (1, 2, 3):
+                forwarder.notify(outbox.record([status(seq)])[1])
+                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
+            assert forwarder.profile == api
+            text = forwarder.metrics.render().decode()
+            assert f'yl_bridge_monitor_api{{profile="{api}"}} 1.0' in text
+        if api == "v1":
+            assert v1_posts(double, "n1") >= 1
+        else:
+            assert double.history("n1")[-1].body["gui"] == {"seq": 3}
+        said = [r.getMessage() for r in caplog.records if "API; using it" in r.getMessage()]
+        assert said == [f"monitor at {double.url} serves the {api} API; using it"]
+    finally:
+        double.down()
+
+
+def test_a_monitor_serving_neither_api_keeps_everything_and_says_why(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    double = MonitorDouble(api="nodes-api").start()
+    double.fail_with(404)  # a wrong URL: everything is 404
+    try:
+        outbox.record([node_state("n1", "ready"), status(1)])
+        with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
+            wait_until(lambda: "serves neither" in forwarder.last_problem, timeout=5,
+                       what="the problem named")
+            assert not forwarder.reachable
+            assert 'yl_bridge_monitor_api{profile="none"} 1.0' in \
+                forwarder.metrics.render().decode()
+            wait_until(lambda: double.request_count("/api/ar/nodes") >= 3, timeout=10,
+                       what="asked again")
+            assert outbox.depth() == (1, 1)
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors) == 1
+            assert "check monitor.url" in errors[0].getMessage()
+            double.fail_with(None)
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="delivered after")
+            assert forwarder.reachable
+            assert forwarder.profile == "nodes-api"
+        assert double.history("n1")[-1].reason == "ready"
+    finally:
+        double.down()
+
+
+def test_a_monitor_that_comes_back_as_another_release_is_asked_again(
+        tmp_path: Path, outbox: Outbox) -> None:
+    first = MonitorDouble().start()
+    with forwarding(config_for(first.url, tmp_path), outbox) as forwarder:
+        forwarder.notify(outbox.record([status(1)])[1])
+        wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered first")
+        assert forwarder.profile == "nodes-api"
+        first.down()
+        forwarder.notify(outbox.record([status(2)])[1])
+        wait_until(lambda: not forwarder.reachable, timeout=5, what="monitor down")
+        second = MonitorDouble(first.port, api="v1", known=("n1",)).start()
+        try:
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=15, what="delivered again")
+            assert forwarder.profile == "v1"
+            assert v1_posts(second, "n1") == 1
+        finally:
+            second.down()
+
+
+def test_v1_never_posts_for_a_node_that_is_down(tmp_path: Path, outbox: Outbox) -> None:
+    double = MonitorDouble(api="v1", known=("n1",)).start()
+    try:
+        config = config_for(double.url, tmp_path, profile="v1")
+        with forwarding(config, outbox) as forwarder:
+            forwarder.notify(outbox.record([node_state("n1", "ready"), status(1)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="ready delivered")
+            alive = v1_posts(double, "n1")
+            assert alive >= 1
+            for word in ("lost", "disconnected"):
+                forwarder.notify(outbox.record([node_state("n1", "ready"),
+                                                node_state("n1", word)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="all handled")
+        assert v1_posts(double, "n1") == alive + 1  # the second ready only
+    finally:
+        double.down()
+
+
+def test_v1_says_loudly_when_the_monitor_does_not_know_a_node(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    double = MonitorDouble(api="v1", known=("user-gui",)).start()
+    try:
+        with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
+            for seq in (1, 2):
+                forwarder.notify(outbox.record([status(seq)])[1])
+                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="handled")
+            forwarder.notify(outbox.record([status(1, node="user-gui")])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
+            assert forwarder.unknown_nodes == {"n1"}
+            text = forwarder.metrics.render().decode()
+            assert 'yl_bridge_rejected_total{reason="unknown_at_monitor"} 2.0' in text
+        assert v1_posts(double, "n1") == 0
+        assert v1_posts(double, "user-gui") == 1
+        said = [r.getMessage() for r in caplog.records if "does not know node" in r.getMessage()]
+        assert len(said) == 1
+        assert "n1" in said[0]
+    finally:
+        double.down()
