@@ -6,41 +6,29 @@ Run: python examples/ar_app.py -c config/monitor_config.yaml
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Any
 
 from publisher import load_config
-from publisher.qt import BINDING, StatusReporter
+from publisher.qt import StatusReporter, default_binding
 
-if BINDING == "PySide6":
-    from PySide6.QtWidgets import (
-        QApplication,
-        QHBoxLayout,
-        QLabel,
-        QMainWindow,
-        QPlainTextEdit,
-        QPushButton,
-        QVBoxLayout,
-        QWidget,
-    )
-else:
-    from PyQt5.QtWidgets import (  # type: ignore[no-redef]
-        QApplication,
-        QHBoxLayout,
-        QLabel,
-        QMainWindow,
-        QPlainTextEdit,
-        QPushButton,
-        QVBoxLayout,
-        QWidget,
-    )
+QtWidgets: Any = importlib.import_module(f"{default_binding()}.QtWidgets")
+QApplication = QtWidgets.QApplication
+QHBoxLayout = QtWidgets.QHBoxLayout
+QLabel = QtWidgets.QLabel
+QMainWindow = QtWidgets.QMainWindow
+QPlainTextEdit = QtWidgets.QPlainTextEdit
+QPushButton = QtWidgets.QPushButton
+QVBoxLayout = QtWidgets.QVBoxLayout
+QWidget = QtWidgets.QWidget
 
 
-class ARApp(QMainWindow):  # type: ignore[misc]
+class ARApp(QMainWindow):  # type: ignore[misc,valid-type]
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.setWindowTitle("AR Live Studio")
-        self.buttons: dict[str, QPushButton] = {}
+        self.buttons: dict[str, Any] = {}
         row = QHBoxLayout()
         for name, label, handler in (
                 ("start_camera", "Start camera", self.start_camera),

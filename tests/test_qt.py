@@ -112,3 +112,36 @@ def test_publish_failures_reach_the_gui_as_a_signal(
         win.status.stop_timeout = 0.5
         win.close()
         qapp.processEvents()
+
+
+def readme_block(heading: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_qt_snippet_works_as_written(
+        qapp: QApplication, broker: DevBroker, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from PySide6.QtWidgets import QLabel, QMainWindow, QPlainTextEdit
+
+    from tests.support import config_dict, write_config
+
+    monkeypatch.delenv("YL_STATUS_CONFIG", raising=False)
+    (tmp_path / "config").mkdir()
+    write_config(tmp_path / "config" / "monitor_config.yaml", config_dict(broker, "node-1"))
+    monkeypatch.chdir(tmp_path)
+    window = QMainWindow()
+    window.indicator = QLabel(window)  # type: ignore[attr-defined]
+    window.log = QPlainTextEdit(window)  # type: ignore[attr-defined]
+    exec(readme_block("### In a Qt window"), {"self": window})  # noqa: S102
+    try:
+        window.show()
+        pump(qapp, lambda: window.indicator.text() == "monitoring: connected",  # type: ignore[attr-defined]
+             what="the indicator says connected")
+        pump(qapp, lambda: (retained(broker.host, broker.port, STATUS) or {})
+             .get("gui", {}).get("video_running") is True, what="video_running published")
+    finally:
+        window.close()
+        qapp.processEvents()
+    assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"

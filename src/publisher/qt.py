@@ -1,11 +1,16 @@
-"""Qt adapter: a ``StatusReporter`` QObject for a PyQt5 or PySide6 main window.
+"""Qt adapter: a ``StatusReporter`` QObject for a PyQt5, PyQt6, PySide2 or PySide6 window.
 
 It owns a ``StatusPublisher``, starts it when the window is first shown (or on ``start()``),
-stops it when the window closes, and turns the publisher's background notifications into Qt
-signals, delivered on the GUI thread by Qt's queued connections. No paho callback ever
-touches a widget: slots connected to these signals run on the thread of their receiver.
+stops it when a close of the window is accepted, when the window is destroyed or when the
+application quits, and turns the publisher's background notifications into Qt signals,
+delivered on the GUI thread by Qt's queued connections. No paho callback ever touches a
+widget: slots connected to these signals run on the thread of their receiver.
 
-The binding the host application already imported is used; otherwise PySide6, then PyQt5.
+The binding is the window's own, whatever was imported first: a reporter is a QObject of
+the binding its window's class comes from (without a window: a binding already imported,
+else the first of ``BINDINGS`` installed). QtPy was weighed for this and does not serve: it
+fixes one binding per process when it is first imported, so an adapter imported before the
+application's own binding would pick another one than the window's.
 """
 
 from __future__ import annotations
@@ -20,37 +25,63 @@ from publisher.config import Config
 from publisher.status_publisher import StatusPublisher
 from publisher.version import PACKAGE_VERSION
 
-_BINDINGS = ("PySide6", "PyQt5")
+BINDINGS = ("PySide6", "PyQt6", "PyQt5", "PySide2")
+_classes: dict[str, type] = {}
+_classes_lock = threading.Lock()
 
 
-def _load_qt() -> tuple[ModuleType, Any]:
-    already = [name for name in _BINDINGS if name in sys.modules]
-    for name in [*already, *_BINDINGS]:
+def binding_of(window: Any) -> str | None:
+    """The Qt binding ``window``'s class comes from (None if it is not a Qt object)."""
+    for cls in type(window).__mro__:
+        top = cls.__module__.split(".")[0]
+        if top in BINDINGS:
+            return top
+    return None
+
+
+def default_binding() -> str:
+    """A binding already imported by the application, else the first one installed."""
+    for name in [*(b for b in BINDINGS if b in sys.modules), *BINDINGS]:
         try:
-            core = importlib.import_module(f"{name}.QtCore")
+            importlib.import_module(f"{name}.QtCore")
         except ImportError:
             continue
-        return core, getattr(core, "Signal", None) or core.pyqtSignal
-    raise ImportError("the yl-status Qt adapter needs PySide6 or PyQt5: "
-                      "pip install 'yl-status[qt]'")
+        return name
+    raise ImportError("the yl-status Qt adapter needs PySide6, PyQt6, PyQt5 or PySide2: "
+                      "pip install 'yl-status[pyside6]' (or the extra of your binding)")
 
 
-QtCore, Signal = _load_qt()
-BINDING = QtCore.__name__.split(".")[0]
+def StatusReporter(config: Config, window: Any = None, *,  # noqa: N802
+                   node_id: str | None = None, version: str = PACKAGE_VERSION,
+                   stop_timeout: float = 2.0) -> Any:
+    """A reporter for ``window`` (a QObject of the window's binding; see the module).
+
+    It emits ``linkChanged(connected, reason)`` when the broker link goes up or down,
+    ``publishFailed(message)`` when a report could not be published, and ``stopped()`` after
+    the final ``disconnected`` state was sent. ``binding`` names its Qt binding."""
+    binding = (binding_of(window) if window is not None else None) or default_binding()
+    return reporter_class(binding)(config, window, node_id=node_id, version=version,
+                                   stop_timeout=stop_timeout)
 
 
-class StatusReporter(QtCore.QObject):  # type: ignore[misc,name-defined]
-    """Reports a window's GUI state; emits ``linkChanged(connected, reason)`` when the broker
-    link goes up or down, ``publishFailed(message)`` when a report could not be published,
-    and ``stopped()`` after the final ``disconnected`` state was sent."""
+def reporter_class(binding: str) -> type:
+    """The reporter QObject class of one binding (made once)."""
+    with _classes_lock:
+        found = _classes.get(binding)
+        if found is None:
+            core = importlib.import_module(f"{binding}.QtCore")
+            found = _classes[binding] = _make_class(binding, core)
+        return found
 
-    linkChanged = Signal(bool, str)  # noqa: N815
-    publishFailed = Signal(str)  # noqa: N815
-    stopped = Signal()
 
-    def __init__(self, config: Config, window: Any = None, *, node_id: str | None = None,
-                 version: str = PACKAGE_VERSION, stop_timeout: float = 2.0) -> None:
-        super().__init__(window)
+def _make_class(binding: str, core: ModuleType) -> type:
+    signal = getattr(core, "Signal", None) or core.pyqtSignal
+    show, hide, close = (core.QEvent.Type.Show, core.QEvent.Type.Hide, core.QEvent.Type.Close)
+
+    def __init__(self: Any, config: Config, window: Any = None, *,  # noqa: N807
+                 node_id: str | None = None, version: str = PACKAGE_VERSION,
+                 stop_timeout: float = 2.0) -> None:
+        core.QObject.__init__(self, window)
         self.stop_timeout = stop_timeout
         self._relay = _Relay(self)
         self.publisher = StatusPublisher(config, node_id=node_id, version=version,
@@ -60,20 +91,27 @@ class StatusReporter(QtCore.QObject):  # type: ignore[misc,name-defined]
         self._window = window
         self._started = False
         self._stopped = False
+        self._closing = False
         if window is not None:
             window.installEventFilter(self)
+            publisher = self.publisher
+            # The reporter may already be gone (a child of the window) when this fires.
+            window.destroyed.connect(lambda *_: publisher.stop(stop_timeout))
+        app = core.QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.stop)
 
-    def start(self) -> StatusReporter:
+    def start(self: Any) -> Any:
         if not self._started:
             self._started = True
             self.publisher.start()
         return self
 
-    def update_gui_status(self, **flags: Any) -> None:
+    def update_gui_status(self: Any, **flags: Any) -> None:
         """Cheap and non-blocking; see ``StatusPublisher.update_gui_status``."""
         self.publisher.update_gui_status(**flags)
 
-    def stop(self) -> None:
+    def stop(self: Any) -> None:
         """Publish ``disconnected`` (waiting at most ``stop_timeout`` s) and disconnect."""
         if self._stopped:
             return
@@ -82,19 +120,39 @@ class StatusReporter(QtCore.QObject):  # type: ignore[misc,name-defined]
         self._relay.cut()
         self.stopped.emit()
 
-    @property
-    def connected(self) -> bool:
-        return self.publisher.connected
+    def connected(self: Any) -> bool:
+        return bool(self.publisher.connected)
 
-    def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802
+    def eventFilter(self: Any, watched: Any, event: Any) -> bool:  # noqa: N802
         # Qt may call this while __init__ is still running (the parent gets ChildAdded).
         if watched is getattr(self, "_window", None):
             kind = event.type()
-            if kind == QtCore.QEvent.Type.Show:
+            if kind == show:
                 self.start()
-            elif kind == QtCore.QEvent.Type.Close:
+            elif kind == close:
+                # The window's own closeEvent runs after this filter and may refuse the
+                # close ("unsaved changes?"): stop only once the window is hidden by it.
+                self._closing = True
+                core.QTimer.singleShot(0, self._close_settled)
+            elif kind == hide and self._closing:
+                self._closing = False
                 self.stop()
         return False
+
+    def _close_settled(self: Any) -> None:
+        self._closing = False
+        window = self._window
+        if window is not None and not window.isVisible():
+            self.stop()
+
+    namespace = {
+        "__doc__": StatusReporter.__doc__, "__module__": __name__, "binding": binding,
+        "linkChanged": signal(bool, str), "publishFailed": signal(str), "stopped": signal(),
+        "__init__": __init__, "start": start, "update_gui_status": update_gui_status,
+        "stop": stop, "connected": property(connected), "eventFilter": eventFilter,
+        "_close_settled": _close_settled,
+    }
+    return type("StatusReporter", (core.QObject,), namespace)
 
 
 class _Relay:
@@ -102,9 +160,9 @@ class _Relay:
     until the reporter stops or is destroyed: a late notification is dropped instead of
     reaching a deleted Qt object."""
 
-    def __init__(self, reporter: StatusReporter) -> None:
+    def __init__(self, reporter: Any) -> None:
         self._lock = threading.Lock()
-        self._reporter: StatusReporter | None = reporter
+        self._reporter: Any = reporter
 
     def cut(self, *_: Any) -> None:
         with self._lock:
