@@ -22,6 +22,7 @@ from tests.support import (
     TEST_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
+    WATCHER_USER,
     http_get,
     restart_receive_times,
     serve_config,
@@ -81,6 +82,7 @@ def broker_users() -> dict[str, str]:
     users[VIEWER_USER] = VIEWER_PASSWORD
     users[RECORDER_USER] = TEST_PASSWORD
     users[READER_USER] = TEST_PASSWORD
+    users[WATCHER_USER] = TEST_PASSWORD
     return users
 
 

@@ -25,8 +25,11 @@ NODE_PASSWORD = "node-secret"
 BRIDGE_USER, BRIDGE_PASSWORD = "yl-bridge", "bridge-secret"
 VIEWER_USER, VIEWER_PASSWORD = "yl-viewer", "viewer-secret"
 RECORDER_USER, READER_USER, TEST_PASSWORD = "test-recorder", "test-reader", "test-secret"
+WATCHER_USER = "ops-watcher"
 TEST_ACL = (f"user {RECORDER_USER}\ntopic read yl/ar/#\ntopic write yl/ar/nodes/+/cmd/#\n\n"
-            f"user {READER_USER}\ntopic read yl/ar/#\n")
+            f"user {READER_USER}\ntopic read yl/ar/#\n\n"
+            f"user {WATCHER_USER}\ntopic read yl/ar/nodes/+/state\n"
+            "topic read yl/ar/nodes/+/status\ntopic read yl/ar/bridges/+/state\n")
 """Test-only observers, added to the project's ACL: each user holds one connection."""
 NODE_USERS = [f"node-{i}" for i in range(1, 21)]
 

@@ -99,6 +99,22 @@ def test_viewer_reads_but_cannot_write(broker: DevBroker) -> None:
         close(client)
 
 
+@pytest.mark.parametrize(("username", "password"), [(VIEWER_USER, VIEWER_PASSWORD),
+                                                    (BRIDGE_USER, BRIDGE_PASSWORD),
+                                                    (BRIDGE_USER + "-status", BRIDGE_PASSWORD)])
+def test_only_node_logins_write_node_topics_even_named_like_themselves(
+        broker: DevBroker, username: str, password: str) -> None:
+    client, rc = connect(broker, username, password)
+    try:
+        assert rc == 0
+        for kind in ("state", "status"):
+            topic = f"yl/ar/nodes/{username}/{kind}"
+            assert publish_reason(client, topic, b'{"fake":true}') == 135, topic
+    finally:
+        close(client)
+    assert retained(broker.host, broker.port, f"yl/ar/nodes/{username}/state") is None
+
+
 def test_bridge_may_send_commands_and_its_own_state(broker: DevBroker) -> None:
     client, rc = connect(broker, BRIDGE_USER, BRIDGE_PASSWORD)
     try:

@@ -293,3 +293,30 @@ def test_cors_origins_are_origins_and_never_everyone(value: str, message: str) -
     with pytest.raises(ConfigError, match=message) as caught:
         parse_config({"local_server": {"cors_origins": [value]}}, "<test>")
     assert "local_server.cors_origins[0]" in str(caught.value)
+
+
+@pytest.mark.parametrize(("section", "login", "whose"), [
+    ({}, "user-gui", "the node"), ({"mqtt": {"username": "gui-login"}}, "gui-login", "the node"),
+    ({}, "yl-bridge", "the bridge"), ({}, "yl-bridge-status", "the bridge")])
+def test_a_status_app_may_not_log_in_as_the_node_or_the_bridge(
+        section: dict[str, dict[str, str]], login: str, whose: str) -> None:
+    config = parse_config({**section, "local_server": {"mqtt_username": login}}, "<test>")
+    with pytest.raises(ConfigError, match=f"is {whose}'s login") as caught:
+        config.viewer_login()
+    assert "local_server.mqtt_username" in str(caught.value)
+
+
+def test_a_status_app_without_a_login_connects_anonymously_not_as_the_node() -> None:
+    config = parse_config({"mqtt": {"username": "gui-login", "password": "pw"}}, "<test>")
+    assert config.viewer_login() == (None, None)
+    viewer = parse_config({"local_server": {"mqtt_username": "v", "mqtt_password": "p"}},
+                          "<test>")
+    assert viewer.viewer_login() == ("v", "p")
+
+
+def test_serve_with_the_nodes_login_is_a_config_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "monitor:\n  node_id: gui-7\nlocal_server:\n"
+                           "  mqtt_username: gui-7\n  port: 1\n")
+    assert main(["serve", "-c", str(path)]) == 2
+    assert "local_server.mqtt_username" in capsys.readouterr().err

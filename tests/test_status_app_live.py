@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+import urllib.error
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from publisher import protocol
 from tests.support import (
+    TEST_PASSWORD,
+    VIEWER_PASSWORD,
+    VIEWER_USER,
+    WATCHER_USER,
     config_dict,
     http_get,
     serve_config,
@@ -129,3 +137,67 @@ def test_the_publisher_package_does_not_import_web_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def serve_process(tmp_path: Path, broker: DevBroker, **local: Any) -> tuple[Any, str]:
+    port = free_port()
+    data = config_dict(broker, local_server={"port": port, **local})
+    process = start_process(["serve", "-c", str(write_config(tmp_path / "serve.yaml", data))],
+                            log_path=tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _answers(base), timeout=15, what="status app listening")
+    return process, base
+
+
+def _answers(base: str) -> bool:
+    try:
+        return http_get(base + "/nodes", timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+def test_without_a_login_the_refusal_says_anonymous_access_is_off(
+        tmp_path: Path, broker: DevBroker) -> None:
+    process, base = serve_process(tmp_path, broker)
+    try:
+        _, body = wait_until(
+            lambda: (r := http_get(base + "/health"))[1].get("detail", "").startswith("refused")
+            and r, timeout=10, what="the refusal in /health")
+        assert body["reason"] == "broker unreachable"
+        assert "anonymous access is off" in body["detail"], body
+    finally:
+        stop_process(process)
+
+
+def test_a_watcher_with_its_own_login_does_not_kick_the_status_app(
+        tmp_path: Path, broker: DevBroker, served: str) -> None:
+    watcher = subprocess.Popen(
+        ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-u", WATCHER_USER,
+         "-P", TEST_PASSWORD, "-v", "-t", "yl/ar/nodes/#"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    node = start_node(tmp_path, broker)
+    try:
+        wait_until(lambda: http_get(served + "/health")[0] == 200, timeout=15, what="healthy")
+        assert watcher.stdout is not None
+        line = watcher.stdout.readline().decode()
+        assert line.startswith("yl/ar/nodes/node-1/"), line
+        assert watcher.poll() is None
+        for _ in range(10):
+            assert http_get(served + "/nodes")[1]["broker"]["connected"] is True
+    finally:
+        watcher.terminate()
+        watcher.wait(5)
+        stop_process(node)  # type: ignore[arg-type]
+
+
+def test_a_killed_serve_leaves_no_worker_behind(tmp_path: Path, broker: DevBroker) -> None:
+    process, base = serve_process(tmp_path, broker, mqtt_username=VIEWER_USER,
+                                  mqtt_password=VIEWER_PASSWORD)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers, "granian runs the app in a worker process"
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == [], [p.cmdline() for p in alive]
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
+        http_get(base + "/health", timeout=1)

@@ -115,6 +115,22 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<defaults>"
 
+    def viewer_login(self) -> tuple[str | None, str | None]:
+        """The status app's broker login, ``local_server.mqtt_username`` and its password
+        (None: anonymous). The broker ties a connection to its login, so the node's or the
+        bridge's login would take their connection over: that is a config error."""
+        username = self.local_server.mqtt_username
+        taken = {self.mqtt.username or self.monitor.node_id: "the node",
+                 self.bridge.client_id: "the bridge",
+                 f"{self.bridge.client_id}-status": "the bridge"}
+        if username is not None and username in taken:
+            raise ConfigError(
+                f"{username!r} is {taken[username]}'s login: the status app would take its "
+                "broker connection over; give the status app a viewer login of its own "
+                "(add-user.sh viewer NAME)", key="local_server.mqtt_username",
+                source=self.source)
+        return username, self.local_server.mqtt_password if username is not None else None
+
     def to_dict(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """The effective configuration as plain data, secrets masked by default."""
         return {

@@ -131,6 +131,7 @@ class Link:
         self._client: mqtt.Client | None = None
         self._connected = False
         self._dropped = False
+        self._refused = False
         self._fatal: LinkDown | None = None
         self._farewell: FarewellHandler | None = None
         self._farewell_timeout = 0.0
@@ -351,9 +352,15 @@ class Link:
         try:
             if reason_code.is_failure:
                 fatal = reason_code.value in _FATAL_CONNACK
-                self._note_failure(f"broker refused connection: {_describe(reason_code)}")
-                self._notify_down(LinkDown(f"refused: {_describe(reason_code)}",
-                                           reason_code.value, fatal))
+                why = _describe(reason_code)
+                if self.options.username is None:
+                    # mosquitto refuses a login without a username in several ways (130,
+                    # 134, 135, depending on its settings); say what it means here.
+                    why = (f"the broker refused a connection without a username ({why}): "
+                           "anonymous access is off; configure a login")
+                self._note_failure(f"broker refused connection: {why}")
+                self._refused = True
+                self._notify_down(LinkDown(f"refused: {why}", reason_code.value, fatal))
                 self._dropped = True
                 self._wake.set()
                 return
@@ -382,8 +389,9 @@ class Link:
                 self._connected = False
             self._dropped = True
             self._wake.set()
-            if self._stopping.is_set():
-                return
+            refused, self._refused = self._refused, False
+            if self._stopping.is_set() or (refused and not was_connected):
+                return  # the refusal was reported; paho's disconnect after it says less
             code = reason_code.value if isinstance(reason_code, ReasonCode) else None
             if code == SESSION_TAKEN_OVER:
                 event = LinkDown(

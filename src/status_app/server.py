@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,29 @@ def service_app() -> Flask:
     """
     from publisher.service import configure_logging  # noqa: PLC0415
 
+    _end_with_parent()
     config = load_config()
     configure_logging(config.logging)
     view = NodeView(topics=config.mqtt.topics)
     ViewSubscriber(config, view).start()
     return create_app(config, view)
+
+
+PARENT_CHECK = 0.5
+"""How often a ``serve`` worker checks that the ``serve`` process is still there."""
+
+
+def _end_with_parent() -> None:
+    """End this worker when the ``serve`` process that started it is gone (killed -9, it
+    cannot stop its workers): an orphan would keep serving and hold the broker login."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="yl-status-parent-watch", daemon=True).start()
 
 
 def run_server(config: Config) -> int:
@@ -114,6 +133,7 @@ def run_server(config: Config) -> int:
     if not config.local_server.enabled:
         log.info("local_server.enabled is false in %s; not serving", config.source)
         return 0
+    config.viewer_login()
     if config.local_server.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("status app bound to %s: reachable from other machines",
                     config.local_server.host)

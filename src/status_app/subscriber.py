@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 
 
 class ViewSubscriber:
-    """Keeps ``view`` current. Uses ``local_server.mqtt_username`` (a viewer) if set."""
+    """Keeps ``view`` current, logged in as ``local_server.mqtt_username`` (a viewer; without
+    one, anonymously), never as the node: a node's login would take the node's connection
+    over (``Config.viewer_login`` refuses it)."""
 
     def __init__(self, config: Config, view: NodeView) -> None:
         self.view = view
         self._topics = config.mqtt.topics
-        username = config.local_server.mqtt_username or config.mqtt.username
-        password = (config.local_server.mqtt_password if config.local_server.mqtt_username
-                    else config.mqtt.password)
+        username, password = config.viewer_login()
         client_id = username or f"yl-status-app-{secrets.token_hex(4)}"
         self._link = Link(
             options_from_config(config.mqtt, client_id, username=username, password=password),

@@ -25,6 +25,13 @@ BROKER_CONFIG_DIR = Path(__file__).resolve().parent / "mosquitto"
 ``add-user.sh``), installed with the package."""
 
 
+def node_acl(node_id: str, topic_root: str = "yl/ar/nodes") -> str:
+    """A node's ACL block, as ``add-user.sh node`` writes it."""
+    return (f"user {node_id}\ntopic readwrite {topic_root}/{node_id}/state\n"
+            f"topic write {topic_root}/{node_id}/status\n"
+            f"topic read {topic_root}/{node_id}/cmd/#\n")
+
+
 class BrokerError(RuntimeError):
     pass
 
@@ -120,11 +127,22 @@ class DevBroker:
             rendered += render_tls((BROKER_CONFIG_DIR / "tls.conf").read_text(),
                                    port=self.tls_port, certs=Path(tls_certs))
         self.config_path.write_text(rendered)
-        acl = (BROKER_CONFIG_DIR / "acl").read_text()
-        (self.workdir / "acl").write_text(acl + ("\n" + extra_acl + "\n" if extra_acl else ""))
+        self._extra_acl = extra_acl
         self._write_passwords()
 
+    def _write_acl(self) -> None:
+        """The shipped ACL, ``extra_acl``, and a node block for every user without a block
+        of its own (as ``add-user.sh node`` adds them)."""
+        text = (BROKER_CONFIG_DIR / "acl").read_text()
+        if self._extra_acl:
+            text += "\n" + self._extra_acl + "\n"
+        named = {line.split(None, 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("user ")}
+        text += "".join("\n" + node_acl(u) for u in self.users if u not in named)
+        (self.workdir / "acl").write_text(text)
+
     def _write_passwords(self) -> None:
+        self._write_acl()
         path = self.workdir / "passwd"
         lines = [password_line(u, p) for u, p in self.users.items()]
         tmp = path.with_suffix(".tmp")
@@ -133,7 +151,8 @@ class DevBroker:
         tmp.replace(path)
 
     def add_users(self, users: Mapping[str, str]) -> None:
-        """Add users; a running broker reloads its password file."""
+        """Add users (those without an ACL block are nodes); a running broker reloads its
+        password file and ACL."""
         self.users.update(users)
         self._write_passwords()
         if self.running:

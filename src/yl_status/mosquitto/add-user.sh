@@ -4,13 +4,15 @@
 #   add-user.sh bridge NAME [DIR]      a bridge (reads all nodes, writes cmd/); NAME = bridge.client_id
 #                                      (also adds NAME-status, the bridge's status session)
 #   add-user.sh viewer NAME [DIR]      a status app (reads all nodes)
+#   add-user.sh watcher NAME [DIR]     a person or tool watching (reads all nodes); one login
+#                                      each: the broker keeps one connection per login
 # DIR defaults to /etc/mosquitto/yl-status. The password is read from $YL_PASSWORD or prompted.
 # Reload the broker afterwards: systemctl reload mosquitto (or kill -HUP its pid).
 set -euo pipefail
-usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 role=$1 name=$2 dir=${3:-/etc/mosquitto/yl-status}
-case $role in node|bridge|viewer) ;; *) usage ;; esac
+case $role in node|bridge|viewer|watcher) ;; *) usage ;; esac
 max=64; [ "$role" = bridge ] && max=57   # the bridge also uses NAME-status
 if ! [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9_-]*$ ]] || [ ${#name} -gt $max ]; then
   echo "add-user: invalid name '$name': 1-$max of A-Z a-z 0-9 _ -, starting with a letter or digit" >&2
@@ -30,7 +32,10 @@ add_acl() {  # add_acl USER LINE...
   { echo; echo "user $user"; printf '%s\n' "$@"; } >> "$acl_file"
 }
 case $role in
-  viewer)
+  node)
+    add_acl "$name" "topic readwrite yl/ar/nodes/$name/state" \
+      "topic write yl/ar/nodes/$name/status" "topic read yl/ar/nodes/$name/cmd/#" ;;
+  viewer|watcher)
     add_acl "$name" "topic read yl/ar/nodes/+/state" "topic read yl/ar/nodes/+/status" \
       "topic read yl/ar/bridges/+/state" ;;
   bridge)
