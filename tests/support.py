@@ -152,7 +152,8 @@ class Recorder:
         return wait_until(match, timeout, f"a message on {topic}")
 
 
-def retained(host: str, port: int, topic: str, timeout: float = 3.0) -> Any:
+def retained(host: str, port: int, topic: str, timeout: float = 3.0, *,
+             login: tuple[str, str] = (READER_USER, TEST_PASSWORD)) -> Any:
     """The retained message on ``topic`` as a fresh subscriber sees it (None if nothing).
 
     Mosquitto sends retained messages right after the SUBACK; absence is judged after a
@@ -161,9 +162,9 @@ def retained(host: str, port: int, topic: str, timeout: float = 3.0) -> Any:
     got: list[bytes] = []
     arrived = threading.Event()
     subscribed = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=READER_USER,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=login[0],
                          protocol=mqtt.MQTTv5)
-    client.username_pw_set(READER_USER, TEST_PASSWORD)
+    client.username_pw_set(*login)
 
     def on_connect(c: mqtt.Client, *args: Any) -> None:
         c.subscribe(topic, qos=1)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,56 @@ def test_bad_names_and_roles_are_refused(tmp_path: Path, role: str, name: str) -
     result = run(tmp_path, role, name)
     assert result.returncode == 2
     assert not (tmp_path / "passwd").exists()
+
+
+@pytest.mark.integration
+def test_a_broker_set_up_as_readme_says_serves_each_kind_of_login(tmp_path: Path) -> None:
+    """The shipped folder, users added with add-user.sh, the shipped mosquitto.conf."""
+    import subprocess as sp
+    from types import SimpleNamespace
+
+    from tests.support import retained, wait_until
+    from tests.test_broker_acl import close, connect, publish_reason
+    from yl_status.dev_broker import free_port, render_config
+
+    shutil.copy(SCRIPT.parent / "acl", tmp_path / "acl")
+    for role, name in (("node", "gui-1"), ("bridge", "yl-bridge"), ("viewer", "yl-viewer"),
+                       ("watcher", "ops")):
+        assert run(tmp_path, role, name).returncode == 0
+    port = free_port()
+    (tmp_path / "mosquitto.conf").write_text(render_config(
+        (SCRIPT.parent / "mosquitto.conf").read_text(), port=port, workdir=tmp_path))
+    broker: Any = SimpleNamespace(host="127.0.0.1", port=port)
+    process = sp.Popen(["mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
+                       stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+    try:
+        wait_until(lambda: _listening(port), timeout=10, what="broker listening")
+        node, rc = connect(broker, "gui-1", "pw")
+        assert rc == 0
+        assert publish_reason(node, "yl/ar/nodes/gui-1/state", b'{"ok":1}') < 128
+        assert publish_reason(node, "yl/ar/nodes/gui-2/state", b'{"ok":1}') == 135
+        close(node)
+        for login in ("yl-viewer", "ops"):
+            watcher, rc = connect(broker, login, "pw")
+            assert rc == 0
+            assert publish_reason(watcher, f"yl/ar/nodes/{login}/state", b"{}") == 135
+            close(watcher)
+        bridge, rc = connect(broker, "yl-bridge", "pw")
+        assert rc == 0
+        assert publish_reason(bridge, "yl/ar/nodes/gui-1/cmd/rebirth", b"") < 128
+        close(bridge)
+        assert retained(broker.host, port, "yl/ar/nodes/gui-1/state",
+                        login=("ops", "pw")) == {"ok": 1}
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
