@@ -18,6 +18,7 @@ setup() {
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
     command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)   # clock-skew tests
+    command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus) # alert rule tests
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} with apt-get" >&2

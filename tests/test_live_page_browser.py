@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, broker_users, running_broker
 from tests.support import (
+    NODE_PASSWORD,
+    VIEWER_PASSWORD,
+    VIEWER_USER,
     config_dict,
     http_get,
     start_process,
@@ -161,3 +164,85 @@ def test_the_monitors_dashboard_reads_health_from_the_browser_and_no_other_page_
         stop_process(server)
         dashboard.close()
         stranger.close()
+
+
+FLEET, DOOMED = 900, 100
+
+
+@pytest.fixture
+def fleet_broker(tmp_path: Path) -> Iterator[DevBroker]:
+    users = broker_users()
+    users.update({f"fleet-{i:04d}": NODE_PASSWORD for i in range(1, FLEET + 1)})
+    users.update({f"doomed-{i:04d}": NODE_PASSWORD for i in range(1, DOOMED + 1)})
+    yield from running_broker(tmp_path / "broker", users)
+
+
+def shown(driver: Any) -> list[tuple[str, str]]:
+    """(node, health) of every visible row, top to bottom."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#nodes tr')].filter(r => !r.hidden)"
+        ".map(r => [r.dataset.node, r.dataset.health]);")
+    return [(str(a), str(b)) for a, b in rows]
+
+
+def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
+        tmp_path: Path, fleet_broker: DevBroker, browser: Any) -> None:
+    broker = fleet_broker
+    port = free_port()
+    serve_cfg = config_dict(broker, local_server={"port": port, "mqtt_username": VIEWER_USER,
+                                                  "mqtt_password": VIEWER_PASSWORD})
+    server = start_process(["serve", "-c", str(write_config(tmp_path / "s.yaml", serve_cfg))],
+                           log_path=tmp_path / "serve.log")
+    node_cfg = write_config(tmp_path / "n.yaml", config_dict(broker, "fleet"))
+    fleet = start_process(["node", "-c", str(node_cfg), "--node-id", "fleet", "--count",
+                           str(FLEET), "--toggle-every", "0"], log_path=tmp_path / "fleet.log")
+    doomed = start_process(["node", "-c", str(node_cfg), "--node-id", "doomed", "--count",
+                            str(DOOMED), "--toggle-every", "0"],
+                           log_path=tmp_path / "doomed.log")
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until(lambda: _up(base), timeout=15, what="status app")
+        browser.get(base)
+        wait_until(lambda: sum(h == "online" for _, h in shown(browser)) == FLEET + DOOMED,
+                   timeout=120, what="1,000 nodes online on screen")
+        started = time.time()
+        doomed.kill()
+        doomed.wait()
+        killed = time.time()
+        wait_until(lambda: [h for _, h in shown(browser)[:DOOMED]] == ["lost"] * DOOMED,
+                   timeout=15, what="the killed nodes on top")
+        top = shown(browser)
+        assert {n for n, _ in top[:DOOMED]} == {f"doomed-{i:04d}" for i in range(1, DOOMED + 1)}
+        assert {h for _, h in top[DOOMED:]} == {"online"}
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "live-view-1000.png"))
+
+        browser.find_element("css selector", "button.chip[data-health='lost']").click()
+        filtered = shown(browser)
+        assert len(filtered) == DOOMED
+        assert {h for _, h in filtered} == {"lost"}
+        browser.find_element("css selector", "button.chip[data-health='all']").click()
+        assert len(shown(browser)) == FLEET + DOOMED
+        search = browser.find_element("id", "search")
+        search.send_keys("fleet-0421")
+        assert shown(browser) == [("fleet-0421", "online")]
+        search.clear()
+        search.send_keys(" ")  # an input event with an empty query
+        assert len(shown(browser)) == FLEET + DOOMED
+
+        browser.get(base + "nodes/doomed-0007")
+        wait_until(lambda: browser.execute_script(
+            "return document.querySelectorAll('#transitions tr').length") >= 2,
+            timeout=10, what="the node's transitions")
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#transitions tr')]"
+            ".map(r => [r.dataset.state, Number(r.dataset.at)]);")
+        assert [state for state, _ in rows] == ["lost", "ready"]
+        lost_at, ready_at = rows[0][1], rows[1][1]
+        assert killed - 0.5 <= lost_at <= killed + 2
+        assert ready_at <= started
+        browser.save_screenshot(str(ARTIFACTS / "node-detail.png"))
+    finally:
+        stop_process(doomed)
+        stop_process(fleet, timeout=30)
+        stop_process(server)

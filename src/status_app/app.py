@@ -107,9 +107,23 @@ def nodes() -> Response:
 
 @bp.get("/nodes/<node_id>")
 def node(node_id: str) -> Response:
+    """The node as JSON; for a browser asking for HTML, its detail page."""
     if not protocol.is_valid_node_id(node_id):
         return _json({"error": "bad_request", "message": "invalid node id"}, 400)
     found = _view().describe(node_id)
+    if found is None:
+        return _json({"error": "not_found", "message": f"node {node_id} not seen"}, 404)
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        return _page("node.html")
+    return _json(found)
+
+
+@bp.get("/nodes/<node_id>/history")
+def node_history(node_id: str) -> Response:
+    """The node's last 24 h: state timeline, resources per minute, GUI flags."""
+    if not protocol.is_valid_node_id(node_id):
+        return _json({"error": "bad_request", "message": "invalid node id"}, 400)
+    found = _view().history(node_id)
     if found is None:
         return _json({"error": "not_found", "message": f"node {node_id} not seen"}, 404)
     return _json(found)
@@ -117,7 +131,11 @@ def node(node_id: str) -> Response:
 
 @bp.get("/")
 def live_view() -> Response:
-    page = resources.files("status_app").joinpath("static/index.html").read_bytes()
+    return _page("index.html")
+
+
+def _page(name: str) -> Response:
+    page = resources.files("status_app").joinpath(f"static/{name}").read_bytes()
     return Response(page, mimetype="text/html")
 
 

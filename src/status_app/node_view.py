@@ -8,6 +8,7 @@ the bridge applies.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from publisher import protocol
 from publisher.errors import ProtocolError
 from publisher.protocol import Liveness, NodeTruth, StateMessage, StatusMessage, Topics, Verdict
+from status_app.node_history import NodeHistory
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,19 @@ class NodeRecord:
     status: StatusMessage | None = None
     status_raw: bytes = b""
     status_at: float = 0.0
+    history: NodeHistory = field(default_factory=NodeHistory)
+
+
+def problems_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``describe`` results in an operator's order: every node that is down, longest down
+    first; then nodes never seen up; then the rest by id (the live page sorts the same way)."""
+    def key(node: dict[str, Any]) -> tuple[int, float, str]:
+        if node["health"] == "online":
+            return 2, 0.0, node["node_id"]
+        if node["health"] == "unknown" and node.get("down_for_s") is None:
+            return 1, 0.0, node["node_id"]
+        return 0, -(node.get("down_for_s") or 0.0), node["node_id"]
+    return sorted(nodes, key=key)
 
 
 @dataclass
@@ -108,9 +123,11 @@ class NodeView:
                 return False
             if record.status is not None and record.status.session != state.session:
                 record.status, record.status_raw = None, b""
+            self._note_silence(record)
             record.state = state
             # A retained copy of unknown age is taken as older than the hold.
             record.state_at = self.clock() - (age or (protocol.LOST_HOLD if retained else 0.0))
+            self._note_state(record, state.state, record.state_at)
             self._accepted += 1
             return True
 
@@ -123,6 +140,7 @@ class NodeView:
             if verdict is not Verdict.ACCEPT:
                 self._stale += verdict is Verdict.STALE
                 return False
+            self._note_silence(record)
             if record.state is not None and record.state.session != status.session:
                 record.state = None
             elif record.state is not None and record.truth.state is not None and \
@@ -132,8 +150,40 @@ class NodeView:
             record.status = status
             record.status_raw = raw
             record.status_at = self.clock() - age
+            self._note_state(record, record.truth.state or "ready", record.status_at)
+            record.history.sample(self._wall(record.status_at), status.resources.cpu_percent,
+                                  status.resources.memory_mb, status.gui)
             self._accepted += 1
             return True
+
+    # --- history (under the lock) ---------------------------------------------------------
+
+    def _wall(self, at: float) -> float:
+        """A time on the view's clock as wall-clock seconds."""
+        return float(self.wall_clock() - (self.clock() - at))
+
+    def _silent_since(self, record: NodeRecord) -> float | None:
+        """When the node's newest status went stale (view's clock), if it has."""
+        status = record.status
+        if status is None:
+            return None
+        limit = protocol.EXPIRY_FACTOR * status.interval_s
+        return record.status_at + limit if self.clock() - record.status_at > limit else None
+
+    def _note_silence(self, record: NodeRecord) -> None:
+        """Before a new message: a ready node whose last status had gone stale was stale
+        from then until now."""
+        silent = self._silent_since(record)
+        current = record.history.current()
+        if silent is not None and current is not None and current[1] == "ready":
+            record.history.state(self._wall(silent), "stale")
+
+    def _note_state(self, record: NodeRecord, word: str, at: float) -> None:
+        wall = self._wall(at)
+        if word == "ready":
+            # A will followed within the hold by the node, or its replacement, never counted.
+            record.history.withdraw("lost", wall - protocol.LOST_HOLD)
+        record.history.state(wall, word)
 
     def _clear(self, node_id: str, kind: str) -> bool:
         with self._lock:
@@ -216,6 +266,7 @@ class NodeView:
         else:
             word = "unknown"
         age = round(now - record.status_at, 3) if status is not None else None
+        down_since = self._down_since(record, health)
         return {
             "node_id": record.node_id,
             "node_name": (status.node_name if status else None) or
@@ -239,7 +290,41 @@ class NodeView:
             "gui": dict(status.gui) if status else {},
             "resources": status.resources.to_dict() if status else None,
             "uptime": status.uptime if status else None,
+            "down_since": protocol.iso_from_epoch(down_since) if down_since else None,
+            "down_for_s": round(wall - down_since, 1) if down_since else None,
+            "flaps_1h": record.history.flaps(wall),
         }
+
+    def _down_since(self, record: NodeRecord, health: Liveness) -> float | None:
+        """When a node that is down now went down (wall clock)."""
+        if health.up:
+            return None
+        silent = self._silent_since(record)
+        current = record.history.current()
+        if silent is not None and (current is None or current[1] == "ready"):
+            return self._wall(silent)
+        return record.history.down_since()
+
+    def history(self, node_id: str) -> dict[str, Any] | None:
+        """The node's last 24 h (``node_history``) and its newest status, as plain data."""
+        health = self.health(node_id)
+        with self._lock:
+            record = self._nodes.get(node_id)
+            if record is None:
+                return None
+            wall = self.wall_clock()
+            exported = record.history.export(wall)
+            since = self._down_since(record, health)
+            timeline = exported["timeline"]
+            if health.reason == "stale" and since is not None and \
+                    (not timeline or timeline[-1]["state"] != "stale"):
+                timeline.append({"at": since, "state": "stale"})
+            for entry in timeline:
+                entry["time"] = protocol.iso_from_epoch(entry["at"])
+            return {"node_id": node_id, "now": wall, "health": self._describe(record, health),
+                    "timeline": timeline, "samples": exported["samples"],
+                    "flag_names": list(record.history.flag_names),
+                    "last_status": json.loads(record.status_raw) if record.status_raw else None}
 
     def counters(self) -> dict[str, Any]:
         with self._lock:

@@ -20,17 +20,20 @@ class ViewSubscriber:
     one, anonymously), never as the node: a node's login would take the node's connection
     over (``Config.viewer_login`` refuses it)."""
 
-    def __init__(self, config: Config, view: NodeView) -> None:
+    def __init__(self, config: Config, view: NodeView, *,
+                 login: tuple[str | None, str | None] | None = None,
+                 name: str = "yl-status-app") -> None:
+        """``login``: (username, password) instead of the status app's own."""
         self.view = view
         self._topics = config.mqtt.topics
-        username, password = config.viewer_login()
-        client_id = username or f"yl-status-app-{secrets.token_hex(4)}"
+        username, password = login if login is not None else config.viewer_login()
+        client_id = username or f"{name}-{secrets.token_hex(4)}"
         self._link = Link(
             options_from_config(config.mqtt, client_id, username=username, password=password),
             on_connect=self._on_connect,
             on_message=self._on_message,
             on_down=self._on_down,
-            name="yl-status-app-link",
+            name=f"{name}-link",
         )
 
     def start(self) -> ViewSubscriber:

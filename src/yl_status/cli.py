@@ -61,6 +61,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return int(run_server(_load(args)))
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import getpass  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from publisher.service import stop_event_on_signals  # noqa: PLC0415
+    from yl_status.watch import run_watch  # noqa: PLC0415
+
+    config = _load(args)
+    login = args.login or os.environ.get("YL_WATCH_LOGIN") or None
+    password = None
+    if login is not None:
+        password = os.environ.get("YL_WATCH_PASSWORD") or getpass.getpass(
+            f"broker password for {login}: ")
+    return run_watch(config, login=(login, password), stop=stop_event_on_signals())
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     from bridge.alerts import list_alerts  # noqa: PLC0415
     return int(list_alerts(_load(args), status=args.status, level=args.level,
@@ -102,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("serve", "serve /health, /status, /stats and the live view")
     p.set_defaults(func=cmd_serve)
+
+    p = command("watch", "every node, problems first, in the terminal (updates in place)")
+    p.add_argument("--login", metavar="NAME",
+                   help="the broker login to watch with, a watcher of its own (default: "
+                        "$YL_WATCH_LOGIN; password from $YL_WATCH_PASSWORD, else asked)")
+    p.set_defaults(func=cmd_watch)
 
     p = command("alerts", "list YL-monitor alerts")
     p.add_argument("--status", help="only alerts with this status")
