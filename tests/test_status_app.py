@@ -373,3 +373,22 @@ def test_configured_origins_are_allowed_besides_the_monitors(view: NodeView) -> 
             assert answer.headers["Access-Control-Allow-Origin"] == origin
         assert "Access-Control-Allow-Origin" not in \
             c.get("/health", headers={"Origin": "http://dash.example"}).headers
+
+
+def test_a_status_before_its_sessions_ready_shows_the_node_up(
+        client: FlaskClient, view: NodeView) -> None:
+    """A new session's status may reach the view before its ``ready`` (or the ready may have
+    been replaced at the broker meanwhile): the node is up, as NodeTruth says."""
+    feed(view, "gui-1", "state", state("ready", OLDER))
+    feed(view, "gui-1", "status", status(1, OLDER))
+    feed(view, "gui-1", "state", state("disconnected", OLDER))
+    feed(view, "gui-1", "status", status(1))
+    assert client.get("/health").status_code == 200
+    assert client.get("/nodes/gui-1").get_json()["state"] == "ready"
+    feed(view, "gui-1", "state", state("ready"))
+    described = client.get("/nodes/gui-1").get_json()
+    assert (described["health"], described["state_since"]) == \
+        ("online", "2026-01-01T00:00:00.000Z")
+    feed(view, "gui-1", "state", state("lost"))
+    view.clock.now += LOST_HOLD  # type: ignore[attr-defined]
+    assert client.get("/health").get_json()["reason"] == "lost"

@@ -40,6 +40,8 @@ class NodeRecord:
     status_raw: bytes = b""
     status_at: float = 0.0
     history: NodeHistory = field(default_factory=NodeHistory)
+    state_inferred: bool = False
+    """``state`` was made from a status of a session whose own state was not seen yet."""
 
 
 def problems_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,6 +120,10 @@ class NodeView:
                 return False
             verdict, record.truth = record.truth.observe_state(state.session, state.state,
                                                                retained=retained)
+            if verdict is Verdict.DUPLICATE and record.state_inferred and \
+                    record.state is not None and record.state.session == state.session:
+                record.state = replace(state, state=record.state.state)  # the node's own words
+                record.state_inferred = False
             if verdict is not Verdict.ACCEPT:
                 self._stale += verdict is Verdict.STALE
                 return False
@@ -125,6 +131,7 @@ class NodeView:
                 record.status, record.status_raw = None, b""
             self._note_silence(record)
             record.state = state
+            record.state_inferred = False
             # A retained copy of unknown age is taken as older than the hold.
             record.state_at = self.clock() - (age or (protocol.LOST_HOLD if retained else 0.0))
             self._note_state(record, state.state, record.state_at)
@@ -141,10 +148,17 @@ class NodeView:
                 self._stale += verdict is Verdict.STALE
                 return False
             self._note_silence(record)
-            if record.state is not None and record.state.session != status.session:
-                record.state = None
-            elif record.state is not None and record.truth.state is not None and \
-                    record.truth.state != record.state.state:
+            if record.state is None or record.state.session != status.session:
+                # A status of a session whose ``ready`` has not been seen (it may come later,
+                # or never: a retained copy replaced meanwhile): the session is ready, as
+                # ``NodeTruth`` says, until its own state says otherwise.
+                record.state = StateMessage(
+                    state=record.truth.state or "ready", session=status.session,
+                    since=status.timestamp, node_name=status.node_name,
+                    version=status.version, interval_s=status.interval_s)
+                record.state_inferred = True
+                record.state_at = self.clock() - age
+            elif record.truth.state is not None and record.truth.state != record.state.state:
                 record.state = replace(record.state, state=record.truth.state)
                 record.state_at = self.clock()
             record.status = status
