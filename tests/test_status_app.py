@@ -299,9 +299,18 @@ def test_live_page_is_self_contained(client: FlaskClient) -> None:
     response = client.get("/")
     assert response.status_code == 200
     page = response.get_data(as_text=True)
-    assert "<table" in page
+    assert 'role="table"' in page
     assert "fetch(\"nodes\"" in page
     assert "http://" not in page
+    assert "https://" not in page
+
+
+def test_the_node_page_needs_nothing_from_elsewhere(client: FlaskClient, view: NodeView) -> None:
+    feed(view, "gui-1", "state", state("ready"))
+    page = client.get("/nodes/gui-1", headers={"Accept": "text/html"}).get_data(as_text=True)
+    assert "<svg" in page
+    assert "<script src" not in page
+    assert "<link" not in page
     assert "https://" not in page
 
 
