@@ -18,7 +18,6 @@ setup() {
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
     command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)   # clock-skew tests
-    command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus) # alert rule tests
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} with apt-get" >&2
@@ -27,6 +26,14 @@ setup() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       "${need_apt[@]}" >/dev/null
+  fi
+  if [ "${1:-}" = browser ] && ! command -v promtool >/dev/null 2>&1; then
+    echo "run.sh: installing prometheus (promtool, for the alert rule tests) with apt-get" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    [ ${#need_apt[@]} -gt 0 ] || $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      prometheus >/dev/null
   fi
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
