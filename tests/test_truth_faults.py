@@ -55,6 +55,16 @@ def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None,
                               "FAKETIME_DONT_RESET": "1", "DONT_FAKE_MONOTONIC": "1"})
 
 
+def save_now(broker: DevBroker) -> None:
+    """Make the broker write its database now (SIGUSR1) and wait until it has."""
+    database = broker.workdir / "mosquitto.db"
+    saved = database.stat().st_mtime_ns if database.exists() else 0
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGUSR1)
+    wait_until(lambda: database.exists() and database.stat().st_mtime_ns != saved,
+               what="the broker's save with the node ready")
+
+
 def offline_everywhere(double: MonitorDouble, served: str) -> bool:
     view = double.node_view("node-1") or {}
     return view.get("status") == "offline" and http_get(served + "/health")[0] == 503
@@ -67,12 +77,7 @@ def test_a_broker_restored_from_an_older_save_does_not_resurrect_a_stopped_node(
     try:
         wait_until(lambda: double.is_online("node-1") and
                    http_get(served + "/health")[0] == 200, timeout=15, what="online")
-        database = broker.workdir / "mosquitto.db"
-        saved = database.stat().st_mtime_ns if database.exists() else 0
-        assert broker.process is not None
-        os.kill(broker.process.pid, signal.SIGUSR1)
-        wait_until(lambda: database.exists() and database.stat().st_mtime_ns != saved,
-                   what="the broker's save with the node ready")
+        save_now(broker)
     finally:
         assert stop_process(gui) == 0
     wait_until(lambda: offline_everywhere(double, served), timeout=5, what="offline")
@@ -102,12 +107,7 @@ def test_a_node_that_stops_while_the_broker_is_down_is_shown_offline_once_silent
     try:
         wait_until(lambda: double.is_online("node-1") and
                    http_get(served + "/health")[0] == 200, timeout=15, what="online")
-        database = broker.workdir / "mosquitto.db"
-        saved = database.stat().st_mtime_ns if database.exists() else 0
-        assert broker.process is not None
-        os.kill(broker.process.pid, signal.SIGUSR1)
-        wait_until(lambda: database.exists() and database.stat().st_mtime_ns != saved,
-                   what="the broker's save with the node ready")
+        save_now(broker)
         broker.kill()
     finally:
         assert stop_process(gui) == 0
