@@ -249,7 +249,9 @@ class Forwarder:
                 self._probing = self._probing or probe
                 return node, probe
             due = [now + TICK]
-            if self._ready or self.profile is None:
+            if self._paused_until > now:
+                # Past the pause, only a probe or the API check in flight holds the workers
+                # back; its end sets ``_changed``.
                 due.append(self._paused_until)
             if self._deferred:
                 due.append(self._deferred[0][0])
