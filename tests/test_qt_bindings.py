@@ -22,7 +22,7 @@ SCRIPT = r"""
 import importlib, json, sys, time
 
 binding, order, config_path = sys.argv[1:4]
-other = {"PyQt5": "PySide6", "PySide6": "PyQt5"}[binding]
+other = {"PyQt5": "PySide6", "PySide6": "PyQt5", "PyQt6": "PyQt5"}[binding]
 if order == "adapter-first":
     import publisher.qt
 importlib.import_module(other + ".QtCore")  # another binding loaded as well
@@ -84,7 +84,7 @@ def run_window(tmp_path: Path, broker: DevBroker, binding: str, order: str, end:
 
 
 @pytest.mark.parametrize("order", ["adapter-first", "binding-first"])
-@pytest.mark.parametrize("binding", ["PyQt5", "PySide6"])
+@pytest.mark.parametrize("binding", ["PyQt5", "PySide6", "PyQt6"])
 def test_the_windows_binding_is_used_and_a_refused_close_keeps_monitoring(
         tmp_path: Path, broker: DevBroker, binding: str, order: str) -> None:
     result = run_window(tmp_path, broker, binding, order, "close")
