@@ -117,8 +117,8 @@ def test_watch_without_a_login_says_anonymous_access_is_off(
     terminal = Terminal([sys.executable, "-m", "yl_status", "watch", "-c", str(config)],
                         {"YL_WATCH_LOGIN": ""})
     try:
-        wait_until(lambda: "anonymous access is off" in terminal.frame().replace("\n", " ")
-                   or "anonymous access is off" in terminal.raw(), timeout=10,
-                   what="the refusal on screen")
+        wait_until(lambda: "anonymous access is off" in
+                   " ".join(terminal.frame().split()), timeout=10, what="the refusal on screen")
+        assert "WARNING" not in terminal.raw()
     finally:
         assert terminal.close() == 0

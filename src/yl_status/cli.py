@@ -63,12 +63,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     import getpass  # noqa: PLC0415
+    import logging  # noqa: PLC0415
     import os  # noqa: PLC0415
 
     from publisher.service import stop_event_on_signals  # noqa: PLC0415
     from yl_status.watch import run_watch  # noqa: PLC0415
 
     config = _load(args)
+    # The screen is the output: its summary line says what is wrong with the broker link.
+    logging.getLogger().addHandler(logging.NullHandler())
     login = args.login or os.environ.get("YL_WATCH_LOGIN") or None
     password = None
     if login is not None:
