@@ -196,17 +196,21 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
                                                   "mqtt_password": VIEWER_PASSWORD})
     server = start_process(["serve", "-c", str(write_config(tmp_path / "s.yaml", serve_cfg))],
                            log_path=tmp_path / "serve.log")
+    page = f"http://127.0.0.1:{port}/"
     node_cfg = write_config(tmp_path / "n.yaml", config_dict(broker, "fleet"))
-    fleet = [start_process(["node", "-c", str(node_cfg), "--node-id", base, "--count",
-                            str(PER_PROCESS), "--toggle-every", "0"],
-                           log_path=tmp_path / f"{base}.log") for base in BASES]
-    doomed = start_process(["node", "-c", str(node_cfg), "--node-id", "doomed", "--count",
-                            str(DOOMED), "--toggle-every", "0"],
-                           log_path=tmp_path / "doomed.log")
-    base = f"http://127.0.0.1:{port}/"
+    fleet: list[Any] = []
     try:
-        wait_until(lambda: _up(base), timeout=15, what="status app")
-        browser.get(base)
+        # Listening before the nodes open a thousand connections, one of which could
+        # otherwise take the free port chosen for it.
+        wait_until(lambda: _up(page), timeout=15, what="status app")
+        fleet = [start_process(["node", "-c", str(node_cfg), "--node-id", name, "--count",
+                                str(PER_PROCESS), "--toggle-every", "0"],
+                               log_path=tmp_path / f"{name}.log") for name in BASES]
+        doomed = start_process(["node", "-c", str(node_cfg), "--node-id", "doomed", "--count",
+                                str(DOOMED), "--toggle-every", "0"],
+                               log_path=tmp_path / "doomed.log")
+        fleet.append(doomed)
+        browser.get(page)
         wait_until(lambda: sum(h == "online" for _, h in shown(browser)) == FLEET + DOOMED,
                    timeout=120, what="1,000 nodes online on screen")
         started = time.time()
@@ -234,7 +238,7 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
         search.send_keys(" ")  # an input event with an empty query
         assert len(shown(browser)) == FLEET + DOOMED
 
-        browser.get(base + "nodes/doomed-0007")
+        browser.get(page + "nodes/doomed-0007")
         wait_until(lambda: browser.execute_script(
             "return document.querySelectorAll('#transitions tr').length") >= 2,
             timeout=10, what="the node's transitions")
@@ -247,7 +251,6 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
         assert ready_at <= started
         browser.save_screenshot(str(ARTIFACTS / "node-detail.png"))
     finally:
-        stop_process(doomed)
         for process in fleet:
             stop_process(process, timeout=30)
         stop_process(server)
