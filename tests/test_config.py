@@ -197,8 +197,9 @@ def test_node_refuses_a_bad_node_id_before_any_network(
 def test_the_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "config" / "monitor_config.example.yaml"
     config = load_config(example, env={})
-    assert config.monitor.profile == "nodes-api"
+    assert config.monitor.profile == "auto"
     assert config.bridge.outbox_path == "/var/lib/yl-status/outbox.sqlite3"
+    assert config.viewer_login() == ("yl-viewer", "change-me-too")
 
 
 def test_get_reporter_is_process_wide_and_follows_the_config_path(
