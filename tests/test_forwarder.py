@@ -85,20 +85,25 @@ def test_a_kept_alive_connection_the_monitor_closed_is_replaced(
         double.down()
 
 
-def test_a_monitor_that_never_answers_times_out_and_nothing_is_lost(
-        tmp_path: Path, outbox: Outbox) -> None:
+@pytest.fixture
+def silent_monitor() -> Iterator[str]:
+    """The URL of a monitor that accepts connections and never answers."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
     try:
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        outbox.record([status(1, node=f"n{i}") for i in range(6)])
-        with forwarding(config_for(url, tmp_path), outbox) as forwarder:
-            wait_until(lambda: not forwarder.reachable, timeout=5, what="monitor unreachable")
-            assert forwarder.last_problem == "timed out"
-        assert outbox.depth() == (0, 6)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
     finally:
         silent.close()
+
+
+def test_a_monitor_that_never_answers_times_out_and_nothing_is_lost(
+        tmp_path: Path, outbox: Outbox, silent_monitor: str) -> None:
+    outbox.record([status(1, node=f"n{i}") for i in range(6)])
+    with forwarding(config_for(silent_monitor, tmp_path), outbox) as forwarder:
+        wait_until(lambda: not forwarder.reachable, timeout=5, what="monitor unreachable")
+        assert forwarder.last_problem == "timed out"
+    assert outbox.depth() == (0, 6)
 
 
 def test_integers_beyond_64_bits_reach_the_monitor_intact(tmp_path: Path, outbox: Outbox) -> None:
@@ -222,27 +227,23 @@ def test_a_one_megabyte_chunked_answer(tmp_path: Path, outbox: Outbox) -> None:
         server.close()
 
 
-def test_workers_wait_quietly_while_a_probe_is_in_flight(tmp_path: Path, outbox: Outbox) -> None:
+def test_workers_wait_quietly_while_a_probe_is_in_flight(
+        tmp_path: Path, outbox: Outbox, silent_monitor: str) -> None:
     """While the monitor is down only one probe goes out; the other workers sleep until it
     answers instead of spinning."""
     import psutil
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    try:
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        outbox.record([status(1, node=f"n{i}") for i in range(6)])
-        config = config_for(url, tmp_path, timeout=3.0, retry_delay=0.5, profile="nodes-api")
-        with forwarding(config, outbox) as forwarder:
-            wait_until(lambda: not forwarder.reachable, timeout=10, what="monitor unreachable")
-            wait_until(lambda: forwarder._probing, timeout=5, what="a probe in flight")
-            before = psutil.Process().cpu_times()
-            started = time.monotonic()
-            while time.monotonic() - started < 1.5 and forwarder._probing:
-                time.sleep(0.05)
-            after = psutil.Process().cpu_times()
-        used = (after.user - before.user) + (after.system - before.system)
-        assert used < 0.5, f"{used:.2f} s of CPU in {time.monotonic() - started:.2f} s"
-    finally:
-        silent.close()
+    outbox.record([status(1, node=f"n{i}") for i in range(6)])
+    config = config_for(silent_monitor, tmp_path, timeout=3.0, retry_delay=0.5,
+                        profile="nodes-api")
+    with forwarding(config, outbox) as forwarder:
+        wait_until(lambda: not forwarder.reachable, timeout=10, what="monitor unreachable")
+        wait_until(lambda: forwarder._probing, timeout=5, what="a probe in flight")
+        before = psutil.Process().cpu_times()
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5 and forwarder._probing:
+            time.sleep(0.05)
+        after = psutil.Process().cpu_times()
+        watched = time.monotonic() - started
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.5, f"{used:.2f} s of CPU in {watched:.2f} s"
