@@ -93,6 +93,12 @@ DownHandler = Callable[[LinkDown], None]
 FarewellHandler = Callable[[mqtt.Client], "mqtt.MQTTMessageInfo | None"]
 
 
+_ANONYMOUS_REFUSED = frozenset({130, 134, 135})
+"""CONNACK reasons mosquitto gives a client without a username when anonymous access is off
+(protocol error with ``use_username_as_clientid``, bad user name or password, not
+authorized)."""
+
+
 def _describe(code: Any) -> str:
     if isinstance(code, ReasonCode):
         return f"{code.getName()} ({code.value})"
@@ -353,7 +359,7 @@ class Link:
             if reason_code.is_failure:
                 fatal = reason_code.value in _FATAL_CONNACK
                 why = _describe(reason_code)
-                if self.options.username is None:
+                if self.options.username is None and reason_code.value in _ANONYMOUS_REFUSED:
                     # mosquitto refuses a login without a username in several ways (130,
                     # 134, 135, depending on its settings); say what it means here.
                     why = (f"the broker refused a connection without a username ({why}): "
