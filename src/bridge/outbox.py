@@ -29,12 +29,12 @@ from pathlib import Path
 from bridge.incoming import StatusHead
 from publisher.errors import YLStatusError
 from publisher.protocol import (
-    EXPIRY_FACTOR,
     LOST_HOLD,
     NodeTruth,
     StateMessage,
     StatusMessage,
     Verdict,
+    stale_after,
 )
 
 log = logging.getLogger(__name__)
@@ -424,16 +424,16 @@ class Outbox:
         return bytes(row[0]) if row and row[0] is not None else None
 
     def _listen(self, node_id: str, mark: NodeMark, heard: float | None = None) -> None:
-        """The node spoke at ``heard``: it falls silent ``EXPIRY_FACTOR`` intervals later."""
+        """The node spoke at ``heard``: it falls silent ``stale_after`` its interval later."""
         if heard is not None:
             mark.heard, mark.silence = heard, ""
         if mark.interval_s is not None:
-            heapq.heappush(self._silence, (mark.heard + EXPIRY_FACTOR * mark.interval_s,
+            heapq.heappush(self._silence, (mark.heard + stale_after(mark.interval_s),
                                            node_id, mark.heard))
 
     def silent_nodes(self, now: float | None = None) -> list[str]:
         """Nodes whose current session is ``ready`` but whose newest message is older than
-        ``EXPIRY_FACTOR`` report intervals: the monitor is to be told they are offline.
+        ``stale_after`` their report interval: the monitor is to be told they are offline.
 
         Neither a will nor ``disconnected`` reaches the broker when a node stops while its
         link is down (a broker restart); its retained ``ready`` and last status would keep it

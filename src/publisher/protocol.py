@@ -37,9 +37,14 @@ STATE_EXPIRY: Final = 10 * 365 * 86400
 counts it down while the message waits, so a consumer can tell how long it waited."""
 
 
+def stale_after(interval_s: float) -> float:
+    """Seconds after which a node's newest status no longer says it is up."""
+    return EXPIRY_FACTOR * interval_s
+
+
 def status_expiry(interval_s: float) -> int:
     """The MQTT 5 message expiry of a ``status`` (whole seconds, at least 1)."""
-    return max(1, round(EXPIRY_FACTOR * interval_s))
+    return max(1, round(stale_after(interval_s)))
 
 
 def waited(remaining: int | None, expiry: float) -> float:
@@ -570,7 +575,7 @@ def liveness(state: State | None, status_age: float | None, interval_s: float | 
         return Liveness(False, str(state))
     if status_age is None:
         return Liveness(False, "stale", "no status received")
-    limit = None if interval_s is None else EXPIRY_FACTOR * interval_s
+    limit = None if interval_s is None else stale_after(interval_s)
     if limit is not None and status_age > limit:
         return Liveness(False, "stale", f"last status {status_age:.1f} s ago (limit {limit:g} s)")
     if state is None:

@@ -181,7 +181,7 @@ class NodeView:
         status = record.status
         if status is None:
             return None
-        limit = protocol.EXPIRY_FACTOR * status.interval_s
+        limit = protocol.stale_after(status.interval_s)
         return record.status_at + limit if self.clock() - record.status_at > limit else None
 
     def _note_silence(self, record: NodeRecord) -> None:
