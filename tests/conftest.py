@@ -23,7 +23,7 @@ from tests.support import (
     VIEWER_PASSWORD,
     VIEWER_USER,
     WATCHER_USER,
-    http_get,
+    answers,
     restart_receive_times,
     serve_config,
     start_process,
@@ -127,18 +127,10 @@ def served(tmp_path: Path, broker: DevBroker) -> Iterator[str]:
     process = start_process(["serve", "-c", str(config)], log_path=tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(base), timeout=15, what="status app listening")
+        wait_until(lambda: answers(base + "/nodes"), timeout=15, what="status app listening")
         yield base
     finally:
         assert stop_process(process) == 0
-
-
-def _answers(base: str) -> bool:
-    try:
-        http_get(base + "/nodes", timeout=1)
-    except OSError:
-        return False
-    return True
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -229,6 +229,14 @@ def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = No
         return code, body.decode(errors="replace")
 
 
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now (False while nothing listens yet)."""
+    try:
+        return http_get(url, timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
 def serve_config(broker: Any, port: int, node_id: str = "node-1") -> dict[str, Any]:
     return config_dict(broker, node_id, local_server={
         "port": port, "mqtt_username": VIEWER_USER, "mqtt_password": VIEWER_PASSWORD})

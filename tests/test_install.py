@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import http_get, wait_until, write_config
+from tests.support import answers, wait_until, write_config
 from yl_status.dev_broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ def test_alerts_and_ack_from_the_install(installed: Path, tmp_path: Path) -> Non
                                    stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(url + "/api/health"), timeout=15, what="monitor double")
+        wait_until(lambda: answers(url + "/api/health"), timeout=15, what="monitor double")
         config = write_config(tmp_path / "ops.yaml", {"monitor": {"url": url}})
         alerts = run([installed / "bin" / "yl-status", "alerts", "-c", config], cwd=tmp_path)
         assert alerts.returncode == 0, alerts.stderr
@@ -88,9 +88,3 @@ def test_alerts_and_ack_from_the_install(installed: Path, tmp_path: Path) -> Non
         monitor.terminate()
         monitor.wait(10)
 
-
-def _answers(url: str) -> bool:
-    try:
-        return http_get(url, timeout=1)[0] == 200
-    except OSError:
-        return False

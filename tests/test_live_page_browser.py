@@ -18,8 +18,8 @@ from tests.support import (
     NODE_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
+    answers,
     config_dict,
-    http_get,
     start_process,
     stop_process,
     wait_until,
@@ -79,7 +79,7 @@ def test_a_killed_node_turns_lost_on_screen_without_reload(
                           log_path=tmp_path / "other.log")
     base = f"http://127.0.0.1:{port}/"
     try:
-        wait_until(lambda: _up(base), timeout=15, what="status app")
+        wait_until(lambda: answers(base + "nodes"), timeout=15, what="status app")
         browser.get(base)
         wait_until(lambda: row_health(browser, "node-2") == "online", timeout=15,
                    what="node-2 online on screen")
@@ -103,11 +103,6 @@ def test_a_killed_node_turns_lost_on_screen_without_reload(
         stop_process(server)
 
 
-def _up(base: str) -> bool:
-    try:
-        return http_get(base + "nodes", timeout=1)[0] == 200
-    except OSError:
-        return False
 
 
 class _Page:
@@ -153,7 +148,7 @@ def test_the_monitors_dashboard_reads_health_from_the_browser_and_no_other_page_
     server = start_process(["serve", "-c", str(write_config(tmp_path / "s.yaml", serve_cfg))],
                            log_path=tmp_path / "serve.log")
     try:
-        wait_until(lambda: _up(f"http://127.0.0.1:{port}/"), timeout=15, what="status app")
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/nodes"), timeout=15, what="status app")
         browser.get(f"http://localhost:{dashboard.port}/")
         wait_until(lambda: browser.title != "waiting", timeout=10, what="dashboard fetch")
         assert browser.title == "read:unhealthy"
@@ -202,7 +197,7 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
     try:
         # Listening before the nodes open a thousand connections, one of which could
         # otherwise take the free port chosen for it.
-        wait_until(lambda: _up(page), timeout=15, what="status app")
+        wait_until(lambda: answers(page + "nodes"), timeout=15, what="status app")
         fleet = [start_process(["node", "-c", str(node_cfg), "--node-id", name, "--count",
                                 str(PER_PROCESS), "--toggle-every", "0"],
                                log_path=tmp_path / f"{name}.log") for name in BASES]

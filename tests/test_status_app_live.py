@@ -17,6 +17,7 @@ from tests.support import (
     VIEWER_PASSWORD,
     VIEWER_USER,
     WATCHER_USER,
+    answers,
     config_dict,
     http_get,
     serve_config,
@@ -145,15 +146,8 @@ def serve_process(tmp_path: Path, broker: DevBroker, **local: Any) -> tuple[Any,
     process = start_process(["serve", "-c", str(write_config(tmp_path / "serve.yaml", data))],
                             log_path=tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(base), timeout=15, what="status app listening")
+    wait_until(lambda: answers(base + "/nodes"), timeout=15, what="status app listening")
     return process, base
-
-
-def _answers(base: str) -> bool:
-    try:
-        return http_get(base + "/nodes", timeout=1)[0] == 200
-    except OSError:
-        return False
 
 
 def test_without_a_login_the_refusal_says_anonymous_access_is_off(
