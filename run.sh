@@ -3,7 +3,7 @@
 #   ./run.sh demo   the whole system on this machine: mosquitto, a YL-monitor test double,
 #                   the bridge, the status app and a simulated GUI node (Ctrl-C stops it)
 #   ./run.sh test   lint, type-check and the whole test suite
-#   ./run.sh setup  only install what is missing (mosquitto, Chromium, the venv)
+#   ./run.sh setup  only install what is missing (mosquitto, Chromium, PostgreSQL, the venv)
 # Each command first installs whatever this machine lacks.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,6 +18,8 @@ setup() {
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
     command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)   # clock-skew tests
+    # PostgreSQL's server, for the active/standby bridge tests (each starts its own).
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgresql)
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} with apt-get" >&2

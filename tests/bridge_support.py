@@ -22,18 +22,24 @@ from yl_status.monitor_double import Heartbeat, MonitorDouble
 
 
 class BridgeProcess:
-    def __init__(self, tmp_path: Path, broker: DevBroker, double: MonitorDouble,
+    def __init__(self, tmp_path: Path, broker: DevBroker, double: MonitorDouble, *,
+                 outbox_url: str | None = None, instance: str | None = None,
                  **monitor: Any) -> None:
+        """``outbox_url``: a PostgreSQL outbox shared with other instances (``instance``
+        names this one, its config and its log)."""
         self.metrics_port = free_port()
-        self.log_path = tmp_path / "bridge.log"
+        name = "bridge" if instance is None else f"bridge-{instance}"
+        self.instance = instance
+        self.log_path = tmp_path / f"{name}.log"
+        shared = {} if outbox_url is None else {"outbox_url": outbox_url, "instance": instance}
         data = config_dict(broker, "bridge-cfg",
                            monitor={"url": double.url, "retry_delay": 1.0, "timeout": 2.0,
                                     **monitor},
                            mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
                            bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"),
-                                   "metrics": f"127.0.0.1:{self.metrics_port}"},
+                                   "metrics": f"127.0.0.1:{self.metrics_port}", **shared},
                            logging={"level": "INFO"})
-        self.config_path = write_config(tmp_path / "bridge.yaml", data)
+        self.config_path = write_config(tmp_path / f"{name}.yaml", data)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0, *, wait: bool = True) -> BridgeProcess:
@@ -83,6 +89,14 @@ class BridgeProcess:
         m = self.metrics()
         return m.get("yl_bridge_outbox_transitions") == 0 and \
             m.get("yl_bridge_outbox_statuses") == 0
+
+    def role(self) -> str | None:
+        """``active`` or ``standby`` as its ``/healthz`` says (None: not answering)."""
+        try:
+            _, body = http_get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1)
+        except OSError:
+            return None
+        return body.get("role") if isinstance(body, dict) else None
 
     def kill(self) -> None:
         assert self.process is not None

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from tests.bridge_support import BridgeProcess
+from tests.postgres_support import PostgresServer
 from tests.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
@@ -173,3 +174,13 @@ def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator
     b = BridgeProcess(tmp_path, broker, double).start()
     yield b
     assert b.stop() == 0
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server of its own, in a temporary folder, as an unprivileged user."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.remove()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bridge.database import Database
 from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
 from publisher.protocol import (
     ReporterCounters,
@@ -15,6 +19,7 @@ from publisher.protocol import (
     StatusMessage,
     encode,
 )
+from tests.postgres_support import PostgresServer
 from tests.support import received
 
 A = "000000000010-aaaaaaaaaaaa"
@@ -45,8 +50,34 @@ def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]
     return out
 
 
-def test_statuses_coalesce_to_the_newest(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Iterator[PostgresServer | None]:
+    """The outbox's engine: SQLite (None), or a real PostgreSQL for the module's tests."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+_databases = count()
+
+
+@pytest.fixture
+def where(engine: PostgresServer | None, tmp_path: Path) -> str:
+    """Where an outbox lives: an SQLite file, or a fresh database on the PostgreSQL."""
+    if engine is None:
+        return str(tmp_path / "o.db")
+    name = f"outbox_{next(_databases)}"
+    engine.query(f"CREATE DATABASE {name}")
+    return engine.url.rsplit("/", 1)[0] + "/" + name
+
+
+def test_statuses_coalesce_to_the_newest(where: str) -> None:
+    box = Outbox(where)
     result, touched = box.record([status(i) for i in range(1, 101)])
     assert result.accepted == 100
     assert result.coalesced == 99
@@ -55,16 +86,16 @@ def test_statuses_coalesce_to_the_newest(tmp_path: Path) -> None:
     assert box.depth() == (0, 0)
 
 
-def test_transitions_keep_their_order_and_come_before_the_status(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_transitions_keep_their_order_and_come_before_the_status(where: str) -> None:
+    box = Outbox(where)
     box.record([state("ready"), status(1), status(2), state("lost"), state("ready", B),
                 status(1, B)])
     assert drain(box) == [("state", "ready", -1), ("state", "lost", -1), ("state", "ready", -1),
                           ("status", None, 1)]
 
 
-def test_a_transition_carries_the_snapshot_it_superseded(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_a_transition_carries_the_snapshot_it_superseded(where: str) -> None:
+    box = Outbox(where)
     box.record([state("ready"), status(7), state("lost")])
     first = box.next_item("n1")
     assert first is not None
@@ -75,8 +106,8 @@ def test_a_transition_carries_the_snapshot_it_superseded(tmp_path: Path) -> None
     assert b'"seq":7' in (lost.payload or b"")
 
 
-def test_older_and_duplicate_messages_are_dropped(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_older_and_duplicate_messages_are_dropped(where: str) -> None:
+    box = Outbox(where)
     box.record([state("ready", A), state("ready", B), status(5, B)])
     result, _ = box.record([status(4, B), status(5, B), status(9, A), state("lost", A),
                             state("ready", B)])
@@ -85,10 +116,10 @@ def test_older_and_duplicate_messages_are_dropped(tmp_path: Path) -> None:
     assert drain(box) == [("state", "ready", -1), ("state", "ready", -1), ("status", None, 5)]
 
 
-def test_session_ids_do_not_order_sessions(tmp_path: Path) -> None:
+def test_session_ids_do_not_order_sessions(where: str) -> None:
     """A node whose clock was years ahead, or a hand-made id like ``zzzz``, must not make
     the next correct session look stale."""
-    box = Outbox(tmp_path / "o.db")
+    box = Outbox(where)
     box.record([state("ready", "zzzz"), status(7, "zzzz"), state("lost", "zzzz")])
     result, _ = box.record([state("ready", "0000"), status(1, "0000")])
     assert (result.accepted, result.stale) == (2, 0)
@@ -99,19 +130,19 @@ def test_session_ids_do_not_order_sessions(tmp_path: Path) -> None:
     assert late.stale == 2
 
 
-def test_a_restored_ready_of_an_ended_session_is_stale(tmp_path: Path) -> None:
+def test_a_restored_ready_of_an_ended_session_is_stale(where: str) -> None:
     """A broker killed before its next save restarts with the older retained ``ready``."""
-    box = Outbox(tmp_path / "o.db")
+    box = Outbox(where)
     box.record([state("ready", A), status(1, A), state("disconnected", A)])
     box.close()
-    reopened = Outbox(tmp_path / "o.db")
+    reopened = Outbox(where)
     result, touched = reopened.record([state("ready", A), status(1, A)])
     assert (result.accepted, result.stale, result.duplicates) == (0, 1, 1)
     assert touched == set()
 
 
-def test_a_newer_status_after_delivery_is_delivered_again(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_a_newer_status_after_delivery_is_delivered_again(where: str) -> None:
+    box = Outbox(where)
     box.record([status(1)])
     assert drain(box) == [("status", None, 1)]
     box.record([status(1)])
@@ -120,12 +151,12 @@ def test_a_newer_status_after_delivery_is_delivered_again(tmp_path: Path) -> Non
     assert drain(box) == [("status", None, 2)]
 
 
-def test_everything_survives_reopening(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_everything_survives_reopening(where: str) -> None:
+    box = Outbox(where)
     box.record([state("ready"), status(3), status(4), state("lost")])
     box.set_registered("n1", True)
     box.close()
-    again = Outbox(tmp_path / "o.db")
+    again = Outbox(where)
     assert again.nodes_with_work() == ["n1"]
     mark = again.mark("n1")
     assert mark is not None
@@ -136,8 +167,8 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
     assert drain(again) == [("state", "ready", -1), ("state", "lost", -1)]
 
 
-def test_done_keeps_a_newer_status_that_arrived_meanwhile(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_done_keeps_a_newer_status_that_arrived_meanwhile(where: str) -> None:
+    box = Outbox(where)
     box.record([status(1)])
     item = box.next_item("n1")
     assert item is not None
@@ -146,8 +177,8 @@ def test_done_keeps_a_newer_status_that_arrived_meanwhile(tmp_path: Path) -> Non
     assert drain(box) == [("status", None, 2)]
 
 
-def test_transition_cap_drops_the_oldest_and_counts(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_transition_cap_drops_the_oldest_and_counts(where: str) -> None:
+    box = Outbox(where)
     words = ["ready", "lost"] * (MAX_TRANSITIONS_PER_NODE // 2 + 5)
     sessions = [f"{i:012x}-cccccccccccc" for i in range(len(words))]
     result, _ = box.record([state(w, s) for w, s in zip(words, sessions, strict=True)])
@@ -156,8 +187,8 @@ def test_transition_cap_drops_the_oldest_and_counts(tmp_path: Path) -> None:
 
 
 def test_a_transition_dropped_while_in_flight_leaves_the_rest_in_order(
-        tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+        where: str) -> None:
+    box = Outbox(where)
     sessions = [f"{i:012x}-cccccccccccc" for i in range(MAX_TRANSITIONS_PER_NODE + 1)]
     words = ["ready", "lost"] * (len(sessions) // 2 + 1)
     box.record([state(w, s) for w, s in zip(words, sessions[:-1], strict=False)])
@@ -174,9 +205,9 @@ def test_a_transition_dropped_while_in_flight_leaves_the_rest_in_order(
     assert delivered == sessions[1:]
 
 
-def test_a_failed_write_keeps_what_was_committed_next(tmp_path: Path,
+def test_a_failed_write_keeps_what_was_committed_next(where: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    box = Outbox(tmp_path / "o.db")
+    box = Outbox(where)
     box.record([state("ready"), status(1)])
     first = box.next_item("n1")
     assert first is not None
@@ -195,18 +226,18 @@ def test_a_failed_write_keeps_what_was_committed_next(tmp_path: Path,
     assert drain(box) == [("status", None, 3)]
 
 
-def test_node_count_is_bounded(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_nodes=2)
+def test_node_count_is_bounded(where: str) -> None:
+    box = Outbox(where, max_nodes=2)
     result, _ = box.record([status(1, node=f"n{i}") for i in range(4)])
     assert result.too_many_nodes == 2
     assert box.known_nodes() == 2
 
 
 def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
-        tmp_path: Path) -> None:
+        where: str) -> None:
     """States and statuses arrive on two broker sessions; a status of the next process start
     may come in before the previous process's last will, and must not swallow it."""
-    box = Outbox(tmp_path / "o.db")
+    box = Outbox(where)
     box.record([state("ready", A), status(3, A)])
     assert drain(box) == [("state", "ready", -1), ("status", None, 3)]
     result, _ = box.record([status(1, B), state("lost", A), state("ready", B)])
@@ -221,17 +252,17 @@ def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
     assert late.stale == 2
 
 
-def test_a_node_waits_for_its_last_delivery_to_be_written(tmp_path: Path) -> None:
+def test_a_node_waits_for_its_last_delivery_to_be_written(where: str) -> None:
     """So that a crash can only repeat a node's newest delivered message, never an older
     one after a newer one."""
-    box = Outbox(tmp_path / "o.db", on_change=lambda: None)
+    box = Outbox(where, on_change=lambda: None)
     box.record([state("ready"), status(1)])
     first = box.next_item("n1")
     assert first is not None
     assert first.state == "ready"
     box.done(first)
     assert box.next_item("n1") is None
-    crashed = Outbox(tmp_path / "o.db")
+    crashed = Outbox(where)
     again = crashed.next_item("n1")
     assert again is not None
     assert again.transition_id == first.transition_id
@@ -242,30 +273,26 @@ def test_a_node_waits_for_its_last_delivery_to_be_written(tmp_path: Path) -> Non
 
 
 class _CommitFails:
-    """A connection whose COMMIT fails the way a full disk makes it fail: SQLite has already
+    """A database whose COMMIT fails the way a full disk makes it fail: SQLite has already
     rolled the transaction back when the error comes."""
 
-    def __init__(self, real: sqlite3.Connection) -> None:
+    def __init__(self, real: Database) -> None:
         self.real = real
         self.failing = True
 
-    @property
-    def in_transaction(self) -> bool:
-        return self.real.in_transaction
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
-        if sql == "COMMIT" and self.failing:
+    def commit(self) -> None:
+        if self.failing:
             self.real.execute("ROLLBACK")
             raise sqlite3.OperationalError("database or disk is full")
-        return self.real.execute(sql, *args)
-
-    def executemany(self, sql: str, *args: object) -> sqlite3.Cursor:
-        return self.real.executemany(sql, *args)
+        self.real.commit()
 
 
-def test_a_failed_commit_leaves_memory_as_on_disk(tmp_path: Path) -> None:
+def test_a_failed_commit_leaves_memory_as_on_disk(where: str) -> None:
     """Redelivered messages must be recorded again, not taken for duplicates."""
-    box = Outbox(tmp_path / "o.db")
+    box = Outbox(where)
     box.record([state("ready", A)])
     real = box._db
     failing = _CommitFails(real)
@@ -286,8 +313,8 @@ def test_a_failed_commit_leaves_memory_as_on_disk(tmp_path: Path) -> None:
                                                  ("state", "ready"), ("status", None)]
 
 
-def test_a_ready_node_silent_for_three_intervals_is_reported_once(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) -> None:
+    box = Outbox(where)
     box.record([state("ready"), status(1)])
     spoke = box.marks["n1"].heard
     drain(box)
@@ -304,23 +331,23 @@ def test_a_ready_node_silent_for_three_intervals_is_reported_once(tmp_path: Path
 
 
 @pytest.mark.parametrize("last", ["disconnected", "lost"])
-def test_a_node_that_said_it_is_down_never_falls_silent(tmp_path: Path, last: str) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_a_node_that_said_it_is_down_never_falls_silent(where: str, last: str) -> None:
+    box = Outbox(where)
     box.record([state("ready"), status(1), state(last)])
     assert box.silent_nodes(box.marks["n1"].heard + 1000) == []
 
 
-def test_a_silence_waits_behind_undelivered_work(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db")
+def test_a_silence_waits_behind_undelivered_work(where: str) -> None:
+    box = Outbox(where)
     box.record([state("ready"), status(1)])
     assert box.silent_nodes(box.marks["n1"].heard + 91) == ["n1"]
     assert drain(box) == [("state", "ready", -1), ("status", None, 1), ("silence", "ready", 1)]
 
 
 def test_a_reopened_outbox_gives_known_nodes_three_intervals_from_its_start(
-        tmp_path: Path) -> None:
-    Outbox(tmp_path / "o.db").record([state("ready"), status(1)])
-    box = Outbox(tmp_path / "o.db")
+        where: str) -> None:
+    Outbox(where).record([state("ready"), status(1)])
+    box = Outbox(where)
     opened = box.marks["n1"].heard
     assert box.silent_nodes(opened + 89) == []
     assert box.silent_nodes(opened + 91) == ["n1"]

@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import httptools
@@ -51,6 +51,10 @@ TICK = 1.0
 SILENCE_CHECK = 0.25
 """How often the loop looks for nodes that fell silent (``Outbox.silent_nodes``)."""
 
+INACTIVE_POLL = 0.1
+"""How often a bridge that may not send (not active) looks again."""
+NOT_ACTIVE = "this bridge is not the active one"
+
 KNOWN_TTL = 30.0
 """How long a v1 monitor's list of the nodes it knows is trusted before it is read again."""
 PROFILES = ("nodes-api", "v1")
@@ -62,11 +66,16 @@ Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
 
 
+class NotActiveError(Exception):
+    """The bridge is no longer the active one: the request was not sent."""
+
+
 class _Connection:
     """One worker's keep-alive connection to the monitor."""
 
-    def __init__(self, client: MonitorClient) -> None:
+    def __init__(self, client: MonitorClient, may_send: Callable[[], bool]) -> None:
         self.client = client
+        self.may_send = may_send
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -86,6 +95,8 @@ class _Connection:
             except (asyncio.TimeoutError, TimeoutError):
                 self.close()
                 return Answer(Outcome.RETRY, None, "timed out")
+            except NotActiveError:
+                return Answer(Outcome.RETRY, None, NOT_ACTIVE)
             except (OSError, ssl.SSLError, httptools.HttpParserError) as exc:
                 self.close()
                 return Answer(Outcome.RETRY, None, describe_error(exc))
@@ -95,6 +106,8 @@ class _Connection:
         if self.writer is None:
             self.reader, self.writer = await self.client.open()
         assert self.reader is not None
+        if not self.may_send():  # the last check before the bytes leave: see bridge.lease
+            raise NotActiveError
         self.writer.write(request)
         exchange = Exchange()
         while not exchange.feed(await self.reader.read(65536)):
@@ -110,10 +123,15 @@ class _Connection:
 
 
 class Forwarder:
-    def __init__(self, config: Config, outbox: Outbox, metrics: Metrics) -> None:
+    def __init__(self, config: Config, outbox: Outbox, metrics: Metrics, *,
+                 may_send: Callable[[], bool] | None = None,
+                 instance: str | None = None) -> None:
+        """``may_send``: asked before every request (an active/standby bridge's lease);
+        nothing is sent while it says False."""
         self.outbox = outbox
         self.metrics = metrics
-        self.client = MonitorClient(config.monitor)
+        self.client = MonitorClient(config.monitor, instance=instance)
+        self._may_send: Callable[[], bool] = may_send or (lambda: True)
         self.reachable = True
         self.last_problem = ""
         self._values = config.monitor.status_values
@@ -208,7 +226,7 @@ class Forwarder:
             await asyncio.sleep(SILENCE_CHECK)
 
     async def _worker(self) -> None:
-        connection = _Connection(self.client)
+        connection = _Connection(self.client, self._may_send)
         try:
             while (taken := await self._next_node()) is not None:
                 node, probe = taken
@@ -235,6 +253,9 @@ class Forwarder:
             self._take_notifications()
             if self._stopping:
                 return None
+            if not self._may_send():
+                await asyncio.sleep(INACTIVE_POLL)
+                continue
             now = time.monotonic()
             if self.profile is None:
                 if not self._detecting and now >= self._paused_until:
@@ -316,6 +337,8 @@ class Forwarder:
 
     def _failed(self, answer: Answer) -> float:
         """Pause all deliveries; returns the pause."""
+        if answer.reason == NOT_ACTIVE:
+            return INACTIVE_POLL
         self._failures += 1
         pause = backoff_delay(self._failures - 1, self._backoff_initial, self._backoff_max)
         if answer.retry_after is not None:

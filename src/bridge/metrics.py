@@ -45,6 +45,8 @@ GAUGES: dict[str, str] = {
     "broker_connected": "1 while both broker sessions are connected",
     "outbox_ok": "1 while outbox writes succeed",
     "max_clock_skew_seconds": "Largest difference between a node's clock and the bridge's",
+    "active": "1 while this instance is the active one (always, with an SQLite outbox); 0 "
+              "while it stands by",
 }
 
 
@@ -53,6 +55,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._gauges: dict[str, Gauge] = {}
         self._counters = {
             name: Counter(PREFIX + name, text, labels, registry=self.registry)
             for name, (text, labels) in COUNTERS.items()}
@@ -69,7 +72,12 @@ class Metrics:
             (counter.labels(**labels) if labels else counter).inc(amount)
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
-        Gauge(PREFIX + name, GAUGES[name], registry=self.registry).set_function(read)
+        """Read the gauge ``name`` from ``read`` from now on (replacing an earlier reader)."""
+        gauge = self._gauges.get(name)
+        if gauge is None:
+            gauge = self._gauges[name] = Gauge(PREFIX + name, GAUGES[name],
+                                               registry=self.registry)
+        gauge.set_function(read)
 
     def api(self, profile: str | None) -> None:
         """The monitor's API: ``nodes-api``, ``v1``, ``none`` (neither), None (not known)."""

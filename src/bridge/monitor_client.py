@@ -79,7 +79,9 @@ class MonitorClient:
     drives several connections from one thread; the other methods block.
     """
 
-    def __init__(self, settings: MonitorConfig) -> None:
+    def __init__(self, settings: MonitorConfig, *, instance: str | None = None) -> None:
+        """``instance``: the bridge instance sending (one of several sharing an outbox),
+        named in the User-Agent."""
         self.settings = settings
         parts = urlsplit(settings.url)
         self._https = parts.scheme == "https"
@@ -97,7 +99,9 @@ class MonitorClient:
         self._heartbeat_paths: dict[str, str] = {}
         host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
         headers = {"Host": host_header, "Content-Type": "application/json",
-                   "Accept": "application/json", "User-Agent": USER_AGENT}
+                   "Accept": "application/json",
+                   "User-Agent": USER_AGENT if instance is None else
+                   f"{USER_AGENT} (instance {instance})"}
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())

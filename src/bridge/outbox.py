@@ -8,6 +8,9 @@ of messages is committed with ``synchronous=FULL`` before the broker gets its ac
 number of nodes (and ``MAX_TRANSITIONS_PER_NODE``); memory holds one mark per node, with
 its undelivered status and the ids of its undelivered transitions.
 
+The same code runs on SQLite (``bridge.outbox_path``) and on PostgreSQL
+(``bridge.outbox_url``, shared by active/standby bridges; see ``bridge.database``).
+
 Which messages count is decided by ``protocol.NodeTruth`` (arrival order, ended sessions stay
 dead), the same model the status app uses. A write that fails (disk full, I/O error) leaves
 memory as it is on disk, so the broker's redelivery of the unacknowledged messages is
@@ -19,15 +22,23 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bridge.database import (
+    SCHEMA_VERSION,
+    Database,
+    NotActiveError,
+    OutboxError,
+    SqliteDatabase,
+    open_database,
+    redact,
+)
 from bridge.incoming import StatusHead
-from publisher.errors import YLStatusError
 from publisher.protocol import (
     LOST_HOLD,
     NodeTruth,
@@ -44,44 +55,7 @@ WAL_SIZE_LIMIT = 4 * 2**20
 """The write-ahead log is cut back to this after each checkpoint (it grows to about 4 MiB
 between checkpoints): keep that much free on the outbox's disk."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS transitions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    node_id TEXT NOT NULL,
-    session TEXT NOT NULL,
-    state TEXT NOT NULL,
-    snapshot BLOB,
-    received REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transitions_by_node ON transitions (node_id, id);
-CREATE TABLE IF NOT EXISTS pending_status (
-    node_id TEXT PRIMARY KEY,
-    session TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    received REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY,
-    node_name TEXT NOT NULL DEFAULT '',
-    session TEXT,
-    seq INTEGER,
-    state TEXT,
-    state_session TEXT,
-    snapshot BLOB,
-    registered INTEGER NOT NULL DEFAULT 0,
-    ended TEXT NOT NULL DEFAULT '',
-    interval_s REAL,
-    ahead_session TEXT,
-    ahead_seq INTEGER
-);
-"""
-SCHEMA_VERSION = 2
-"""``PRAGMA user_version``: 1 had no ``ended``/``interval_s`` and ordered sessions by id."""
-
-
-class OutboxError(YLStatusError):
-    """The outbox file cannot be opened or used (names the path)."""
+__all__ = ["SCHEMA_VERSION", "NotActiveError", "Outbox", "OutboxError"]
 
 
 @dataclass
@@ -160,10 +134,13 @@ copy rather than a live message)."""
 
 class Outbox:
     def __init__(self, path: str | Path, *, max_nodes: int = 100_000,
-                 on_change: Callable[[], None] | None = None) -> None:
-        """``on_change`` is called when deliveries await ``flush()``; without it, every
-        ``done()`` is written at once (one transaction each)."""
+                 on_change: Callable[[], None] | None = None, epoch: int | None = None,
+                 name: str = "yl-bridge") -> None:
+        """``path``: an SQLite file, or a ``postgresql://`` URL. ``on_change`` is called when
+        deliveries await ``flush()``; without it, every ``done()`` is written at once (one
+        transaction each). ``epoch``: on PostgreSQL, the lease epoch every write checks."""
         self.path = str(path)
+        self.where = redact(self.path)
         self.max_nodes = max_nodes
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -178,44 +155,43 @@ class Outbox:
         """(when the node falls silent, node, its ``heard`` then): a heap, checked lazily."""
         self.last_error: str | None = None
         """Why the last write failed; None once a write succeeds again."""
+        self._db: Database | None = None
+        self._reader_db: Database | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, *SqliteDatabase.errors)
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._open()
-            self._reader_db = sqlite3.connect(self.path, isolation_level=None,
-                                              check_same_thread=False)
+            self._db = db = open_database(self.path, epoch=epoch, name=name)
+            self._errors = (OSError, *SqliteDatabase.errors, *db.errors)
+            if isinstance(db, SqliteDatabase):
+                db.prepare(WAL_SIZE_LIMIT)
+            else:
+                db.prepare()
+            self._reader_db = db.reader()
             self._load_marks()
-        except (OSError, sqlite3.Error) as exc:
-            raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                log.error("outbox %s is damaged (%s); pending work may be lost: restore it "
-                          "from a backup or move it aside", self.path, "; ".join(problems))
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            conn.executescript(_SCHEMA)
-            if version < SCHEMA_VERSION:
-                columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
-                for name, kind in (("ended", "TEXT NOT NULL DEFAULT ''"),
-                                   ("interval_s", "REAL"), ("ahead_session", "TEXT"),
-                                   ("ahead_seq", "INTEGER")):
-                    if name not in columns:
-                        conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} {kind}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            conn.close()
+        except OutboxError:
+            self._close_connections()
             raise
-        return conn
+        except Exception as exc:
+            self._close_connections()
+            if isinstance(exc, self._errors):
+                raise OutboxError(f"outbox {self.where}: cannot open: {exc}") from exc
+            raise
+
+    @property
+    def kind(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        assert self._db is not None
+        return self._db.kind
+
+    def _close_connections(self) -> None:
+        for db in (self._db, self._reader_db):
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    db.close()
 
     def _load_marks(self) -> None:
         """Rebuild every mark from disk (at start, and after a failed write)."""
         marks: dict[str, NodeMark] = {}
+        assert self._db is not None
         for node_id, name, session, seq, state, state_session, registered, ended, interval, \
                 ahead_session, ahead_seq in self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
@@ -253,26 +229,29 @@ class Outbox:
                 marks.setdefault(node_id, NodeMark()).transitions.add(transition_id)
         self.marks = marks
 
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error, OutboxError):
-            self.flush()
+    def close(self, *, flush: bool = True) -> None:
+        """Write what was delivered (unless ``flush`` is False: a bridge that lost its lease
+        writes nothing more) and close the connections."""
+        if flush:
+            with contextlib.suppress(*self._errors, OutboxError):
+                self.flush()
         with self._write_lock, self._read_lock:
-            self._db.close()
-            self._reader_db.close()
+            self._close_connections()
 
     def _rollback(self, exc: BaseException) -> None:
-        """Note a failed write and end its transaction, if SQLite has not already."""
+        """Note a failed write and end its transaction, if the database has not already."""
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if self._db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
+        assert self._db is not None
+        self._db.rollback()
 
     def _failed(self, exc: BaseException) -> None:
         """After a failed write: end the transaction if SQLite has not, and make memory
         match the disk again (now, or before the next write)."""
         self._rollback(exc)
         self._marks_behind = True
-        with contextlib.suppress(sqlite3.Error), self._marks_lock:
+        if isinstance(exc, NotActiveError):
+            return
+        with contextlib.suppress(*self._errors), self._marks_lock:
             self._load_marks()
             self._marks_behind = False
 
@@ -290,12 +269,13 @@ class Outbox:
         committed: list[_Committed] = []
         with self._write_lock:
             db = self._db
+            assert db is not None
             try:
                 if self._marks_behind:
                     with self._marks_lock:
                         self._load_marks()
                     self._marks_behind = False
-                db.execute("BEGIN IMMEDIATE")
+                db.begin()
                 with self._marks_lock:
                     for node_id, message, raw, received, retained in batch:
                         mark = self.marks.get(node_id)
@@ -312,10 +292,15 @@ class Outbox:
                                                           received, result, committed)
                         if changed:
                             touched.add(node_id)
-                db.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
+                db.commit()
+            except NotActiveError as exc:
                 self._failed(exc)
-                raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
+                raise
+            except Exception as exc:
+                self._failed(exc)
+                if isinstance(exc, self._errors):
+                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
+                raise
             except BaseException as exc:
                 self._failed(exc)
                 raise
@@ -329,7 +314,7 @@ class Outbox:
                         mark.transitions.difference_update(dropped)
         return result, touched
 
-    def _record_status(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
+    def _record_status(self, db: Database, node_id: str, mark: NodeMark,
                        message: StatusMessage | StatusHead, raw: bytes, received: float,
                        result: IngestResult, committed: list[_Committed]) -> bool:
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
@@ -339,7 +324,10 @@ class Outbox:
             return False
         if mark.pending_status:
             result.coalesced += 1
-        db.execute("INSERT OR REPLACE INTO pending_status VALUES (?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO pending_status (node_id, session, seq, payload, received) "
+                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                   "session = excluded.session, seq = excluded.seq, "
+                   "payload = excluded.payload, received = excluded.received",
                    (node_id, message.session, message.seq, raw, received))
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
@@ -352,7 +340,7 @@ class Outbox:
         result.accepted += 1
         return True
 
-    def _record_state(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
+    def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
                       result: IngestResult, committed: list[_Committed]) -> bool:
         verdict, truth = mark.truth.observe_state(message.session, message.state,
@@ -368,11 +356,10 @@ class Outbox:
             db.execute("DELETE FROM transitions WHERE id = ?", (mark.lost[0],))
             result.withdrawn += 1
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
-        added = db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
-                           "received) VALUES (?, ?, ?, ?, ?)",
-                           (node_id, message.session, message.state, snapshot, received)
-                           ).lastrowid
-        assert added is not None
+        added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
+                               "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                               (node_id, message.session, message.state, snapshot, received)
+                               ).fetchone()[0])
         pending = db.execute("SELECT COUNT(*) FROM transitions WHERE node_id = ?",
                              (node_id,)).fetchone()[0]
         dropped: list[int] = []
@@ -395,7 +382,7 @@ class Outbox:
         result.accepted += 1
         return True
 
-    def _snapshot_for(self, db: sqlite3.Connection, node_id: str, mark: NodeMark,
+    def _snapshot_for(self, db: Database, node_id: str, mark: NodeMark,
                       session: str, result: IngestResult,
                       committed: list[_Committed]) -> bytes | None:
         """The newest status of ``session`` to send along with a transition of that session.
@@ -459,7 +446,7 @@ class Outbox:
             return self._silence[0][0] if self._silence else None
 
     @staticmethod
-    def _save_node(db: sqlite3.Connection, node_id: str, mark: NodeMark,
+    def _save_node(db: Database, node_id: str, mark: NodeMark,
                    snapshot: bytes | None) -> None:
         truth = mark.truth
         ahead = truth.ahead or (None, None)
@@ -493,14 +480,15 @@ class Outbox:
             return set()
         with self._write_lock:
             db = self._db
+            assert db is not None
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.begin()
                 db.executemany("DELETE FROM transitions WHERE id = ?", transitions)
                 db.executemany("DELETE FROM pending_status WHERE node_id = ? AND session = ? "
                                "AND seq = ?", statuses)
                 db.executemany("UPDATE nodes SET registered = ? WHERE node_id = ?",
                                [(int(v), k) for k, v in registered.items()])
-                db.execute("COMMIT")
+                db.commit()
             except BaseException as exc:
                 self._rollback(exc)
                 with self._marks_lock:
@@ -509,8 +497,8 @@ class Outbox:
                     for node, delivered in done.items():
                         self._done.setdefault(node, _Delivered()).merge(delivered)
                     self._flushing = {}
-                if isinstance(exc, (sqlite3.Error, OSError)):
-                    raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
+                if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
+                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
                 raise
         self.last_error = None
         with self._marks_lock:
@@ -537,14 +525,27 @@ class Outbox:
                         return self._silence_item(node_id, mark)
                     return mark.pending
                 first = min(mark.transitions)
-            with self._read_lock:
-                row = self._reader_db.execute(
-                    "SELECT session, state, snapshot, received FROM transitions WHERE id = ?",
-                    (first,)).fetchone()
+            row = self._read_transition(first)
             if row is not None:
                 return Item(node_id, "state", row[0], -1, row[1], row[2], row[3], first)
             with self._marks_lock:  # dropped meanwhile (too many transitions)
                 mark.transitions.discard(first)
+
+    def _read_transition(self, transition_id: int) -> Any:
+        """(session, state, snapshot, received) of a transition, None if it is gone; a
+        connection cut meanwhile is opened again once."""
+        for attempt in (1, 2):
+            with self._read_lock:
+                assert self._reader_db is not None
+                try:
+                    return self._reader_db.execute(
+                        "SELECT session, state, snapshot, received FROM transitions "
+                        "WHERE id = ?", (transition_id,)).fetchone()
+                except self._errors as exc:
+                    if attempt == 2:
+                        raise OutboxError(f"outbox {self.where}: read failed: {exc}") from exc
+                    log.warning("outbox %s: read failed (%s); trying again", self.where, exc)
+        return None
 
     @staticmethod
     def _silence_item(node_id: str, mark: NodeMark) -> Item:
@@ -630,3 +631,4 @@ def _count(result: IngestResult, verdict: Verdict) -> None:
         result.duplicates += 1
     else:
         result.stale += 1
+

@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as mqtt
@@ -25,8 +26,9 @@ import paho.mqtt.client as mqtt
 from bridge import incoming
 from bridge.forwarder import Forwarder
 from bridge.incoming import StatusHead
+from bridge.lease import Lease
 from bridge.metrics import Metrics, MetricsServer
-from bridge.outbox import Outbox, OutboxError
+from bridge.outbox import NotActiveError, Outbox, OutboxError
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from bridge.status_receiver import Received, StatusReceiver
 from publisher import protocol
@@ -103,19 +105,33 @@ class RejectLog:
 
 
 class Bridge:
-    def __init__(self, config: Config) -> None:
+    """The bridge's work: broker sessions, outbox, forwarding.
+
+    With a ``lease`` (a PostgreSQL outbox shared by active/standby instances, see
+    ``bridge.failover``) it is built when the instance becomes active and stopped, fenced,
+    when it stops being so: it connects and forwards only while ``lease.valid()``, and every
+    outbox write checks the lease's epoch."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None,
+                 lease: Lease | None = None) -> None:
         self.config = config
         self.topics = config.mqtt.topics
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
+        self.lease = lease
+        self._allow: Callable[[], bool] | None = None if lease is None else lease.valid
         self._incoming: queue.Queue[Incoming | list[Incoming] | str | None] = queue.Queue()
         self._flush_requested = threading.Event()
+        location, key = (config.bridge.outbox_url, "bridge.outbox_url") \
+            if config.bridge.outbox_url else (config.bridge.outbox_path, "bridge.outbox_path")
         try:
-            self.outbox = Outbox(config.bridge.outbox_path, max_nodes=config.bridge.max_nodes,
-                                 on_change=self._request_flush)
+            self.outbox = Outbox(location, max_nodes=config.bridge.max_nodes,
+                                 on_change=self._request_flush,
+                                 epoch=None if lease is None else lease.epoch,
+                                 name=f"yl-bridge {config.bridge.instance_name}")
         except OutboxError as exc:
-            raise ConfigError(str(exc), key="bridge.outbox_path", source=config.source) \
-                from exc
-        self.forwarder = Forwarder(config, self.outbox, self.metrics)
+            raise ConfigError(str(exc), key=key, source=config.source) from exc
+        self.forwarder = Forwarder(config, self.outbox, self.metrics, may_send=self._allow,
+                                   instance=None if lease is None else lease.instance)
         self._reject_log = RejectLog()
         self._writer = threading.Thread(target=self._write_loop, name="yl-bridge-outbox",
                                         daemon=True)
@@ -142,15 +158,16 @@ class Bridge:
             on_down=self._on_down,
             on_subscribe=self.refresh.subscribed,
             name="yl-bridge-states",
+            allow=self._allow,
         )
         self._link_acks = _LinkAcknowledger(self.link)
         status_user = config.mqtt.username and status_identity(config.mqtt.username)
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, status_identity(client_id), **persistent,
                                 username=status_user),
-            self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging)
+            self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging, self._allow)
         self.metrics_server: MetricsServer | None = None
-        if config.bridge.metrics:
+        if config.bridge.metrics and lease is None:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
         self._skew: dict[str, float] = {}
         self._skew_reported: set[str] = set()
@@ -164,10 +181,14 @@ class Bridge:
                            lambda: max(map(abs, list(self._skew.values())), default=0.0))
 
     def _state(self, state: protocol.State) -> bytes:
-        return protocol.encode(StateMessage(
+        message = StateMessage(
             state=state, session=self.session, since=self._since,
             node_name=self.config.bridge.client_id, version=PACKAGE_VERSION, interval_s=30.0,
-            node_type=BRIDGE_NODE_TYPE))
+            node_type=BRIDGE_NODE_TYPE)
+        if self.lease is None:
+            return protocol.encode(message)
+        return protocol.encode_bridge_state(message, role="active",
+                                            instance=self.lease.instance)
 
     def start(self) -> Bridge:
         if self.metrics_server is not None:
@@ -180,16 +201,19 @@ class Bridge:
         self._watchdog.start()
         log.info("bridge started client_id=%s monitor=%s profile=%s outbox=%s",
                  self.config.bridge.client_id, self.config.monitor.url,
-                 self.config.monitor.profile, self.config.bridge.outbox_path)
+                 self.config.monitor.profile, self.outbox.where)
         return self
 
-    def stop(self, timeout: float = 4.0) -> None:
+    def stop(self, timeout: float = 4.0, *, fenced: bool = False) -> None:
         """Stop taking messages, keep what is not delivered in the outbox, and return within
-        ``timeout`` seconds."""
+        ``timeout`` seconds. ``fenced``: the lease was taken over; say goodbye to no one and
+        write nothing more (the active instance owns the bridge's state and the outbox)."""
         deadline = time.monotonic() + timeout
         self.stopping.set()
+        if fenced:
+            self.forwarder.stop(0.0)
         self.statuses.stop(min(1.5, timeout / 3))
-        self.link.stop(min(1.5, timeout / 3), farewell=self._farewell)
+        self.link.stop(min(1.5, timeout / 3), farewell=None if fenced else self._farewell)
         self.refresh.stop()
         self._incoming.put(None)
         self._writer.join(max(min(1.0, deadline - time.monotonic()), 0.0))
@@ -199,6 +223,8 @@ class Bridge:
         if self._watchdog.is_alive():
             self._watchdog.join(TICK + 0.5)
         depth = self.outbox.depth()
+        if self.lease is not None:
+            self.outbox.close(flush=not fenced)
         log.info("bridge stopped; outbox keeps %d transition(s) and %d status(es)", *depth)
 
     def _farewell(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo:
@@ -224,6 +250,9 @@ class Bridge:
             problems.append(f"monitor: {self.forwarder.last_problem}")
         if outbox_error is not None:
             problems.append(f"outbox: {outbox_error}")
+        if self.lease is not None and not self.lease.valid():
+            problems.append(f"lease not renewed ({self.lease.problem or 'taken over'}): "
+                            "forwarding paused")
         return {"ok": not problems, "problem": "; ".join(problems),
                 "broker_connected": self.connected,
                 "monitor_reachable": self.forwarder.reachable,
@@ -326,6 +355,15 @@ class Bridge:
                     flush_due = None
                     self._flush_requested.clear()
                     self.forwarder.notify(self.outbox.flush())
+            except NotActiveError as exc:
+                if not failed or str(exc) != reported:
+                    reported = str(exc)
+                    log.error("%s", exc)  # noqa: TRY400
+                if self.lease is not None:
+                    self.lease.give_up("the outbox refused a write: the lease was taken over")
+                if stopping:
+                    return
+                continue
             except Exception as exc:
                 self.metrics.inc("outbox_errors")
                 if not isinstance(exc, OutboxError):
@@ -409,6 +447,9 @@ def run_bridge(config: Config) -> int:
     from publisher.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
 
     configure_logging(config.logging)
+    if config.bridge.outbox_url:
+        from bridge.failover import run_failover_bridge  # noqa: PLC0415
+        return run_failover_bridge(config)
     bridge = Bridge(config)
     stop_event_on_signals(bridge.stopping)
     bridge.start()

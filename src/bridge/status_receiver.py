@@ -43,6 +43,10 @@ ALIVE_EVERY = 1.0
 """The child says it is alive this often, whatever else it has to say."""
 HANG_TIMEOUT = 5.0
 """A child silent this long is hung (stopped, deadlocked): it is killed and replaced."""
+ALLOW_EVERY = 0.25
+ALLOW_FOR = 1.0
+"""The child connects only within this long of the bridge's last word that it may: a bridge
+that is stopped or no longer active keeps its child from taking the active one's session."""
 
 
 class StatusReceiver:
@@ -50,8 +54,12 @@ class StatusReceiver:
 
     def __init__(self, options: LinkOptions, topics: Topics, qos: int,
                  on_messages: Callable[[list[Received]], None],
-                 logging_config: LoggingConfig) -> None:
-        self._setup = (options, topics, qos, logging_config)
+                 logging_config: LoggingConfig, allow: Callable[[], bool] | None = None
+                 ) -> None:
+        """``allow``: whether the child may connect now (asked before it is started, and
+        passed on to it every ``ALLOW_EVERY``)."""
+        self._setup = (options, topics, qos, logging_config, allow is not None)
+        self._allow = allow
         self._on_messages = on_messages
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -108,6 +116,9 @@ class StatusReceiver:
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
+            if self._allow is not None and not self._allow():
+                self._stopping.wait(ALLOW_EVERY)
+                continue
             try:
                 conn = self._spawn()
             except OSError:
@@ -161,14 +172,23 @@ class StatusReceiver:
         return conn
 
     def _read(self, conn: Connection) -> None:
+        heard = time.monotonic()
+        allowed = float("-inf")
         while True:
+            if self._allow is not None and time.monotonic() - allowed >= ALLOW_EVERY and \
+                    self._allow():
+                allowed = time.monotonic()
+                self._send(("allow",))
             try:
-                if not conn.poll(HANG_TIMEOUT):
-                    self._replace_hung()
-                    return
+                if not conn.poll(ALLOW_EVERY):
+                    if time.monotonic() - heard > HANG_TIMEOUT:
+                        self._replace_hung()
+                        return
+                    continue
                 message = conn.recv()
             except (EOFError, OSError):
                 return
+            heard = time.monotonic()
             kind = message[0]
             if kind == "messages":
                 try:
@@ -188,8 +208,9 @@ class _Child:
     """The child's end: one link, a batching sender thread, commands from the bridge."""
 
     def __init__(self, conn: Connection, options: LinkOptions, topics: Topics,
-                 qos: int) -> None:
+                 qos: int, gated: bool = False) -> None:
         self.conn = conn
+        self.allowed_at = float("-inf")
         self.topics = topics
         self.qos = qos
         self.send_lock = threading.Lock()
@@ -204,7 +225,10 @@ class _Child:
                                        name="yl-bridge-statuses-refresh")
         self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
                          on_down=self._on_down, on_subscribe=self.refresh.subscribed,
-                         name="yl-bridge-statuses")
+                         name="yl-bridge-statuses", allow=self._allowed if gated else None)
+
+    def _allowed(self) -> bool:
+        return time.monotonic() - self.allowed_at < ALLOW_FOR
 
     def run(self) -> None:
         sender = threading.Thread(target=self._send_batches, name="yl-bridge-statuses-send",
@@ -222,7 +246,9 @@ class _Child:
                     log.info("the bridge is gone; status receiver exiting")
                     self.link.abandon("the bridge is gone")
                     return
-                if command[0] == "ack":
+                if command[0] == "allow":
+                    self.allowed_at = time.monotonic()
+                elif command[0] == "ack":
                     self._acknowledge(command[1], command[2])
                 elif command[0] == "reconnect":
                     self.link.reconnect(command[1])
@@ -297,11 +323,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the bridge stops it
     conn = Connection(args.fd)
-    options, topics, qos, logging_config = conn.recv()
+    options, topics, qos, logging_config, gated = conn.recv()
     from publisher.service import configure_logging  # noqa: PLC0415
 
     configure_logging(logging_config)
-    _Child(conn, options, topics, qos).run()
+    _Child(conn, options, topics, qos, gated).run()
 
 
 if __name__ == "__main__":

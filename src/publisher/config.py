@@ -94,10 +94,26 @@ class LocalServerConfig:
 class BridgeConfig:
     client_id: str = "yl-bridge"
     outbox_path: str = "yl-bridge-outbox.sqlite3"
+    outbox_url: str | None = None
+    """A ``postgresql://`` URL: the outbox lives there instead of ``outbox_path``, shared by
+    any number of instances of which one is active (the others stand by)."""
+    instance: str | None = None
+    """This instance's name among those sharing ``outbox_url`` (default: the host name)."""
+    lease: float = 3.0
+    """Seconds a standby waits for a silent active instance before taking over."""
     http_concurrency: int = 4
     metrics: str = "127.0.0.1:9108"
     session_expiry: int = 86400
     max_nodes: int = 100_000
+
+    @property
+    def instance_name(self) -> str:
+        if self.instance:
+            return self.instance
+        import socket  # noqa: PLC0415
+
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.")
+        return name or "bridge"
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,8 @@ def _as_dict(obj: Any, mask: bool) -> Any:
             value = getattr(obj, f.name)
             if mask and f.name in SECRET_KEYS and value is not None:
                 out[f.name] = _MASK
+            elif mask and f.name == "outbox_url" and value is not None:
+                out[f.name] = mask_url(value)
             else:
                 out[f.name] = _as_dict(value, mask)
         return out
@@ -220,8 +238,10 @@ def boolean() -> Check:
     return check
 
 
-def node_id() -> Check:
+def node_id(*, optional: bool = False) -> Check:
     def check(value: Any, key: str, source: str) -> Any:
+        if value is None and optional:
+            return None
         _kind(value, (str,), key, source)
         try:
             return protocol.check_node_id(value)
@@ -257,6 +277,35 @@ def url() -> Check:
                 from exc
         return value.rstrip("/")
     return check
+
+
+def database_url() -> Check:
+    """A ``postgresql://`` URL (libpq's form), or None."""
+    def check(value: Any, key: str, source: str) -> Any:
+        if value is None:
+            return None
+        _kind(value, (str,), key, source)
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError("must be a postgresql:// URL (for an SQLite outbox, set "
+                              f"bridge.outbox_path instead), got {_preview(mask_url(value))}",
+                              key=key, source=source)
+        try:
+            parts.port  # noqa: B018
+        except ValueError as exc:
+            raise ConfigError(f"bad port in URL {_preview(mask_url(value))}", key=key,
+                              source=source) from exc
+        return value
+    return check
+
+
+def mask_url(value: str) -> str:
+    """A URL with its password masked."""
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:{_MASK}@{host}").geturl()
 
 
 def topic_root() -> Check:
@@ -379,6 +428,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
     }),
     "bridge": (BridgeConfig, {
         "client_id": bridge_id(), "outbox_path": path(optional=False),
+        "outbox_url": database_url(), "instance": node_id(optional=True),
+        "lease": number(low=1.5, high=300),
         "http_concurrency": number(integer=True, low=1, high=64),
         "metrics": listen_address(),
         "session_expiry": number(integer=True, low=60, high=2**32 - 1),

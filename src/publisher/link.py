@@ -31,6 +31,7 @@ from publisher.config import MqttConfig, TlsConfig
 log = logging.getLogger(__name__)
 
 SESSION_TAKEN_OVER: Final = 142
+ALLOW_POLL: Final = 0.1
 _FATAL_CONNACK: Final = frozenset({132})  # unsupported protocol version
 
 
@@ -123,8 +124,12 @@ class Link:
         on_publish: Callable[[int, int], None] | None = None,
         on_subscribe: Callable[[mqtt.Client, int], None] | None = None,
         name: str = "mqtt-link",
+        allow: Callable[[], bool] | None = None,
     ) -> None:
+        """``allow``: asked before every connection attempt; while it says False the link
+        waits instead (a standby bridge must not take the active one's session over)."""
         self.options = options
+        self._allow = allow
         self._on_connect = on_connect
         self._on_message = on_message
         self._on_down = on_down
@@ -210,6 +215,9 @@ class Link:
         attempt = 0
         try:
             while not self._stopping.is_set():
+                if self._allow is not None and not self._allow():
+                    self._stopping.wait(ALLOW_POLL)
+                    continue
                 client = self._new_client()
                 if not self._connect(client):
                     attempt += 1

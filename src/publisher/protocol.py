@@ -173,6 +173,12 @@ def bridge_state_topic(client_id: str) -> str:
     return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/state"
 
 
+def bridge_instance_topic(client_id: str, instance: str) -> str:
+    """One of several bridge instances sharing an outbox: ``active``, ``standby`` or
+    ``lost``, kept by the active one (a standby holds no broker session)."""
+    return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/instances/{check_node_id(instance)}"
+
+
 def bridge_sentinel_topic(client_id: str) -> str:
     """A topic nothing is published to: the SUBACK of a subscription to it marks the end of
     the retained copies sent for an earlier subscription."""
@@ -273,6 +279,19 @@ def encode(message: StateMessage | StatusMessage) -> bytes:
         raise ProtocolError("too_large", f"payload of {len(data)} bytes exceeds "
                                          f"{MAX_PAYLOAD_BYTES}")
     return data
+
+
+def encode_bridge_state(message: StateMessage, *, role: str, instance: str) -> bytes:
+    """A bridge's ``state`` with the ``role`` and ``instance`` of the active one of several
+    instances sharing an outbox."""
+    data = {**message.to_dict(), "role": role, "instance": instance}
+    return json.dumps(data, separators=(",", ":"), allow_nan=False,
+                      ensure_ascii=False).encode("utf-8")
+
+
+def encode_bridge_instance(instance: str, role: str, since: str) -> bytes:
+    return json.dumps({"v": PROTOCOL_VERSION, "instance": instance, "role": role,
+                       "since": since}, separators=(",", ":")).encode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:

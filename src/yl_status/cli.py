@@ -91,6 +91,12 @@ def cmd_ack(args: argparse.Namespace) -> int:
     return int(acknowledge(_load(args), args.alert_id, user=args.user, out=sys.stdout))
 
 
+def cmd_outbox_migrate(args: argparse.Namespace) -> int:
+    from bridge.migrate import migrate  # noqa: PLC0415
+    migrate(args.source, args.target, sys.stdout)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yl-status",
                                      description="AR Live Studio status over MQTT")
@@ -127,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the broker login to watch with, a watcher of its own (default: "
                         "$YL_WATCH_LOGIN; password from $YL_WATCH_PASSWORD, else asked)")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("outbox", help="work on a bridge's outbox",
+                       description="work on a bridge's outbox")
+    outbox = p.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    p = outbox.add_parser(
+        "migrate", help="move a stopped bridge's SQLite outbox into PostgreSQL",
+        description="move a stopped bridge's pending work from its SQLite outbox into an "
+                    "empty PostgreSQL outbox (for active/standby bridges), losing nothing")
+    p.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH")
+    p.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
+    p.set_defaults(func=cmd_outbox_migrate)
 
     p = command("alerts", "list YL-monitor alerts")
     p.add_argument("--status", help="only alerts with this status")

@@ -119,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         code, body, headers = self.server.double.handle(
-            method, self.path, raw, self.headers.get("Authorization"))
+            method, self.path, raw, self.headers.get("Authorization"),
+            self.headers.get("User-Agent"))
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -169,7 +170,8 @@ class MonitorDouble:
         self.lock = threading.Lock()
         self.nodes: dict[str, Node] = {n: Node(n, n, "user-gui") for n in known}
         self.heartbeats: deque[Heartbeat] = deque(maxlen=keep)
-        self.requests: deque[tuple[str, str, int, float]] = deque(maxlen=keep)
+        self.requests: deque[tuple[str, str, int, float, str | None]] = deque(maxlen=keep)
+        """(method, target, status code, monotonic time, User-Agent) of each request."""
         self.request_total = 0
         self.heartbeat_total = 0
         self._in_flight: dict[str, int] = {}
@@ -278,8 +280,8 @@ class MonitorDouble:
 
     # --- HTTP -----------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, raw: bytes, auth: str | None
-               ) -> tuple[int, Any, dict[str, str]]:
+    def handle(self, method: str, target: str, raw: bytes, auth: str | None,
+               agent: str | None = None) -> tuple[int, Any, dict[str, str]]:
         key = _node_of(target, raw)
         with self.lock:
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -293,7 +295,7 @@ class MonitorDouble:
             now = time.time()
             with self.lock:
                 code, body, headers = self._route(method, target, raw, auth, now)
-                self.requests.append((method, target, code, time.monotonic()))
+                self.requests.append((method, target, code, time.monotonic(), agent))
                 self.request_total += 1
             return code, body, headers
         finally:

@@ -1,0 +1,213 @@
+"""Which of the bridges sharing a PostgreSQL outbox is active: a lease with an epoch.
+
+One row (``bridge_lease``) holds the active instance's name, its epoch (raised by one at
+every takeover) and a beat counter the active instance raises every ``RENEW_EVERY``
+seconds. Nothing compares clocks across machines, and no wall clock is read:
+
+* The active instance counts itself active until ``t0 + duration - MARGIN`` on its own
+  monotonic clock, ``t0`` being taken *before* its last successful renewal was sent. It
+  forwards and connects to the broker only while that holds (``valid()``).
+* A standby takes the lease over only after it has seen the same (holder, epoch, beat) for
+  ``duration`` seconds of its own monotonic clock, and only by a compare-and-set on exactly
+  that row. The renewal it saw last ran after that renewal's ``t0``, so by then the old
+  instance's own deadline has passed, however it is doing: dead, cut off from the
+  database, or stopped (SIGSTOP) with its connections still open.
+* Every outbox write of the active instance checks its epoch inside the transaction
+  (``FOR SHARE``), so once a takeover commits, the old instance commits nothing more, and
+  the takeover itself waits for a write in progress.
+
+A session-level advisory lock would not do: it lives as long as the database session, and a
+stopped process keeps its session. The one window left is a pause of the active process
+between its last check of ``valid()`` and the write of one HTTP request to the monitor,
+which takes no fencing token; that check is made just before the write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bridge.database import PostgresDatabase
+from publisher import protocol
+
+log = logging.getLogger(__name__)
+
+LEASE = 3.0
+"""Seconds without a renewal after which a standby takes over."""
+RENEW_EVERY = 0.5
+MARGIN = 0.5
+"""The active instance stops this long before a standby may start (clock rate, scheduling)."""
+POLL = 0.25
+"""How often a standby looks at the lease."""
+
+ACTIVE = "active"
+STANDBY = "standby"
+
+
+class Lease:
+    """One instance's view of the lease, kept up by a thread of its own.
+
+    ``on_change(role)`` runs on that thread when the instance becomes active or stops being
+    active (its lease was taken over, or it gave it up)."""
+
+    def __init__(self, url: str, instance: str, *, duration: float = LEASE,
+                 on_change: Callable[[str], None] | None = None) -> None:
+        if duration <= MARGIN + RENEW_EVERY:
+            raise ValueError(f"a lease must last more than {MARGIN + RENEW_EVERY:g} s")
+        self.url = url
+        self.instance = instance
+        self.duration = duration
+        self._on_change = on_change
+        self.role = STANDBY
+        self.epoch: int | None = None
+        self.holder: str | None = None
+        """The active instance as last seen (None: none)."""
+        self.problem = ""
+        """Why the lease cannot be read or renewed ("" when it can)."""
+        self.since = protocol.utc_now_iso()
+        self._until = float("-inf")
+        self._seen: tuple[str | None, int, int] | None = None
+        self._seen_at = 0.0
+        self._db: PostgresDatabase | None = None
+        self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="yl-bridge-lease", daemon=True)
+        self.instances: dict[str, tuple[str, int]] = {}
+        """Every instance's declared role and beat, as last read (name -> (role, beat))."""
+
+    def valid(self) -> bool:
+        """True while this instance may forward, acknowledge and hold the broker sessions."""
+        return time.monotonic() < self._until
+
+    def start(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stop the thread; ``release``: hand the lease over at once (call it only once the
+        active work has stopped)."""
+        self._stopping.set()
+        self._thread.join(5.0)
+        if release and self.role == ACTIVE and self._db is not None:
+            with contextlib.suppress(Exception):
+                self._db.execute("UPDATE bridge_lease SET holder = NULL WHERE id = 1 AND "
+                                 "epoch = ? AND holder = ?", (self.epoch, self.instance))
+                log.info("lease released (epoch %s)", self.epoch)
+        self._set_role("stopped")
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def give_up(self, reason: str) -> None:
+        """Stop counting as active (the active work failed); a standby takes over."""
+        if self.role == ACTIVE:
+            log.error("giving the lease up: %s", reason)
+            self._until = float("-inf")
+            self._set_role(STANDBY)
+
+    # --- the lease thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.step()
+                if self.problem:
+                    log.info("lease database reachable again")
+                    self.problem = ""
+            except Exception as exc:  # noqa: BLE001 (logged; the lease runs out by itself)
+                problem = f"lease: {type(exc).__name__}: {exc}".strip()
+                if problem != self.problem:
+                    log.warning("%s (an active bridge stops forwarding once its lease runs "
+                                "out)", problem)
+                self.problem = problem
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+            self._stopping.wait(RENEW_EVERY if self.role == ACTIVE else POLL)
+
+    def step(self) -> None:
+        """One round: renew the lease if active, else look whether it can be taken."""
+        if self._db is None:
+            db = PostgresDatabase(self.url, name=f"yl-bridge {self.instance} lease")
+            try:
+                db.prepare()
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        db = self._db
+        if self.role == ACTIVE:
+            self._renew(db)
+        else:
+            self._watch(db)
+        self._beat(db)
+
+    def _renew(self, db: PostgresDatabase) -> None:
+        started = time.monotonic()
+        row = db.execute("UPDATE bridge_lease SET beat = beat + 1 WHERE id = 1 AND epoch = ? "
+                         "AND holder = ? RETURNING beat", (self.epoch, self.instance)
+                         ).fetchone()
+        if row is not None:
+            self._until = started + self.duration - MARGIN
+            return
+        self._until = float("-inf")
+        self._seen = None
+        log.error("lease lost: another bridge took over after epoch %s; standing by",
+                  self.epoch)
+        self._set_role(STANDBY)
+
+    def _watch(self, db: PostgresDatabase) -> None:
+        row = db.execute("SELECT holder, epoch, beat FROM bridge_lease WHERE id = 1").fetchone()
+        now = time.monotonic()
+        seen = (row[0], int(row[1]), int(row[2]))
+        self.holder = seen[0]
+        if seen != self._seen:
+            self._seen, self._seen_at = seen, now
+        if seen[0] is not None and now - self._seen_at < self.duration:
+            return
+        started = time.monotonic()
+        taken = db.execute(
+            "UPDATE bridge_lease SET holder = ?, epoch = epoch + 1, beat = 0 WHERE id = 1 AND "
+            "holder IS NOT DISTINCT FROM ? AND epoch = ? AND beat = ? RETURNING epoch",
+            (self.instance, *seen)).fetchone()
+        if taken is None:
+            return
+        self.epoch = int(taken[0])
+        self.holder = self.instance
+        self._until = started + self.duration - MARGIN
+        if seen[0] is None:
+            log.info("lease taken (epoch %d): no bridge held it", self.epoch)
+        else:
+            log.warning("lease taken over from %s (epoch %d): it has not renewed for %.1f s",
+                        seen[0], self.epoch, now - self._seen_at)
+        self._set_role(ACTIVE)
+
+    def _beat(self, db: PostgresDatabase) -> None:
+        db.execute("INSERT INTO bridge_instances (instance, role, beat, since) "
+                   "VALUES (?, ?, 0, ?) ON CONFLICT (instance) DO UPDATE SET "
+                   "role = excluded.role, beat = bridge_instances.beat + 1, "
+                   "since = CASE WHEN bridge_instances.role = excluded.role "
+                   "THEN bridge_instances.since ELSE excluded.since END",
+                   (self.instance, self.role, self.since))
+        self.instances = {name: (role, int(beat)) for name, role, beat in db.execute(
+            "SELECT instance, role, beat FROM bridge_instances")}
+
+    def _set_role(self, role: str) -> None:
+        if role == self.role:
+            return
+        self.role = role
+        self.since = protocol.utc_now_iso()
+        if self._on_change is not None:
+            try:
+                self._on_change(role)
+            except Exception:
+                log.exception("lease role change handler failed")
+
+    def describe(self) -> dict[str, Any]:
+        return {"role": self.role, "instance": self.instance, "epoch": self.epoch,
+                "active_instance": self.instance if self.role == ACTIVE else self.holder,
+                "lease_valid": self.valid(), "lease_problem": self.problem}

@@ -1,0 +1,231 @@
+"""Active/standby bridges on one PostgreSQL outbox: real PostgreSQL (started by the test as an
+unprivileged user), real mosquitto, real bridge processes, the monitor double.
+
+Whether two instances ever forwarded at once is read off the double's request log: each
+request names its instance (User-Agent), and every change of sender in the log must be a
+takeover the lease recorded (its epoch), so two senders at once, which would alternate,
+cannot pass."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from publisher.protocol import LOST_HOLD
+from tests.bridge_support import BridgeProcess, reasons
+from tests.postgres_support import PostgresServer
+from tests.support import (
+    NODE_PASSWORD,
+    Recorder,
+    config_dict,
+    start_process,
+    stop_process,
+    wait_until,
+    write_config,
+)
+from yl_status.dev_broker import DevBroker
+from yl_status.monitor_double import MonitorDouble
+
+pytestmark = pytest.mark.integration
+
+FLOOD_NODES = [f"flood-{i:04d}" for i in range(1, 101)]
+FLAP_NODES = [f"flap-{i:04d}" for i in range(1, 11)]
+TAKEOVER_LIMIT = 5.0
+
+
+@pytest.fixture
+def monitor() -> Iterator[MonitorDouble]:
+    double = MonitorDouble().start()
+    yield double
+    double.down()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, broker: DevBroker, monitor: MonitorDouble,
+         postgres: PostgresServer) -> Iterator[tuple[BridgeProcess, BridgeProcess]]:
+    """Two bridge instances, ``a`` started first (so active), sharing one outbox."""
+    a = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="a")
+    b = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="b")
+    try:
+        a.start(wait=False)
+        wait_until(lambda: a.role() == "active" and a.healthy(), timeout=15,
+                   what="a active and healthy")
+        b.start(wait=False)
+        wait_until(lambda: b.role() == "standby", timeout=15, what="b standing by")
+        yield a, b
+    finally:
+        for bridge in (a, b):
+            if bridge.process is not None:
+                os.kill(bridge.process.pid, signal.SIGCONT)
+            bridge.stop()
+
+
+def senders(double: MonitorDouble, after: float = 0.0) -> list[str]:
+    """The instance of every request, in the order the monitor handled them."""
+    with double.lock:
+        agents = [r[4] or "" for r in double.requests if r[3] >= after]
+    return [a.rsplit("(instance ", 1)[-1].rstrip(")") for a in agents]
+
+
+def runs(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        if not out or out[-1] != name:
+            out.append(name)
+    return out
+
+
+def epoch(postgres: PostgresServer) -> int:
+    return int(postgres.query("SELECT epoch FROM bridge_lease WHERE id = 1")[0][0])
+
+
+def assert_one_sender_at_a_time(double: MonitorDouble, postgres: PostgresServer) -> None:
+    order = runs(senders(double))
+    assert len(order) <= epoch(postgres), \
+        f"senders changed more often than the lease did: {order[:20]}"
+
+
+def test_kill_9_of_the_active_bridge_in_a_flood_hands_over_within_seconds_losing_nothing(
+        tmp_path: Path, broker: DevBroker, monitor: MonitorDouble, postgres: PostgresServer,
+        pair: tuple[BridgeProcess, BridgeProcess]) -> None:
+    a, b = pair
+    broker.add_users(dict.fromkeys(FLOOD_NODES + FLAP_NODES, NODE_PASSWORD))
+    recorder = Recorder(broker.host, broker.port).start()
+    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
+    flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count", "100",
+                           "--toggle-every", "0.01"], log_path=tmp_path / "flood.log")
+    flap = None
+    takeovers: list[float] = []
+    try:
+        def all_states(word: str, after: float) -> bool:
+            return all(any(m.at >= after and m.payload and m.json()["state"] == word
+                           for m in recorder.on(f"yl/ar/nodes/{n}/state")) for n in FLAP_NODES)
+
+        active, standby = a, b
+        for cycle in range(3):
+            began = time.monotonic()
+            flap = start_process(["node", "-c", str(config), "--node-id", "flap", "--count",
+                                  "10"], log_path=tmp_path / f"flap-{cycle}.log")
+            wait_until(lambda b=began: all_states("ready", b), timeout=30, what="flap ready")
+            wait_until(lambda c=cycle: sum(1 for m in recorder.messages
+                                           if m.topic.endswith("/status")) > 1000 * (c + 1),
+                       timeout=60, what="a flood of statuses")
+            killed = time.monotonic()
+            active.kill()
+            flap.kill()
+            flap.wait()
+            wait_until(lambda s=standby: s.role() == "active", timeout=TAKEOVER_LIMIT,
+                       what="the standby to take over", interval=0.05)
+            takeovers.append(time.monotonic() - killed)
+            wait_until(lambda k=killed: all_states("lost", k), timeout=10, what="flap lost")
+            wait_until(lambda k=killed: time.monotonic() - k > LOST_HOLD + 1.0,
+                       timeout=LOST_HOLD + 2, what="the flap nodes to stay down",
+                       interval=0.05)
+            active.start(wait=False)  # back as the standby
+            wait_until(lambda s=active: s.role() == "standby", timeout=15,
+                       what="the killed instance back as a standby")
+            active, standby = standby, active
+        flood_stopped = time.monotonic()
+        assert stop_process(flood) == 0
+        for node in FLOOD_NODES:
+            recorder.wait_for(f"yl/ar/nodes/{node}/state",
+                              lambda d: d["state"] == "disconnected", after=flood_stopped)
+        wait_until(lambda: all(reasons(monitor.history(n))[-1:] == ["disconnected"]
+                               for n in FLOOD_NODES), timeout=60, what="flood delivered")
+        wait_until(active.drained, timeout=30, what="outbox drained")
+        for node in FLAP_NODES:
+            assert reasons(monitor.history(node)) == ["ready", "lost"] * 3, node
+        for node in FLOOD_NODES:
+            history = monitor.history(node)
+            assert reasons(history) == ["ready", "disconnected"], node
+            newest = recorder.last(f"yl/ar/nodes/{node}/status")
+            assert newest is not None
+            assert history[-1].body["gui"] == newest.json()["gui"], node
+            uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
+            assert uptimes == sorted(uptimes), f"{node} went back in time"
+        assert max(takeovers) < TAKEOVER_LIMIT, takeovers
+        assert runs(senders(monitor)) == ["a", "b", "a", "b"]
+        assert_one_sender_at_a_time(monitor, postgres)
+    finally:
+        if flap is not None:
+            stop_process(flap)
+        stop_process(flood)
+        recorder.stop()
+
+
+def test_a_cut_database_connection_or_a_database_restart_never_makes_two_senders(
+        tmp_path: Path, broker: DevBroker, monitor: MonitorDouble, postgres: PostgresServer,
+        pair: tuple[BridgeProcess, BridgeProcess]) -> None:
+    a, b = pair
+    broker.add_users(dict.fromkeys(FLOOD_NODES[:50], NODE_PASSWORD))
+    recorder = Recorder(broker.host, broker.port).start()
+    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
+    flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count", "50",
+                           "--toggle-every", "0.01"], log_path=tmp_path / "flood.log")
+    nodes = FLOOD_NODES[:50]
+    try:
+        wait_until(lambda: all(monitor.history(n) for n in nodes), timeout=30,
+                   what="every node forwarded")
+        for _ in range(3):
+            assert postgres.terminate("yl-bridge a%") + postgres.terminate("yl-bridge b%") > 0
+            wait_until(lambda: {a.role(), b.role()} == {"active", "standby"} and
+                       (a.healthy() or b.healthy()), timeout=15, what="one active again")
+            seen = monitor.request_total
+            wait_until(lambda s=seen: monitor.request_total > s + 200, timeout=15,
+                       what="forwarding again")
+        postgres.restart()
+        wait_until(lambda: {a.role(), b.role()} == {"active", "standby"} and
+                   (a.healthy() or b.healthy()), timeout=20, what="one active after restart")
+        stopped = time.monotonic()
+        assert stop_process(flood) == 0
+        for node in nodes:
+            recorder.wait_for(f"yl/ar/nodes/{node}/state",
+                              lambda d: d["state"] == "disconnected", after=stopped)
+        wait_until(lambda: all(reasons(monitor.history(n))[-1:] == ["disconnected"]
+                               for n in nodes), timeout=60, what="everything delivered")
+        for node in nodes:
+            history = monitor.history(node)
+            assert reasons(history) == ["ready", "disconnected"], node
+            uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
+            assert uptimes == sorted(uptimes), f"{node} went back in time"
+        assert_one_sender_at_a_time(monitor, postgres)
+    finally:
+        stop_process(flood)
+        recorder.stop()
+
+
+def test_an_active_bridge_stopped_for_30_s_comes_back_as_a_standby_sending_nothing(
+        tmp_path: Path, broker: DevBroker, monitor: MonitorDouble, postgres: PostgresServer,
+        pair: tuple[BridgeProcess, BridgeProcess]) -> None:
+    a, b = pair
+    broker.add_users(dict.fromkeys(FLOOD_NODES[:20], NODE_PASSWORD))
+    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
+    flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count", "20",
+                           "--toggle-every", "0.05"], log_path=tmp_path / "flood.log")
+    try:
+        wait_until(lambda: "a" in senders(monitor), timeout=30, what="a forwarding")
+        assert a.process is not None
+        os.kill(a.process.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_until(lambda: b.role() == "active", timeout=TAKEOVER_LIMIT, what="b takes over")
+        wait_until(lambda: "b" in senders(monitor, stopped), timeout=10, what="b forwarding")
+        wait_until(lambda: time.monotonic() - stopped >= 30, timeout=31, interval=0.5,
+                   what="30 s")
+        resumed = time.monotonic()
+        os.kill(a.process.pid, signal.SIGCONT)
+        wait_until(lambda: a.role() == "standby", timeout=10, what="a stands by")
+        seen = monitor.request_total
+        wait_until(lambda: monitor.request_total > seen + 100, timeout=15,
+                   what="b still forwarding")
+        assert "a" not in senders(monitor, stopped + 0.2), "the stopped instance sent after"
+        assert b.role() == "active"
+        assert b.healthy()
+        assert "session taken over" not in b.log()
+        assert resumed - stopped >= 30
+    finally:
+        stop_process(flood)
