@@ -20,6 +20,7 @@ setup() {
     command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)   # clock-skew tests
     # PostgreSQL's server, for the active/standby bridge tests (each starts its own).
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgresql)
+    [ -x /usr/sbin/ejabberdctl ] || need_apt+=(ejabberd)   # a clustered MQTT 5 broker
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} with apt-get" >&2

@@ -66,7 +66,8 @@ def wait(what: str, check: Any, timeout: float = 60.0) -> Any:
 class Rig:
     """Broker, sink and bridge processes for one scenario."""
 
-    def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4) -> None:
+    def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4,
+                 outbox_url: str | None = None) -> None:
         self.tmp = tmp
         self.broker = DevBroker(tmp / "broker", users={
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD},
@@ -84,6 +85,7 @@ class Rig:
             "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "username": "yl-bridge",
                      "password": PASSWORD},
             "bridge": {"outbox_path": str(tmp / "outbox.sqlite3"),
+                       **({"outbox_url": outbox_url, "instance": "bench"} if outbox_url else {}),
                        "metrics": f"127.0.0.1:{self.metrics_port}",
                        "http_concurrency": concurrency},
             "logging": {"level": "WARNING"},
