@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import threading
@@ -70,10 +71,13 @@ def no_leaks() -> Iterator[None]:
         time.sleep(0.02)
     threads = _extra_threads(threads_before)
     children = _extra_children(children_before)
+    described = []
     for child in children:
-        child.kill()
+        with contextlib.suppress(psutil.Error):
+            described.append(child.cmdline())
+            child.kill()
     assert not threads, f"test leaked threads: {[t.name for t in threads]}"
-    assert not children, f"test leaked processes: {[c.cmdline() for c in children]}"
+    assert not children, f"test leaked processes: {described}"
 
 
 def broker_users() -> dict[str, str]:

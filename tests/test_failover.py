@@ -56,7 +56,8 @@ def pair(tmp_path: Path, broker: DevBroker, monitor: MonitorDouble,
         wait_until(lambda: a.role() == "active" and a.healthy(), timeout=15,
                    what="a active and healthy")
         b.start(wait=False)
-        wait_until(lambda: b.role() == "standby", timeout=15, what="b standing by")
+        wait_until(lambda: b.role() == "standby" and b.healthy(), timeout=15,
+                   what="b standing by")
         yield a, b
     finally:
         for bridge in (a, b):
@@ -229,3 +230,40 @@ def test_an_active_bridge_stopped_for_30_s_comes_back_as_a_standby_sending_nothi
         assert resumed - stopped >= 30
     finally:
         stop_process(flood)
+
+
+def test_each_instance_reports_its_role_in_healthz_metrics_and_retained_state(
+        broker: DevBroker, postgres: PostgresServer,
+        pair: tuple[BridgeProcess, BridgeProcess]) -> None:
+    a, b = pair
+    recorder = Recorder(broker.host, broker.port, topics=("yl/ar/bridges/#",)).start()
+
+    def retained(topic: str) -> dict[str, object]:
+        found = recorder.last(f"yl/ar/bridges/yl-bridge/{topic}")
+        return found.json() if found is not None and found.payload else {}
+
+    try:
+        assert (a.metric("yl_bridge_active"), b.metric("yl_bridge_active")) == (1.0, 0.0)
+        assert a.health()["active_instance"] == b.health()["active_instance"] == "a"
+        wait_until(lambda: retained("instances/b").get("role") == "standby" and
+                   retained("instances/a").get("role") == "active", timeout=10,
+                   what="each instance's retained role")
+        state = retained("state")
+        assert (state.get("state"), state.get("role"), state.get("instance")) == \
+            ("ready", "active", "a")
+
+        a.kill()
+        wait_until(lambda: b.role() == "active" and b.healthy(), timeout=TAKEOVER_LIMIT + 2,
+                   what="b takes over")
+        wait_until(lambda: retained("state").get("instance") == "b" and
+                   retained("instances/a").get("role") == "lost" and
+                   retained("instances/b").get("role") == "active", timeout=10,
+                   what="the retained state after the takeover")
+        assert b.metric("yl_bridge_active") == 1.0
+        a.start(wait=False)
+        wait_until(lambda: retained("instances/a").get("role") == "standby", timeout=15,
+                   what="a back as a standby")
+        assert a.metric("yl_bridge_active") == 0.0
+        assert a.healthy()
+    finally:
+        recorder.stop()

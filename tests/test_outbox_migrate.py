@@ -3,6 +3,8 @@ PostgreSQL (real processes, real PostgreSQL, real mosquitto)."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,11 @@ def test_a_migrated_backlog_is_delivered_by_the_postgresql_bridge(
                    timeout=30, what="the disconnected transitions in the backlog too")
         assert sqlite_bridge.stop() == 0
         outbox = tmp_path / "outbox.sqlite3"
+        with sqlite3.connect(outbox) as db:
+            snapshots = [(node, json.loads(payload)["uptime"]) for node, payload in db.execute(
+                "SELECT node_id, snapshot FROM transitions WHERE snapshot IS NOT NULL UNION ALL "
+                "SELECT node_id, payload FROM pending_status")]
+        assert snapshots, "the backlog carries the nodes' snapshots"
 
         refused = migrate("--from", f"sqlite:{tmp_path / 'missing.sqlite3'}",
                           "--to", postgres.url)
@@ -68,8 +75,8 @@ def test_a_migrated_backlog_is_delivered_by_the_postgresql_bridge(
             wait_until(lambda: all(reasons(double.history(n)) == ["ready", "disconnected"]
                                    for n in NODES), timeout=30, what="the backlog delivered")
             wait_until(pg_bridge.drained, timeout=30, what="outbox drained")
-            for node in NODES:
-                assert double.history(node)[-1].body["gui"], node
+            for node, uptime in snapshots:
+                assert uptime in [h.body.get("uptime") for h in double.history(node)], node
         finally:
             assert pg_bridge.stop() == 0
     finally:

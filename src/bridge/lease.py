@@ -66,7 +66,7 @@ class Lease:
         self.epoch: int | None = None
         self.holder: str | None = None
         """The active instance as last seen (None: none)."""
-        self.problem = ""
+        self.problem = "the lease has not been read yet"
         """Why the lease cannot be read or renewed ("" when it can)."""
         self.since = protocol.utc_now_iso()
         self._until = float("-inf")
@@ -74,7 +74,6 @@ class Lease:
         self._seen_at = 0.0
         self._db: PostgresDatabase | None = None
         self._stopping = threading.Event()
-        self._released = threading.Event()
         self._thread = threading.Thread(target=self._run, name="yl-bridge-lease", daemon=True)
         self.instances: dict[str, tuple[str, int]] = {}
         """Every instance's declared role and beat, as last read (name -> (role, beat))."""
@@ -91,7 +90,8 @@ class Lease:
         """Stop the thread; ``release``: hand the lease over at once (call it only once the
         active work has stopped)."""
         self._stopping.set()
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
         if release and self.role == ACTIVE and self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.execute("UPDATE bridge_lease SET holder = NULL WHERE id = 1 AND "
@@ -112,12 +112,15 @@ class Lease:
     # --- the lease thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        read_before = False
         while not self._stopping.is_set():
             try:
                 self.step()
                 if self.problem:
-                    log.info("lease database reachable again")
+                    if read_before:
+                        log.info("lease database reachable again")
                     self.problem = ""
+                read_before = True
             except Exception as exc:  # noqa: BLE001 (logged; the lease runs out by itself)
                 problem = f"lease: {type(exc).__name__}: {exc}".strip()
                 if problem != self.problem:

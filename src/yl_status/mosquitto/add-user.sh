@@ -37,7 +37,7 @@ case $role in
       "topic write yl/ar/nodes/$name/status" "topic read yl/ar/nodes/$name/cmd/#" ;;
   viewer|watcher)
     add_acl "$name" "topic read yl/ar/nodes/+/state" "topic read yl/ar/nodes/+/status" \
-      "topic read yl/ar/bridges/+/state" ;;
+      "topic read yl/ar/bridges/+/state" "topic read yl/ar/bridges/+/instances/+" ;;
   bridge)
     # The bridge's second session (statuses) logs in as NAME-status with the same password.
     mosquitto_passwd -b "$passwd_file" "$name-status" "$password"

@@ -1,0 +1,129 @@
+"""The lease that picks the active bridge, on a real PostgreSQL: who takes it, when, and that
+an instance never counts itself active once another may."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from itertools import count
+
+import pytest
+
+from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
+from bridge.outbox import NotActiveError, Outbox
+from publisher.protocol import StateMessage
+from tests.postgres_support import PostgresServer
+from tests.support import wait_until
+
+DURATION = MARGIN + RENEW_EVERY + 0.3
+_databases = count()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    found = PostgresServer()
+    try:
+        yield found.start()
+    finally:
+        found.remove()
+
+
+@pytest.fixture
+def url(server: PostgresServer) -> str:
+    name = f"lease_{next(_databases)}"
+    server.query(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def leases(url: str) -> Iterator[list[Lease]]:
+    made: list[Lease] = []
+    yield made
+    for lease in made:
+        lease.stop(release=False)
+
+
+def lease(leases: list[Lease], url: str, name: str) -> Lease:
+    made = Lease(url, name, duration=DURATION)
+    leases.append(made)
+    return made
+
+
+def test_the_first_instance_takes_a_free_lease_and_the_next_stands_by(
+        url: str, leases: list[Lease]) -> None:
+    a, b = lease(leases, url, "a"), lease(leases, url, "b")
+    a.step()
+    b.step()
+    assert (a.role, a.epoch, a.valid()) == (ACTIVE, 1, True)
+    assert (b.role, b.holder, b.valid()) == (STANDBY, "a", False)
+
+
+def test_a_standby_never_takes_over_from_an_instance_that_renews(
+        url: str, leases: list[Lease]) -> None:
+    a, b = lease(leases, url, "a"), lease(leases, url, "b")
+    a.step()
+    until = time.monotonic() + 3 * DURATION
+    while time.monotonic() < until:
+        a.step()
+        b.step()
+        assert b.role == STANDBY
+        assert a.valid()
+        time.sleep(RENEW_EVERY / 2)  # the renewal period under test, not a wait for a result
+
+
+def test_a_standby_takes_over_only_once_the_silent_instance_no_longer_counts_itself_active(
+        url: str, leases: list[Lease]) -> None:
+    a, b = lease(leases, url, "a"), lease(leases, url, "b")
+    a.step()
+    b.step()
+    silent_since = time.monotonic()
+
+    def b_took_over() -> bool:
+        b.step()
+        if b.role == ACTIVE:
+            assert not a.valid(), "two instances counted themselves active at once"
+            return True
+        return False
+
+    wait_until(b_took_over, timeout=3 * DURATION, interval=0.02, what="b takes over")
+    assert time.monotonic() - silent_since >= DURATION
+    assert b.epoch == 2
+    a.step()  # it wakes up: the renewal finds the new epoch
+    assert (a.role, a.valid()) == (STANDBY, False)
+
+
+def test_writes_of_a_superseded_instance_never_commit(url: str, leases: list[Lease]) -> None:
+    a, b = lease(leases, url, "a"), lease(leases, url, "b")
+    a.step()
+    assert a.epoch is not None
+    box = Outbox(url, epoch=a.epoch)
+    ready = StateMessage(state="ready", session="000000000010-aaaaaaaaaaaa",
+                         since="2026-01-01T00:00:00Z", node_name="n", version="1",
+                         interval_s=30.0)
+    box.record([("n1", ready, b"{}", 1.0, False)])
+    b.step()
+    wait_until(lambda: (b.step(), b.role == ACTIVE)[1], timeout=3 * DURATION, interval=0.02,
+               what="b takes over")
+    lost = StateMessage(state="lost", session=ready.session, since=ready.since,
+                        node_name="n", version="1", interval_s=30.0)
+    with pytest.raises(NotActiveError, match="took the lease over"):
+        box.record([("n1", lost, b"{}", 2.0, False)])
+    box.close(flush=False)
+    fresh = Outbox(url, epoch=b.epoch)
+    try:
+        item = fresh.next_item("n1")
+        assert item is not None
+        assert item.state == "ready"
+        fresh.done(item)
+        assert fresh.next_item("n1") is None
+    finally:
+        fresh.close()
+
+
+def test_a_released_lease_is_taken_at_once(url: str, leases: list[Lease]) -> None:
+    a, b = lease(leases, url, "a"), lease(leases, url, "b")
+    a.step()
+    b.step()
+    a.stop(release=True)
+    b.step()
+    assert (b.role, b.epoch) == (ACTIVE, 2)
