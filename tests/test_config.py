@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from publisher import protocol
 from publisher.config import Config, load_config, parse_config
 from publisher.errors import ConfigError
 from yl_status.cli import main
@@ -80,6 +82,10 @@ def test_the_original_layout_is_read_with_every_value_in_place(tmp_path: Path) -
     ("bridge:\n  client_id: 'b#1'\n", "bridge.client_id", "invalid node id"),
     ("bridge:\n  http_concurrency: 0\n", "bridge.http_concurrency", ">= 1"),
     ("bridge:\n  metrics: 'nohost'\n", "bridge.metrics", "HOST:PORT"),
+    ("bridge:\n  outbox_url: 'mysql://u:pw@db/x'\n", "bridge.outbox_url", "postgresql://"),
+    ("bridge:\n  outbox_url: 'postgresql://db:99999/x'\n", "bridge.outbox_url", "bad port"),
+    ("bridge:\n  instance: 'a b'\n", "bridge.instance", "invalid node id"),
+    ("bridge:\n  lease: 1\n", "bridge.lease", ">= 1.5"),
     ("logging:\n  level: LOUD\n", "logging.level", "DEBUG, INFO"),
     ("monitor: [1, 2]\n", "monitor", "a mapping"),
     ("monitor:\n  report_interval: .nan\n", "monitor.report_interval", "finite"),
@@ -321,3 +327,24 @@ def test_serve_with_the_nodes_login_is_a_config_error(
                            "  mqtt_username: gui-7\n  port: 1\n")
     assert main(["serve", "-c", str(path)]) == 2
     assert "local_server.mqtt_username" in capsys.readouterr().err
+
+
+def test_an_outbox_url_is_shown_with_its_password_masked(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    path = write(tmp_path, "bridge:\n  outbox_url: 'postgresql://yl:s3cret@db.example/yl'\n"
+                           "  instance: bridge-a\n")
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    data = yaml.safe_load(out.split("\n", 1)[1])
+    assert data["bridge"]["outbox_url"] == "postgresql://yl:********@db.example/yl"
+    assert data["bridge"]["instance"] == "bridge-a"
+
+
+def test_an_instance_name_defaults_to_a_usable_form_of_the_host_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "bridge-1.site.example.com")
+    name = Config().bridge.instance_name
+    assert name == "bridge-1-site-example-com"
+    assert protocol.check_node_id(name) == name

@@ -28,6 +28,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from tests.tcp_proxy import PartitionProxy
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 
@@ -267,3 +268,63 @@ def test_each_instance_reports_its_role_in_healthz_metrics_and_retained_state(
         assert a.healthy()
     finally:
         recorder.stop()
+
+
+def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby_starts(
+        tmp_path: Path, broker: DevBroker, monitor: MonitorDouble,
+        postgres: PostgresServer) -> None:
+    """Every byte between ``a`` and PostgreSQL is held for 12 s: its queries hang rather than
+    fail. ``b`` takes over; ``a`` stops sending on its own deadline, before ``b`` starts, and
+    stands by once the partition heals."""
+    proxy = PartitionProxy(("127.0.0.1", postgres.port)).start()
+    through = postgres.url.replace(f":{postgres.port}/", f":{proxy.port}/")
+    a = BridgeProcess(tmp_path, broker, monitor, outbox_url=through, instance="a")
+    b = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="b")
+    broker.add_users(dict.fromkeys(FLOOD_NODES[:30], NODE_PASSWORD))
+    recorder = Recorder(broker.host, broker.port).start()
+    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
+    flood = None
+    nodes = FLOOD_NODES[:30]
+    try:
+        a.start(wait=False)
+        wait_until(lambda: a.role() == "active" and a.healthy(), timeout=15, what="a active")
+        b.start(wait=False)
+        wait_until(lambda: b.role() == "standby" and b.healthy(), timeout=15, what="b ready")
+        flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count",
+                               "30", "--toggle-every", "0.02"], log_path=tmp_path / "flood.log")
+        wait_until(lambda: all(monitor.history(n) for n in nodes), timeout=30,
+                   what="every node forwarded by a")
+        cut = time.monotonic()
+        proxy.partition()
+        wait_until(lambda: b.role() == "active", timeout=TAKEOVER_LIMIT + 2, what="b active")
+        wait_until(lambda: "b" in senders(monitor, cut), timeout=10, what="b forwarding")
+        first_b = min(r[3] for r in list(monitor.requests)
+                      if r[3] > cut and (r[4] or "").endswith("(instance b)"))
+        last_a = max(r[3] for r in list(monitor.requests)
+                     if (r[4] or "").endswith("(instance a)"))
+        assert last_a < first_b, "a sent after b had started"
+        wait_until(lambda: time.monotonic() - cut > 12, timeout=13, interval=0.2,
+                   what="a long partition")
+        proxy.heal()
+        wait_until(lambda: a.role() == "standby", timeout=15, what="a stands by after it")
+        assert "a" not in senders(monitor, first_b)
+        stopped = time.monotonic()
+        assert stop_process(flood) == 0
+        for node in nodes:
+            recorder.wait_for(f"yl/ar/nodes/{node}/state",
+                              lambda d: d["state"] == "disconnected", after=stopped)
+        wait_until(lambda: all(reasons(monitor.history(n))[-1:] == ["disconnected"]
+                               for n in nodes), timeout=60, what="everything delivered")
+        for node in nodes:
+            history = monitor.history(node)
+            assert reasons(history) == ["ready", "disconnected"], node
+            uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
+            assert uptimes == sorted(uptimes), f"{node} went back in time"
+        assert runs(senders(monitor)) == ["a", "b"]
+    finally:
+        if flood is not None:
+            stop_process(flood)
+        recorder.stop()
+        for bridge in (a, b):
+            bridge.stop()
+        proxy.stop()

@@ -84,6 +84,11 @@ _SCHEMA_LOCK = 0x796C5F6F7574626F  # "yl_outbo": one advisory lock id, held whil
 
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 10_000
+IDLE_IN_TRANSACTION_MS = 1_000
+"""The server ends a session that leaves a transaction open this long: a writer cut off
+mid-transaction (a partition holds its COMMIT) would otherwise hold the lease row's
+``FOR SHARE`` lock, and with it every takeover, for as long as the partition lasts."""
+LOCK_TIMEOUT_MS = 2_000
 
 
 class OutboxError(YLStatusError):
@@ -92,6 +97,13 @@ class OutboxError(YLStatusError):
 
 class NotActiveError(OutboxError):
     """A write of a bridge whose lease was taken over: nothing of it was committed."""
+
+
+def session_names(instance: str) -> tuple[str, str, str]:
+    """The ``application_name`` of a bridge instance's sessions: its outbox writer, the
+    writer's reader, its lease. A takeover ends the sessions of the instance it replaces."""
+    return (f"yl-bridge {instance}", f"yl-bridge {instance} reader",
+            f"yl-bridge {instance} lease")
 
 
 def is_postgres(location: str) -> bool:
@@ -217,9 +229,11 @@ class PostgresDatabase(Database):
 
     kind = "postgresql"
 
-    def __init__(self, url: str, *, epoch: int | None = None, name: str = "yl-bridge") -> None:
+    def __init__(self, url: str, *, epoch: int | None = None, name: str = "yl-bridge",
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> None:
         super().__init__(url)
-        psycopg = _psycopg()
+        self._lock_timeout_ms = lock_timeout_ms
+        psycopg = driver()
         self._psycopg = psycopg
         self.errors = (psycopg.Error,)
         self.epoch = epoch
@@ -235,7 +249,9 @@ class PostgresDatabase(Database):
             self.location, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
             application_name=self._name[:63], keepalives=1, keepalives_idle=5,
             keepalives_interval=2, keepalives_count=3,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} "
+                    f"-c lock_timeout={self._lock_timeout_ms}")
 
     def _usable(self) -> None:
         conn = self._conn
@@ -291,14 +307,15 @@ class PostgresDatabase(Database):
                     f"bridge's ({SCHEMA_VERSION}); upgrade the bridge")
 
     def reader(self) -> PostgresDatabase:
-        return PostgresDatabase(self.location, name=self._name + "-reader")
+        return PostgresDatabase(self.location, name=self._name + " reader")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
 
 
-def _psycopg() -> Any:
+def driver() -> Any:
+    """The psycopg module, or an OutboxError saying how to install it."""
     try:
         import psycopg  # noqa: PLC0415
     except ImportError as exc:

@@ -19,7 +19,7 @@ from bridge.metrics import Metrics, MetricsServer
 from bridge.service import Bridge
 from publisher import protocol
 from publisher.config import Config
-from publisher.errors import ProtocolError
+from publisher.errors import ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class FailoverBridge:
         self._lock = threading.Lock()
         self._published: dict[str, str] = {}
         self._seen: dict[str, tuple[int, float]] = {}
-        self.metrics.gauge("active", lambda: float(self.lease.role == ACTIVE))
+        self.metrics.gauge("active", lambda: float(self.lease.role == ACTIVE and
+                                                   self.lease.valid()))
         self._idle_gauges()
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics:
@@ -165,8 +166,13 @@ def _where(url: str) -> str:
 
 
 def run_failover_bridge(config: Config) -> int:
+    from bridge.database import OutboxError, driver  # noqa: PLC0415
     from publisher.service import stop_event_on_signals  # noqa: PLC0415
 
+    try:
+        driver()
+    except OutboxError as exc:
+        raise ConfigError(str(exc), key="bridge.outbox_url", source=config.source) from exc
     service = FailoverBridge(config)
     stop_event_on_signals(service.stopping)
     return service.run()

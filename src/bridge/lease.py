@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.database import PostgresDatabase
+from bridge.database import PostgresDatabase, session_names
 from publisher import protocol
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ MARGIN = 0.5
 """The active instance stops this long before a standby may start (clock rate, scheduling)."""
 POLL = 0.25
 """How often a standby looks at the lease."""
+LOCK_TIMEOUT_MS = 200
+"""A takeover waits at most this long for a write in progress (then tries again)."""
 
 ACTIVE = "active"
 STANDBY = "standby"
@@ -135,7 +137,8 @@ class Lease:
     def step(self) -> None:
         """One round: renew the lease if active, else look whether it can be taken."""
         if self._db is None:
-            db = PostgresDatabase(self.url, name=f"yl-bridge {self.instance} lease")
+            db = PostgresDatabase(self.url, name=session_names(self.instance)[2],
+                                  lock_timeout_ms=LOCK_TIMEOUT_MS)
             try:
                 db.prepare()
             except BaseException:
@@ -172,6 +175,8 @@ class Lease:
             self._seen, self._seen_at = seen, now
         if seen[0] is not None and now - self._seen_at < self.duration:
             return
+        if seen[0] is not None and seen[0] != self.instance:
+            self._end_sessions_of(db, seen[0])
         started = time.monotonic()
         taken = db.execute(
             "UPDATE bridge_lease SET holder = ?, epoch = epoch + 1, beat = 0 WHERE id = 1 AND "
@@ -188,6 +193,20 @@ class Lease:
             log.warning("lease taken over from %s (epoch %d): it has not renewed for %.1f s",
                         seen[0], self.epoch, now - self._seen_at)
         self._set_role(ACTIVE)
+
+    @staticmethod
+    def _end_sessions_of(db: PostgresDatabase, instance: str) -> None:
+        """End the silent instance's database sessions before taking over: one cut off in
+        the middle of a transaction (a partition) would hold its locks, on the lease row
+        among them, for as long as the server keeps the session. It no longer counts itself
+        active by now; ended, its sessions also fail at once when it wakes up."""
+        ended = db.execute("SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
+                           "pg_stat_activity WHERE application_name = ANY(?) AND "
+                           "pid <> pg_backend_pid()", (list(session_names(instance)),)
+                           ).fetchone()[0]
+        if ended:
+            log.warning("ended %d database session(s) of %s, which has not renewed the lease",
+                        ended, instance)
 
     def _beat(self, db: PostgresDatabase) -> None:
         db.execute("INSERT INTO bridge_instances (instance, role, beat, since) "

@@ -45,8 +45,8 @@ GAUGES: dict[str, str] = {
     "broker_connected": "1 while both broker sessions are connected",
     "outbox_ok": "1 while outbox writes succeed",
     "max_clock_skew_seconds": "Largest difference between a node's clock and the bridge's",
-    "active": "1 while this instance is the active one (always, with an SQLite outbox); 0 "
-              "while it stands by",
+    "active": "1 while this instance is the active one and its lease holds (always, with an "
+              "SQLite outbox); 0 while it stands by",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import paho.mqtt.client as mqtt
 
 from bridge import incoming
+from bridge.database import session_names
 from bridge.forwarder import Forwarder
 from bridge.incoming import StatusHead
 from bridge.lease import Lease
@@ -127,7 +128,7 @@ class Bridge:
             self.outbox = Outbox(location, max_nodes=config.bridge.max_nodes,
                                  on_change=self._request_flush,
                                  epoch=None if lease is None else lease.epoch,
-                                 name=f"yl-bridge {config.bridge.instance_name}")
+                                 name=session_names(config.bridge.instance_name)[0])
         except OutboxError as exc:
             raise ConfigError(str(exc), key=key, source=config.source) from exc
         self.forwarder = Forwarder(config, self.outbox, self.metrics, may_send=self._allow,
@@ -171,6 +172,8 @@ class Bridge:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
         self._skew: dict[str, float] = {}
         self._skew_reported: set[str] = set()
+        if lease is None:
+            self.metrics.gauge("active", lambda: 1.0)
         self.metrics.gauge("outbox_transitions", lambda: self.outbox.depth()[0])
         self.metrics.gauge("outbox_statuses", lambda: self.outbox.depth()[1])
         self.metrics.gauge("nodes_known", self.outbox.known_nodes)

@@ -112,7 +112,7 @@ class BridgeConfig:
             return self.instance
         import socket  # noqa: PLC0415
 
-        name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.")
+        name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()).strip("-_")[:64]
         return name or "bridge"
 
 
