@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from itertools import count
 
+import psycopg
 import pytest
 
 from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
@@ -88,7 +89,9 @@ def test_a_standby_takes_over_only_once_the_silent_instance_no_longer_counts_its
     wait_until(b_took_over, timeout=3 * DURATION, interval=0.02, what="b takes over")
     assert time.monotonic() - silent_since >= DURATION
     assert b.epoch == 2
-    a.step()  # it wakes up: the renewal finds the new epoch
+    with pytest.raises(psycopg.OperationalError, match="terminating connection"):
+        a.step()  # it wakes up: b ended its database sessions before taking over
+    a.step()  # connected again, its renewal finds the new epoch
     assert (a.role, a.valid()) == (STANDBY, False)
 
 

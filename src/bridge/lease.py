@@ -14,7 +14,9 @@ seconds. Nothing compares clocks across machines, and no wall clock is read:
   database, or stopped (SIGSTOP) with its connections still open.
 * Every outbox write of the active instance checks its epoch inside the transaction
   (``FOR SHARE``), so once a takeover commits, the old instance commits nothing more, and
-  the takeover itself waits for a write in progress.
+  the takeover itself waits for a write in progress. Before it takes over, a standby ends
+  the silent instance's database sessions: one stopped in the middle of a transaction (a
+  partition holding its bytes) would otherwise keep its locks for as long as it lasts.
 
 A session-level advisory lock would not do: it lives as long as the database session, and a
 stopped process keeps its session. The one window left is a pause of the active process
