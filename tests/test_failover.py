@@ -16,13 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from bridge.status_receiver import StatusReceiver
+from publisher.link import options_from_config
 from publisher.protocol import LOST_HOLD
 from tests.bridge_support import BridgeProcess, reasons
 from tests.postgres_support import PostgresServer
 from tests.support import (
+    BRIDGE_PASSWORD,
+    BRIDGE_USER,
     NODE_PASSWORD,
     Recorder,
     config_dict,
+    make_config,
     start_process,
     stop_process,
     wait_until,
@@ -328,3 +333,30 @@ def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby
         for bridge in (a, b):
             bridge.stop()
         proxy.stop()
+
+
+def test_a_status_receiver_connects_only_before_its_bridges_lease_deadline(
+        broker: DevBroker) -> None:
+    """The child process holding the status session is told the lease's deadline, not a
+    mere "you may": a child told "you may" a moment before its bridge lost the lease could
+    otherwise connect after the new active bridge's child and take its session."""
+    config = make_config(broker, "yl-bridge")
+    options = options_from_config(config.mqtt, f"{BRIDGE_USER}-status",
+                                  username=f"{BRIDGE_USER}-status", password=BRIDGE_PASSWORD,
+                                  clean_start=False, session_expiry=60, manual_ack=True)
+    deadline = [time.monotonic() + 60]
+    receiver = StatusReceiver(options, config.mqtt.topics, 1, lambda batch: None,
+                              config.logging, lambda: deadline[0]).start()
+    try:
+        wait_until(lambda: receiver.connected, timeout=15, what="connected before the deadline")
+        deadline[0] = time.monotonic()
+        receiver.reconnect("the lease ran out")
+        wait_until(lambda: not receiver.connected, timeout=5, what="disconnected")
+        held = time.monotonic() + 1.5
+        while time.monotonic() < held:
+            assert not receiver.connected, "connected after its deadline"
+            time.sleep(0.05)  # watching for a connection that must not come
+        deadline[0] = time.monotonic() + 60
+        wait_until(lambda: receiver.connected, timeout=15, what="connected once renewed")
+    finally:
+        receiver.stop(3.0)

@@ -6,8 +6,9 @@ UPDATE``, ``RETURNING``, ``?`` placeholders, which PostgreSQL gets as ``%s``). W
 lives here: the schema's column types, how a schema version is recorded, how a write
 transaction starts, and which exceptions mean "the database failed". On PostgreSQL, a write
 transaction of an active bridge first checks that its epoch is still the lease's
-(``FOR SHARE``: a standby's takeover waits for the transaction, and every later one fails
-with ``NotActiveError``), so no write of a superseded bridge ever commits.
+(``FOR KEY SHARE``: a standby's takeover, ``FOR UPDATE``, waits for the transaction, and
+every later one fails with ``NotActiveError``), so no write of a superseded bridge ever
+commits.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ STATEMENT_TIMEOUT_MS = 10_000
 IDLE_IN_TRANSACTION_MS = 1_000
 """The server ends a session that leaves a transaction open this long: a writer cut off
 mid-transaction (a partition holds its COMMIT) would otherwise hold the lease row's
-``FOR SHARE`` lock, and with it every takeover, for as long as the partition lasts."""
+``FOR KEY SHARE`` lock, and with it every takeover, for as long as the partition lasts."""
 LOCK_TIMEOUT_MS = 2_000
 
 
@@ -274,7 +275,7 @@ class PostgresDatabase(Database):
         self._conn.execute("BEGIN")
         if self.epoch is not None:
             row = self._conn.execute(
-                "SELECT 1 FROM bridge_lease WHERE id = 1 AND epoch = %s FOR SHARE",
+                "SELECT 1 FROM bridge_lease WHERE id = 1 AND epoch = %s FOR KEY SHARE",
                 (self.epoch,)).fetchone()
             if row is None:
                 self._conn.execute("ROLLBACK")

@@ -13,7 +13,8 @@ seconds. Nothing compares clocks across machines, and no wall clock is read:
   instance's own deadline has passed, however it is doing: dead, cut off from the
   database, or stopped (SIGSTOP) with its connections still open.
 * Every outbox write of the active instance checks its epoch inside the transaction
-  (``FOR SHARE``), so once a takeover commits, the old instance commits nothing more, and
+  (``FOR KEY SHARE``, which a renewal does not wait for and a takeover's ``FOR UPDATE``
+  does), so once a takeover commits, the old instance commits nothing more, and
   the takeover itself waits for a write in progress. Before it takes over, a standby ends
   the silent instance's database sessions: one stopped in the middle of a transaction (a
   partition holding its bytes) would otherwise keep its locks for as long as it lasts.
@@ -85,6 +86,10 @@ class Lease:
     def valid(self) -> bool:
         """True while this instance may forward, acknowledge and hold the broker sessions."""
         return time.monotonic() < self._until
+
+    def valid_until(self) -> float:
+        """Until when (``time.monotonic()``) ``valid()`` holds, unless renewed."""
+        return self._until
 
     def start(self) -> Lease:
         self._thread.start()
@@ -180,8 +185,10 @@ class Lease:
         if seen[0] is not None and seen[0] != self.instance:
             self._end_sessions_of(db, seen[0])
         started = time.monotonic()
+        # FOR UPDATE waits for the old instance's write in progress (its FOR KEY SHARE).
         taken = db.execute(
-            "UPDATE bridge_lease SET holder = ?, epoch = epoch + 1, beat = 0 WHERE id = 1 AND "
+            "UPDATE bridge_lease SET holder = ?, epoch = epoch + 1, beat = 0 WHERE id = "
+            "(SELECT id FROM bridge_lease WHERE id = 1 FOR UPDATE) AND "
             "holder IS NOT DISTINCT FROM ? AND epoch = ? AND beat = ? RETURNING epoch",
             (self.instance, *seen)).fetchone()
         if taken is None:

@@ -166,7 +166,8 @@ class Bridge:
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, status_identity(client_id), **persistent,
                                 username=status_user),
-            self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging, self._allow)
+            self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
+            None if lease is None else lease.valid_until)
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)

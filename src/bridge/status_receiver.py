@@ -44,9 +44,9 @@ ALIVE_EVERY = 1.0
 HANG_TIMEOUT = 5.0
 """A child silent this long is hung (stopped, deadlocked): it is killed and replaced."""
 ALLOW_EVERY = 0.25
-ALLOW_FOR = 1.0
-"""The child connects only within this long of the bridge's last word that it may: a bridge
-that is stopped or no longer active keeps its child from taking the active one's session."""
+"""How often the bridge tells the child until when it may connect (its lease's deadline, on
+the machine's monotonic clock, which both processes read): a bridge that is stopped or no
+longer active keeps its child from taking the active one's session."""
 
 
 class StatusReceiver:
@@ -54,12 +54,12 @@ class StatusReceiver:
 
     def __init__(self, options: LinkOptions, topics: Topics, qos: int,
                  on_messages: Callable[[list[Received]], None],
-                 logging_config: LoggingConfig, allow: Callable[[], bool] | None = None
-                 ) -> None:
-        """``allow``: whether the child may connect now (asked before it is started, and
-        passed on to it every ``ALLOW_EVERY``)."""
-        self._setup = (options, topics, qos, logging_config, allow is not None)
-        self._allow = allow
+                 logging_config: LoggingConfig,
+                 allowed_until: Callable[[], float] | None = None) -> None:
+        """``allowed_until``: until when (``time.monotonic()``) the child may connect; asked
+        before it is started, and passed on to it every ``ALLOW_EVERY``."""
+        self._setup = (options, topics, qos, logging_config, allowed_until is not None)
+        self._allowed_until = allowed_until
         self._on_messages = on_messages
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -116,7 +116,8 @@ class StatusReceiver:
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
-            if self._allow is not None and not self._allow():
+            if self._allowed_until is not None and \
+                    time.monotonic() >= self._allowed_until():
                 self._stopping.wait(ALLOW_EVERY)
                 continue
             try:
@@ -173,12 +174,11 @@ class StatusReceiver:
 
     def _read(self, conn: Connection) -> None:
         heard = time.monotonic()
-        allowed = float("-inf")
+        told = float("-inf")
         while True:
-            if self._allow is not None and time.monotonic() - allowed >= ALLOW_EVERY and \
-                    self._allow():
-                allowed = time.monotonic()
-                self._send(("allow",))
+            if self._allowed_until is not None and time.monotonic() - told >= ALLOW_EVERY:
+                told = time.monotonic()
+                self._send(("allow", self._allowed_until()))
             try:
                 if not conn.poll(ALLOW_EVERY):
                     if time.monotonic() - heard > HANG_TIMEOUT:
@@ -210,7 +210,7 @@ class _Child:
     def __init__(self, conn: Connection, options: LinkOptions, topics: Topics,
                  qos: int, gated: bool = False) -> None:
         self.conn = conn
-        self.allowed_at = float("-inf")
+        self.allowed_until = float("-inf")
         self.topics = topics
         self.qos = qos
         self.send_lock = threading.Lock()
@@ -228,7 +228,7 @@ class _Child:
                          name="yl-bridge-statuses", allow=self._allowed if gated else None)
 
     def _allowed(self) -> bool:
-        return time.monotonic() - self.allowed_at < ALLOW_FOR
+        return time.monotonic() < self.allowed_until
 
     def run(self) -> None:
         sender = threading.Thread(target=self._send_batches, name="yl-bridge-statuses-send",
@@ -247,7 +247,7 @@ class _Child:
                     self.link.abandon("the bridge is gone")
                     return
                 if command[0] == "allow":
-                    self.allowed_at = time.monotonic()
+                    self.allowed_until = float(command[1])
                 elif command[0] == "ack":
                     self._acknowledge(command[1], command[2])
                 elif command[0] == "reconnect":
