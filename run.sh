@@ -29,6 +29,12 @@ setup() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       "${need_apt[@]}" >/dev/null
+    # The tests start their own servers: stop the system ones a package may have started.
+    for service in postgresql ejabberd; do
+      if [[ " ${need_apt[*]} " == *" $service "* ]]; then
+        $sudo service "$service" stop >/dev/null 2>&1 || true
+      fi
+    done
   fi
   if [ "${1:-}" = browser ] && ! command -v promtool >/dev/null 2>&1; then
     echo "run.sh: installing prometheus (promtool, for the alert rule tests) with apt-get" >&2

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.bridge_support import BridgeProcess
-from tests.postgres_support import PostgresServer
+from tests.postgres_support import PostgresServer, running_postgres
 from tests.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
@@ -183,8 +183,10 @@ def bridge(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Iterator
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server of its own, in a temporary folder, as an unprivileged user."""
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.remove()
+    yield from running_postgres()
+
+
+@pytest.fixture(scope="module")
+def module_postgres() -> Iterator[PostgresServer]:
+    """One such server for a module's tests (each takes a ``new_database()``)."""
+    yield from running_postgres()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class PostgresServer:
         self.log_path = self.folder / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._user = _runner()
+        self._databases = 0
         if self._user is not None:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", USER,
@@ -111,6 +113,13 @@ class PostgresServer:
             cursor = conn.execute(sql, params)
             return list(cursor.fetchall()) if cursor.description else []
 
+    def new_database(self) -> str:
+        """A fresh, empty database on this server; its URL."""
+        self._databases += 1
+        name = f"test_{self._databases}"
+        self.query(f"CREATE DATABASE {name}")
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def terminate(self, application_name_like: str) -> int:
         """``pg_terminate_backend`` every session whose application name is LIKE this;
         returns how many were ended."""
@@ -128,3 +137,12 @@ class PostgresServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def running_postgres() -> Iterator[PostgresServer]:
+    """A started server, removed with its folder when the generator ends."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.remove()

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,36 @@ def assert_one_sender_at_a_time(double: MonitorDouble, postgres: PostgresServer)
         f"senders changed more often than the lease did: {order[:20]}"
 
 
+def active_and_healthy(a: BridgeProcess, b: BridgeProcess) -> bool:
+    """One of the two is active and healthy (both broker sessions up), the other stands by."""
+    roles = {a.role(): a, b.role(): b}
+    return set(roles) == {"active", "standby"} and roles["active"].healthy()
+
+
+def stop_and_check_delivered(flood: Any, recorder: Recorder, monitor: MonitorDouble,
+                             nodes: list[str]) -> None:
+    """Stop the flood: every node's ``ready`` and ``disconnected`` reach the monitor, in
+    order, with the node's newest status, and nothing older after anything newer."""
+    stopped = time.monotonic()
+    assert stop_process(flood) == 0
+    for node in nodes:
+        recorder.wait_for(f"yl/ar/nodes/{node}/state",
+                          lambda d: d["state"] == "disconnected", after=stopped)
+    def newest_delivered(node: str) -> bool:
+        history = monitor.history(node)
+        newest = recorder.last(f"yl/ar/nodes/{node}/status")
+        return reasons(history)[-1:] == ["disconnected"] and newest is not None and \
+            history[-1].body.get("gui") == newest.json()["gui"]
+
+    wait_until(lambda: all(newest_delivered(n) for n in nodes), timeout=60,
+               what="every node's disconnected and newest status delivered")
+    for node in nodes:
+        history = monitor.history(node)
+        assert reasons(history) == ["ready", "disconnected"], node
+        uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
+        assert uptimes == sorted(uptimes), f"{node} went back in time"
+
+
 def test_kill_9_of_the_active_bridge_in_a_flood_hands_over_within_seconds_losing_nothing(
         tmp_path: Path, broker: DevBroker, monitor: MonitorDouble, postgres: PostgresServer,
         pair: tuple[BridgeProcess, BridgeProcess]) -> None:
@@ -137,24 +168,10 @@ def test_kill_9_of_the_active_bridge_in_a_flood_hands_over_within_seconds_losing
             wait_until(lambda s=active: s.role() == "standby", timeout=15,
                        what="the killed instance back as a standby")
             active, standby = standby, active
-        flood_stopped = time.monotonic()
-        assert stop_process(flood) == 0
-        for node in FLOOD_NODES:
-            recorder.wait_for(f"yl/ar/nodes/{node}/state",
-                              lambda d: d["state"] == "disconnected", after=flood_stopped)
-        wait_until(lambda: all(reasons(monitor.history(n))[-1:] == ["disconnected"]
-                               for n in FLOOD_NODES), timeout=60, what="flood delivered")
+        stop_and_check_delivered(flood, recorder, monitor, FLOOD_NODES)
         wait_until(active.drained, timeout=30, what="outbox drained")
         for node in FLAP_NODES:
             assert reasons(monitor.history(node)) == ["ready", "lost"] * 3, node
-        for node in FLOOD_NODES:
-            history = monitor.history(node)
-            assert reasons(history) == ["ready", "disconnected"], node
-            newest = recorder.last(f"yl/ar/nodes/{node}/status")
-            assert newest is not None
-            assert history[-1].body["gui"] == newest.json()["gui"], node
-            uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
-            assert uptimes == sorted(uptimes), f"{node} went back in time"
         assert max(takeovers) < TAKEOVER_LIMIT, takeovers
         assert runs(senders(monitor)) == ["a", "b", "a", "b"]
         assert_one_sender_at_a_time(monitor, postgres)
@@ -180,26 +197,14 @@ def test_a_cut_database_connection_or_a_database_restart_never_makes_two_senders
                    what="every node forwarded")
         for _ in range(3):
             assert postgres.terminate("yl-bridge a%") + postgres.terminate("yl-bridge b%") > 0
-            wait_until(lambda: {a.role(), b.role()} == {"active", "standby"} and
-                       (a.healthy() or b.healthy()), timeout=15, what="one active again")
+            wait_until(lambda: active_and_healthy(a, b), timeout=15, what="one active again")
             seen = monitor.request_total
             wait_until(lambda s=seen: monitor.request_total > s + 200, timeout=15,
                        what="forwarding again")
         postgres.restart()
-        wait_until(lambda: {a.role(), b.role()} == {"active", "standby"} and
-                   (a.healthy() or b.healthy()), timeout=20, what="one active after restart")
-        stopped = time.monotonic()
-        assert stop_process(flood) == 0
-        for node in nodes:
-            recorder.wait_for(f"yl/ar/nodes/{node}/state",
-                              lambda d: d["state"] == "disconnected", after=stopped)
-        wait_until(lambda: all(reasons(monitor.history(n))[-1:] == ["disconnected"]
-                               for n in nodes), timeout=60, what="everything delivered")
-        for node in nodes:
-            history = monitor.history(node)
-            assert reasons(history) == ["ready", "disconnected"], node
-            uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
-            assert uptimes == sorted(uptimes), f"{node} went back in time"
+        wait_until(lambda: active_and_healthy(a, b), timeout=20,
+                   what="one active after restart")
+        stop_and_check_delivered(flood, recorder, monitor, nodes)
         assert_one_sender_at_a_time(monitor, postgres)
     finally:
         stop_process(flood)
@@ -313,18 +318,7 @@ def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby
         proxy.heal()
         wait_until(lambda: a.role() == "standby", timeout=15, what="a stands by after it")
         assert "a" not in senders(monitor, first_b)
-        stopped = time.monotonic()
-        assert stop_process(flood) == 0
-        for node in nodes:
-            recorder.wait_for(f"yl/ar/nodes/{node}/state",
-                              lambda d: d["state"] == "disconnected", after=stopped)
-        wait_until(lambda: all(reasons(monitor.history(n))[-1:] == ["disconnected"]
-                               for n in nodes), timeout=60, what="everything delivered")
-        for node in nodes:
-            history = monitor.history(node)
-            assert reasons(history) == ["ready", "disconnected"], node
-            uptimes = [h.body["uptime"] for h in history if "uptime" in h.body]
-            assert uptimes == sorted(uptimes), f"{node} went back in time"
+        stop_and_check_delivered(flood, recorder, monitor, nodes)
         assert runs(senders(monitor)) == ["a", "b"]
     finally:
         if flood is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from itertools import count
 
 import psycopg
 import pytest
@@ -17,23 +16,11 @@ from tests.postgres_support import PostgresServer
 from tests.support import wait_until
 
 DURATION = MARGIN + RENEW_EVERY + 0.3
-_databases = count()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    found = PostgresServer()
-    try:
-        yield found.start()
-    finally:
-        found.remove()
 
 
 @pytest.fixture
-def url(server: PostgresServer) -> str:
-    name = f"lease_{next(_databases)}"
-    server.query(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
+def url(module_postgres: PostgresServer) -> str:
+    return module_postgres.new_database()
 
 
 @pytest.fixture

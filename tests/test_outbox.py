@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from publisher.protocol import (
     StatusMessage,
     encode,
 )
-from tests.postgres_support import PostgresServer
+from tests.postgres_support import PostgresServer, running_postgres
 from tests.support import received
 
 A = "000000000010-aaaaaaaaaaaa"
@@ -56,14 +55,9 @@ def engine(request: pytest.FixtureRequest) -> Iterator[PostgresServer | None]:
     if request.param == "sqlite":
         yield None
         return
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.remove()
+    yield from running_postgres()
 
 
-_databases = count()
 
 
 @pytest.fixture
@@ -71,9 +65,7 @@ def where(engine: PostgresServer | None, tmp_path: Path) -> str:
     """Where an outbox lives: an SQLite file, or a fresh database on the PostgreSQL."""
     if engine is None:
         return str(tmp_path / "o.db")
-    name = f"outbox_{next(_databases)}"
-    engine.query(f"CREATE DATABASE {name}")
-    return engine.url.rsplit("/", 1)[0] + "/" + name
+    return engine.new_database()
 
 
 def test_statuses_coalesce_to_the_newest(where: str) -> None:

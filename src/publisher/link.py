@@ -149,6 +149,7 @@ class Link:
         self._thread: threading.Thread | None = None
         self._last_failure: str | None = None
         self._failures = 0
+        self._requested = False
         self.connect_count = 0
 
     # --- public ---------------------------------------------------------------------------
@@ -180,6 +181,7 @@ class Link:
         client = self.client
         if client is not None:
             log.warning("%s: reconnecting: %s", self._name, reason)
+            self._requested = True
             client.disconnect()
 
     def abandon(self, reason: str) -> None:
@@ -228,6 +230,14 @@ class Link:
                     return
                 if self._stopping.is_set():
                     return
+                if self._requested:
+                    # Our own reconnect (to have unacknowledged messages sent again) is no
+                    # failure of the broker's: come back after the shortest backoff, however
+                    # many came before.
+                    self._requested = False
+                    attempt = 0
+                    self._stopping.wait(self._backoff(0))
+                    continue
                 attempt = 0 if up_since is not None and time.monotonic() - up_since > 5 else \
                     attempt + 1
                 self._stopping.wait(self._backoff(attempt))
