@@ -343,7 +343,9 @@ def test_a_status_receiver_connects_only_before_its_bridges_lease_deadline(
                               config.logging, lambda: deadline[0]).start()
     try:
         wait_until(lambda: receiver.connected, timeout=15, what="connected before the deadline")
-        deadline[0] = time.monotonic()
+        deadline[0] = time.monotonic() + 1.0  # the lease is not renewed any more
+        wait_until(lambda: time.monotonic() > deadline[0], timeout=2, interval=0.05,
+                   what="the deadline to pass")
         receiver.reconnect("the lease ran out")
         wait_until(lambda: not receiver.connected, timeout=5, what="disconnected")
         held = time.monotonic() + 1.5
