@@ -283,7 +283,7 @@ def test_each_instance_reports_its_role_in_healthz_metrics_and_retained_state(
 def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby_starts(
         tmp_path: Path, broker: DevBroker, monitor: MonitorDouble,
         postgres: PostgresServer) -> None:
-    """Every byte between ``a`` and PostgreSQL is held for 12 s: its queries hang rather than
+    """Every byte between ``a`` and PostgreSQL is held for 8 s: its queries hang rather than
     fail. ``b`` takes over; ``a`` stops sending on its own deadline, before ``b`` starts, and
     stands by once the partition heals."""
     proxy = PartitionProxy(("127.0.0.1", postgres.port)).start()
@@ -313,7 +313,7 @@ def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby
         last_a = max(r[3] for r in list(monitor.requests)
                      if (r[4] or "").endswith("(instance a)"))
         assert last_a < first_b, "a sent after b had started"
-        wait_until(lambda: time.monotonic() - cut > 12, timeout=13, interval=0.2,
+        wait_until(lambda: time.monotonic() - cut > 8, timeout=9, interval=0.2,
                    what="a long partition")
         proxy.heal()
         wait_until(lambda: a.role() == "standby", timeout=15, what="a stands by after it")
