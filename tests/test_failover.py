@@ -52,6 +52,16 @@ def monitor() -> Iterator[MonitorDouble]:
     double.down()
 
 
+def start_in_turn(a: BridgeProcess, b: BridgeProcess) -> None:
+    """``a`` first, until it is active and healthy; then ``b``, until it stands by."""
+    a.start(wait=False)
+    wait_until(lambda: a.role() == "active" and a.healthy(), timeout=15,
+               what="a active and healthy")
+    b.start(wait=False)
+    wait_until(lambda: b.role() == "standby" and b.healthy(), timeout=15,
+               what="b standing by")
+
+
 @pytest.fixture
 def pair(tmp_path: Path, broker: DevBroker, monitor: MonitorDouble,
          postgres: PostgresServer) -> Iterator[tuple[BridgeProcess, BridgeProcess]]:
@@ -59,12 +69,7 @@ def pair(tmp_path: Path, broker: DevBroker, monitor: MonitorDouble,
     a = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="a")
     b = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="b")
     try:
-        a.start(wait=False)
-        wait_until(lambda: a.role() == "active" and a.healthy(), timeout=15,
-                   what="a active and healthy")
-        b.start(wait=False)
-        wait_until(lambda: b.role() == "standby" and b.healthy(), timeout=15,
-                   what="b standing by")
+        start_in_turn(a, b)
         yield a, b
     finally:
         for bridge in (a, b):
@@ -96,6 +101,18 @@ def assert_one_sender_at_a_time(double: MonitorDouble, postgres: PostgresServer)
     order = runs(senders(double))
     assert len(order) <= epoch(postgres), \
         f"senders changed more often than the lease did: {order[:20]}"
+
+
+def start_flood(tmp_path: Path, broker: DevBroker, count: int, toggle_every: float
+                ) -> tuple[Any, list[str]]:
+    """``count`` nodes in one process, flipping a GUI flag every ``toggle_every`` s."""
+    nodes = FLOOD_NODES[:count]
+    broker.add_users(dict.fromkeys(nodes, NODE_PASSWORD))
+    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
+    flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count",
+                           str(count), "--toggle-every", str(toggle_every)],
+                          log_path=tmp_path / "flood.log")
+    return flood, nodes
 
 
 def active_and_healthy(a: BridgeProcess, b: BridgeProcess) -> bool:
@@ -186,12 +203,8 @@ def test_a_cut_database_connection_or_a_database_restart_never_makes_two_senders
         tmp_path: Path, broker: DevBroker, monitor: MonitorDouble, postgres: PostgresServer,
         pair: tuple[BridgeProcess, BridgeProcess]) -> None:
     a, b = pair
-    broker.add_users(dict.fromkeys(FLOOD_NODES[:50], NODE_PASSWORD))
     recorder = Recorder(broker.host, broker.port).start()
-    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
-    flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count", "50",
-                           "--toggle-every", "0.01"], log_path=tmp_path / "flood.log")
-    nodes = FLOOD_NODES[:50]
+    flood, nodes = start_flood(tmp_path, broker, 50, 0.01)
     try:
         wait_until(lambda: all(monitor.history(n) for n in nodes), timeout=30,
                    what="every node forwarded")
@@ -215,10 +228,7 @@ def test_an_active_bridge_stopped_for_30_s_comes_back_as_a_standby_sending_nothi
         tmp_path: Path, broker: DevBroker, monitor: MonitorDouble, postgres: PostgresServer,
         pair: tuple[BridgeProcess, BridgeProcess]) -> None:
     a, b = pair
-    broker.add_users(dict.fromkeys(FLOOD_NODES[:20], NODE_PASSWORD))
-    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
-    flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count", "20",
-                           "--toggle-every", "0.05"], log_path=tmp_path / "flood.log")
+    flood, _ = start_flood(tmp_path, broker, 20, 0.05)
     try:
         wait_until(lambda: "a" in senders(monitor), timeout=30, what="a forwarding")
         assert a.process is not None
@@ -290,18 +300,11 @@ def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby
     through = postgres.url.replace(f":{postgres.port}/", f":{proxy.port}/")
     a = BridgeProcess(tmp_path, broker, monitor, outbox_url=through, instance="a")
     b = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="b")
-    broker.add_users(dict.fromkeys(FLOOD_NODES[:30], NODE_PASSWORD))
     recorder = Recorder(broker.host, broker.port).start()
-    config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "flood"))
     flood = None
-    nodes = FLOOD_NODES[:30]
     try:
-        a.start(wait=False)
-        wait_until(lambda: a.role() == "active" and a.healthy(), timeout=15, what="a active")
-        b.start(wait=False)
-        wait_until(lambda: b.role() == "standby" and b.healthy(), timeout=15, what="b ready")
-        flood = start_process(["node", "-c", str(config), "--node-id", "flood", "--count",
-                               "30", "--toggle-every", "0.02"], log_path=tmp_path / "flood.log")
+        start_in_turn(a, b)
+        flood, nodes = start_flood(tmp_path, broker, 30, 0.02)
         wait_until(lambda: all(monitor.history(n) for n in nodes), timeout=30,
                    what="every node forwarded by a")
         cut = time.monotonic()
