@@ -41,11 +41,14 @@ def test_a_migrated_backlog_is_delivered_by_the_postgresql_bridge(
     try:
         double.fail_with(503)  # the backlog builds up in the SQLite outbox
         sqlite_bridge = BridgeProcess(tmp_path, broker, double).start(wait=False)
+        wait_until(lambda: sqlite_bridge.metric("yl_bridge_broker_connected") == 1, timeout=15,
+                   what="both of the bridge's broker sessions up")
         config = write_config(tmp_path / "nodes.yaml", config_dict(broker, "mig"))
         nodes = start_process(["node", "-c", str(config), "--node-id", "mig", "--count", "20",
                                "--toggle-every", "0.05"], log_path=tmp_path / "nodes.log")
-        wait_until(lambda: sqlite_bridge.metric("yl_bridge_outbox_transitions") >= 20,
-                   timeout=30, what="a backlog of ready transitions")
+        wait_until(lambda: sqlite_bridge.metric("yl_bridge_outbox_transitions") >= 20 and
+                   sqlite_bridge.metric('yl_bridge_received_total{kind="status"}') >= 100,
+                   timeout=30, what="a backlog of ready transitions and statuses")
         assert stop_process(nodes) == 0
         wait_until(lambda: sqlite_bridge.metric("yl_bridge_outbox_transitions") >= 40,
                    timeout=30, what="the disconnected transitions in the backlog too")
