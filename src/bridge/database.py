@@ -19,8 +19,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from publisher.config import mask_url
 from publisher.errors import YLStatusError
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,7 @@ def is_postgres(location: str) -> bool:
 
 def redact(url: str) -> str:
     """A database URL fit for logs and errors: its password masked."""
-    if not is_postgres(url):
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:********@{netloc[1]}"))
+    return mask_url(url) if is_postgres(url) else url
 
 
 class Database:

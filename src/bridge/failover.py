@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from bridge.database import redact
 from bridge.lease import ACTIVE, STANDBY, Lease
 from bridge.metrics import Metrics, MetricsServer
 from bridge.service import Bridge
@@ -66,7 +67,7 @@ class FailoverBridge:
             self.metrics_server.start()
         self.lease.start()
         log.info("bridge instance %s started, standing by until it holds the lease "
-                 "(outbox %s)", self.instance, self.lease.url and _where(self.lease.url))
+                 "(outbox %s)", self.instance, redact(self.lease.url))
         publish_due = 0.0
         try:
             while not self.stopping.wait(FOLLOW_EVERY):
@@ -158,11 +159,6 @@ class FailoverBridge:
         if not problem and lease["role"] == ACTIVE:
             problem = "taking over: starting the bridge's work"
         return {"ok": not problem, "problem": problem, **lease}
-
-
-def _where(url: str) -> str:
-    from bridge.database import redact  # noqa: PLC0415
-    return redact(url)
 
 
 def run_failover_bridge(config: Config) -> int:
