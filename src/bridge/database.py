@@ -25,6 +25,9 @@ from publisher.errors import YLStatusError
 
 log = logging.getLogger(__name__)
 
+WAL_SIZE_LIMIT = 4 * 2**20
+"""SQLite's write-ahead log is cut back to this after each checkpoint (it grows to about
+4 MiB between checkpoints): keep that much free on the outbox's disk."""
 SCHEMA_VERSION = 2
 """1 had no ``ended``/``interval_s`` and ordered sessions by id (SQLite only)."""
 
@@ -119,7 +122,6 @@ def redact(url: str) -> str:
 class Database:
     """One connection, autocommit, with explicit ``begin()``/``commit()``/``rollback()``."""
 
-    kind = ""
     errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, location: str) -> None:
@@ -160,7 +162,6 @@ class Database:
 
 
 class SqliteDatabase(Database):
-    kind = "sqlite"
     errors = (sqlite3.Error,)
 
     def __init__(self, path: str, *, writer: bool = True) -> None:
@@ -190,9 +191,9 @@ class SqliteDatabase(Database):
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
 
-    def prepare(self, wal_size_limit: int = 4 * 2**20) -> None:
+    def prepare(self) -> None:
         conn = self._conn
-        conn.execute(f"PRAGMA journal_size_limit={wal_size_limit}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             log.error("outbox %s is damaged (%s); pending work may be lost: restore it "
@@ -221,7 +222,6 @@ class PostgresDatabase(Database):
     ``epoch``: the lease epoch of the bridge that writes (None for one that only reads or
     migrates): each ``begin()`` checks it is still the lease's."""
 
-    kind = "postgresql"
 
     def __init__(self, url: str, *, epoch: int | None = None, name: str = "yl-bridge",
                  lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> None:

@@ -42,10 +42,8 @@ class FailoverBridge:
         self.metrics = Metrics()
         self.stopping = threading.Event()
         self.failure: str | None = None
-        self._changed = threading.Event()
         self.lease = Lease(config.bridge.outbox_url, self.instance,
-                           duration=config.bridge.lease,
-                           on_change=lambda role: self._changed.set())
+                           duration=config.bridge.lease)
         self.bridge: Bridge | None = None
         self._lock = threading.Lock()
         self._published: dict[str, str] = {}
@@ -71,7 +69,6 @@ class FailoverBridge:
         publish_due = 0.0
         try:
             while not self.stopping.wait(FOLLOW_EVERY):
-                self._changed.clear()
                 self._follow_lease()
                 bridge = self.bridge
                 if bridge is not None and bridge.stopping.is_set() and bridge.failure:

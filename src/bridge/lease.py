@@ -31,7 +31,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from bridge.database import PostgresDatabase, session_names
@@ -54,19 +53,15 @@ STANDBY = "standby"
 
 
 class Lease:
-    """One instance's view of the lease, kept up by a thread of its own.
+    """One instance's view of the lease, kept up by a thread of its own: ``role`` says
+    whether it is active, ``valid()`` whether it may act on it now."""
 
-    ``on_change(role)`` runs on that thread when the instance becomes active or stops being
-    active (its lease was taken over, or it gave it up)."""
-
-    def __init__(self, url: str, instance: str, *, duration: float = LEASE,
-                 on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(self, url: str, instance: str, *, duration: float = LEASE) -> None:
         if duration <= MARGIN + RENEW_EVERY:
             raise ValueError(f"a lease must last more than {MARGIN + RENEW_EVERY:g} s")
         self.url = url
         self.instance = instance
         self.duration = duration
-        self._on_change = on_change
         self.role = STANDBY
         self.epoch: int | None = None
         self.holder: str | None = None
@@ -232,11 +227,6 @@ class Lease:
             return
         self.role = role
         self.since = protocol.utc_now_iso()
-        if self._on_change is not None:
-            try:
-                self._on_change(role)
-            except Exception:
-                log.exception("lease role change handler failed")
 
     def describe(self) -> dict[str, Any]:
         return {"role": self.role, "instance": self.instance, "epoch": self.epoch,

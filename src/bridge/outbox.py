@@ -51,9 +51,6 @@ from publisher.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_TRANSITIONS_PER_NODE = 1000
-WAL_SIZE_LIMIT = 4 * 2**20
-"""The write-ahead log is cut back to this after each checkpoint (it grows to about 4 MiB
-between checkpoints): keep that much free on the outbox's disk."""
 
 __all__ = ["SCHEMA_VERSION", "NotActiveError", "Outbox", "OutboxError"]
 
@@ -161,10 +158,7 @@ class Outbox:
         try:
             self._db = db = open_database(self.path, epoch=epoch, name=name)
             self._errors = (OSError, *SqliteDatabase.errors, *db.errors)
-            if isinstance(db, SqliteDatabase):
-                db.prepare(WAL_SIZE_LIMIT)
-            else:
-                db.prepare()
+            db.prepare()
             self._reader_db = db.reader()
             self._load_marks()
         except OutboxError:
@@ -175,12 +169,6 @@ class Outbox:
             if isinstance(exc, self._errors):
                 raise OutboxError(f"outbox {self.where}: cannot open: {exc}") from exc
             raise
-
-    @property
-    def kind(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        assert self._db is not None
-        return self._db.kind
 
     def _close_connections(self) -> None:
         for db in (self._db, self._reader_db):
