@@ -66,7 +66,7 @@ Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
 
 
-class NotActiveError(Exception):
+class _NotSentError(Exception):
     """The bridge is no longer the active one: the request was not sent."""
 
 
@@ -95,7 +95,7 @@ class _Connection:
             except (asyncio.TimeoutError, TimeoutError):
                 self.close()
                 return Answer(Outcome.RETRY, None, "timed out")
-            except NotActiveError:
+            except _NotSentError:
                 return Answer(Outcome.RETRY, None, NOT_ACTIVE)
             except (OSError, ssl.SSLError, httptools.HttpParserError) as exc:
                 self.close()
@@ -107,7 +107,7 @@ class _Connection:
             self.reader, self.writer = await self.client.open()
         assert self.reader is not None
         if not self.may_send():  # the last check before the bytes leave: see bridge.lease
-            raise NotActiveError
+            raise _NotSentError
         self.writer.write(request)
         exchange = Exchange()
         while not exchange.feed(await self.reader.read(65536)):
