@@ -33,11 +33,13 @@ from typing import Any
 import psutil
 import yaml
 
+from yl_core import timestamps
+
 # bench/publisher.py would shadow the package of the same name: keep this folder off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
-from publisher import protocol  # noqa: E402
-from publisher.protocol import ReporterCounters, Resources, StatusMessage  # noqa: E402
+from yl_core import protocol  # noqa: E402
+from yl_core.protocol import ReporterCounters, Resources, StatusMessage  # noqa: E402
 from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +210,7 @@ class Publisher:
     def _template(self, node: str) -> tuple[str, bytes]:
         seq = int(_SEQ)
         message = StatusMessage(
-            node_id=node, node_name=node, timestamp=protocol.utc_now_iso(), status="running",
+            node_id=node, node_name=node, timestamp=timestamps.utc_now_iso(), status="running",
             version="bench", uptime=float(seq), resources=Resources(1.0, 100.0, 4),
             gui={"n": seq}, reporter=ReporterCounters(seq, 0, None),
             session=self.session, seq=seq, interval_s=30.0)
@@ -216,7 +218,7 @@ class Publisher:
 
     def state(self, node: str, word: str) -> None:
         message = protocol.StateMessage(state=word, session=self.session,  # type: ignore[arg-type]
-                                        since=protocol.utc_now_iso(), node_name=node,
+                                        since=timestamps.utc_now_iso(), node_name=node,
                                         version="bench", interval_s=30.0)
         self._publish(self.topics.state(node), protocol.encode(message), retain=True)
 
@@ -252,7 +254,7 @@ def post_loop(url: str, seconds: float) -> float:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     body = json.dumps({"node_id": "loop-node", "status": "online",
-                       "timestamp": protocol.utc_now_iso(), "resources": {}, "gui": {}})
+                       "timestamp": timestamps.utc_now_iso(), "resources": {}, "gui": {}})
     headers = {"Content-Type": "application/json"}
     count = 0
     end = time.monotonic() + seconds

@@ -50,7 +50,7 @@ import yaml
 # bench/publisher.py would shadow the package of the same name: keep this folder off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
-from publisher.protocol import LOST_HOLD  # noqa: E402
+from yl_core.protocol import LOST_HOLD  # noqa: E402
 from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
 from yl_status.monitor_double import MonitorDouble  # noqa: E402
 

@@ -26,15 +26,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from waitress.server import create_server  # noqa: E402
 
-from publisher.config import parse_config  # noqa: E402
-from publisher.protocol import (  # noqa: E402
+from status_app import NodeView, create_app  # noqa: E402
+from yl_core.config import parse_config  # noqa: E402
+from yl_core.protocol import (  # noqa: E402
     ReporterCounters,
     Resources,
     StateMessage,
     StatusMessage,
     encode,
 )
-from status_app import NodeView, create_app  # noqa: E402
 
 SESSION = "b" * 24
 ORIGINAL_RENDER = r"""

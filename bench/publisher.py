@@ -27,7 +27,7 @@ from typing import Any
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
 from publisher import StatusPublisher  # noqa: E402
-from publisher.config import parse_config  # noqa: E402
+from yl_core.config import parse_config  # noqa: E402
 from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
 
 
@@ -108,7 +108,7 @@ mode, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 before = proc.memory_info().rss
 if mode == "publisher":
     from publisher import StatusPublisher
-    from publisher.config import parse_config
+    from yl_core.config import parse_config
     cfg = parse_config({"monitor": {"node_id": "bench-idle", "report_interval": 30},
                         "mqtt": {"host": "127.0.0.1", "port": port, "password": "pw"}}, "b")
     p = StatusPublisher(cfg).start()

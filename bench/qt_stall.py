@@ -30,7 +30,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from publisher.config import parse_config  # noqa: E402
+from yl_core.config import parse_config  # noqa: E402
 from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

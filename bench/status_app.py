@@ -28,7 +28,7 @@ import yaml
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
 from publisher import StatusPublisher  # noqa: E402
-from publisher.config import parse_config  # noqa: E402
+from yl_core.config import parse_config  # noqa: E402
 from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
 
 ORIGINAL_SERVER = r"""

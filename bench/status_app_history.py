@@ -23,7 +23,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 CHILD = r"""
 import gc, json, sys, time
 import psutil
-from publisher.protocol import ReporterCounters, Resources, StateMessage, StatusMessage, encode
+from yl_core.protocol import ReporterCounters, Resources, StateMessage, StatusMessage, encode
 from status_app import NodeView
 
 nodes, minutes = int(sys.argv[1]), int(sys.argv[2])

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from publisher.config import Config, parse_config
+from yl_core.config import Config, parse_config
 
 T = TypeVar("T")
 

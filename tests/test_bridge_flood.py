@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from publisher.protocol import LOST_HOLD
 from tests.bridge_support import BridgeProcess, reasons
 from tests.support import (
     NODE_PASSWORD,
@@ -18,6 +17,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from yl_core.protocol import LOST_HOLD
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

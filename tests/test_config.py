@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from publisher import protocol
-from publisher.config import Config, load_config, parse_config
-from publisher.errors import ConfigError
+from yl_core import protocol
+from yl_core.config import Config, load_config, parse_config
+from yl_core.errors import ConfigError
 from yl_status.cli import main
 
 ORIGINAL_LAYOUT = """
@@ -171,7 +171,7 @@ def test_check_config_prints_effective_settings_with_secrets_masked(
     path = write(tmp_path, ORIGINAL_LAYOUT + "mqtt:\n  password: hunter2\n  username: gui\n"
                  + "  port: 1884\n")
     monkeypatch.setenv("YL_MONITOR_URL", "http://override:1")
-    monkeypatch.setattr("publisher.config.os.environ",
+    monkeypatch.setattr("yl_core.config.os.environ",
                         {"YL_MONITOR_URL": "http://override:1", "YL_MQTT_PASSWORD": "hunter3"})
     assert main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr().out
@@ -261,7 +261,7 @@ def test_a_log_file_that_cannot_be_written_is_a_config_error(tmp_path: Path,
 
 
 def test_a_log_file_in_a_missing_folder_gets_its_folder(tmp_path: Path) -> None:
-    from publisher.service import configure_logging
+    from yl_core.service import configure_logging
 
     target = tmp_path / "logs" / "deeper" / "yl.log"
     configure_logging(load_config(write(tmp_path, f"logging:\n  file: {target}\n"),

@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 
 from bridge.status_receiver import StatusReceiver
-from publisher.link import options_from_config
-from publisher.protocol import LOST_HOLD
 from tests.bridge_support import BridgeProcess, reasons
 from tests.postgres_support import PostgresServer
 from tests.support import (
@@ -35,6 +33,8 @@ from tests.support import (
     write_config,
 )
 from tests.tcp_proxy import PartitionProxy
+from yl_core.link import options_from_config
+from yl_core.protocol import LOST_HOLD
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

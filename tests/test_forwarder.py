@@ -18,10 +18,10 @@ import pytest
 from bridge.forwarder import Forwarder
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
-from publisher.config import Config, parse_config
-from publisher.protocol import encode
 from tests.support import wait_until
 from tests.test_outbox import state, status
+from yl_core.config import Config, parse_config
+from yl_core.protocol import encode
 from yl_status.monitor_double import MonitorDouble
 
 

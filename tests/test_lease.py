@@ -11,9 +11,9 @@ import pytest
 
 from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
 from bridge.outbox import NotActiveError, Outbox
-from publisher.protocol import StateMessage
 from tests.postgres_support import PostgresServer
 from tests.support import wait_until
+from yl_core.protocol import StateMessage
 
 DURATION = MARGIN + RENEW_EVERY + 0.3
 

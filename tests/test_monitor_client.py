@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bridge.monitor_client import Answer, MonitorClient, Outcome, decode_json, encode_json
-from publisher.config import parse_config
+from yl_core.config import parse_config
 from yl_status.monitor_double import MonitorDouble
 
 
@@ -34,76 +34,58 @@ def beat(node: str = "gui-1") -> dict[str, str]:
 
 def test_delivered_rejected_and_not_found(double: MonitorDouble) -> None:
     client = client_for(double)
-    try:
-        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
-        wrong = heartbeat(client, "gui-1", beat("gui-2"))
-        assert wrong.outcome is Outcome.REJECTED
-        assert wrong.status == 400
-        assert "does not match" in wrong.reason
-        assert client.request("GET", "/api/ar/nodes/nobody").outcome is Outcome.NOT_FOUND
-        assert client.perform(client.health_request()).body["status"] == "healthy"
-    finally:
-        client.close()
+    assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
+    wrong = heartbeat(client, "gui-1", beat("gui-2"))
+    assert wrong.outcome is Outcome.REJECTED
+    assert wrong.status == 400
+    assert "does not match" in wrong.reason
+    assert client.request("GET", "/api/ar/nodes/nobody").outcome is Outcome.NOT_FOUND
+    assert client.perform(client.health_request()).body["status"] == "healthy"
 
 
 def test_overload_and_errors_are_retried_with_retry_after(double: MonitorDouble) -> None:
     client = client_for(double)
-    try:
-        double.fail_with(429, retry_after=7)
-        answer = heartbeat(client, "gui-1", beat())
-        assert answer.outcome is Outcome.RETRY
-        assert answer.retry_after == 7
-        double.fail_with(503)
-        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.RETRY
-        double.fail_with(None)
-        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
-    finally:
-        client.close()
+    double.fail_with(429, retry_after=7)
+    answer = heartbeat(client, "gui-1", beat())
+    assert answer.outcome is Outcome.RETRY
+    assert answer.retry_after == 7
+    double.fail_with(503)
+    assert heartbeat(client, "gui-1", beat()).outcome is Outcome.RETRY
+    double.fail_with(None)
+    assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
 
 
 def test_a_wrong_token_is_retried_not_dropped(double: MonitorDouble) -> None:
     client = client_for(double, token="wrong")
-    try:
-        answer = heartbeat(client, "gui-1", beat())
-        assert answer.outcome is Outcome.RETRY
-        assert answer.status == 401
-    finally:
-        client.close()
+    answer = heartbeat(client, "gui-1", beat())
+    assert answer.outcome is Outcome.RETRY
+    assert answer.status == 401
 
 
 def test_a_dead_monitor_is_a_retry_and_a_new_connection_follows(
         double: MonitorDouble) -> None:
     client = client_for(double)
-    try:
-        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
-        double.down()
-        down = heartbeat(client, "gui-1", beat())
-        assert down.outcome is Outcome.RETRY
-        assert down.status is None
-        double.start()
-        assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
-    finally:
-        client.close()
+    assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
+    double.down()
+    down = heartbeat(client, "gui-1", beat())
+    assert down.outcome is Outcome.RETRY
+    assert down.status is None
+    double.start()
+    assert heartbeat(client, "gui-1", beat()).outcome is Outcome.DELIVERED
 
 
 def test_hostile_node_ids_never_make_a_url(double: MonitorDouble) -> None:
     client = client_for(double)
-    try:
-        for bad in ("..", "%2e%2e", "a/b"):
-            with pytest.raises(Exception, match="invalid node id"):
-                heartbeat(client, bad, beat(bad))
-        assert double.request_count() == 0
-    finally:
-        client.close()
+    for bad in ("..", "%2e%2e", "a/b"):
+        with pytest.raises(Exception, match="invalid node id"):
+            heartbeat(client, bad, beat(bad))
+    assert double.request_count() == 0
 
 
 def test_v1_profile_uses_the_query_parameter(double: MonitorDouble) -> None:
     client = client_for(double, profile="v1")
-    try:
-        assert heartbeat(client, "gui-1", {"ignored": True}).outcome is Outcome.DELIVERED
-        assert double.request_count("/api/v1/ar/heartbeat?node_id=gui-1") == 1
-    finally:
-        client.close()
+    assert heartbeat(client, "gui-1", {"ignored": True}).outcome is Outcome.DELIVERED
+    assert double.request_count("/api/v1/ar/heartbeat?node_id=gui-1") == 1
 
 
 @pytest.mark.parametrize("text", [

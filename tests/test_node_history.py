@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from publisher.protocol import LOST_HOLD
 from status_app import NodeView
 from status_app.node_history import MAX_TRANSITIONS, SAMPLES, NodeHistory
 from tests.test_status_app import OLDER, Clock, client, clock, feed, state, status, view
+from yl_core.protocol import LOST_HOLD
 
 __all__ = ["client", "clock", "view"]  # fixtures
 

@@ -11,15 +11,15 @@ import pytest
 
 from bridge.database import Database
 from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
-from publisher.protocol import (
+from tests.postgres_support import PostgresServer, running_postgres
+from tests.support import received
+from yl_core.protocol import (
     ReporterCounters,
     Resources,
     StateMessage,
     StatusMessage,
     encode,
 )
-from tests.postgres_support import PostgresServer, running_postgres
-from tests.support import received
 
 A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"

@@ -357,7 +357,7 @@ def test_a_status_the_broker_refuses_is_counted_and_reported(broker: DevBroker) 
 def test_an_unreachable_broker_is_logged_once_not_in_a_loop(
         caplog: pytest.LogCaptureFixture) -> None:
     config = make_config(type("B", (), {"host": "127.0.0.1", "port": free_port()})())
-    caplog.set_level("DEBUG", logger="publisher.link")
+    caplog.set_level("DEBUG", logger="yl_core.link")
     publisher = StatusPublisher(config).start()
     try:
         wait_until(lambda: publisher.stats()["error_count"] >= 4, what="several retries")
@@ -369,7 +369,7 @@ def test_an_unreachable_broker_is_logged_once_not_in_a_loop(
 
 
 def test_reconnect_backoff_is_jittered_exponential_and_capped() -> None:
-    from publisher.link import Link, LinkOptions
+    from yl_core.link import Link, LinkOptions
 
     link = Link(LinkOptions("n", "127.0.0.1", 1, backoff_initial=0.25, backoff_max=30.0))
     for attempt, ceiling in ((1, 0.5), (3, 2.0), (6, 16.0), (12, 30.0), (40, 30.0)):
@@ -382,7 +382,7 @@ def test_reconnects_the_owner_asks_for_do_not_grow_the_backoff(broker: DevBroker
     """The bridge reconnects after a failed outbox write so that the broker sends the
     unacknowledged messages again; a run of such failures must not leave its sessions away
     for the seconds a run of broker failures would."""
-    from publisher.link import Link, LinkOptions
+    from yl_core.link import Link, LinkOptions
 
     link = Link(LinkOptions(NODE_USERS[0], broker.host, broker.port, username=NODE_USERS[0],
                             password=NODE_PASSWORD, backoff_initial=0.25, backoff_max=30.0))

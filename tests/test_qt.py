@@ -95,7 +95,7 @@ def test_the_indicator_follows_the_broker_on_the_gui_thread(
 
 def test_publish_failures_reach_the_gui_as_a_signal(
         qapp: QApplication, ar_app_module: Any, broker: DevBroker) -> None:
-    from publisher.config import parse_config
+    from yl_core.config import parse_config
     from yl_status.dev_broker import free_port
 
     config = parse_config({"monitor": {"node_id": "node-1"},

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from publisher import protocol
-from publisher.config import parse_config
-from publisher.protocol import (
+from status_app import NodeView, create_app
+from yl_core import timestamps
+from yl_core.config import parse_config
+from yl_core.protocol import (
     LOST_HOLD,
     ReporterCounters,
     Resources,
@@ -19,7 +20,6 @@ from publisher.protocol import (
     StatusMessage,
     encode,
 )
-from status_app import NodeView, create_app
 
 SESSION = "000000000010-aaaaaaaaaaaa"
 OLDER = "000000000001-bbbbbbbbbbbb"
@@ -153,7 +153,7 @@ def test_status_of_a_node_that_is_down_says_so_and_since_when(
     feed(view, "gui-1", "status", status(3))
     clock.now += 40
     feed(view, "gui-1", "state", state(word))
-    changed = protocol.iso_from_epoch(clock.now + 1_700_000_000)
+    changed = timestamps.iso_from_epoch(clock.now + 1_700_000_000)
     clock.now += 90
     response = client.get("/status")
     assert response.status_code == 503

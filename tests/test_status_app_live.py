@@ -11,7 +11,6 @@ from typing import Any
 import psutil
 import pytest
 
-from publisher import protocol
 from tests.support import (
     TEST_PASSWORD,
     VIEWER_PASSWORD,
@@ -26,6 +25,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from yl_core import timestamps
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -59,9 +59,9 @@ def test_health_follows_a_real_node_up_and_killed(tmp_path: Path, broker: DevBro
         assert body["reason"] == "lost"
         code, status = http_get(served + "/status")
         assert (code, status["state"], status["up"]) == (503, "lost", False)
-        lost_at = protocol.epoch_from_iso(status["state_changed_at"])
+        lost_at = timestamps.epoch_from_iso(status["state_changed_at"])
         assert killed_at - 0.1 <= lost_at <= killed_at + 2
-        said = protocol.epoch_from_iso(body["detail"].removeprefix("node lost since "))
+        said = timestamps.epoch_from_iso(body["detail"].removeprefix("node lost since "))
         assert abs(said - lost_at) < 0.05
     finally:
         stop_process(node)  # type: ignore[arg-type]
@@ -94,8 +94,8 @@ def test_real_socket_security_defaults(served: str) -> None:
 
 def test_the_gui_can_serve_in_process_with_one_call(broker: DevBroker) -> None:
     from publisher import StatusPublisher
-    from publisher.config import parse_config
     from status_app import start_in_background
+    from yl_core.config import parse_config
 
     config = parse_config(serve_config(broker, free_port()), "<test>")
     publisher = StatusPublisher(config).start()
@@ -114,8 +114,8 @@ def test_the_gui_can_serve_in_process_with_one_call(broker: DevBroker) -> None:
 def test_an_idle_connection_does_not_block_other_clients(broker: DevBroker) -> None:
     import socket
 
-    from publisher.config import parse_config
     from status_app import start_in_background
+    from yl_core.config import parse_config
 
     server = start_in_background(parse_config(serve_config(broker, free_port()), "<test>"))
     idle = socket.create_connection((server.host, server.port))

@@ -7,8 +7,8 @@ import re
 from typing import Any, TextIO
 
 from bridge.monitor_client import MonitorClient, Outcome
-from publisher.config import Config
-from publisher.errors import ConfigError
+from yl_core.config import Config
+from yl_core.errors import ConfigError
 
 _ALERT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _COLUMNS = ("id", "level", "status", "node_id", "message", "created_at")
@@ -33,11 +33,7 @@ def _cell(alert: dict[str, Any], key: str) -> str:
 
 def list_alerts(config: Config, *, status: str | None, level: str | None, as_json: bool,
                 out: TextIO) -> int:
-    client = MonitorClient(config.monitor)
-    try:
-        answer = client.alerts(status=status or "", level=level or "")
-    finally:
-        client.close()
+    answer = MonitorClient(config.monitor).alerts(status=status or "", level=level or "")
     if answer.outcome is not Outcome.DELIVERED:
         print(f"error: monitor at {config.monitor.url}: {answer.reason}", file=out)
         return 1
@@ -69,11 +65,7 @@ def acknowledge(config: Config, alert_id: str, *, user: str, out: TextIO) -> int
         raise ConfigError("must be 1-64 characters of A-Z a-z 0-9 _ -", key="ALERT_ID")
     if not user.strip():
         raise ConfigError("must not be empty", key="--user")
-    client = MonitorClient(config.monitor)
-    try:
-        answer = client.acknowledge(alert_id, user)
-    finally:
-        client.close()
+    answer = MonitorClient(config.monitor).acknowledge(alert_id, user)
     if answer.outcome is Outcome.DELIVERED:
         print(f"alert {alert_id} acknowledged by {user}", file=out)
         return 0

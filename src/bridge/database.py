@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from publisher.config import mask_url
-from publisher.errors import YLStatusError
+from yl_core.errors import YLStatusError
+from yl_core.urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class PostgresDatabase(Database):
 
 def driver() -> Any:
     """The psycopg module, or an OutboxError saying how to install it."""
-    try:
+    try:  # imported here: psycopg is an optional extra, needed only for PostgreSQL
         import psycopg  # noqa: PLC0415
     except ImportError as exc:
         raise OutboxError("a PostgreSQL outbox needs psycopg: install yl-status[postgres]"

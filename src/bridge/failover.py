@@ -18,9 +18,9 @@ from bridge.database import redact
 from bridge.lease import ACTIVE, STANDBY, Lease
 from bridge.metrics import Metrics, MetricsServer
 from bridge.service import Bridge
-from publisher import protocol
-from publisher.config import Config
-from publisher.errors import ConfigError, ProtocolError
+from yl_core import protocol, timestamps
+from yl_core.config import Config
+from yl_core.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ FOLLOW_EVERY = 0.05
 """How often the service looks at the lease's role (the lease thread changes it)."""
 INSTANCES_EVERY = 1.0
 """How often the active instance refreshes the other instances' retained state."""
-BRIDGE_GAUGES = ("outbox_transitions", "outbox_statuses", "nodes_known", "monitor_reachable",
-                 "broker_connected", "outbox_ok", "max_clock_skew_seconds")
 
 
 class FailoverBridge:
@@ -50,15 +48,11 @@ class FailoverBridge:
         self._seen: dict[str, tuple[int, float]] = {}
         self.metrics.gauge("active", lambda: float(self.lease.role == ACTIVE and
                                                    self.lease.valid()))
-        self._idle_gauges()
+        self.metrics.idle()
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics,
                                                 self.health)
-
-    def _idle_gauges(self) -> None:
-        for name in BRIDGE_GAUGES:
-            self.metrics.gauge(name, lambda: 0.0)
 
     def run(self) -> int:
         if self.metrics_server is not None:
@@ -107,7 +101,7 @@ class FailoverBridge:
             bridge, self.bridge = self.bridge, None
         if bridge is not None:
             bridge.stop(fenced=fenced)
-            self._idle_gauges()
+            self.metrics.idle()
 
     def _shutdown(self) -> None:
         log.info("stopping bridge instance %s", self.instance)
@@ -140,7 +134,7 @@ class FailoverBridge:
             except ProtocolError:
                 continue
             client.publish(topic, protocol.encode_bridge_instance(name, word,
-                                                                  protocol.utc_now_iso()),
+                                                                  timestamps.utc_now_iso()),
                            qos=1, retain=True)
             self._published[name] = word
 
@@ -156,16 +150,3 @@ class FailoverBridge:
         if not problem and lease["role"] == ACTIVE:
             problem = "taking over: starting the bridge's work"
         return {"ok": not problem, "problem": problem, **lease}
-
-
-def run_failover_bridge(config: Config) -> int:
-    from bridge.database import OutboxError, driver  # noqa: PLC0415
-    from publisher.service import stop_event_on_signals  # noqa: PLC0415
-
-    try:
-        driver()
-    except OutboxError as exc:
-        raise ConfigError(str(exc), key="bridge.outbox_url", source=config.source) from exc
-    service = FailoverBridge(config)
-    stop_event_on_signals(service.stopping)
-    return service.run()

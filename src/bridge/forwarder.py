@@ -17,32 +17,28 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-import httptools
-
 from bridge.metrics import Metrics
 from bridge.monitor_client import (
     NODES,
+    NOT_ACTIVE,
     V1_NODES,
     Answer,
-    ClosedError,
-    Exchange,
     MonitorClient,
+    MonitorConnection,
     Outcome,
     decode_json,
-    describe_error,
     listed_node_ids,
 )
 from bridge.outbox import Item, NodeMark, Outbox
-from publisher import protocol
-from publisher.config import Config
-from publisher.link import backoff_delay
+from yl_core import protocol, timestamps, truth
+from yl_core.config import Config
+from yl_core.link import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +49,6 @@ SILENCE_CHECK = 0.25
 
 INACTIVE_POLL = 0.1
 """How often a bridge that may not send (not active) looks again."""
-NOT_ACTIVE = "this bridge is not the active one"
 
 KNOWN_TTL = 30.0
 """How long a v1 monitor's list of the nodes it knows is trusted before it is read again."""
@@ -64,62 +59,6 @@ _DETECT = ""
 
 Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
-
-
-class _NotSentError(Exception):
-    """The bridge is no longer the active one: the request was not sent."""
-
-
-class _Connection:
-    """One worker's keep-alive connection to the monitor."""
-
-    def __init__(self, client: MonitorClient, may_send: Callable[[], bool]) -> None:
-        self.client = client
-        self.may_send = may_send
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def exchange(self, request: bytes) -> Answer:
-        """Send ``request`` and classify the answer, all within the monitor timeout; a
-        kept-alive connection the monitor has closed meanwhile is replaced once."""
-        for attempt in (1, 2):
-            reused = self.writer is not None
-            try:
-                return await asyncio.wait_for(self._exchange(request), self.client.timeout)
-            except (ConnectionResetError, BrokenPipeError, ClosedError,
-                    asyncio.IncompleteReadError) as exc:
-                self.close()
-                if attempt == 1 and reused:
-                    continue
-                return Answer(Outcome.RETRY, None, f"connection lost: {exc}")
-            except (asyncio.TimeoutError, TimeoutError):
-                self.close()
-                return Answer(Outcome.RETRY, None, "timed out")
-            except _NotSentError:
-                return Answer(Outcome.RETRY, None, NOT_ACTIVE)
-            except (OSError, ssl.SSLError, httptools.HttpParserError) as exc:
-                self.close()
-                return Answer(Outcome.RETRY, None, describe_error(exc))
-        return Answer(Outcome.RETRY, None, "unreachable")
-
-    async def _exchange(self, request: bytes) -> Answer:
-        if self.writer is None:
-            self.reader, self.writer = await self.client.open()
-        assert self.reader is not None
-        if not self.may_send():  # the last check before the bytes leave: see bridge.lease
-            raise _NotSentError
-        self.writer.write(request)
-        exchange = Exchange()
-        while not exchange.feed(await self.reader.read(65536)):
-            pass
-        if not exchange.keep_alive:
-            self.close()
-        return exchange.answer()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
 
 
 class Forwarder:
@@ -226,7 +165,7 @@ class Forwarder:
             await asyncio.sleep(SILENCE_CHECK)
 
     async def _worker(self) -> None:
-        connection = _Connection(self.client, self._may_send)
+        connection = MonitorConnection(self.client, self._may_send)
         try:
             while (taken := await self._next_node()) is not None:
                 node, probe = taken
@@ -280,11 +219,11 @@ class Forwarder:
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(min(due) - now, 0.0))
 
-    async def _serve(self, connection: _Connection, node: str) -> bool:
+    async def _serve(self, connection: MonitorConnection, node: str) -> bool:
         """Run one delivery of ``node``; whether the node has more to deliver."""
         return await self._drive(connection, self._deliver(node), f"delivery for node {node}")
 
-    async def _drive(self, connection: _Connection, delivery: Delivery, what: str) -> bool:
+    async def _drive(self, connection: MonitorConnection, delivery: Delivery, what: str) -> bool:
         answer: Answer | None = None
         try:
             while True:
@@ -419,7 +358,7 @@ class Forwarder:
         if item is None:
             return False
         if item.state == "lost":
-            hold = protocol.LOST_HOLD - (time.time() - item.received)
+            hold = truth.LOST_HOLD - (time.time() - item.received)
             if hold > 0:  # withdrawn if the node is back meanwhile
                 self._defer(node, hold)
                 return False
@@ -508,7 +447,7 @@ class Forwarder:
                 log.warning("monitor refused to register node %s (%s)", node, answer.reason)
         online = mark is None or mark.truth.state in (None, "ready")
         answer = yield self.client.heartbeat_request(node, {
-            "node_id": node, "node_name": name, "timestamp": protocol.utc_now_iso(),
+            "node_id": node, "node_name": name, "timestamp": timestamps.utc_now_iso(),
             "status": self._values.online if online else self._values.offline})
         if answer.outcome is Outcome.DELIVERED:
             self._registered(node)
@@ -526,15 +465,15 @@ class Forwarder:
         body["node_id"] = item.node_id
         if item.kind == "state":
             # A transition is its session's newest word, however long it waited here.
-            verdict = protocol.liveness(item.state, 0.0, None)  # type: ignore[arg-type]
+            verdict = truth.liveness(item.state, 0.0, None)  # type: ignore[arg-type]
         else:
-            verdict = protocol.liveness(mark.truth.state_of(item.session) if mark else None,
+            verdict = truth.liveness(mark.truth.state_of(item.session) if mark else None,
                                         max(time.time() - item.received, 0.0),
                                         snapshot.get("interval_s", mark and mark.interval_s))
         body["status"] = self._values.online if verdict.up else self._values.offline
         body["reason"] = verdict.reason
         if item.kind == "state" or "timestamp" not in body:
-            body["timestamp"] = protocol.iso_from_epoch(item.received)
+            body["timestamp"] = timestamps.iso_from_epoch(item.received)
         if "node_name" not in body:
             body["node_name"] = (mark.node_name if mark else "") or item.node_id
         return body

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from publisher import protocol
-from publisher.errors import ProtocolError
-from publisher.protocol import StateMessage, Topics
+from yl_core import protocol, timestamps
+from yl_core.errors import ProtocolError
+from yl_core.protocol import StateMessage, Topics
 
 
 class StatusHead(NamedTuple):
@@ -47,6 +47,6 @@ def check(topics: Topics, topic: str, payload: bytes) -> Checked:
         status = protocol.decode_status(payload, node_id=node_id)
         return Checked(node_id, kind, StatusHead(status.session, status.seq, status.node_name,
                                                  status.interval_s,
-                                                 protocol.epoch_from_iso(status.timestamp)))
+                                                 timestamps.epoch_from_iso(status.timestamp)))
     except ProtocolError as exc:
         return Checked(node_id, kind, None, exc.reason, str(exc))

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from bridge.database import PostgresDatabase, session_names
-from publisher import protocol
+from yl_core import timestamps
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Lease:
         """The active instance as last seen (None: none)."""
         self.problem = "the lease has not been read yet"
         """Why the lease cannot be read or renewed ("" when it can)."""
-        self.since = protocol.utc_now_iso()
+        self.since = timestamps.utc_now_iso()
         self._until = float("-inf")
         self._seen: tuple[str | None, int, int] | None = None
         self._seen_at = 0.0
@@ -226,7 +226,7 @@ class Lease:
         if role == self.role:
             return
         self.role = role
-        self.since = protocol.utc_now_iso()
+        self.since = timestamps.utc_now_iso()
 
     def describe(self) -> dict[str, Any]:
         return {"role": self.role, "instance": self.instance, "epoch": self.epoch,

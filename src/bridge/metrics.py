@@ -50,6 +50,10 @@ GAUGES: dict[str, str] = {
 }
 
 
+def _zero() -> float:
+    return 0.0
+
+
 class Metrics:
     """The bridge's metrics in a registry of their own; safe to update from any thread."""
 
@@ -78,6 +82,13 @@ class Metrics:
             gauge = self._gauges[name] = Gauge(PREFIX + name, GAUGES[name],
                                                registry=self.registry)
         gauge.set_function(read)
+
+    def idle(self) -> None:
+        """Every gauge of the bridge's work reads 0 (a standby instance does none); the
+        ``active`` gauge is its lease's to say."""
+        for name in GAUGES:
+            if name != "active":
+                self.gauge(name, _zero)
 
     def api(self, profile: str | None) -> None:
         """The monitor's API: ``nodes-api``, ``v1``, ``none`` (neither), None (not known)."""

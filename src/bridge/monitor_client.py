@@ -1,6 +1,7 @@
 """A small YL-monitor REST client (SPEC §4): HTTP/1.1 keep-alive requests built here and
 answers parsed by httptools (llhttp), over asyncio streams for the bridge's forwarder
-(``open``) or a blocking socket for the operator commands (``perform``). ``http.client``
+(``MonitorConnection``); the operator commands' blocking ``perform`` runs one on a loop of
+its own. ``http.client``
 parses headers with the email package, which made it most of the bridge's CPU per
 forwarded message.
 
@@ -18,17 +19,18 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 import orjson
 
-from publisher import protocol
-from publisher.config import MonitorConfig
-from publisher.version import PACKAGE_VERSION
+from yl_core import protocol, timestamps
+from yl_core.config import MonitorConfig
+from yl_core.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,6 @@ class MonitorClient:
         self._tls: ssl.SSLContext | None = None
         if self._https:
             self._tls = ssl.create_default_context(cafile=settings.ca_file)
-        self._conn: socket.socket | None = None
         self._heartbeat_paths: dict[str, str] = {}
         host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
         headers = {"Host": host_header, "Content-Type": "application/json",
@@ -134,7 +135,7 @@ class MonitorClient:
 
     def register_request(self, node_id: str, node_name: str, node_type: str) -> bytes:
         body = {"node_id": protocol.check_node_id(node_id), "node_name": node_name,
-                "node_type": node_type, "register_time": protocol.utc_now_iso()}
+                "node_type": node_type, "register_time": timestamps.utc_now_iso()}
         return self.build("POST", "/api/ar/nodes/register", body)
 
     def health_request(self) -> bytes:
@@ -146,14 +147,6 @@ class MonitorClient:
     def nodes_request(self, profile: str) -> bytes:
         """The profile's node list: answered 2xx only by a monitor that serves the profile."""
         return self.build("GET", V1_NODES if profile == "v1" else NODES)
-
-    def connect(self) -> socket.socket:
-        """A new connection to the monitor (blocking, bounded by the timeout)."""
-        sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls is not None:
-            sock = self._tls.wrap_socket(sock, server_hostname=self._host)
-        return sock
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A new connection to the monitor on the running asyncio loop: name lookup, connect
@@ -182,35 +175,85 @@ class MonitorClient:
         return self.perform(self.build(method, path, body))
 
     def perform(self, request: bytes) -> Answer:
-        """Send ``request`` and classify the answer; a kept-alive connection the monitor has
-        closed meanwhile is replaced once."""
-        for attempt in (1, 2):
-            reused = self._conn is not None
+        """Send ``request`` on a connection of its own and classify the answer; blocks,
+        bounded by the monitor timeout (for the operator commands)."""
+        async def once() -> Answer:
+            connection = MonitorConnection(self)
             try:
-                if self._conn is None:
-                    self._conn = self.connect()
-                exchange = Exchange()
-                self._conn.sendall(request)
-                while not exchange.feed(self._conn.recv(65536)):
-                    pass
-            except (ConnectionResetError, BrokenPipeError, ClosedError) as exc:
+                return await connection.exchange(request)
+            finally:
+                await connection.aclose()
+
+        return asyncio.run(once())
+
+
+NOT_ACTIVE: Final = "this bridge is not the active one"
+
+
+class NotSentError(Exception):
+    """The bridge is no longer the active one: the request was not sent."""
+
+
+class MonitorConnection:
+    """One keep-alive connection to the monitor on the running asyncio loop (the forwarder
+    drives one per worker; ``MonitorClient.perform`` one per blocking call)."""
+
+    def __init__(self, client: MonitorClient, may_send: Callable[[], bool] = lambda: True
+                 ) -> None:
+        """``may_send`` is asked just before each request's bytes leave."""
+        self.client = client
+        self.may_send = may_send
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def exchange(self, request: bytes) -> Answer:
+        """Send ``request`` and classify the answer, all within the monitor timeout; a
+        kept-alive connection the monitor has closed meanwhile is replaced once."""
+        for attempt in (1, 2):
+            reused = self.writer is not None
+            try:
+                return await asyncio.wait_for(self._exchange(request), self.client.timeout)
+            except (ConnectionResetError, BrokenPipeError, ClosedError,
+                    asyncio.IncompleteReadError) as exc:
                 self.close()
                 if attempt == 1 and reused:
                     continue
                 return Answer(Outcome.RETRY, None, f"connection lost: {exc}")
-            except (OSError, httptools.HttpParserError) as exc:
+            except (asyncio.TimeoutError, TimeoutError):
+                self.close()
+                return Answer(Outcome.RETRY, None, "timed out")
+            except NotSentError:
+                return Answer(Outcome.RETRY, None, NOT_ACTIVE)
+            except (OSError, ssl.SSLError, httptools.HttpParserError) as exc:
                 self.close()
                 return Answer(Outcome.RETRY, None, describe_error(exc))
-            if not exchange.keep_alive:
-                self.close()
-            return exchange.answer()
         return Answer(Outcome.RETRY, None, "unreachable")
 
+    async def _exchange(self, request: bytes) -> Answer:
+        if self.writer is None:
+            self.reader, self.writer = await self.client.open()
+        assert self.reader is not None
+        if not self.may_send():  # the last check before the bytes leave: see bridge.lease
+            raise NotSentError
+        self.writer.write(request)
+        exchange = Exchange()
+        while not exchange.feed(await self.reader.read(65536)):
+            pass
+        if not exchange.keep_alive:
+            self.close()
+        return exchange.answer()
+
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(OSError):
-                self._conn.close()
-            self._conn = None
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def aclose(self) -> None:
+        writer = self.writer
+        self.close()
+        if writer is not None:
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
 
 
 class ClosedError(ConnectionError):

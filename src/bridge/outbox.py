@@ -11,7 +11,7 @@ its undelivered status and the ids of its undelivered transitions.
 The same code runs on SQLite (``bridge.outbox_path``) and on PostgreSQL
 (``bridge.outbox_url``, shared by active/standby bridges; see ``bridge.database``).
 
-Which messages count is decided by ``protocol.NodeTruth`` (arrival order, ended sessions stay
+Which messages count is decided by ``truth.NodeTruth`` (arrival order, ended sessions stay
 dead), the same model the status app uses. A write that fails (disk full, I/O error) leaves
 memory as it is on disk, so the broker's redelivery of the unacknowledged messages is
 recorded again rather than taken for a duplicate.
@@ -39,14 +39,8 @@ from bridge.database import (
     redact,
 )
 from bridge.incoming import StatusHead
-from publisher.protocol import (
-    LOST_HOLD,
-    NodeTruth,
-    StateMessage,
-    StatusMessage,
-    Verdict,
-    stale_after,
-)
+from yl_core.protocol import StateMessage, StatusMessage, stale_after
+from yl_core.truth import LOST_HOLD, NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
 

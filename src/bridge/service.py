@@ -32,12 +32,12 @@ from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import NotActiveError, Outbox, OutboxError
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from bridge.status_receiver import Received, StatusReceiver
-from publisher import protocol
-from publisher.config import Config
-from publisher.errors import ConfigError
-from publisher.link import Link, LinkDown, Will, options_from_config
-from publisher.protocol import StateMessage
-from publisher.version import PACKAGE_VERSION
+from yl_core import protocol, timestamps
+from yl_core.config import Config
+from yl_core.errors import ConfigError
+from yl_core.link import Link, LinkDown, Will, options_from_config
+from yl_core.protocol import StateMessage
+from yl_core.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Bridge:
         self._watchdog = threading.Thread(target=self._watch, name="yl-bridge-watchdog",
                                           daemon=True)
         self.session = protocol.new_session_id()
-        self._since = protocol.utc_now_iso()
+        self._since = timestamps.utc_now_iso()
         client_id = config.bridge.client_id
         self._state_topic = protocol.bridge_state_topic(client_id)
         persistent = {"clean_start": False, "session_expiry": config.bridge.session_expiry,
@@ -162,10 +162,11 @@ class Bridge:
             allow=self._allow,
         )
         self._link_acks = _LinkAcknowledger(self.link)
-        status_user = config.mqtt.username and status_identity(config.mqtt.username)
+        status_user = config.mqtt.username and \
+            protocol.bridge_status_identity(config.mqtt.username)
         self.statuses = StatusReceiver(
-            options_from_config(config.mqtt, status_identity(client_id), **persistent,
-                                username=status_user),
+            options_from_config(config.mqtt, protocol.bridge_status_identity(client_id),
+                                **persistent, username=status_user),
             self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
             None if lease is None else lease.valid_until)
         self.metrics_server: MetricsServer | None = None
@@ -440,24 +441,3 @@ class Bridge:
             self.metrics.inc("clock_skew_reports")
             log.warning("node %s: its clock is %+.0f s from the bridge's; its timestamps are "
                         "forwarded as they are", node_id, -skew)
-
-
-def status_identity(name: str) -> str:
-    """Client id (and user) of the bridge's status session, derived from the state one's."""
-    return f"{name}-status"
-
-
-def run_bridge(config: Config) -> int:
-    from publisher.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
-
-    configure_logging(config.logging)
-    if config.bridge.outbox_url:
-        from bridge.failover import run_failover_bridge  # noqa: PLC0415
-        return run_failover_bridge(config)
-    bridge = Bridge(config)
-    stop_event_on_signals(bridge.stopping)
-    bridge.start()
-    bridge.stopping.wait()
-    log.info("stopping bridge")
-    bridge.stop()
-    return 1 if bridge.failure else 0

@@ -28,9 +28,10 @@ import paho.mqtt.client as mqtt
 
 from bridge.incoming import Checked, check
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
-from publisher.config import LoggingConfig
-from publisher.link import Link, LinkDown, LinkOptions
-from publisher.protocol import Topics, bridge_sentinel_topic
+from yl_core.config import LoggingConfig
+from yl_core.link import Link, LinkDown, LinkOptions
+from yl_core.protocol import Topics, bridge_sentinel_topic
+from yl_core.service import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +325,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the bridge stops it
     conn = Connection(args.fd)
     options, topics, qos, logging_config, gated = conn.recv()
-    from publisher.service import configure_logging  # noqa: PLC0415
-
     configure_logging(logging_config)
     _Child(conn, options, topics, qos, gated).run()
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import threading
 
-from publisher.config import Config, find_config, load_config
-from publisher.errors import ConfigError, ProtocolError, SessionTakenOverError, YLStatusError
 from publisher.status_publisher import StatusPublisher
-from publisher.version import PACKAGE_VERSION
+from yl_core.config import Config, find_config, load_config
+from yl_core.errors import ConfigError, ProtocolError, SessionTakenOverError, YLStatusError
+from yl_core.version import PACKAGE_VERSION
 
 __version__ = PACKAGE_VERSION
 __all__ = [

@@ -21,9 +21,9 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from publisher.config import Config
 from publisher.status_publisher import StatusPublisher
-from publisher.version import PACKAGE_VERSION
+from yl_core.config import Config
+from yl_core.version import PACKAGE_VERSION
 
 BINDINGS = ("PySide6", "PyQt6", "PyQt5", "PySide2")
 _classes: dict[str, type] = {}

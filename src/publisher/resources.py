@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from publisher.protocol import Resources
+from yl_core.protocol import Resources
 
 
 class ResourceSampler:

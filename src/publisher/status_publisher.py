@@ -17,10 +17,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from publisher import protocol
-from publisher.config import Config
-from publisher.errors import ProtocolError, SessionTakenOverError
-from publisher.link import (
+from publisher.resources import ResourceSampler
+from yl_core import protocol, timestamps, truth
+from yl_core.config import Config
+from yl_core.errors import ProtocolError, SessionTakenOverError
+from yl_core.link import (
     Link,
     LinkDown,
     Will,
@@ -29,15 +30,14 @@ from publisher.link import (
     options_from_config,
     publish_ok,
 )
-from publisher.protocol import (
+from yl_core.protocol import (
     JSON_SCALARS,
     ReporterCounters,
     StateMessage,
     StatusMessage,
     encode,
 )
-from publisher.resources import ResourceSampler
-from publisher.version import PACKAGE_VERSION
+from yl_core.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class StatusPublisher:
         self.version = version
         self.interval = config.monitor.report_interval
         self.session = protocol.new_session_id()
-        self._since = protocol.utc_now_iso()
+        self._since = timestamps.utc_now_iso()
         self._topics = config.mqtt.topics
         self._min_gap = min_gap
         self._on_link_change = on_link_change
@@ -232,7 +232,7 @@ class StatusPublisher:
                                         self._last_report_time)
         return StatusMessage(
             node_id=self.node_id, node_name=self.config.monitor.node_name,
-            timestamp=protocol.utc_now_iso(), status=node_status, version=self.version,
+            timestamp=timestamps.utc_now_iso(), status=node_status, version=self.version,
             uptime=self._resources.uptime(), resources=resources, gui=gui,
             reporter=counters, session=self.session, seq=seq, interval_s=self.interval,
         )
@@ -313,7 +313,7 @@ class StatusPublisher:
             self._error_count += 1
             return f"broker rejected status: reason code {reason}"
         self._report_count += 1
-        self._last_report_time = protocol.utc_now_iso()
+        self._last_report_time = timestamps.utc_now_iso()
         return None
 
     def _count_error(self, message: str) -> None:
@@ -370,7 +370,7 @@ class StatusPublisher:
         if state.session == self.session or state.session in self._earlier_sessions:
             return
         if self._link.connect_count < 2:
-            if len(self._earlier_sessions) < protocol.MAX_ENDED_SESSIONS:
+            if len(self._earlier_sessions) < truth.MAX_ENDED_SESSIONS:
                 self._earlier_sessions.add(state.session)
             return
         if state.state == "disconnected":

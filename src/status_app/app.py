@@ -10,9 +10,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from publisher import protocol
-from publisher.config import Config, origin_of
 from status_app.node_view import NodeView
+from yl_core import protocol, timestamps
+from yl_core.config import Config
+from yl_core.urls import origin_of
 
 bp = Blueprint("status", __name__)
 
@@ -47,7 +48,7 @@ def health() -> Response:
         "service": SERVICE,
         "node_id": node_id,
         "version": status.version if status else None,
-        "timestamp": protocol.utc_now_iso(),
+        "timestamp": timestamps.utc_now_iso(),
     }
     if not verdict.up:
         body["reason"] = verdict.reason
@@ -99,7 +100,7 @@ def nodes() -> Response:
     return _json({
         "broker": {"connected": view.broker_connected, "reason": view.broker_reason},
         "node_id": _config().monitor.node_id,
-        "timestamp": protocol.utc_now_iso(),
+        "timestamp": timestamps.utc_now_iso(),
         "nodes": view.describe_all(),
         "counters": view.counters(),
     })

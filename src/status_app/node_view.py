@@ -1,8 +1,8 @@
 """The newest ``state`` and ``status`` of every node seen on the broker.
 
 Fed by the MQTT subscriber (paho's thread), read by HTTP worker threads; everything goes
-through one lock. Parsing, ordering (``protocol.NodeTruth``: arrival order, ended sessions
-stay dead) and liveness (``protocol.liveness``) come from the protocol module, the same rules
+through one lock. Parsing, ordering (``truth.NodeTruth``: arrival order, ended sessions
+stay dead) and liveness (``truth.liveness``) come from the protocol module, the same rules
 the bridge applies.
 """
 
@@ -16,10 +16,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from publisher import protocol
-from publisher.errors import ProtocolError
-from publisher.protocol import Liveness, NodeTruth, StateMessage, StatusMessage, Topics, Verdict
 from status_app.node_history import NodeHistory
+from yl_core import protocol, timestamps, truth
+from yl_core.errors import ProtocolError
+from yl_core.protocol import StateMessage, StatusMessage, Topics
+from yl_core.truth import Liveness, NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class NodeView:
             record.state = state
             record.state_inferred = False
             # A retained copy of unknown age is taken as older than the hold.
-            record.state_at = self.clock() - (age or (protocol.LOST_HOLD if retained else 0.0))
+            record.state_at = self.clock() - (age or (truth.LOST_HOLD if retained else 0.0))
             self._note_state(record, state.state, record.state_at)
             self._accepted += 1
             return True
@@ -196,7 +197,7 @@ class NodeView:
         wall = self._wall(at)
         if word == "ready":
             # A will followed within the hold by the node, or its replacement, never counted.
-            record.history.withdraw("lost", wall - protocol.LOST_HOLD)
+            record.history.withdraw("lost", wall - truth.LOST_HOLD)
         record.history.state(wall, word)
 
     def _clear(self, node_id: str, kind: str) -> bool:
@@ -225,13 +226,13 @@ class NodeView:
 
     def _liveness(self, record: NodeRecord) -> Liveness:
         status, now = record.status, self.clock()
-        verdict = protocol.liveness(
+        verdict = truth.liveness(
             record.state.state if record.state else None,
             now - record.status_at if status else None,
             status.interval_s if status else None,
             now - record.state_at)
-        if record.state is not None and verdict.reason in protocol.TERMINAL_STATES:
-            seen = protocol.iso_from_epoch(self.wall_clock() - (now - record.state_at))
+        if record.state is not None and verdict.reason in truth.TERMINAL_STATES:
+            seen = timestamps.iso_from_epoch(self.wall_clock() - (now - record.state_at))
             return Liveness(False, verdict.reason, f"node {verdict.reason} since {seen}")
         return verdict
 
@@ -243,7 +244,7 @@ class NodeView:
             if record is None or record.state is None:
                 return None, None
             changed = self.wall_clock() - (self.clock() - record.state_at)
-            return record.state.state, protocol.iso_from_epoch(changed)
+            return record.state.state, timestamps.iso_from_epoch(changed)
 
     def status_payload(self, node_id: str) -> bytes | None:
         with self._lock:
@@ -289,13 +290,13 @@ class NodeView:
             "reason": health.reason,
             "state": record.state.state if record.state else None,
             "state_since": record.state.since if record.state else None,
-            "state_changed_at": protocol.iso_from_epoch(wall - (now - record.state_at))
+            "state_changed_at": timestamps.iso_from_epoch(wall - (now - record.state_at))
                                 if record.state else None,
             "session": record.truth.session,
             "seq": status.seq if status else None,
             "status": status.status if status else None,
             "status_age_s": age,
-            "last_seen": protocol.iso_from_epoch(wall - (now - record.status_at))
+            "last_seen": timestamps.iso_from_epoch(wall - (now - record.status_at))
                          if status else None,
             "version": (status.version if status else None) or
                        (record.state.version if record.state else None),
@@ -304,7 +305,7 @@ class NodeView:
             "gui": dict(status.gui) if status else {},
             "resources": status.resources.to_dict() if status else None,
             "uptime": status.uptime if status else None,
-            "down_since": protocol.iso_from_epoch(down_since) if down_since else None,
+            "down_since": timestamps.iso_from_epoch(down_since) if down_since else None,
             "down_for_s": round(wall - down_since, 1) if down_since else None,
             "flaps_1h": record.history.flaps(wall),
         }
@@ -334,7 +335,7 @@ class NodeView:
                     (not timeline or timeline[-1]["state"] != "stale"):
                 timeline.append({"at": since, "state": "stale"})
             for entry in timeline:
-                entry["time"] = protocol.iso_from_epoch(entry["at"])
+                entry["time"] = timestamps.iso_from_epoch(entry["at"])
             return {"node_id": node_id, "now": wall, "health": self._describe(record, health),
                     "timeline": timeline, "samples": exported["samples"],
                     "flag_names": list(record.history.flag_names),

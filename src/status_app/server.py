@@ -14,10 +14,11 @@ from typing import Any
 from flask import Flask
 from waitress.server import create_server
 
-from publisher.config import ENV_CONFIG_PATH, Config, load_config
 from status_app.app import create_app
 from status_app.node_view import NodeView
 from status_app.subscriber import ViewSubscriber
+from yl_core.config import ENV_CONFIG_PATH, Config, load_config
+from yl_core.service import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,6 @@ def service_app() -> Flask:
     The config is read again from ``$YL_STATUS_CONFIG`` (set by ``run_server`` after it
     validated the same file), so the worker sees exactly what the parent checked.
     """
-    from publisher.service import configure_logging  # noqa: PLC0415
-
     _end_with_parent()
     config = load_config()
     configure_logging(config.logging)
@@ -123,11 +122,11 @@ def _end_with_parent() -> None:
 def run_server(config: Config) -> int:
     """``yl-status serve``: granian (a compiled HTTP server) runs the app in one worker
     process until SIGTERM or Ctrl-C."""
+    # Imported here: a GUI that embeds the app (``start_in_background``, waitress) never
+    # loads granian.
     from granian import Granian  # noqa: PLC0415
     from granian.constants import Interfaces  # noqa: PLC0415
     from granian.log import LogLevels  # noqa: PLC0415
-
-    from publisher.service import configure_logging  # noqa: PLC0415
 
     configure_logging(config.logging)
     if not config.local_server.enabled:

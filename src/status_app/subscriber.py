@@ -7,10 +7,10 @@ import secrets
 
 import paho.mqtt.client as mqtt
 
-from publisher import protocol
-from publisher.config import Config
-from publisher.link import Link, LinkDown, options_from_config
 from status_app.node_view import NodeView
+from yl_core import protocol
+from yl_core.config import Config
+from yl_core.link import Link, LinkDown, options_from_config
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,25 @@
-"""The ``yl-status`` command: one entry point, one subcommand per job."""
+"""The ``yl-status`` command: one entry point, one subcommand per job.
+
+Each subcommand imports its component when it runs (the ``# noqa: PLC0415`` imports): a
+``yl-status node`` or ``check-config`` never loads Flask, the HTTP client or a database
+driver, and a broken optional extra fails only the command that needs it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import yaml
 
-from publisher.config import Config, load_config
-from publisher.errors import ConfigError, YLStatusError
-
-log = logging.getLogger("yl_status")
+from yl_core.config import Config, load_config
+from yl_core.errors import ConfigError, YLStatusError
+from yl_core.protocol import check_node_id
+from yl_core.service import configure_logging, stop_event_on_signals
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -31,8 +38,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from publisher.protocol import check_node_id  # noqa: PLC0415
-    from publisher.service import configure_logging, stop_event_on_signals  # noqa: PLC0415
     from yl_status.simulated_node import run_nodes  # noqa: PLC0415
 
     config = _load(args)
@@ -52,7 +57,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from bridge.service import run_bridge  # noqa: PLC0415
+    from bridge.main import run_bridge  # noqa: PLC0415
     return int(run_bridge(_load(args)))
 
 
@@ -62,11 +67,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    import getpass  # noqa: PLC0415
-    import logging  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
-    from publisher.service import stop_event_on_signals  # noqa: PLC0415
     from yl_status.watch import run_watch  # noqa: PLC0415
 
     config = _load(args)

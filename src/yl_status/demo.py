@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -58,7 +59,6 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
 
 
 def port_free(port: int) -> bool:
-    import socket  # noqa: PLC0415
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0

@@ -7,6 +7,7 @@ else is changed, so what is tested is what is shipped.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import getpass
 import hashlib
@@ -224,7 +225,6 @@ class DevBroker:
 
 
 def main() -> None:
-    import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description="the shipped broker configuration")
     parser.add_argument("--where", action="store_true",

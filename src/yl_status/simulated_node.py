@@ -7,8 +7,8 @@ import random
 import threading
 import time
 
-from publisher.config import Config
 from publisher.status_publisher import StatusPublisher
+from yl_core.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from publisher.config import Config
 from status_app.node_view import NodeView, problems_first
 from status_app.subscriber import ViewSubscriber
+from yl_core.config import Config
 
 REFRESH = 1.0
 STYLES = {"online": "bold green", "lost": "bold red", "stale": "bold yellow",

@@ -8,26 +8,42 @@ taken relative to the config file.
 
 from __future__ import annotations
 
-import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import yaml
 
-from publisher import protocol
-from publisher.errors import ConfigError, ProtocolError
+from yl_core import protocol
+from yl_core.checks import (
+    Check,
+    boolean,
+    bridge_id,
+    database_url,
+    host,
+    hosts_list,
+    kind,
+    listen_address,
+    node_id,
+    number,
+    origins_list,
+    path,
+    preview,
+    text,
+    topic_root,
+    url,
+)
+from yl_core.errors import ConfigError
+from yl_core.urls import MASK, mask_url
 
 ENV_CONFIG_PATH: Final = "YL_STATUS_CONFIG"
 SECRET_KEYS: Final = frozenset({"password", "token", "mqtt_password"})
-_MASK = "********"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PROFILES = ("auto", "nodes-api", "v1")
-_HOSTNAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,253}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +126,6 @@ class BridgeConfig:
     def instance_name(self) -> str:
         if self.instance:
             return self.instance
-        import socket  # noqa: PLC0415
-
         name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()).strip("-_")[:64]
         return name or "bridge"
 
@@ -138,7 +152,7 @@ class Config:
         username = self.local_server.mqtt_username
         taken = {self.mqtt.username or self.monitor.node_id: "the node",
                  self.bridge.client_id: "the bridge",
-                 f"{self.bridge.client_id}-status": "the bridge"}
+                 protocol.bridge_status_identity(self.bridge.client_id): "the bridge"}
         if username is not None and username in taken:
             raise ConfigError(
                 f"{username!r} is {taken[username]}'s login: the status app would take its "
@@ -161,7 +175,7 @@ def _as_dict(obj: Any, mask: bool) -> Any:
         for f in fields(obj):
             value = getattr(obj, f.name)
             if mask and f.name in SECRET_KEYS and value is not None:
-                out[f.name] = _MASK
+                out[f.name] = MASK
             elif mask and f.name == "outbox_url" and value is not None:
                 out[f.name] = mask_url(value)
             else:
@@ -170,233 +184,6 @@ def _as_dict(obj: Any, mask: bool) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     return obj
-
-
-# --- validation ---------------------------------------------------------------------------
-
-Check = Callable[[Any, str, str], Any]
-
-
-def _kind(value: Any, kinds: tuple[type, ...], key: str, source: str) -> None:
-    if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(f"expected {_kind_names(kinds)}, got a boolean", key=key, source=source)
-    if not isinstance(value, kinds):
-        raise ConfigError(f"expected {_kind_names(kinds)}, got {type(value).__name__} "
-                          f"{_preview(value)}", key=key, source=source)
-
-
-def _kind_names(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a mapping", type(None): "nothing"}
-    if int in kinds and float in kinds:
-        kinds = tuple(k for k in kinds if k is not int)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _preview(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def text(*, optional: bool = False, pattern: re.Pattern[str] | None = None,
-         choices: tuple[str, ...] | None = None) -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        if value is None and optional:
-            return None
-        _kind(value, (str,), key, source)
-        if not value and not optional:
-            raise ConfigError("must not be empty", key=key, source=source)
-        if choices is not None and value not in choices:
-            raise ConfigError(f"must be one of {', '.join(choices)}, got {value!r}",
-                              key=key, source=source)
-        if pattern is not None and not pattern.fullmatch(value):
-            raise ConfigError(f"invalid value {_preview(value)}", key=key, source=source)
-        return value
-    return check
-
-
-def number(*, integer: bool = False, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (int,) if integer else (int, float), key, source)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"must be a finite number, got {value!r}", key=key, source=source)
-        bad_low = low is not None and (value <= low if low_open else value < low)
-        if bad_low or (high is not None and value > high):
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-            hi = "" if high is None else f"<= {high:g}"
-            raise ConfigError(f"must be {' and '.join(p for p in (lo, hi) if p)}, got {value!r}",
-                              key=key, source=source)
-        return value if integer else float(value)
-    return check
-
-
-def boolean() -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (bool,), key, source)
-        return value
-    return check
-
-
-def node_id(*, optional: bool = False) -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        if value is None and optional:
-            return None
-        _kind(value, (str,), key, source)
-        try:
-            return protocol.check_node_id(value)
-        except ProtocolError as exc:
-            raise ConfigError(str(exc), key=key, source=source) from exc
-    return check
-
-
-def bridge_id() -> Check:
-    """A node-id-like name with room for the ``-status`` suffix of the second session."""
-    base = node_id()
-
-    def check(value: Any, key: str, source: str) -> Any:
-        base(value, key, source)
-        if len(value) > 57:
-            raise ConfigError("must be at most 57 characters (the bridge also uses "
-                              f"'{value}-status')", key=key, source=source)
-        return value
-    return check
-
-
-def url() -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (str,), key, source)
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"must be an http:// or https:// URL, got {_preview(value)}",
-                              key=key, source=source)
-        try:
-            parts.port  # noqa: B018
-        except ValueError as exc:
-            raise ConfigError(f"bad port in URL {_preview(value)}", key=key, source=source) \
-                from exc
-        return value.rstrip("/")
-    return check
-
-
-def database_url() -> Check:
-    """A ``postgresql://`` URL (libpq's form), or None."""
-    def check(value: Any, key: str, source: str) -> Any:
-        if value is None:
-            return None
-        _kind(value, (str,), key, source)
-        parts = urlsplit(value)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigError("must be a postgresql:// URL (for an SQLite outbox, set "
-                              f"bridge.outbox_path instead), got {_preview(mask_url(value))}",
-                              key=key, source=source)
-        try:
-            parts.port  # noqa: B018
-        except ValueError as exc:
-            raise ConfigError(f"bad port in URL {_preview(mask_url(value))}", key=key,
-                              source=source) from exc
-        return value
-    return check
-
-
-def mask_url(value: str) -> str:
-    """A URL with its password masked."""
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    user, _, host = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{user.split(':', 1)[0]}:{_MASK}@{host}").geturl()
-
-
-def topic_root() -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (str,), key, source)
-        try:
-            protocol.Topics(value)
-        except ProtocolError as exc:
-            raise ConfigError(str(exc), key=key, source=source) from exc
-        return value
-    return check
-
-
-def host() -> Check:
-    return text(pattern=_HOSTNAME)
-
-
-def path(*, optional: bool = True, must_exist: bool = False) -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        if value is None and optional:
-            return None
-        _kind(value, (str,), key, source)
-        if not value:
-            raise ConfigError("must not be empty", key=key, source=source)
-        resolved = Path(value).expanduser()
-        if not resolved.is_absolute() and source not in ("<defaults>",) and \
-                not source.startswith("$"):
-            resolved = Path(source).resolve().parent / resolved
-        if must_exist and not resolved.is_file():
-            raise ConfigError(f"file {str(resolved)!r} does not exist", key=key, source=source)
-        return str(resolved)
-    return check
-
-
-def listen_address() -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (str,), key, source)
-        if value == "":
-            return value
-        hostpart, _, port = value.rpartition(":")
-        if not hostpart or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"must be HOST:PORT or empty to disable, got {_preview(value)}",
-                              key=key, source=source)
-        return value
-    return check
-
-
-def hosts_list() -> Check:
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (list,), key, source)
-        for i, item in enumerate(value):
-            host()(item, f"{key}[{i}]", source)
-        return tuple(value)
-    return check
-
-
-def origins_list() -> Check:
-    """Web origins (``scheme://host[:port]``); never ``*``."""
-    def check(value: Any, key: str, source: str) -> Any:
-        _kind(value, (list,), key, source)
-        origins = []
-        for i, item in enumerate(value):
-            where = f"{key}[{i}]"
-            _kind(item, (str,), where, source)
-            if item.strip() == "*":
-                raise ConfigError("'*' would let every web page read the node's status; "
-                                  "list the origins", key=where, source=source)
-            parts = urlsplit(item)
-            try:
-                parts.port  # noqa: B018
-            except ValueError:
-                parts = urlsplit("")
-            if parts.scheme not in ("http", "https") or not parts.hostname or \
-                    parts.path not in ("", "/") or parts.query or parts.fragment or \
-                    parts.username is not None:
-                raise ConfigError("must be an origin like http://monitor.example:5500, got "
-                                  f"{_preview(item)}", key=where, source=source)
-            origins.append(origin_of(item))
-        return tuple(origins)
-    return check
-
-
-def origin_of(address: str) -> str:
-    """The web origin of an http(s) URL: scheme, host and port as a browser sends them."""
-    parts = urlsplit(address)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if parts.scheme == "https" else 80
-    port = "" if parts.port in (None, default) else f":{parts.port}"
-    return f"{parts.scheme.lower()}://{host}{port}"
 
 
 _STATUS_VALUES: dict[str, Check] = {"online": text(), "offline": text()}
@@ -444,7 +231,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
 def _build(cls: type, schema: dict[str, Any], data: Any, prefix: str, source: str) -> Any:
     if data is None:
         data = {}
-    _kind(data, (dict,), prefix, source)
+    kind(data, (dict,), prefix, source)
     values: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}"
@@ -484,7 +271,7 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
         try:
             value = convert(raw)
         except ValueError as exc:
-            raise ConfigError(f"expected an integer, got {_preview(raw)}",
+            raise ConfigError(f"expected an integer, got {preview(raw)}",
                               key=f"{section}.{key}", source=source) from exc
         checked = _SCHEMA[section][1][key](value, f"{section}.{key}", source)
         config = replace(config, **{section: replace(getattr(config, section),

@@ -9,16 +9,15 @@ construction.
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from publisher.errors import ProtocolError
+from yl_core.errors import ProtocolError
+from yl_core.timestamps import epoch_from_iso
+from yl_core.values import is_finite, is_kind
 
 PROTOCOL_VERSION: Final = 1
 MQTT_QOS: Final = 1
@@ -54,6 +53,7 @@ def waited(remaining: int | None, expiry: float) -> float:
         return 0.0
     return float(expiry - remaining)
 
+MAX_NODE_ID: Final = 64
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _FLAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -91,27 +91,6 @@ def check_node_id(node_id: object) -> str:
         )
     assert isinstance(node_id, str)
     return node_id
-
-
-def utc_now_iso() -> str:
-    """Now as ISO-8601 UTC with milliseconds and a ``Z`` suffix."""
-    return iso_from_epoch(datetime.now(timezone.utc).timestamp())
-
-
-def iso_from_epoch(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def epoch_from_iso(text: str) -> float:
-    """Parse an ISO-8601 time; a time without an offset is taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ProtocolError("schema", f"not an ISO-8601 time: {text[:40]!r}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 # --- topics -------------------------------------------------------------------------------
@@ -177,6 +156,15 @@ def bridge_instance_topic(client_id: str, instance: str) -> str:
     """One of several bridge instances sharing an outbox: ``active``, ``standby`` or
     ``lost``, kept by the active one (a standby holds no broker session)."""
     return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/instances/{check_node_id(instance)}"
+
+
+BRIDGE_STATUS_SUFFIX: Final = "-status"
+
+
+def bridge_status_identity(name: str) -> str:
+    """The client id (and login) of a bridge's status session, from its state session's
+    (``name``): the broker's ACL and the status app's login check both rely on it."""
+    return f"{name}{BRIDGE_STATUS_SUFFIX}"
 
 
 def bridge_sentinel_topic(client_id: str) -> str:
@@ -327,12 +315,10 @@ def _get(data: Mapping[str, Any], key: str, kinds: tuple[type, ...], *,
             raise ProtocolError("schema", f"missing field {key!r}")
         return default
     value = data[key]
-    if isinstance(value, bool) and bool not in kinds:
-        raise ProtocolError("schema", f"field {key!r} must be {_names(kinds)}, not bool")
-    if not isinstance(value, kinds):
+    if not is_kind(value, kinds):
         raise ProtocolError("schema", f"field {key!r} must be {_names(kinds)}, "
                                       f"not {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if not is_finite(value):
         raise ProtocolError("schema", f"field {key!r} must be finite")
     if isinstance(value, str) and len(value) > _MAX_TEXT:
         raise ProtocolError("schema", f"field {key!r} is longer than {_MAX_TEXT} characters")
@@ -443,160 +429,3 @@ def new_session_id() -> str:
     """A random id for one process start. It carries no time: which session is current is
     decided by arrival order (``NodeTruth``), never by comparing ids or node clocks."""
     return secrets.token_hex(12)
-
-
-# --- node truth ---------------------------------------------------------------------------
-
-MAX_ENDED_SESSIONS: Final = 32
-"""Ended or superseded sessions remembered per node: a broker restored from an older save
-can bring back the retained state of any of them."""
-TERMINAL_STATES: Final = frozenset({"disconnected", "lost"})
-LOST_HOLD: Final = 0.75
-"""Seconds a ``lost`` waits before it counts. When a second process takes a node id over,
-the broker publishes the first one's will just before the newcomer's ``ready``, and a process
-kicked by a rival is back within half a second; a will followed within this time by the node
-(or its replacement) is withdrawn instead of showing the node offline for a moment."""
-
-
-class Verdict(Enum):
-    ACCEPT = "accept"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-
-
-@dataclass(frozen=True)
-class NodeTruth:
-    """What the messages seen so far say about one node, in the order they arrived.
-
-    ``session`` is the current session: the last one seen that had not ended. ``state`` is its
-    last state (a status implies ``ready``, which a node publishes first) and ``seq`` its
-    newest status (-1: none).
-    ``ended`` lists sessions that are over, oldest first: stopped (``disconnected``), or
-    superseded when a message of another session arrived. An ended session never comes
-    back, whatever its id, its clock or a restored broker says.
-
-    ``lost`` (the broker's last will) does not end a session: the same process may reconnect
-    (a network outage, a broker restart). It comes back with a live ``ready``, or a newer
-    status that arrived in order; a retained ``ready`` alone may be a broker's restored copy
-    and does not count.
-
-    Statuses received apart from the states (``in_order=False``: the bridge reads them on a
-    session of their own) may run ahead of them: a status of a session the states have not
-    reached yet is held as ``ahead`` (session, seq) and ends nothing; the states decide, in
-    their own order, when that session takes over.
-    """
-
-    session: str | None = None
-    state: State | None = None
-    seq: int = -1
-    ended: tuple[str, ...] = ()
-    ahead: tuple[str, int] | None = None
-
-    def observe_state(self, session: str, state: State, *, retained: bool = False
-                      ) -> tuple[Verdict, NodeTruth]:
-        """``retained``: the message is a retained copy (sent on subscribe), not live."""
-        if session in self.ended:
-            return Verdict.STALE, self
-        if session == self.session:
-            if state == self.state:
-                return Verdict.DUPLICATE, self
-            if self.state == "lost" and state == "ready" and retained:
-                return Verdict.STALE, self
-            return Verdict.ACCEPT, replace(self, state=state,
-                                           ended=_bounded(self.ended, session, state))
-        ahead: tuple[str, int] | None = self.ahead
-        seq = -1
-        if ahead is not None and ahead[0] == session:
-            seq, ahead = ahead[1], None
-        return Verdict.ACCEPT, NodeTruth(session, state, seq,
-                                         _bounded(self._superseded(), session, state), ahead)
-
-    def observe_status(self, session: str, seq: int, *, in_order: bool = True
-                       ) -> tuple[Verdict, NodeTruth]:
-        """``in_order``: statuses and states arrive in one ordered stream, as one MQTT
-        subscription gets them.
-
-        A newer status of the current session counts even after it stopped or was lost (the
-        last ones may come after the state); in order, after ``lost``, it says the node is
-        back."""
-        if session in self.ended and session != self.session:
-            return Verdict.STALE, self
-        if self.ahead is not None and session == self.ahead[0]:
-            return _newer(seq, self.ahead[1], self, replace(self, ahead=(session, seq)))
-        if session == self.session:
-            if self.ahead is not None:
-                return Verdict.STALE, self  # a later session's status came first
-            back = in_order and self.state == "lost"
-            return _newer(seq, self.seq, self,
-                          replace(self, state="ready" if back else self.state, seq=seq))
-        if not in_order:
-            return Verdict.ACCEPT, replace(self, ahead=(session, seq))
-        # A node publishes ``ready`` before its first status; that one may still be on its way.
-        return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded())
-
-    @property
-    def newest_status(self) -> tuple[str, int] | None:
-        """``(session, seq)`` of the newest status taken (one ahead of the states first)."""
-        if self.ahead is not None:
-            return self.ahead
-        if self.session is not None and self.seq >= 0:
-            return self.session, self.seq
-        return None
-
-    def state_of(self, session: str) -> State | None:
-        """The state of ``session`` as far as is known (a session ahead is ``ready``)."""
-        if session == self.session:
-            return self.state
-        if self.ahead is not None and session == self.ahead[0]:
-            return "ready"
-        return None
-
-    def _superseded(self) -> tuple[str, ...]:
-        if self.session is None or self.session in self.ended:
-            return self.ended
-        return (*self.ended, self.session)[-MAX_ENDED_SESSIONS:]
-
-
-def _newer(seq: int, held: int, current: NodeTruth, accepted: NodeTruth
-           ) -> tuple[Verdict, NodeTruth]:
-    if seq == held:
-        return Verdict.DUPLICATE, current
-    if seq < held:
-        return Verdict.STALE, current
-    return Verdict.ACCEPT, accepted
-
-
-def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, ...]:
-    if state != "disconnected":
-        return ended
-    return (*ended, session)[-MAX_ENDED_SESSIONS:]
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """Whether a node is up, and if not, why: ``ready``, ``disconnected``, ``lost``,
-    ``stale`` (no fresh status) or ``unknown`` (no state)."""
-
-    up: bool
-    reason: str
-    detail: str = ""
-
-
-def liveness(state: State | None, status_age: float | None, interval_s: float | None,
-             state_age: float | None = None) -> Liveness:
-    """The one rule of "up": the current session is ``ready`` and its newest word is younger
-    than ``EXPIRY_FACTOR`` report intervals. ``status_age`` is in seconds (None: nothing heard
-    from the session); without ``interval_s`` no age is too old. A ``lost`` younger than
-    ``LOST_HOLD`` (``state_age``) does not count yet."""
-    if state == "lost" and state_age is not None and state_age < LOST_HOLD:
-        state = "ready"
-    if state in TERMINAL_STATES:
-        return Liveness(False, str(state))
-    if status_age is None:
-        return Liveness(False, "stale", "no status received")
-    limit = None if interval_s is None else stale_after(interval_s)
-    if limit is not None and status_age > limit:
-        return Liveness(False, "stale", f"last status {status_age:.1f} s ago (limit {limit:g} s)")
-    if state is None:
-        return Liveness(False, "unknown", "no state received")
-    return Liveness(True, "ready")

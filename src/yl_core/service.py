@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from publisher.config import LoggingConfig
-from publisher.errors import ConfigError
+from yl_core.config import LoggingConfig
+from yl_core.errors import ConfigError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 

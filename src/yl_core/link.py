@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from publisher.config import MqttConfig, TlsConfig
+from yl_core.config import MqttConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 

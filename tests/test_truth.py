@@ -1,0 +1,122 @@
+"""The truth model: which session is current, and the one rule of "up". Pure tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from yl_core import protocol
+from yl_core.truth import LOST_HOLD, MAX_ENDED_SESSIONS, NodeTruth, Verdict, liveness
+
+Step = tuple[str, str, "str | int", str]
+"""(kind, session, state or seq, expected verdict)."""
+
+
+@pytest.mark.parametrize(("steps", "final"), [
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 1, "accept"),
+                  ("status", "A", 2, "accept")], ("A", "ready", 2, ()), id="a normal session"),
+    pytest.param([("status", "A", 2, "accept"), ("status", "A", 1, "stale"),
+                  ("status", "A", 2, "duplicate")], ("A", "ready", 2, ()),
+                 id="within a session the higher seq wins; a status implies ready"),
+    pytest.param([("state", "A", "ready", "accept"), ("state", "A", "ready", "duplicate")],
+                 ("A", "ready", -1, ()), id="a rebirth repeats ready"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "disconnected", "accept"), ("state", "A", "ready", "stale"),
+                  ("state", "A", "lost", "stale"), ("status", "A", 3, "stale"),
+                  ("status", "A", 4, "duplicate")], ("A", "disconnected", 4, ("A",)),
+                 id="a stopped session stays dead (restored broker, late will)"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "disconnected", "accept"), ("status", "A", 5, "accept")],
+                 ("A", "disconnected", 5, ("A",)),
+                 id="a last status that comes after its stop is news, and stays stopped"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "lost", "accept"), ("retained", "A", "ready", "stale"),
+                  ("status", "A", 3, "stale"), ("state", "A", "ready", "accept")],
+                 ("A", "ready", 4, ()), id="after lost, a live ready revives the session"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "lost", "accept"), ("retained", "A", "ready", "stale"),
+                  ("status", "A", 5, "accept")],
+                 ("A", "ready", 5, ()), id="after lost, a newer status revives the session"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
+                  ("state", "A", "lost", "accept"), ("apart", "A", 5, "accept")],
+                 ("A", "lost", 5, ()),
+                 id="a status received apart from the states may predate the will"),
+    pytest.param([("state", "A", "ready", "accept"), ("apart", "B", 1, "accept"),
+                  ("apart", "A", 3, "stale"), ("state", "A", "lost", "accept"),
+                  ("apart", "B", 2, "accept"), ("state", "B", "ready", "accept"),
+                  ("state", "A", "ready", "stale")],
+                 ("B", "ready", 2, ("A",)),
+                 id="apart from the states, a new session's status runs ahead and ends nothing"),
+    pytest.param([("state", "A", "ready", "accept"), ("state", "B", "ready", "accept"),
+                  ("state", "A", "lost", "stale"), ("status", "A", 5, "stale"),
+                  ("state", "A", "ready", "stale")],
+                 ("B", "ready", -1, ("A",)), id="the will of a replaced process is ignored"),
+    pytest.param([("state", "zzzz", "ready", "accept"), ("state", "zzzz", "lost", "accept"),
+                  ("state", "0000", "ready", "accept"), ("state", "zzzz", "ready", "stale")],
+                 ("0000", "ready", -1, ("zzzz",)),
+                 id="ids never order sessions: a later 0000 beats an earlier zzzz"),
+    pytest.param([("state", "0000", "ready", "accept"), ("state", "zzzz", "ready", "accept"),
+                  ("state", "0000", "ready", "stale")], ("zzzz", "ready", -1, ("0000",)),
+                 id="a superseded session stays dead"),
+    pytest.param([("state", "A", "ready", "accept"), ("status", "B", 1, "accept"),
+                  ("state", "A", "disconnected", "stale"), ("state", "B", "ready", "duplicate"),
+                  ("state", "B", "lost", "accept")],
+                 ("B", "lost", 1, ("A",)), id="a status of a new session supersedes"),
+    pytest.param([("state", "A", "disconnected", "accept"), ("state", "A", "ready", "stale")],
+                 ("A", "disconnected", -1, ("A",)), id="a session first seen ended"),
+])
+def test_node_truth_follows_arrival_order(steps: list[Step],
+                                          final: tuple[object, ...]) -> None:
+    node = NodeTruth()
+    for kind, session, value, expected in steps:
+        if kind in ("state", "retained"):
+            verdict, node = node.observe_state(session, value,  # type: ignore[arg-type]
+                                                 retained=kind == "retained")
+        else:
+            before = node
+            verdict, node = node.observe_status(session, int(value),
+                                                  in_order=kind == "status")
+            if verdict is not Verdict.ACCEPT:
+                assert node == before
+        assert verdict.value == expected, (kind, session, value)
+    assert (node.session, node.state, node.seq, node.ended) == final
+
+
+def test_ended_sessions_are_bounded_and_the_newest_kept() -> None:
+    node = NodeTruth()
+    for i in range(MAX_ENDED_SESSIONS * 3):
+        _, node = node.observe_state(f"s{i}", "ready")
+    assert len(node.ended) == MAX_ENDED_SESSIONS
+    assert node.ended[-1] == f"s{MAX_ENDED_SESSIONS * 3 - 2}"
+    verdict, _ = node.observe_state(node.ended[0], "ready")
+    assert verdict is Verdict.STALE
+
+
+@pytest.mark.parametrize(("state", "age", "interval", "up", "reason"), [
+    ("ready", 1.0, 10.0, True, "ready"),
+    ("ready", 29.9, 10.0, True, "ready"),
+    ("ready", 30.1, 10.0, False, "stale"),
+    ("ready", None, 10.0, False, "stale"),
+    ("lost", 0.0, 10.0, False, "lost"),
+    ("disconnected", 0.0, 10.0, False, "disconnected"),
+    (None, 1.0, 10.0, False, "unknown"),
+    (None, None, None, False, "stale"),
+    ("ready", 0.0, None, True, "ready"),
+    ("lost", None, None, False, "lost"),
+])
+def test_liveness_is_ready_and_a_fresh_status(state: protocol.State | None, age: float | None,
+                                              interval: float | None, up: bool,
+                                              reason: str) -> None:
+    verdict = liveness(state, age, interval)
+    assert (verdict.up, verdict.reason) == (up, reason)
+
+
+@pytest.mark.parametrize(("state", "state_age", "up", "reason"), [
+    ("lost", 0.0, True, "ready"),
+    ("lost", LOST_HOLD - 0.01, True, "ready"),
+    ("lost", LOST_HOLD, False, "lost"),
+    ("disconnected", 0.0, False, "disconnected"),
+])
+def test_a_lost_counts_once_it_is_older_than_the_hold(state: protocol.State, state_age: float,
+                                                      up: bool, reason: str) -> None:
+    verdict = liveness(state, 1.0, 10.0, state_age)
+    assert (verdict.up, verdict.reason) == (up, reason)
