@@ -67,7 +67,7 @@ case "${1:-}" in
   test)
     setup browser
     shift
-    "$VENV/bin/ruff" check src tests bench examples
+    "$VENV/bin/ruff" check src tests bench testkit examples
     "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

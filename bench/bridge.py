@@ -10,7 +10,7 @@ Measures, in one run:
 3. state change -> monitor latency (p50, p99) at 100 nodes;
 4. bridge RSS with 10,000 nodes known.
 
-Run: .venv/bin/python bench/bridge.py [--seconds S]
+Run: .venv/bin/python -m bench.bridge [--seconds S]
 """
 
 from __future__ import annotations
@@ -33,16 +33,9 @@ from typing import Any
 import psutil
 import yaml
 
-from yl_core import timestamps
-
-# bench/publisher.py would shadow the package of the same name: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
-
-from yl_core import protocol  # noqa: E402
-from yl_core.protocol import ReporterCounters, Resources, StatusMessage  # noqa: E402
-from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from yl_core import protocol, timestamps
+from yl_core.protocol import ReporterCounters, Resources, StatusMessage
+from yl_status.dev_broker import DevBroker, free_port
 
 PASSWORD = "bench-secret"
 
@@ -395,13 +388,11 @@ def ingest(seconds: float) -> None:
 
 
 def latency(changes: int) -> None:
-    sys.path.insert(0, str(PROJECT_ROOT))
     from yl_status.monitor_double import MonitorDouble
 
     with tempfile.TemporaryDirectory() as name:
         rig = Rig(Path(name))
         sink = MonitorDouble().start()
-        rig.close_sink_process = True
         rig.sink.terminate()
         rig.sink.wait()
         try:

@@ -10,32 +10,21 @@ PostgreSQL/SQLite ratio and the sizing rule: nodes per bridge at a 30 s report i
 The simulated nodes, mosquitto, the sink, the bridge and PostgreSQL share this machine's cores;
 the plain keep-alive POST loop into the same sink says how much of the limit is the sink's.
 
-Run: .venv/bin/python bench/capacity.py [--seconds S]
+Run: .venv/bin/python -m bench.capacity [--seconds S]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+from testkit.postgres import PostgresServer
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
-sys.path.insert(0, str(PROJECT_ROOT))
-_spec = importlib.util.spec_from_file_location("bench_bridge",
-                                               Path(__file__).parent / "bridge.py")
-assert _spec is not None
-assert _spec.loader is not None
-rig_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rig_module)
-
-from tests.postgres_support import PostgresServer  # noqa: E402
+from bench import bridge as rig_module
 
 NODES = 3000
 RATES = (250, 500, 1000, 1500, 2000, 3000, 4000)

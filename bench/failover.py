@@ -6,26 +6,21 @@ killed one comes back as the standby). For each kill: the time until the standby
 active (``/healthz``), and until the monitor double gets its first request from it. Prints
 median and max of both, and the lease setting they follow from.
 
-Run: .venv/bin/python bench/failover.py [--kills N]
+Run: .venv/bin/python -m bench.failover [--kills N]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from tests.bridge_support import BridgeProcess  # noqa: E402
-from tests.conftest import broker_users, running_broker  # noqa: E402
-from tests.postgres_support import PostgresServer  # noqa: E402
-from tests.support import (  # noqa: E402
+from testkit.bridge_process import BridgeProcess
+from testkit.broker import broker_users, running_broker
+from testkit.postgres import PostgresServer
+from testkit.support import (
     NODE_PASSWORD,
     TEST_ACL,
     config_dict,
@@ -35,8 +30,8 @@ from tests.support import (  # noqa: E402
     write_config,
 )
 
-from bridge.lease import LEASE, POLL, RENEW_EVERY  # noqa: E402
-from yl_status.monitor_double import MonitorDouble  # noqa: E402
+from bridge.lease import LEASE, POLL, RENEW_EVERY
+from yl_status.monitor_double import MonitorDouble
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ second; the page records, per update, its scripting time and the time to the nex
 (style, layout and paint) with the Performance API. Baseline, in the same page and run: the
 original page's way (build every row of a table anew and replace the table) on the same data.
 
-Run: .venv/bin/python bench/live_page.py [--nodes N] [--seconds S]
+Run: .venv/bin/python -m bench.live_page [--nodes N] [--seconds S]
 """
 
 from __future__ import annotations
@@ -15,22 +15,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+from waitress.server import create_server
 
-from waitress.server import create_server  # noqa: E402
-
-from status_app import NodeView, create_app  # noqa: E402
-from yl_core.config import parse_config  # noqa: E402
-from yl_core.protocol import (  # noqa: E402
+from status_app import NodeView, create_app
+from yl_core.config import parse_config
+from yl_core.protocol import (
     ReporterCounters,
     Resources,
+    State,
     StateMessage,
     StatusMessage,
     encode,
@@ -58,7 +55,7 @@ requestAnimationFrame(() => setTimeout(() => done([scripted, performance.now() -
 """
 
 
-def state(word: str) -> bytes:
+def state(word: State) -> bytes:
     return encode(StateMessage(state=word, session=SESSION, since="2026-01-01T00:00:00.000Z",
                                node_name="GUI", version="1.4", interval_s=1.0))
 

@@ -6,7 +6,7 @@ Measures, in one run:
 - RSS the publisher adds to the host process (started and connected);
 - CPU an idle connected publisher uses per hour.
 
-Run: .venv/bin/python bench/publisher.py [--calls N] [--idle-seconds S]
+Run: .venv/bin/python -m bench.publisher [--calls N] [--idle-seconds S]
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 # This script shares its name with the package it measures: keep its folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
-
-from publisher import StatusPublisher  # noqa: E402
-from yl_core.config import parse_config  # noqa: E402
-from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
+from publisher import StatusPublisher
+from yl_core.config import parse_config
+from yl_status.dev_broker import DevBroker, free_port
 
 
 class OriginalReporter:

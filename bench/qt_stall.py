@@ -6,7 +6,7 @@ black-holed (a TCP server that accepts and never answers), each without and with
 clicked 100 times a second. Printed: p50, p99 and max lateness, and the max added over the
 baseline with the same clicking.
 
-Run: .venv/bin/python bench/qt_stall.py [--seconds S]
+Run: .venv/bin/python -m bench.qt_stall [--seconds S]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -24,14 +23,12 @@ from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-# bench/publisher.py would shadow the package of the same name: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
-from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer
+from PySide6.QtWidgets import QApplication
 
-from yl_core.config import parse_config  # noqa: E402
-from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
+from yl_core.config import parse_config
+from yl_status.dev_broker import DevBroker, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
     example = load_example()
     results: dict[tuple[str, bool], tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

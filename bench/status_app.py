@@ -6,7 +6,7 @@ by wrk (Debian package ``wrk``) from the same machine, in the same run:
 - 50 concurrent keep-alive clients: throughput, p50/p99/max latency, and the ratio;
 - the same load while one client holds a connection open and sends nothing.
 
-Run: .venv/bin/python bench/status_app.py [--seconds S]
+Run: .venv/bin/python -m bench.status_app [--seconds S]
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ from pathlib import Path
 
 import yaml
 
-# bench/publisher.py would shadow the package of the same name: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
-
-from publisher import StatusPublisher  # noqa: E402
-from yl_core.config import parse_config  # noqa: E402
-from yl_status.dev_broker import DevBroker, free_port  # noqa: E402
+from publisher import StatusPublisher
+from yl_core.config import parse_config
+from yl_status.dev_broker import DevBroker, free_port
 
 ORIGINAL_SERVER = r"""
 import sys

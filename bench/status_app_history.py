@@ -6,7 +6,7 @@ the history keeps one sample a minute) and a state change every half hour, throu
 status each. Prints RSS for both (each in a fresh process), per node, and the ratio, and the
 ingest rate.
 
-Run: .venv/bin/python bench/status_app_history.py [--nodes N] [--minutes M]
+Run: .venv/bin/python -m bench.status_app_history [--nodes N] [--minutes M]
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
 CHILD = r"""
 import gc, json, sys, time

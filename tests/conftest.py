@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import threading
 import time
@@ -10,21 +9,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from tests.bridge_support import BridgeProcess
-from tests.postgres_support import PostgresServer, running_postgres
-from tests.support import (
-    BRIDGE_PASSWORD,
-    BRIDGE_USER,
-    NODE_PASSWORD,
-    NODE_USERS,
-    READER_USER,
-    RECORDER_USER,
+from testkit.bridge_process import BridgeProcess
+from testkit.broker import INTRUDER_ACL, broker_users, running_broker
+from testkit.postgres import PostgresServer, running_postgres
+from testkit.support import (
     TEST_ACL,
-    TEST_PASSWORD,
-    VIEWER_PASSWORD,
-    VIEWER_USER,
-    WATCHER_USER,
     answers,
     restart_receive_times,
     serve_config,
@@ -33,6 +22,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
 
@@ -78,36 +68,6 @@ def no_leaks() -> Iterator[None]:
             child.kill()
     assert not threads, f"test leaked threads: {[t.name for t in threads]}"
     assert not children, f"test leaked processes: {described}"
-
-
-def broker_users() -> dict[str, str]:
-    users = dict.fromkeys(NODE_USERS, NODE_PASSWORD)
-    users[BRIDGE_USER] = BRIDGE_PASSWORD
-    users[BRIDGE_USER + "-status"] = BRIDGE_PASSWORD
-    users[VIEWER_USER] = VIEWER_PASSWORD
-    users[RECORDER_USER] = TEST_PASSWORD
-    users[READER_USER] = TEST_PASSWORD
-    users[WATCHER_USER] = TEST_PASSWORD
-    return users
-
-
-TEST_MESSAGE_LIMIT = 2 * 1024 * 1024
-"""Above the protocol's 64 KiB, so oversized payloads reach the components that must refuse
-them."""
-INTRUDER_ACL = TEST_ACL + "\nuser intruder\ntopic write yl/ar/nodes/#\n"
-
-
-def running_broker(workdir: Path, users: dict[str, str], acl: str = TEST_ACL,
-                   settings: dict[str, str] | None = None) -> Iterator[DevBroker]:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.fail("mosquitto is not installed (.ci/run installs it)")
-    instance = DevBroker(workdir, users=users, message_size_limit=TEST_MESSAGE_LIMIT,
-                         extra_acl=acl, settings=settings)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def test_a_broker_set_up_as_readme_says_serves_each_kind_of_login(tmp_path: Path
     import subprocess as sp
     from types import SimpleNamespace
 
-    from tests.support import retained, wait_until
+    from testkit.support import retained, wait_until
+
     from tests.test_broker_acl import close, connect, publish_reason
     from yl_status.dev_broker import free_port, render_config
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from publisher import StatusPublisher
-from tests.bridge_support import BridgeProcess, last_gui, reasons
-from tests.support import (
+from testkit.bridge_process import BridgeProcess, last_gui, reasons
+from testkit.support import (
     Recorder,
     config_dict,
     http_get,
@@ -24,6 +22,8 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
+from publisher import StatusPublisher
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.bridge_process import last_gui
+from testkit.support import BRIDGE_PASSWORD, BRIDGE_USER, config_dict, make_config, wait_until
 
 from bridge import service
 from bridge.outbox import Outbox
 from bridge.service import Bridge
 from publisher import StatusPublisher
-from tests.bridge_support import last_gui
-from tests.support import BRIDGE_PASSWORD, BRIDGE_USER, config_dict, make_config, wait_until
 from yl_core.config import Config, parse_config
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble

@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.bridge_support import BridgeProcess, reasons
-from tests.support import (
+from testkit.bridge_process import BridgeProcess, reasons
+from testkit.support import (
     NODE_PASSWORD,
     Recorder,
     config_dict,
@@ -17,7 +16,8 @@ from tests.support import (
     wait_until,
     write_config,
 )
-from yl_core.protocol import LOST_HOLD
+
+from yl_core.truth import LOST_HOLD
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

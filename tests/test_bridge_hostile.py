@@ -10,10 +10,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from testkit.bridge_process import BridgeProcess, last_gui, rejected_by_reason
+from testkit.support import make_config, retained, wait_until
 
 from publisher import StatusPublisher
-from tests.bridge_support import BridgeProcess, last_gui, rejected_by_reason
-from tests.support import make_config, retained, wait_until
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

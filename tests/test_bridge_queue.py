@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit.bridge_process import BridgeProcess, last_gui
+from testkit.broker import broker_users, running_broker
+from testkit.support import NODE_PASSWORD, make_config, wait_until
 
 from publisher import StatusPublisher
-from tests.bridge_support import BridgeProcess, last_gui
-from tests.conftest import broker_users, running_broker
-from tests.support import NODE_PASSWORD, make_config, wait_until
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

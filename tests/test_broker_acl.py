@@ -8,8 +8,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-
-from tests.support import (
+from testkit.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
     NODE_PASSWORD,
@@ -17,6 +16,7 @@ from tests.support import (
     VIEWER_USER,
     retained,
 )
+
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from bench.campaign import KINDS, run_campaign
+from testkit.campaign import KINDS, run_campaign
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-
-from tests.bridge_support import BridgeProcess, reasons
-from tests.ejabberd_support import EjabberdCluster, EjabberdNode
-from tests.support import (
+from testkit.bridge_process import BridgeProcess, reasons
+from testkit.ejabberd import EjabberdCluster, EjabberdNode
+from testkit.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
     NODE_PASSWORD,
@@ -25,6 +24,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_status.monitor_double import MonitorDouble
 
 pytestmark = pytest.mark.integration

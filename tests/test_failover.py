@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from bridge.status_receiver import StatusReceiver
-from tests.bridge_support import BridgeProcess, reasons
-from tests.postgres_support import PostgresServer
-from tests.support import (
+from testkit.bridge_process import BridgeProcess, reasons
+from testkit.postgres import PostgresServer
+from testkit.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
     NODE_PASSWORD,
@@ -32,9 +30,11 @@ from tests.support import (
     wait_until,
     write_config,
 )
-from tests.tcp_proxy import PartitionProxy
+from testkit.tcp_proxy import PartitionProxy
+
+from bridge.status_receiver import StatusReceiver
 from yl_core.link import options_from_config
-from yl_core.protocol import LOST_HOLD
+from yl_core.truth import LOST_HOLD
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

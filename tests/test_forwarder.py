@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit.support import wait_until
 
 from bridge.forwarder import Forwarder
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
-from tests.support import wait_until
 from tests.test_outbox import state, status
 from yl_core.config import Config, parse_config
 from yl_core.protocol import encode

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit.support import answers, wait_until, write_config
 
-from tests.support import answers, wait_until, write_config
 from yl_status.dev_broker import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from testkit.postgres import PostgresServer
+from testkit.support import wait_until
 
 from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
 from bridge.outbox import NotActiveError, Outbox
-from tests.postgres_support import PostgresServer
-from tests.support import wait_until
 from yl_core.protocol import StateMessage
 
 DURATION = MARGIN + RENEW_EVERY + 0.3
@@ -92,7 +92,11 @@ def test_writes_of_a_superseded_instance_never_commit(url: str, leases: list[Lea
                          interval_s=30.0)
     box.record([("n1", ready, b"{}", 1.0, False)])
     b.step()
-    wait_until(lambda: (b.step(), b.role == ACTIVE)[1], timeout=3 * DURATION, interval=0.02,
+    def b_took_over() -> bool:
+        b.step()
+        return b.role == ACTIVE
+
+    wait_until(b_took_over, timeout=3 * DURATION, interval=0.02,
                what="b takes over")
     lost = StateMessage(state="lost", session=ready.session, since=ready.since,
                         node_name="n", version="1", interval_s=30.0)

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import ARTIFACTS, broker_users, running_broker
-from tests.support import (
+from testkit.broker import broker_users, running_broker
+from testkit.support import (
     NODE_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
@@ -25,6 +24,8 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
+from tests.conftest import ARTIFACTS
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit.support import wait_until
 
 from bridge.outbox import Outbox
-from tests.support import wait_until
 from tests.test_forwarder import config_for, forwarding
 from tests.test_outbox import state, status
 from yl_status.monitor_double import MonitorDouble

@@ -7,7 +7,7 @@ from flask.testing import FlaskClient
 from status_app import NodeView
 from status_app.node_history import MAX_TRANSITIONS, SAMPLES, NodeHistory
 from tests.test_status_app import OLDER, Clock, client, clock, feed, state, status, view
-from yl_core.protocol import LOST_HOLD
+from yl_core.truth import LOST_HOLD
 
 __all__ = ["client", "clock", "view"]  # fixtures
 

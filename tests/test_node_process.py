@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.support import (
+from testkit.support import (
     Recorder,
     config_dict,
     retained,
@@ -18,6 +17,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration

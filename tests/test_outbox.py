@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.postgres import PostgresServer, running_postgres
+from testkit.support import received
 
 from bridge.database import Database
+from bridge.incoming import StatusHead
 from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
-from tests.postgres_support import PostgresServer, running_postgres
-from tests.support import received
 from yl_core.protocol import (
     ReporterCounters,
     Resources,
@@ -23,6 +24,9 @@ from yl_core.protocol import (
 
 A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"
+
+Entry = tuple[str, StateMessage | StatusMessage | StatusHead, bytes, float, bool]
+"""One decoded message as ``Outbox.record`` takes it."""
 
 
 def state(word: str, session: str = A) -> tuple[str, StateMessage, bytes, float, bool]:
@@ -287,9 +291,10 @@ def test_a_failed_commit_leaves_memory_as_on_disk(where: str) -> None:
     box = Outbox(where)
     box.record([state("ready", A)])
     real = box._db
+    assert real is not None
     failing = _CommitFails(real)
     box._db = failing  # type: ignore[assignment]
-    batch = [status(1, A), state("lost", A), state("ready", B), status(1, B)]
+    batch: list[Entry] = [status(1, A), state("lost", A), state("ready", B), status(1, B)]
     with pytest.raises(OutboxError, match="disk is full"):
         box.record(batch)
     assert box.last_error is not None

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.bridge_support import BridgeProcess, reasons
-from tests.postgres_support import PostgresServer
-from tests.support import (
+from testkit.bridge_process import BridgeProcess, reasons
+from testkit.postgres import PostgresServer
+from testkit.support import (
     NODE_PASSWORD,
     config_dict,
     start_process,
@@ -21,6 +20,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit.support import write_config
 
 from bridge.outbox import Outbox, OutboxError
-from tests.support import write_config
 from yl_status.cli import main
 
 

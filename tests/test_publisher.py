@@ -12,10 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-
-from publisher import StatusPublisher, protocol
-from publisher.resources import ResourceSampler
-from tests.support import (
+from testkit.support import (
     NODE_PASSWORD,
     NODE_USERS,
     READER_USER,
@@ -26,6 +23,10 @@ from tests.support import (
     retained,
     wait_until,
 )
+
+from publisher import StatusPublisher
+from publisher.resources import ResourceSampler
+from yl_core import protocol
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,7 @@ def test_start_returns_at_once_and_stop_is_bounded_with_a_black_holed_broker(
 
 
 def test_broker_down_at_start_then_connects_when_it_appears(tmp_path: Path) -> None:
-    from tests.conftest import broker_users
+    from testkit.broker import broker_users
     broker = DevBroker(tmp_path / "late", users=broker_users(), extra_acl=TEST_ACL)
     publisher = StatusPublisher(make_config(broker)).start()
     try:

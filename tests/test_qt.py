@@ -14,8 +14,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from PySide6.QtWidgets import QApplication
+from testkit.support import make_config, retained, wait_until
 
-from tests.support import make_config, retained, wait_until
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,9 @@ STATUS = "yl/ar/nodes/node-1/status"
 
 @pytest.fixture(scope="module")
 def qapp() -> QApplication:
-    return QApplication.instance() or QApplication([])
+    app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
+    return app
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +126,7 @@ def test_the_readme_qt_snippet_works_as_written(
         qapp: QApplication, broker: DevBroker, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from PySide6.QtWidgets import QLabel, QMainWindow, QPlainTextEdit
-
-    from tests.support import config_dict, write_config
+    from testkit.support import config_dict, write_config
 
     monkeypatch.delenv("YL_STATUS_CONFIG", raising=False)
     (tmp_path / "config").mkdir()

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.support import config_dict, retained, write_config
 
-from tests.support import config_dict, retained, write_config
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration

@@ -13,13 +13,13 @@ from status_app import NodeView, create_app
 from yl_core import timestamps
 from yl_core.config import parse_config
 from yl_core.protocol import (
-    LOST_HOLD,
     ReporterCounters,
     Resources,
     StateMessage,
     StatusMessage,
     encode,
 )
+from yl_core.truth import LOST_HOLD
 
 SESSION = "000000000010-aaaaaaaaaaaa"
 OLDER = "000000000001-bbbbbbbbbbbb"
@@ -399,5 +399,5 @@ def test_a_status_before_its_sessions_ready_shows_the_node_up(
     assert (described["health"], described["state_since"]) == \
         ("online", "2026-01-01T00:00:00.000Z")
     feed(view, "gui-1", "state", state("lost"))
-    view.clock.now += LOST_HOLD  # type: ignore[attr-defined]
+    view.clock.now += LOST_HOLD
     assert client.get("/health").get_json()["reason"] == "lost"

@@ -10,8 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
-
-from tests.support import (
+from testkit.support import (
     TEST_PASSWORD,
     VIEWER_PASSWORD,
     VIEWER_USER,
@@ -25,10 +24,17 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_core import timestamps
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = pytest.mark.integration
+
+
+def answer_with(url: str, code: int) -> tuple[int, Any] | None:
+    """``url``'s answer if its status is ``code``, else None (to wait on)."""
+    answer = http_get(url)
+    return answer if answer[0] == code else None
 
 
 def start_node(tmp_path: Path, broker: DevBroker, name: str = "node") -> object:
@@ -41,7 +47,7 @@ def test_health_follows_a_real_node_up_and_killed(tmp_path: Path, broker: DevBro
     assert http_get(served + "/health")[0] == 503
     node = start_node(tmp_path, broker)
     try:
-        code, body = wait_until(lambda: (r := http_get(served + "/health"))[0] == 200 and r,
+        code, body = wait_until(lambda: answer_with(served + "/health", 200),
                                 timeout=15, what="healthy")
         assert body["status"] == "healthy"
         code, status = http_get(served + "/status")
@@ -53,7 +59,7 @@ def test_health_follows_a_real_node_up_and_killed(tmp_path: Path, broker: DevBro
         killed, killed_at = time.monotonic(), time.time()
         node.kill()  # type: ignore[attr-defined]
         node.wait()  # type: ignore[attr-defined]
-        code, body = wait_until(lambda: (r := http_get(served + "/health"))[0] == 503 and r,
+        code, body = wait_until(lambda: answer_with(served + "/health", 503),
                                 timeout=2, what="unhealthy after kill -9")
         assert time.monotonic() - killed < 2
         assert body["reason"] == "lost"
@@ -73,7 +79,7 @@ def test_health_says_broker_unreachable_and_recovers(tmp_path: Path, broker: Dev
     try:
         wait_until(lambda: http_get(served + "/health")[0] == 200, timeout=15, what="healthy")
         broker.stop()
-        _, body = wait_until(lambda: (r := http_get(served + "/health"))[0] == 503 and r,
+        _, body = wait_until(lambda: answer_with(served + "/health", 503),
                              timeout=5, what="unhealthy without broker")
         assert body["reason"] == "broker unreachable"
         assert http_get(served + "/nodes")[1]["broker"]["connected"] is False

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit.broker import broker_users
+from testkit.support import TEST_ACL, make_config, retained, wait_until
 
 from publisher import StatusPublisher
-from tests.conftest import broker_users
-from tests.support import TEST_ACL, make_config, retained, wait_until
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration

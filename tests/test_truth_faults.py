@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.bridge_support import BridgeProcess
-from tests.conftest import broker_users, running_broker
-from tests.support import (
+from testkit.bridge_process import BridgeProcess
+from testkit.broker import broker_users, running_broker
+from testkit.support import (
     config_dict,
     http_get,
     retained,
@@ -23,6 +23,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 
@@ -41,7 +42,7 @@ def broker(tmp_path: Path) -> Iterator[DevBroker]:
 
 
 def node(tmp_path: Path, broker: DevBroker, name: str, clock: str | None = None,
-         interval: float = 30) -> object:
+         interval: float = 30) -> subprocess.Popen[bytes]:
     config = write_config(tmp_path / f"{name}.yaml", config_dict(
         broker, "node-1", monitor={"report_interval": interval}))
     args = ["node", "-c", str(config), "--toggle-every", "0.5"]

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.support import (
+from testkit.support import (
     TEST_PASSWORD,
     WATCHER_USER,
     config_dict,
@@ -25,6 +24,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+
 from yl_status.dev_broker import DevBroker
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ class Terminal:
         return text[text.rfind("node(s)"):] if "node(s)" in text else ""
 
     def close(self) -> int:
-        code = stop_process(self.process)  # type: ignore[arg-type]
+        code = stop_process(self.process)
         self.reader.join(5)
         os.close(self.master)
         return code

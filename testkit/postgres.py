@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from tests.support import wait_until
+from testkit.support import wait_until
 from yl_status.dev_broker import free_port
 
 USER = "yl"

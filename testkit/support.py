@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ def restart_receive_times() -> None:
     _received[0] = time.time() - 10.0
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition",
+def wait_until(predicate: Callable[..., T | None], timeout: float = 5.0, what: str = "condition",
                interval: float = 0.01) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -120,7 +122,7 @@ class Recorder:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain),
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain),
                                           time.monotonic()))
 
     def start(self) -> Recorder:
@@ -142,7 +144,7 @@ class Recorder:
         found = self.on(topic)
         return found[-1] if found else None
 
-    def wait_for(self, topic: str, predicate: Callable[[Any], bool] = lambda d: True,
+    def wait_for(self, topic: str, predicate: Callable[..., bool] = lambda d: True,
                  timeout: float = 5.0, after: float = 0.0) -> Received:
         def match() -> Received | None:
             for m in reversed(self.on(topic)):
@@ -171,7 +173,7 @@ def retained(host: str, port: int, topic: str, timeout: float = 3.0, *,
 
     def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
-            got.append(msg.payload)
+            got.append(bytes(msg.payload))
             arrived.set()
 
     client.on_connect = on_connect
@@ -212,9 +214,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int
 def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
              ) -> tuple[int, Any]:
     """GET over a real socket; returns (status, parsed JSON or text)."""
-    import urllib.error
-    import urllib.request
-
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

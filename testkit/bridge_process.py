@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.support import (
+from testkit.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
     config_dict,

@@ -1,0 +1,606 @@
+"""A fault campaign that measures the truth.
+
+N simulated GUI nodes (one process each), the bridge, the status app, mosquitto with the
+project's config and the YL-monitor double, under a seeded random schedule of faults:
+
+- nodes: kill -9, freeze (SIGSTOP), clean stop, restart, takeover by a second process, and
+  runs with a clock four years ahead or behind (libfaketime);
+- the bridge: kill -9, and SIGSTOP of the bridge or of its status receiver;
+- the broker: kill -9 (persistence on; right after a change, inside its one-second save
+  window, or outside it) and restart;
+- the monitor: answering 500, answering 404, hanging, forgetting its nodes;
+- the outbox's disk: full (a small tmpfs; needs root).
+
+A truth oracle knows each node's real state at every instant (up: its process runs and is
+not frozen) and samples what the monitor (``is_online``) and the status app (``/nodes``)
+say four times a second. It reports, per fault kind:
+
+- lost: real outages (down long enough to be seen) with no offline heartbeat at the monitor,
+  and restarts with no online heartbeat after them (must be 0);
+- regressions: heartbeats of one process older than one it delivered before (must be 0);
+- wrong-state seconds, at the monitor and in the status app, summed over nodes;
+- the longest time the monitor or the status app stayed wrong after a fault healed.
+
+Run: .venv/bin/python -m bench.campaign [--seed S] [--minutes M] [--nodes N]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from yl_core.truth import LOST_HOLD
+from yl_status.dev_broker import DevBroker, free_port
+from yl_status.monitor_double import MonitorDouble
+
+PASSWORD = "campaign-secret"
+KEEPALIVE = 2
+"""Node keepalive (s): a frozen node is lost after about 2.1-2.4 x this."""
+SAMPLE = 0.25
+HEALED_WITHIN = 5.0
+"""The bound on wrong state after a fault heals (a frozen node: 2 x keepalive longer)."""
+SEEN_DOWN = LOST_HOLD + 0.5
+"""An outage shorter than this may be withdrawn (a will followed at once by the node)."""
+FREEZE_DETECTION = 2.5 * KEEPALIVE
+RESTART_SLACK = 30.0
+"""A heartbeat may arrive this long after its process was replaced (a backlog)."""
+KINDS = ("node_kill", "node_freeze", "node_stop", "node_takeover", "node_skew",
+         "bridge_kill", "bridge_freeze", "receiver_freeze", "broker_kill",
+         "monitor_500", "monitor_404", "monitor_hang", "monitor_forget", "disk_full")
+
+
+def get_json(url: str, timeout: float = 1.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return json.loads(answer.read())
+
+
+@dataclass
+class Node:
+    node_id: str
+    process: subprocess.Popen[bytes] | None = None
+    frozen: bool = False
+    up_since: float | None = None
+    down_since: float | None = None
+    outages: list[tuple[float, float | None, str]] = field(default_factory=list)
+    """(down at, up again at or None, fault kind) per real outage."""
+    starts: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.poll() is None and not self.frozen
+
+
+@dataclass
+class Event:
+    kind: str
+    start: float
+    healed: float | None
+    nodes: tuple[str, ...]
+    """The nodes whose truth the fault touches (all of them for infrastructure faults)."""
+    counted: bool = True
+    """False for the restart that ends a node fault (measured, not counted again)."""
+
+
+@dataclass
+class Report:
+    seed: int
+    seconds: float
+    nodes: int
+    lost: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    regressions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    wrong_monitor: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    wrong_app: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    after_heal: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    events: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def total_lost(self) -> int:
+        return sum(self.lost.values())
+
+    @property
+    def total_regressions(self) -> int:
+        return sum(self.regressions.values())
+
+    def worst_after_heal(self, kind: str | None = None) -> float:
+        values = [v for k, v in self.after_heal.items() if kind in (None, k)]
+        return max(values, default=0.0)
+
+    def bound(self, kind: str) -> float:
+        return HEALED_WITHIN + (2 * KEEPALIVE if kind in ("node_freeze", "broker_kill") else 0)
+
+    def table(self) -> str:
+        rows = [("fault", "events", "lost", "regress", "wrong s (mon)", "wrong s (app)",
+                 "after heal s", "bound s")]
+        for kind in KINDS:
+            if self.events.get(kind):
+                rows.append((kind, str(self.events[kind]), str(self.lost.get(kind, 0)),
+                             str(self.regressions.get(kind, 0)),
+                             f"{self.wrong_monitor.get(kind, 0.0):.1f}",
+                             f"{self.wrong_app.get(kind, 0.0):.1f}",
+                             f"{self.after_heal.get(kind, 0.0):.1f}",
+                             f"{self.bound(kind):g}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines.append(f"seed {self.seed}, {self.nodes} nodes, {self.seconds:.0f} s: "
+                     f"{self.total_lost} lost, {self.total_regressions} regressions, longest "
+                     f"wrong state after a heal {self.worst_after_heal():.1f} s")
+        return "\n".join(lines)
+
+
+class Campaign:
+    def __init__(self, workdir: Path, *, seed: int, nodes: int, kinds: tuple[str, ...]) -> None:
+        self.workdir = workdir
+        self.rng = random.Random(seed)
+        self.kinds = kinds
+        self.seed = seed
+        self.node_ids = [f"camp-{i:03d}" for i in range(nodes)]
+        users = dict.fromkeys(self.node_ids, PASSWORD)
+        users.update({"yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD,
+                      "yl-viewer": PASSWORD})
+        self.broker = DevBroker(workdir / "broker", users=users)
+        self.double = MonitorDouble(check_interval=30.0)
+        self.nodes = {n: Node(n) for n in self.node_ids}
+        self.events: list[Event] = []
+        self.lock = threading.Lock()
+        self.bridge: subprocess.Popen[bytes] | None = None
+        self.serve: subprocess.Popen[bytes] | None = None
+        self.outbox_dir = workdir / "outbox"
+        self.outbox_dir.mkdir(parents=True)
+        self.tmpfs = os.geteuid() == 0 and "disk_full" in kinds
+        self.metrics_port = free_port()
+        self.serve_port = free_port()
+        self.samples: list[tuple[float, dict[str, tuple[bool, bool | None, bool | None]]]] = []
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def config(self, name: str, **sections: dict[str, Any]) -> Path:
+        data: dict[str, Any] = {
+            "monitor": {"url": self.double.url, "node_id": self.node_ids[0],
+                        "report_interval": 5, "timeout": 1.0, "retry_delay": 1.0},
+            "mqtt": {"host": self.broker.host, "port": self.broker.port,
+                     "password": PASSWORD, "keepalive": KEEPALIVE},
+            "logging": {"level": "INFO"},
+        }
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def spawn(self, args: list[str], log: str, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        with open(self.workdir / log, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "yl_status", *args], stdout=out,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def start(self) -> None:
+        self.broker.start()
+        self.double.start()
+        if self.tmpfs:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs",
+                            str(self.outbox_dir)], check=True)
+        self.bridge_config = self.config(
+            "bridge", mqtt={"username": "yl-bridge", "keepalive": 5},
+            bridge={"outbox_path": str(self.outbox_dir / "outbox.sqlite3"),
+                    "metrics": f"127.0.0.1:{self.metrics_port}"})
+        self.start_bridge()
+        serve = self.config("serve", local_server={"port": self.serve_port,
+                                                   "mqtt_username": "yl-viewer",
+                                                   "mqtt_password": PASSWORD})
+        self.serve = self.spawn(["serve", "-c", str(serve)], "serve.log")
+        for node_id in self.node_ids:
+            self.start_node(node_id, "start")
+        self.wait("every node online", lambda: all(self.double.is_online(n)
+                                                   for n in self.node_ids), 60)
+
+    def start_bridge(self) -> None:
+        self.bridge = self.spawn(["bridge", "-c", str(self.bridge_config)], "bridge.log")
+
+    def start_node(self, node_id: str, kind: str, clock: str | None = None) -> None:
+        node = self.nodes[node_id]
+        env = None
+        if clock is not None:
+            library = next(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"), None)
+            if library is not None:
+                env = {"LD_PRELOAD": str(library), "FAKETIME": clock,
+                       "FAKETIME_DONT_RESET": "1", "DONT_FAKE_MONOTONIC": "1"}
+        config = self.config(f"node-{node_id}")
+        process = self.spawn(["node", "-c", str(config), "--node-id", node_id,
+                              "--toggle-every", "1"], f"node-{node_id}.log", env)
+        with self.lock:
+            node.process = process
+            node.frozen = False
+            node.starts.append((time.monotonic(), kind))
+            self.came_up(node)
+
+    def came_up(self, node: Node) -> None:
+        now = time.monotonic()
+        if node.down_since is not None and node.outages:
+            down_at, _, kind = node.outages[-1]
+            node.outages[-1] = (down_at, now, kind)
+        node.down_since = None
+        node.up_since = now
+
+    def went_down(self, node: Node, kind: str) -> None:
+        now = time.monotonic()
+        if node.down_since is None:
+            node.down_since = now
+            node.outages.append((now, None, kind))
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if check():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"campaign: gave up waiting for {what}")
+
+    # --- the oracle ---------------------------------------------------------------------
+
+    def sample_forever(self, stop: threading.Event) -> None:
+        while not stop.wait(SAMPLE):
+            try:
+                app = {n["node_id"]: n["health"] == "online"
+                       for n in get_json(f"http://127.0.0.1:{self.serve_port}/nodes")["nodes"]}
+            except (OSError, ValueError, KeyError):
+                app = {}
+            now = time.monotonic()
+            with self.lock:
+                truth = {n: node.up for n, node in self.nodes.items()}
+            view: dict[str, tuple[bool, bool | None, bool | None]] = {
+                n: (truth[n], self.double.is_online(n), app.get(n)) for n in truth}
+            self.samples.append((now, view))
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def fault(self, kind: str) -> None:
+        getattr(self, f"fault_{kind}")()
+
+    def _some_up_node(self) -> Node | None:
+        with self.lock:
+            up = [n for n in self.nodes.values() if n.up]
+        return self.rng.choice(up) if up else None
+
+    def _record(self, kind: str, start: float, healed: float | None,
+                nodes: tuple[str, ...] | None = None, *, counted: bool = True) -> None:
+        with self.lock:
+            self.events.append(Event(kind, start, healed, tuple(self.node_ids)
+                                     if nodes is None else nodes, counted))
+
+    def _restart(self, node: Node, kind: str, clock: str | None = None) -> None:
+        self.start_node(node.node_id, kind, clock)
+        now = time.monotonic()
+        self._record(kind, now, now, (node.node_id,), counted=False)
+
+    def _down_for(self, low: float, high: float) -> None:
+        time.sleep(self.rng.uniform(low, high))
+
+    def _node_down(self, kind: str, end: Callable[[subprocess.Popen[bytes]], None],
+                   clock: str | None = None) -> None:
+        """End a node's process with ``end``, keep it down a while, start it again."""
+        node = self._some_up_node()
+        if node is None or node.process is None:
+            return
+        start = time.monotonic()
+        with self.lock:
+            end(node.process)
+            self.went_down(node, kind)
+        node.process.wait()
+        self._record(kind, start, start, (node.node_id,))
+        self._down_for(2, 5)
+        self._restart(node, kind, clock)
+
+    def fault_node_kill(self) -> None:
+        self._node_down("node_kill", subprocess.Popen.kill)
+
+    def fault_node_stop(self) -> None:
+        self._node_down("node_stop", subprocess.Popen.terminate)
+
+    def fault_node_freeze(self) -> None:
+        node = self._some_up_node()
+        if node is None or node.process is None:
+            return
+        start = time.monotonic()
+        with self.lock:
+            node.process.send_signal(signal.SIGSTOP)
+            node.frozen = True
+            self.went_down(node, "node_freeze")
+        self._down_for(2, 3 * KEEPALIVE + 3)
+        with self.lock:
+            node.process.send_signal(signal.SIGCONT)
+            node.frozen = False
+            self.came_up(node)
+        self._record("node_freeze", start, time.monotonic(), (node.node_id,))
+
+    def fault_node_takeover(self) -> None:
+        node = self._some_up_node()
+        if node is None or node.process is None:
+            return
+        first = node.process
+        start = time.monotonic()
+        self.start_node(node.node_id, "node_takeover")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            first.wait(15)
+        self._record("node_takeover", start, start, (node.node_id,))
+
+    def fault_node_skew(self) -> None:
+        self._node_down("node_skew", subprocess.Popen.terminate,
+                        clock=self.rng.choice(("+1460d", "-1460d")))
+
+    def fault_bridge_kill(self) -> None:
+        assert self.bridge is not None
+        start = time.monotonic()
+        self.bridge.kill()
+        self.bridge.wait()
+        self._down_for(1, 5)
+        self.start_bridge()
+        self._record("bridge_kill", start, time.monotonic())
+
+    def _freeze(self, kind: str, pid: int) -> None:
+        start = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        self._down_for(2, 8)
+        with contextlib.suppress(ProcessLookupError):  # the bridge replaced a hung receiver
+            os.kill(pid, signal.SIGCONT)
+        self._record(kind, start, time.monotonic())
+
+    def fault_bridge_freeze(self) -> None:
+        assert self.bridge is not None
+        self._freeze("bridge_freeze", self.bridge.pid)
+
+    def fault_receiver_freeze(self) -> None:
+        assert self.bridge is not None
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(self.bridge.pid).children()
+            if children:
+                self._freeze("receiver_freeze", children[0].pid)
+
+    def fault_broker_kill(self) -> None:
+        start = time.monotonic()
+        if self.rng.random() < 0.5:  # inside the save window: right after a change
+            node = self._some_up_node()
+            if node is not None and node.process is not None:
+                with self.lock:
+                    node.process.terminate()
+                    self.went_down(node, "broker_kill")
+                node.process.wait()
+                time.sleep(0.1)
+        self.broker.kill()
+        self._down_for(1, 3)
+        self.broker.start()
+        for node in self.nodes.values():
+            if node.process is None or node.process.poll() is not None:
+                self.start_node(node.node_id, "broker_kill")
+        self._record("broker_kill", start, time.monotonic())
+
+    def _monitor(self, kind: str, fail: Callable[[], None], heal: Callable[[], None]) -> None:
+        start = time.monotonic()
+        fail()
+        self._down_for(3, 8)
+        heal()
+        self._record(kind, start, time.monotonic())
+
+    def fault_monitor_500(self) -> None:
+        self._monitor("monitor_500", lambda: self.double.fail_with(500),
+                      lambda: self.double.fail_with(None))
+
+    def fault_monitor_404(self) -> None:
+        self._monitor("monitor_404", lambda: self.double.fail_with(404),
+                      lambda: self.double.fail_with(None))
+
+    def fault_monitor_hang(self) -> None:
+        self._monitor("monitor_hang", self.double.hang, self.double.answer_again)
+
+    def fault_monitor_forget(self) -> None:
+        start = time.monotonic()
+        self.double.forget()
+        self._record("monitor_forget", start, start)
+
+    def fault_disk_full(self) -> None:
+        if not self.tmpfs:
+            return
+        start = time.monotonic()
+        filler = self.outbox_dir / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        self._down_for(3, 8)
+        filler.unlink()
+        self._record("disk_full", start, time.monotonic())
+
+    # --- run and judge --------------------------------------------------------------------
+
+    def run(self, seconds: float) -> Report:
+        stop = threading.Event()
+        sampler = threading.Thread(target=self.sample_forever, args=(stop,), daemon=True)
+        began = time.monotonic()
+        sampler.start()
+        try:
+            order: list[str] = []
+            while time.monotonic() - began < seconds:
+                if not order:  # every kind once per round, in a seeded order
+                    order = list(self.kinds)
+                    self.rng.shuffle(order)
+                self.fault(order.pop())
+                time.sleep(self.rng.uniform(1.0, 4.0))
+            settle = time.monotonic()
+            for node in self.nodes.values():
+                if not node.up:
+                    self.start_node(node.node_id, "end")
+            settled = self.settled(60.0)
+            self._record("end", settle, settle)
+            stop.wait(2.0)
+        finally:
+            stop.set()
+            sampler.join(2.0)
+        report = self.judge(time.monotonic() - began)
+        report.details.extend(settled)
+        return report
+
+    def settled(self, timeout: float) -> list[str]:
+        """Wait until the monitor and the status app show every node up; what is still
+        wrong after ``timeout``."""
+        def wrong() -> list[str]:
+            try:
+                app = {n["node_id"]: n for n in get_json(
+                    f"http://127.0.0.1:{self.serve_port}/nodes")["nodes"]}
+            except (OSError, ValueError, KeyError):
+                app = {}
+            found = []
+            for node_id in self.node_ids:
+                seen = app.get(node_id, {})
+                if not self.double.is_online(node_id) or seen.get("health") != "online":
+                    found.append(f"{node_id} not up at the end: monitor "
+                                 f"{self.double.node_view(node_id)}, status app {seen}")
+            return found
+
+        deadline = time.monotonic() + timeout
+        while (problems := wrong()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return problems
+
+    def judge(self, seconds: float) -> Report:
+        offset = time.time() - time.monotonic()
+        (self.workdir / "timeline.json").write_text(json.dumps({
+            "events": [[e.kind, e.start, e.healed, list(e.nodes)] for e in self.events],
+            "heartbeats": {n: [[h.at - offset, h.status, h.reason, h.body.get("uptime")]
+                               for h in self.double.history(n)] for n in self.node_ids},
+            "truth": {n: {"outages": node.outages, "starts": node.starts}
+                      for n, node in self.nodes.items()},
+        }))
+        report = Report(self.seed, seconds, len(self.node_ids))
+        for event in self.events:
+            if event.counted and event.kind != "end":
+                report.events[event.kind] += 1
+        self._wrong_seconds(report)
+        self._after_heal(report)
+        self._lost_and_regressions(report)
+        return report
+
+    def _blame(self, node_id: str, at: float) -> str:
+        """The latest fault that touched ``node_id`` before ``at``."""
+        for event in reversed(self.events):
+            if event.start <= at and node_id in event.nodes:
+                return event.kind
+        return "start"
+
+    def _wrong_seconds(self, report: Report) -> None:
+        for at, view in self.samples:
+            for node_id, (truth, monitor, app) in view.items():
+                if monitor != truth:
+                    report.wrong_monitor[self._blame(node_id, at)] += SAMPLE
+                if app is not None and app != truth:
+                    report.wrong_app[self._blame(node_id, at)] += SAMPLE
+
+    def _after_heal(self, report: Report) -> None:
+        for event in self.events:
+            if event.healed is None or event.kind == "end":
+                continue
+            wrong_until = event.healed
+            for at, view in self.samples:
+                if at < event.healed:
+                    continue
+                later = [e for e in self.events if event.healed < e.start <= at]
+                if any(set(e.nodes) & set(event.nodes) for e in later):
+                    break  # another fault on the same nodes: it is measured on its own
+                if any(view[n][0] != view[n][1] or (view[n][2] is not None and
+                                                    view[n][2] != view[n][0])
+                       for n in event.nodes):
+                    wrong_until = at + SAMPLE
+                else:
+                    break
+            lag = wrong_until - event.healed
+            report.after_heal[event.kind] = max(report.after_heal[event.kind], lag)
+            if lag > report.bound(event.kind):
+                report.details.append(f"{event.kind} at {event.start:.1f}: wrong for "
+                                      f"{lag:.1f} s after it healed")
+
+    def _lost_and_regressions(self, report: Report) -> None:
+        clock_offset = time.time() - time.monotonic()
+        for node_id, node in self.nodes.items():
+            history = [(h.at - clock_offset, h) for h in self.double.history(node_id)]
+            for down, up, kind in node.outages:
+                end = up if up is not None else float("inf")
+                if end - down < max(SEEN_DOWN, FREEZE_DETECTION if kind == "node_freeze"
+                                    else 0.0) + 1.0:
+                    continue
+                if not any(down <= at and h.status == "offline" for at, h in history
+                           if at <= end + 2.0):
+                    report.lost[kind] += 1
+                    report.details.append(f"{node_id}: outage at {down:.1f} ({kind}) never "
+                                          "shown offline")
+            for started, kind in node.starts[1:]:
+                if not any(at >= started and h.status == "online" for at, h in history):
+                    report.lost[kind] += 1
+                    report.details.append(f"{node_id}: start at {started:.1f} ({kind}) never "
+                                          "shown online")
+            starts = [s for s, _ in node.starts]
+            previous: tuple[float, float] | None = None
+            for at, h in history:
+                uptime = h.body.get("uptime")
+                if not isinstance(uptime, (int, float)):
+                    continue
+                if previous is not None and uptime < previous[1] and not any(
+                        previous[0] - RESTART_SLACK <= s <= at for s in starts):
+                    report.regressions[self._blame(node_id, at)] += 1
+                    report.details.append(f"{node_id}: uptime {uptime} after {previous[1]} "
+                                          f"at {at:.1f} with no restart between")
+                previous = (at, uptime)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                with contextlib.suppress(OSError):
+                    node.process.send_signal(signal.SIGCONT)
+                node.process.kill()
+                node.process.wait()
+        for process in (self.bridge, self.serve):
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.kill(process.pid, signal.SIGCONT)
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.double.answer_again()
+        self.double.down()
+        self.broker.stop()
+        if self.tmpfs:
+            subprocess.run(["umount", "-l", str(self.outbox_dir)], check=False)
+
+
+def run_campaign(*, seed: int, seconds: float, nodes: int, workdir: Path | None = None,
+                 kinds: tuple[str, ...] = KINDS) -> Report:
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="campaign-")))
+        campaign = Campaign(workdir, seed=seed, nodes=nodes, kinds=kinds)
+        stack.callback(campaign.close)
+        campaign.start()
+        return campaign.run(seconds)
