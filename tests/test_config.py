@@ -54,7 +54,6 @@ def test_the_original_layout_is_read_with_every_value_in_place(tmp_path: Path) -
     assert config.monitor.url == "http://monitor.local:5500"
     assert config.monitor.node_id == "user-gui-007"
     assert config.monitor.report_interval == 15.0
-    assert config.monitor.max_retries == 5
     assert config.local_server.port == 5503
     assert config.logging.level == "DEBUG"
     assert config.logging.file == str(tmp_path / "logs" / "monitor.log")
@@ -348,3 +347,14 @@ def test_an_instance_name_defaults_to_a_usable_form_of_the_host_name(
     name = Config().bridge.instance_name
     assert name == "bridge-1-site-example-com"
     assert protocol.check_node_id(name) == name
+
+
+def test_max_retries_is_accepted_with_a_warning_and_not_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, ORIGINAL_LAYOUT)
+    with caplog.at_level("WARNING", logger="yl_core.checks"):
+        config = load_config(path, env={})
+    assert "monitor.max_retries" in caplog.text
+    assert "deprecated and ignored" in caplog.text
+    assert str(path) in caplog.text
+    assert "max_retries" not in config.to_dict()["monitor"]

@@ -24,7 +24,7 @@ from testkit.support import (
     wait_until,
 )
 
-from publisher import StatusPublisher
+from publisher import SessionTakenOverError, StatusPublisher
 from publisher.resources import ResourceSampler
 from yl_core import protocol
 from yl_status.dev_broker import DevBroker, free_port
@@ -219,14 +219,30 @@ def test_rebirth_command_republishes_state_and_status(
     assert publisher.connected
 
 
+def test_set_error_reports_the_node_status_at_once_and_back(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(broker)))
+    recorder.wait_for(STATUS, lambda d: d["status"] == "running")
+    asked = time.monotonic()
+    publisher.set_error()
+    failed = recorder.wait_for(STATUS, lambda d: d["status"] == "error", after=asked)
+    assert failed.at - asked < 1.0
+    asked = time.monotonic()
+    publisher.set_error(False)
+    recorder.wait_for(STATUS, lambda d: d["status"] == "running", after=asked)
+
+
 def test_session_takeover_stops_the_older_publisher_instead_of_fighting(
         broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
     errors: list[str] = []
     first = started(publishers, StatusPublisher(make_config(broker), on_error=errors.append))
     wait_until(lambda: first.connected, what="first connected")
     second = started(publishers, StatusPublisher(make_config(broker)))
+    second.raise_if_fatal()
     wait_until(lambda: first.fatal_error is not None, what="takeover detected")
     assert "taken over" in (first.fatal_error or "")
+    with pytest.raises(SessionTakenOverError, match="taken over"):
+        first.raise_if_fatal()
     assert any("taken over" in e for e in errors)
     assert first.stats()["running"] is False
     wait_until(lambda: second.connected, what="second connected")

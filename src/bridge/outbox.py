@@ -422,11 +422,6 @@ class Outbox:
                     found.append(node_id)
         return found
 
-    def next_silence(self) -> float | None:
-        """When (monotonic) the next node may fall silent, if any may."""
-        with self._marks_lock:
-            return self._silence[0][0] if self._silence else None
-
     @staticmethod
     def _save_node(db: Database, node_id: str, mark: NodeMark,
                    snapshot: bytes | None) -> None:

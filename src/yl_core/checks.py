@@ -3,6 +3,7 @@ the value to keep, or raises ``ConfigError`` naming the key and the file."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,13 @@ from yl_core.errors import ConfigError, ProtocolError
 from yl_core.urls import mask_url, origin_of
 from yl_core.values import is_finite, is_kind
 
+log = logging.getLogger(__name__)
+
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,253}")
 
 Check = Callable[[Any, str, str], Any]
+DROPPED: Final = object()
+"""What the check of a deprecated key returns: the key is accepted and not kept."""
 
 
 def kind(value: Any, kinds: tuple[type, ...], key: str, source: str) -> None:
@@ -55,6 +60,14 @@ def text(*, optional: bool = False, pattern: re.Pattern[str] | None = None,
         if pattern is not None and not pattern.fullmatch(value):
             raise ConfigError(f"invalid value {preview(value)}", key=key, source=source)
         return value
+    return check
+
+
+def deprecated(why: str) -> Check:
+    """A key that is still accepted, with a warning, and no longer used."""
+    def check(value: Any, key: str, source: str) -> Any:
+        log.warning("%s in %s is deprecated and ignored: %s", key, source, why)
+        return DROPPED
     return check
 
 

@@ -20,10 +20,12 @@ import yaml
 
 from yl_core import protocol
 from yl_core.checks import (
+    DROPPED,
     Check,
     boolean,
     bridge_id,
     database_url,
+    deprecated,
     host,
     hosts_list,
     kind,
@@ -59,7 +61,6 @@ class MonitorConfig:
     node_name: str = "User GUI Application"
     report_interval: float = 30.0
     timeout: float = 5.0
-    max_retries: int = 3
     retry_delay: float = 5.0
     enabled: bool = True
     token: str | None = None
@@ -196,7 +197,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "url": url(), "node_id": node_id(), "node_name": text(),
         "report_interval": number(low=0.1, high=3600), "timeout": number(low=0, low_open=True,
                                                                           high=300),
-        "max_retries": number(integer=True, low=0, high=1000),
+        "max_retries": deprecated("the bridge retries until the monitor takes the message; "
+                                  "retry_delay caps its backoff"),
         "retry_delay": number(low=0, high=3600), "enabled": boolean(),
         "token": text(optional=True), "ca_file": path(must_exist=True),
         "profile": text(choices=_PROFILES),
@@ -242,7 +244,9 @@ def _build(cls: type, schema: dict[str, Any], data: Any, prefix: str, source: st
         if isinstance(rule, tuple):
             values[key] = _build(rule[0], rule[1], value, full, source)
         else:
-            values[key] = rule(value, full, source)
+            checked = rule(value, full, source)
+            if checked is not DROPPED:
+                values[key] = checked
     return cls(**values)
 
 

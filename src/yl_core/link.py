@@ -84,7 +84,6 @@ class LinkDown:
     """Why a connection ended (or never came up)."""
 
     reason: str
-    code: int | None = None
     fatal: bool = False
 
 
@@ -384,7 +383,7 @@ class Link:
                            "anonymous access is off; configure a login")
                 self._note_failure(f"broker refused connection: {why}")
                 self._refused = True
-                self._notify_down(LinkDown(f"refused: {why}", reason_code.value, fatal))
+                self._notify_down(LinkDown(f"refused: {why}", fatal))
                 self._dropped = True
                 self._wake.set()
                 return
@@ -421,11 +420,11 @@ class Link:
                 event = LinkDown(
                     f"another client connected with id {self.options.client_id!r} "
                     "(session taken over); stopping instead of fighting over the id",
-                    code, fatal=True)
+                    fatal=True)
                 self._fatal = event
                 log.error("%s: %s", self._name, event.reason)
             else:
-                event = LinkDown(f"connection lost: {_describe(reason_code)}", code)
+                event = LinkDown(f"connection lost: {_describe(reason_code)}")
                 if was_connected:
                     log.warning("%s: %s; reconnecting", self._name, event.reason)
             self._notify_down(event)

@@ -44,25 +44,23 @@ def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: 
              ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
     rng = random.Random()
     deadline = None if duration is None else time.monotonic() + duration
-    exit_code = 0
     step = toggle_every if toggle_every > 0 else CHECK_EVERY
-    while True:
-        wait = step if deadline is None else min(step, deadline - time.monotonic())
-        if stop.wait(max(wait, 0.0)):
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        fatal = [p for p in publishers if p.fatal_error]
-        if fatal:
-            log.error("node %s stopped: %s", fatal[0].node_id, fatal[0].fatal_error)
-            exit_code = 3
-            break
-        for publisher in publishers if toggle_every > 0 else ():
-            flag = rng.choice(TOGGLED_FLAGS)
-            publisher.update_gui_status(**{flag: not publisher.gui_status().get(flag)})
-    threads = [threading.Thread(target=p.stop, args=(2.0,)) for p in publishers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return exit_code
+    try:
+        while True:
+            wait = step if deadline is None else min(step, deadline - time.monotonic())
+            if stop.wait(max(wait, 0.0)):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            for publisher in publishers:
+                publisher.raise_if_fatal()
+            for publisher in publishers if toggle_every > 0 else ():
+                flag = rng.choice(TOGGLED_FLAGS)
+                publisher.update_gui_status(**{flag: not publisher.gui_status().get(flag)})
+    finally:
+        threads = [threading.Thread(target=p.stop, args=(2.0,)) for p in publishers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return 0
