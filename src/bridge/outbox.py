@@ -133,6 +133,11 @@ class Outbox:
         self.path = str(path)
         self.where = redact(self.path)
         self.max_nodes = max_nodes
+        # Lock order: _write_lock, then _read_lock, then _marks_lock; never the other way.
+        # _write_lock: the writing connection and its transactions (the bridge's writer
+        # thread; close). _read_lock: the reading connection (the forwarder's thread).
+        # _marks_lock: the in-memory marks; held for dictionary work, and over I/O only to
+        # reload them from disk after a failed write (under _write_lock).
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._marks_lock = threading.Lock()

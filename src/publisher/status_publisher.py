@@ -3,6 +3,15 @@
 The GUI thread only ever touches a lock-protected dict of flags and, at most once per burst,
 an event. A heartbeat thread turns that into ``status`` messages (coalesced, rate limited and
 periodic); a ``Link`` keeps the broker connection, with ``lost`` registered as last will.
+
+Threads and what they share: the caller's (``update_gui_status``, ``set_error``, ``stop``),
+the heartbeat thread, the link's supervisor and paho's network thread of the current
+connection (the link callbacks; ``on_down`` may also run on the supervisor or on the thread
+that called ``abandon``). ``_lock`` guards the flags, the node status and the two requests
+between them (``_pending``, ``_need_birth``) and the suspected rival (``_rival``);
+``_stats_lock`` the counters and the in-flight message ids. ``_earlier_sessions`` is touched
+only on paho's network thread (one connection, so one such thread, at a time). Neither lock
+is held while the other is taken, nor while publishing.
 """
 
 from __future__ import annotations
@@ -245,7 +254,9 @@ class StatusPublisher:
             wait: float | None = None
             if self._link.client is not None:
                 wait = next_periodic - now
-                if self._pending or self._need_birth:
+                with self._lock:
+                    due = self._pending or self._need_birth
+                if due:
                     wait = min(wait, last_status + self._min_gap - now)
                 wait = None if wait == float("inf") else max(min(wait, 3600.0), 0.0)
             self._wake.wait(wait)
@@ -258,10 +269,12 @@ class StatusPublisher:
                 continue
             now = time.monotonic()
             try:
-                if self._need_birth:
-                    self._need_birth = False
+                with self._lock:
+                    birth, self._need_birth = self._need_birth, False
+                    pending = self._pending
+                if birth:
                     self._publish_state(client, "ready")
-                elif not (self._pending and now - last_status >= self._min_gap) and \
+                elif not (pending and now - last_status >= self._min_gap) and \
                         now < next_periodic:
                     continue
                 self._publish_status(client)
@@ -334,10 +347,12 @@ class StatusPublisher:
         with self._stats_lock:
             self._status_mids.clear()
             self._early_acks.clear()
-        self._rival = None
+        with self._lock:
+            self._rival = None
         client.subscribe([(self._topics.state(self.node_id), protocol.MQTT_QOS),
                           (self._topics.rebirth(self.node_id), protocol.MQTT_QOS)])
-        self._need_birth = True
+        with self._lock:
+            self._need_birth = True
         self._wake.set()
         self._notify_link(True, "connected")
 
@@ -346,7 +361,8 @@ class StatusPublisher:
             self._check_takeover(bytes(message.payload), retained=bool(message.retain))
         elif message.topic == self._topics.rebirth(self.node_id):
             log.info("node %s: rebirth requested", self.node_id)
-            self._need_birth = True
+            with self._lock:
+                self._need_birth = True
             self._wake.set()
 
     def _check_takeover(self, payload: bytes, *, retained: bool) -> None:
@@ -376,7 +392,8 @@ class StatusPublisher:
         if state.state == "disconnected":
             return
         if retained:
-            self._rival = state.session
+            with self._lock:
+                self._rival = state.session
         else:
             self._abandon_to(state.session)
 
@@ -397,7 +414,8 @@ class StatusPublisher:
             self._notify_error(problem)
 
     def _handle_down(self, event: LinkDown) -> None:
-        rival, self._rival = self._rival, None
+        with self._lock:
+            rival, self._rival = self._rival, None
         if rival is not None and not event.fatal and not self._stopping.is_set():
             self._abandon_to(rival)
             return

@@ -98,7 +98,7 @@ def stats() -> Response:
 def nodes() -> Response:
     view = _view()
     return _json({
-        "broker": {"connected": view.broker_connected, "reason": view.broker_reason},
+        "broker": dict(zip(("connected", "reason"), view.broker, strict=True)),
         "node_id": _config().monitor.node_id,
         "timestamp": timestamps.utc_now_iso(),
         "nodes": view.describe_all(),

@@ -72,14 +72,19 @@ class NodeView:
         self._rejected: Counter[str] = Counter()
         self._accepted = 0
         self._stale = 0
-        self.broker_connected = False
-        self.broker_reason = "not connected yet"
+        self._broker: tuple[bool, str] = (False, "not connected yet")
 
     # --- feeding --------------------------------------------------------------------------
 
     def set_broker(self, connected: bool, reason: str = "") -> None:
-        self.broker_connected = connected
-        self.broker_reason = reason
+        with self._lock:
+            self._broker = (connected, reason)
+
+    @property
+    def broker(self) -> tuple[bool, str]:
+        """Whether the view's broker link is up, and if not, why (read together)."""
+        with self._lock:
+            return self._broker
 
     def ingest(self, topic: str, payload: bytes, *, retained: bool = False,
                expiry_left: int | None = None) -> bool:
@@ -216,9 +221,10 @@ class NodeView:
     # --- reading --------------------------------------------------------------------------
 
     def health(self, node_id: str) -> Liveness:
-        if not self.broker_connected:
-            return Liveness(False, "broker unreachable", self.broker_reason)
         with self._lock:
+            connected, why = self._broker
+            if not connected:
+                return Liveness(False, "broker unreachable", why)
             record = self._nodes.get(node_id)
             if record is None or (record.state is None and record.status is None):
                 return Liveness(False, "unknown", f"nothing seen from node {node_id!r}")

@@ -3,8 +3,11 @@
 A ``Link`` owns a supervisor thread that connects (never on the caller's thread), runs paho's
 network thread while connected, and reconnects with jittered exponential backoff. Every
 connection uses a fresh paho client, so nothing queued for a dead connection is replayed on
-the next one. Callbacks given to the link run on paho's thread, are wrapped so that an
-exception is logged instead of killing the loop, and must be short.
+the next one. Callbacks given to the link are wrapped so that an exception is logged
+instead of killing the loop, and must be short. ``on_connect``, ``on_message``,
+``on_subscribe`` and ``on_publish`` run on paho's network thread of the current connection;
+``on_down`` runs there too when a connection drops, on the supervisor thread when an attempt
+fails, and on the caller's thread of ``abandon()``: it must take what locks it needs.
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ class Link:
 
     ``on_connect(client, session_present)`` runs on paho's thread after every successful
     CONNACK (birth, subscriptions); ``on_message`` for every message; ``on_down`` whenever a
-    connection ends or an attempt fails. ``connected`` is true between CONNACK and the drop.
+    connection ends or an attempt fails (see the module's note on threads). ``connected`` is
+    true between CONNACK and the drop.
     """
 
     def __init__(

@@ -45,9 +45,9 @@ def render(view: NodeView, *, rows: int | None = None) -> Group:
     for health in ("lost", "stale", "offline", "unknown", "online"):
         if counts[health]:
             summary.append(f"{counts[health]} {health}  ", style=STYLES[health])
-    summary.append("broker: " + ("connected" if view.broker_connected else
-                                 f"unreachable ({view.broker_reason})"),
-                   style="green" if view.broker_connected else "bold red")
+    connected, why = view.broker
+    summary.append("broker: " + ("connected" if connected else f"unreachable ({why})"),
+                   style="green" if connected else "bold red")
     table = Table(expand=True, header_style="bold")
     for column, justify in (("node", "left"), ("health", "left"), ("down", "left"),
                             ("last seen", "right"), ("gui", "left"), ("cpu", "right"),
