@@ -50,6 +50,8 @@ def forwarding(config: Config, outbox: Outbox) -> Iterator[Forwarder]:
 
 def test_several_nodes_at_once_never_two_requests_for_one_node(
         tmp_path: Path, outbox: Outbox) -> None:
+    """Workers deliver for several nodes at once, one request per node at a time, also for
+    a node notified again while its request is in flight (it waits for that answer)."""
     double = MonitorDouble(delay=0.02).start()
     try:
         nodes = [f"n{i}" for i in range(12)]
@@ -58,12 +60,19 @@ def test_several_nodes_at_once_never_two_requests_for_one_node(
         with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
             wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="outbox drained")
             assert forwarder.reachable
+            for seq in range(3, 13):
+                forwarder.notify(outbox.record([status(seq)])[1])
+                wait_until(lambda: double.in_flight() > 0, timeout=5, what="a request")
+                forwarder.notify(["n1"])
+                forwarder.notify(outbox.record([status(seq + 100)])[1])
+            wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="n1 delivered")
         assert double.peak_in_flight >= 2
         assert double.peak_in_flight <= 4
         assert double.peak_in_flight_one_node == 1
         for node in nodes:
             sent = [(h.reason, h.body["gui"]) for h in double.history(node)]
-            assert sent[-1] == ("ready", {"seq": 2}), node
+            assert sent[-1] == (("ready", {"seq": 112}) if node == "n1" else
+                                ("ready", {"seq": 2})), node
     finally:
         double.down()
 

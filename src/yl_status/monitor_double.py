@@ -278,6 +278,11 @@ class MonitorDouble:
         with self.lock:
             return sum(1 for r in self.requests if path_part in r[1])
 
+    def in_flight(self) -> int:
+        """Requests being handled right now."""
+        with self.lock:
+            return self._in_flight_total
+
     # --- HTTP -----------------------------------------------------------------------------
 
     def handle(self, method: str, target: str, raw: bytes, auth: str | None,
