@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,6 +272,15 @@ def test_a_monitor_url_serving_neither_api_fails_health_loudly(
         double.down()
 
 
+def outbox_status(tmp_path: Path, node_id: str) -> dict[str, object] | None:
+    """The GUI flags of the status the bridge's outbox holds for ``node_id``, read from its
+    file as a restarted bridge would."""
+    with sqlite3.connect(tmp_path / "outbox.sqlite3", timeout=5) as db:
+        row = db.execute("SELECT payload FROM pending_status WHERE node_id = ?",
+                         (node_id,)).fetchone()
+    return None if row is None else dict(json.loads(row[0])["gui"])
+
+
 def test_sigterm_exits_zero_within_five_seconds_and_keeps_the_outbox(
         tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> None:
     bridge = BridgeProcess(tmp_path, broker, double).start()
@@ -280,9 +291,12 @@ def test_sigterm_exits_zero_within_five_seconds_and_keeps_the_outbox(
         for i in range(10):
             publisher.update_gui_status(step=i)
         wait_until(lambda: bridge.metric("yl_bridge_retries_total") >= 1, what="retrying")
+        wait_until(lambda: (outbox_status(tmp_path, "node-7") or {}).get("step") == 9,
+                   what="the newest status in the outbox")
         stopping = time.monotonic()
         assert bridge.stop() == 0
         assert time.monotonic() - stopping < 5.0
+        assert (outbox_status(tmp_path, "node-7") or {}).get("step") == 9
         publisher.update_gui_status(step=10)
         double.fail_with(None)
         bridge.start()
