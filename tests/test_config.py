@@ -167,20 +167,26 @@ def test_config_is_frozen() -> None:
 def test_check_config_prints_effective_settings_with_secrets_masked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, ORIGINAL_LAYOUT + "mqtt:\n  password: hunter2\n  username: gui\n"
-                 + "  port: 1884\n")
-    monkeypatch.setenv("YL_MONITOR_URL", "http://override:1")
+    """Every secret the schema has, each with a value of its own, from the file and from
+    the environment."""
+    path = write(tmp_path, ORIGINAL_LAYOUT.replace("  enabled: true\nlocal_server:", (
+        "  enabled: true\n  token: secret-token\nlocal_server:\n"
+        "  mqtt_username: viewer\n  mqtt_password: secret-viewer")) +
+        "mqtt:\n  password: secret-file\n  username: gui\n  port: 1884\n"
+        "bridge:\n  outbox_url: postgresql://bridge:secret-db@db.example/yl\n")
     monkeypatch.setattr("yl_core.config.os.environ",
-                        {"YL_MONITOR_URL": "http://override:1", "YL_MQTT_PASSWORD": "hunter3"})
+                        {"YL_MONITOR_URL": "http://override:1", "YL_MQTT_PASSWORD": "secret-env"})
     assert main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "hunter2" not in out
-    assert "hunter3" not in out
+    assert "secret-" not in out
     data = yaml.safe_load(out)
+    assert data["monitor"]["token"] == "********"
     assert data["mqtt"]["password"] == "********"
+    assert data["local_server"]["mqtt_password"] == "********"
+    assert data["bridge"]["outbox_url"] == "postgresql://bridge:********@db.example/yl"
     assert data["mqtt"]["port"] == 1884
+    assert data["local_server"]["mqtt_username"] == "viewer"
     assert data["monitor"]["url"] == "http://override:1"
-    assert data["monitor"]["token"] is None
 
 
 def test_check_config_exits_non_zero_naming_key_and_file(
