@@ -13,8 +13,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from testkit.support import (
-    NODE_PASSWORD,
-    NODE_USERS,
     READER_USER,
     TEST_ACL,
     TEST_PASSWORD,
@@ -383,34 +381,3 @@ def test_an_unreachable_broker_is_logged_once_not_in_a_loop(
     warnings = [r for r in caplog.records
                 if r.levelname == "WARNING" and "cannot reach broker" in r.getMessage()]
     assert len(warnings) == 1
-
-
-def test_reconnect_backoff_is_jittered_exponential_and_capped() -> None:
-    from yl_core.link import Link, LinkOptions
-
-    link = Link(LinkOptions("n", "127.0.0.1", 1, backoff_initial=0.25, backoff_max=30.0))
-    for attempt, ceiling in ((1, 0.5), (3, 2.0), (6, 16.0), (12, 30.0), (40, 30.0)):
-        delays = [link._backoff(attempt) for _ in range(200)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
-        assert len(set(delays)) > 100, "no jitter"
-
-
-def test_reconnects_the_owner_asks_for_do_not_grow_the_backoff(broker: DevBroker) -> None:
-    """The bridge reconnects after a failed outbox write so that the broker sends the
-    unacknowledged messages again; a run of such failures must not leave its sessions away
-    for the seconds a run of broker failures would."""
-    from yl_core.link import Link, LinkOptions
-
-    link = Link(LinkOptions(NODE_USERS[0], broker.host, broker.port, username=NODE_USERS[0],
-                            password=NODE_PASSWORD, backoff_initial=0.25, backoff_max=30.0))
-    link.start()
-    try:
-        for _ in range(6):
-            wait_until(lambda: link.connected, timeout=5, what="connected")
-            asked = time.monotonic()
-            link.reconnect("outbox write failed")
-            wait_until(lambda: not link.connected, timeout=5, what="dropped")
-            wait_until(lambda: link.connected, timeout=5, what="connected again")
-            assert time.monotonic() - asked < 1.0
-    finally:
-        link.stop()
