@@ -255,6 +255,7 @@ def test_nodes_lists_every_node_with_state_and_age(client: FlaskClient, view: No
     assert nodes["gui-1"]["status_age_s"] == 3.0
     assert nodes["gui-1"]["gui"]["video_running"] is True
     assert nodes["gui-2"]["health"] == "lost"
+    assert [n["node_id"] for n in body["nodes"]] == ["gui-2", "gui-1"], "problems first"
     one = client.get("/nodes/gui-2")
     assert one.status_code == 200
     assert one.get_json()["state"] == "lost"

@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from status_app.node_view import NodeView
+from status_app.node_view import NodeView, problems_first
 from yl_core import protocol, timestamps
 from yl_core.config import Config
 from yl_core.urls import origin_of
@@ -101,7 +101,7 @@ def nodes() -> Response:
         "broker": dict(zip(("connected", "reason"), view.broker, strict=True)),
         "node_id": _config().monitor.node_id,
         "timestamp": timestamps.utc_now_iso(),
-        "nodes": view.describe_all(),
+        "nodes": problems_first(view.describe_all()),
         "counters": view.counters(),
     })
 

@@ -47,7 +47,8 @@ class NodeRecord:
 
 def problems_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``describe`` results in an operator's order: every node that is down, longest down
-    first; then nodes never seen up; then the rest by id (the live page sorts the same way)."""
+    first; then nodes never seen up; then the rest by id (``/nodes`` answers in this order,
+    and the live page keeps it)."""
     def key(node: dict[str, Any]) -> tuple[int, float, str]:
         if node["health"] == "online":
             return 2, 0.0, node["node_id"]
