@@ -259,7 +259,7 @@ class Campaign:
     def sample_forever(self, stop: threading.Event) -> None:
         while not stop.wait(SAMPLE):
             try:
-                app = {n["node_id"]: n["health"] == "online"
+                app = {n["node_id"]: n["health"] == "ready"
                        for n in get_json(f"http://127.0.0.1:{self.serve_port}/nodes")["nodes"]}
             except (OSError, ValueError, KeyError):
                 app = {}
@@ -473,7 +473,7 @@ class Campaign:
             found = []
             for node_id in self.node_ids:
                 seen = app.get(node_id, {})
-                if not self.double.is_online(node_id) or seen.get("health") != "online":
+                if not self.double.is_online(node_id) or seen.get("health") != "ready":
                     found.append(f"{node_id} not up at the end: monitor "
                                  f"{self.double.node_view(node_id)}, status app {seen}")
             return found

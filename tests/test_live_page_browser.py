@@ -1,4 +1,4 @@
-"""The live view in headless Chromium: a node dying turns its row offline without a reload."""
+"""The live view in headless Chromium: a node dying turns its row lost without a reload."""
 
 from __future__ import annotations
 
@@ -82,9 +82,9 @@ def test_a_killed_node_turns_lost_on_screen_without_reload(
     try:
         wait_until(lambda: answers(base + "nodes"), timeout=15, what="status app")
         browser.get(base)
-        wait_until(lambda: row_health(browser, "node-2") == "online", timeout=15,
+        wait_until(lambda: row_health(browser, "node-2") == "ready", timeout=15,
                    what="node-2 online on screen")
-        wait_until(lambda: row_health(browser, "node-3") == "online", timeout=15,
+        wait_until(lambda: row_health(browser, "node-3") == "ready", timeout=15,
                    what="node-3 online on screen")
         marker = browser.execute_script("window.__noReload = 42; return window.__noReload;")
         assert marker == 42
@@ -95,7 +95,7 @@ def test_a_killed_node_turns_lost_on_screen_without_reload(
                    what="node-2 lost on screen")
         assert time.monotonic() - killed < 5
         assert browser.execute_script("return window.__noReload;") == 42, "page reloaded"
-        assert row_health(browser, "node-3") == "online"
+        assert row_health(browser, "node-3") == "ready"
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "live-view.png"))
     finally:
@@ -207,7 +207,7 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
                                log_path=tmp_path / "doomed.log")
         fleet.append(doomed)
         browser.get(page)
-        wait_until(lambda: sum(h == "online" for _, h in shown(browser)) == FLEET + DOOMED,
+        wait_until(lambda: sum(h == "ready" for _, h in shown(browser)) == FLEET + DOOMED,
                    timeout=120, what="1,000 nodes online on screen")
         started = time.time()
         doomed.kill()
@@ -217,7 +217,7 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
                    timeout=15, what="the killed nodes on top")
         top = shown(browser)
         assert {n for n, _ in top[:DOOMED]} == {f"doomed-{i:04d}" for i in range(1, DOOMED + 1)}
-        assert {h for _, h in top[DOOMED:]} == {"online"}
+        assert {h for _, h in top[DOOMED:]} == {"ready"}
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "live-view-1000.png"))
 
@@ -229,7 +229,7 @@ def test_a_thousand_nodes_problems_first_with_filters_search_and_a_node_history(
         assert len(shown(browser)) == FLEET + DOOMED
         search = browser.find_element("id", "search")
         search.send_keys("fleet4-0021")
-        assert shown(browser) == [("fleet4-0021", "online")]
+        assert shown(browser) == [("fleet4-0021", "ready")]
         search.clear()
         search.send_keys(" ")  # an input event with an empty query
         assert len(shown(browser)) == FLEET + DOOMED

@@ -251,7 +251,7 @@ def test_nodes_lists_every_node_with_state_and_age(client: FlaskClient, view: No
     body = client.get("/nodes").get_json()
     assert body["broker"]["connected"] is True
     nodes = {n["node_id"]: n for n in body["nodes"]}
-    assert nodes["gui-1"]["health"] == "online"
+    assert nodes["gui-1"]["health"] == "ready"
     assert nodes["gui-1"]["status_age_s"] == 3.0
     assert nodes["gui-1"]["gui"]["video_running"] is True
     assert nodes["gui-2"]["health"] == "lost"
@@ -398,7 +398,7 @@ def test_a_status_before_its_sessions_ready_shows_the_node_up(
     feed(view, "gui-1", "state", state("ready"))
     described = client.get("/nodes/gui-1").get_json()
     assert (described["health"], described["state_since"]) == \
-        ("online", "2026-01-01T00:00:00.000Z")
+        ("ready", "2026-01-01T00:00:00.000Z")
     feed(view, "gui-1", "state", state("lost"))
     view.clock.now += LOST_HOLD
     assert client.get("/health").get_json()["reason"] == "lost"

@@ -93,8 +93,8 @@ def test_watch_shows_nodes_problems_first_in_colour_and_updates_in_place(
     terminal = Terminal([sys.executable, "-m", "yl_status", "watch", "-c", str(config),
                          "--login", WATCHER_USER], {"YL_WATCH_PASSWORD": TEST_PASSWORD})
     try:
-        wait_until(lambda: terminal.frame().count(" online ") >= 2, timeout=20,
-                   what="both nodes online on the terminal")
+        wait_until(lambda: terminal.frame().count(" ready ") >= 2, timeout=20,
+                   what="both nodes ready on the terminal")
         assert "broker: connected" in terminal.frame()
         frame = terminal.frame()
         assert frame.index("node-1") < frame.index("node-2")  # by id while all are up
@@ -106,7 +106,7 @@ def test_watch_shows_nodes_problems_first_in_colour_and_updates_in_place(
         assert re.search(r"node-2.*lost.*down \d+ s", frame)
         raw = terminal.raw()
         assert "\x1b[1;31mlost" in raw  # bold red
-        assert "\x1b[1;32monline" in raw  # bold green
+        assert "\x1b[1;32mready" in raw  # bold green
     finally:
         assert terminal.close() == 0
 

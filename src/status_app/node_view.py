@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from status_app.node_history import NodeHistory
 from yl_core import protocol, timestamps, truth
@@ -45,12 +45,18 @@ class NodeRecord:
     """``state`` was made from a status of a session whose own state was not seen yet."""
 
 
+HEALTH_WORDS: Final = ("ready", "disconnected", "lost", "stale", "unknown")
+"""A node's ``health`` in ``/nodes``, the page and ``watch``: the words of ``truth.liveness``
+(``ready`` is up; the others say why a node is down; a broker the view cannot reach makes
+every node ``unknown``). ``online``/``offline`` are the monitor's words, sent to it only."""
+
+
 def problems_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``describe`` results in an operator's order: every node that is down, longest down
     first; then nodes never seen up; then the rest by id (``/nodes`` answers in this order,
     and the live page keeps it)."""
     def key(node: dict[str, Any]) -> tuple[int, float, str]:
-        if node["health"] == "online":
+        if node["health"] == "ready":
             return 2, 0.0, node["node_id"]
         if node["health"] == "unknown" and node.get("down_for_s") is None:
             return 1, 0.0, node["node_id"]
@@ -281,12 +287,7 @@ class NodeView:
     def _describe(self, record: NodeRecord, health: Liveness) -> dict[str, Any]:
         now, wall = self.clock(), self.wall_clock()
         status = record.status
-        if health.up:
-            word = "online"
-        elif health.reason in ("lost", "disconnected", "stale", "unknown"):
-            word = "offline" if health.reason == "disconnected" else health.reason
-        else:
-            word = "unknown"
+        word = health.reason if health.reason in HEALTH_WORDS else "unknown"
         age = round(now - record.status_at, 3) if status is not None else None
         down_since = self._down_since(record, health)
         return {

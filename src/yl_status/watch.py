@@ -21,8 +21,8 @@ from status_app.subscriber import ViewSubscriber
 from yl_core.config import Config
 
 REFRESH = 1.0
-STYLES = {"online": "bold green", "lost": "bold red", "stale": "bold yellow",
-          "offline": "bold bright_black", "unknown": "bright_black"}
+STYLES = {"ready": "bold green", "lost": "bold red", "stale": "bold yellow",
+          "disconnected": "bold bright_black", "unknown": "bright_black"}
 
 
 def _span(seconds: float) -> str:
@@ -42,7 +42,7 @@ def render(view: NodeView, *, rows: int | None = None) -> Group:
     nodes = problems_first(view.describe_all())
     counts = Counter(n["health"] for n in nodes)
     summary = Text(f"{len(nodes)} node(s)  ")
-    for health in ("lost", "stale", "offline", "unknown", "online"):
+    for health in ("lost", "stale", "disconnected", "unknown", "ready"):
         if counts[health]:
             summary.append(f"{counts[health]} {health}  ", style=STYLES[health])
     connected, why = view.broker
