@@ -3,8 +3,11 @@ an instance never counts itself active once another may."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,7 +16,9 @@ from testkit.support import wait_until
 
 from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
 from bridge.outbox import NotActiveError, Outbox
-from yl_core.protocol import StateMessage
+from bridge.service import Bridge, Incoming
+from yl_core.config import parse_config
+from yl_core.protocol import StateMessage, encode
 
 DURATION = MARGIN + RENEW_EVERY + 0.3
 
@@ -121,3 +126,48 @@ def test_a_released_lease_is_taken_at_once(url: str, leases: list[Lease]) -> Non
     a.stop(release=True)
     b.step()
     assert (b.role, b.epoch) == (ACTIVE, 2)
+
+
+class _NoAcks:
+    def acknowledge(self, connection: Any, messages: list[tuple[int, int]]) -> None:
+        raise AssertionError("nothing refused may be acknowledged")
+
+
+def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
+        url: str, leases: list[Lease], tmp_path: Path) -> None:
+    """The fencing gate in the bridge's writer: once the outbox refuses a write for the
+    epoch (a takeover committed), the instance stops counting itself active."""
+    a, b = lease(leases, url, "a"), lease(leases, url, "b")
+    a.step()
+    config = parse_config({"bridge": {"outbox_url": url, "instance": "a", "metrics": ""},
+                           "logging": {"level": "WARNING"}}, str(tmp_path / "bridge.yaml"))
+    bridge = Bridge(config, lease=a)
+    writer = threading.Thread(target=bridge._write_loop, name="test-writer")
+    writer.start()
+    try:
+        b.step()
+
+        def b_took_over() -> bool:
+            b.step()
+            return b.role == ACTIVE
+
+        wait_until(b_took_over, timeout=3 * DURATION, interval=0.02, what="b takes over")
+        assert a.role == ACTIVE, "a has not noticed yet: it renews only when stepped"
+        ready = StateMessage(state="ready", session="s1", since="2026-01-01T00:00:00Z",
+                             node_name="n", version="1", interval_s=30.0)
+        message = Incoming(_NoAcks(), None, 1, 1, "yl/ar/nodes/n1/state", encode(ready),
+                           time.time())
+
+        def a_gave_up() -> bool:
+            # The takeover ended a's database sessions: a write fails on its connection
+            # first; the broker redelivers, and the next write, on a new connection, is
+            # refused for its epoch.
+            bridge._incoming.put(message)
+            return a.role == STANDBY
+
+        wait_until(a_gave_up, timeout=10, interval=0.2, what="a gives the lease up")
+    finally:
+        bridge._incoming.put(None)
+        writer.join(5)
+        bridge.outbox.close(flush=False)
+    assert not writer.is_alive()

@@ -230,6 +230,24 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
 }
 
 
+def schema_defaults() -> dict[str, Any]:
+    """Every key the schema accepts (``section.key``, ``section.sub.key``) with its default
+    as plain data (``to_dict``'s form); a deprecated key's default is ``DROPPED``."""
+    defaults = Config().to_dict(mask_secrets=False)
+    out: dict[str, Any] = {}
+
+    def walk(schema: dict[str, Any], values: dict[str, Any], prefix: str) -> None:
+        for key, rule in schema.items():
+            if isinstance(rule, tuple):
+                walk(rule[1], values[key], f"{prefix}{key}.")
+            else:
+                out[prefix + key] = values.get(key, DROPPED)
+
+    for section, (_, schema) in _SCHEMA.items():
+        walk(schema, defaults[section], section + ".")
+    return out
+
+
 def _build(cls: type, schema: dict[str, Any], data: Any, prefix: str, source: str) -> Any:
     if data is None:
         data = {}
