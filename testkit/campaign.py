@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 import yaml
 
+from testkit.support import fill_disk
 from yl_core.truth import LOST_HOLD
 from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
@@ -420,14 +421,7 @@ class Campaign:
             return
         start = time.monotonic()
         filler = self.outbox_dir / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 65536):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill_disk(filler)
         self._down_for(3, 8)
         filler.unlink()
         self._record("disk_full", start, time.monotonic())

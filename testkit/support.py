@@ -211,6 +211,18 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int
     return process.wait()
 
 
+def fill_disk(path: Path) -> None:
+    """Write zeros to ``path`` until its file system refuses (a full disk to test on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
              ) -> tuple[int, Any]:
     """GET over a real socket; returns (status, parsed JSON or text)."""

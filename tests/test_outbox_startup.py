@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit.support import write_config
+from testkit.support import fill_disk, write_config
 
 from bridge.outbox import Outbox, OutboxError
 from yl_status.cli import main
@@ -57,14 +57,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
     try:
-        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"x" * 4096):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill_disk(mount / "filler")
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)

@@ -7,8 +7,8 @@ nothing is read back after a restart).
   wall-clock time; at most ``MAX_TRANSITIONS`` per node, older than ``WINDOW`` dropped.
 - Samples: one per minute (the newest status of that minute): CPU %, memory MB and up to
   ``MAX_FLAGS`` boolean GUI flags, for ``WINDOW`` (1,440 minutes) in typed arrays that grow
-  to that and are then used as a ring: 20 bytes a minute. With the timeline, a full day
-  costs about 49 KB per node (``bench/status_app_history.py``: 48 MB at 1,000 nodes).
+  to that and are then used as a ring: 20 bytes a minute. What a full day costs per node,
+  measured: ``bench/README.md`` (``python -m bench.status_app_history``).
 """
 
 from __future__ import annotations
