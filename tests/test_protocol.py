@@ -95,6 +95,33 @@ def test_status_round_trip_keeps_the_heartbeat_field_names() -> None:
     assert set(protocol.HEARTBEAT_FIELDS) <= set(again)
 
 
+def test_a_hung_gui_and_stalled_pipelines_round_trip_and_old_payloads_read_as_responding(
+        ) -> None:
+    hung = status(not_responding_since="2026-01-01T00:00:05.000Z",
+                  stalled_since={"video": "2026-01-01T00:00:04.000Z"})
+    decoded = decode_status(raw(hung), node_id="node-1")
+    assert decoded.not_responding_since == "2026-01-01T00:00:05.000Z"
+    assert decoded.stalled_since == {"video": "2026-01-01T00:00:04.000Z"}
+    assert json.loads(encode(decoded)) == hung
+    old = decode_status(raw(status()), node_id="node-1")
+    assert (old.not_responding_since, dict(old.stalled_since)) == (None, {})
+    assert "not_responding_since" not in json.loads(encode(old))
+    assert decode_status(raw(status(not_responding_since=None))).not_responding_since is None
+
+
+@pytest.mark.parametrize("overrides", [
+    {"not_responding_since": "yesterday"},
+    {"not_responding_since": 5},
+    {"stalled_since": {"video": "soon"}},
+    {"stalled_since": {"no such name": "2026-01-01T00:00:04.000Z"}},
+    {"stalled_since": ["video"]},
+])
+def test_bad_liveness_fields_are_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_status(raw(status(**overrides)))
+    assert caught.value.reason == "schema"
+
+
 @pytest.mark.parametrize(("payload", "reason"), [
     (b"{not json", "json"),
     (b"\xff\xfe", "json"),

@@ -381,3 +381,122 @@ def test_an_unreachable_broker_is_logged_once_not_in_a_loop(
     warnings = [r for r in caplog.records
                 if r.levelname == "WARNING" and "cannot reach broker" in r.getMessage()]
     assert len(warnings) == 1
+
+
+class Loop:
+    """An application main loop on a thread of its own: it turns every 50 ms (telling the
+    publisher) until it is blocked, as a GUI thread stuck in a slot would be."""
+
+    def __init__(self, publisher: StatusPublisher) -> None:
+        self.publisher = publisher
+        self.running = threading.Event()
+        self.running.set()
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-main-loop")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.ended.is_set():
+            self.running.wait()
+            self.publisher.loop_turned()
+            self.ended.wait(0.05)
+
+    def close(self) -> None:
+        self.ended.set()
+        self.running.set()
+        self.thread.join(5)
+
+
+def test_a_loop_that_stops_turning_is_reported_not_responding_at_once_and_back(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    hang_after = 1.0
+    publisher = started(publishers, StatusPublisher(make_config(
+        broker, monitor={"gui_hang_after": hang_after, "report_interval": 1})))
+    loop = Loop(publisher)
+    try:
+        recorder.wait_for(STATUS, lambda d: "not_responding_since" not in d)
+        loop.running.clear()
+        blocked = time.monotonic()
+        hung = recorder.wait_for(STATUS, lambda d: d.get("not_responding_since") is not None,
+                                 after=blocked, timeout=hang_after + 2)
+        assert hung.at - blocked < hang_after + 1.0
+        assert hung.json()["status"] == "running"
+        beats = recorder.wait_for(STATUS, lambda d: d["seq"] >= hung.json()["seq"] + 2,
+                                  after=hung.at, timeout=5)
+        assert beats.json()["not_responding_since"] == hung.json()["not_responding_since"]
+        loop.running.set()
+        turned = time.monotonic()
+        back = recorder.wait_for(STATUS, lambda d: "not_responding_since" not in d,
+                                 after=turned)
+        assert back.at - turned < 1.0
+    finally:
+        loop.close()
+
+
+def test_without_a_watched_loop_nothing_is_ever_not_responding(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    publisher = started(publishers, StatusPublisher(make_config(
+        broker, monitor={"gui_hang_after": 1, "report_interval": 0.5})))
+    first = recorder.wait_for(STATUS)
+    recorder.wait_for(STATUS, lambda d: d["seq"] >= first.json()["seq"] + 5, timeout=10)
+    assert all("not_responding_since" not in m.json() for m in recorder.on(STATUS))
+    assert publisher.connected
+
+
+def test_a_pipeline_whose_beats_stop_while_running_is_stalled_until_the_next_beat(
+        broker: DevBroker, recorder: Recorder, publishers: list[StatusPublisher]) -> None:
+    period = 0.2
+    publisher = started(publishers, StatusPublisher(make_config(
+        broker, monitor={"pipelines": {"video": period}})))
+    publisher.update_gui_status(video_running=True)
+    beating = threading.Event()
+    beating.set()
+    done = threading.Event()
+
+    def frames() -> None:
+        while not done.is_set():
+            beating.wait()
+            publisher.beat("video")
+            done.wait(period / 4)
+
+    thread = threading.Thread(target=frames)
+    thread.start()
+    try:
+        recorder.wait_for(STATUS, lambda d: d["gui"].get("video_stalled") is False)
+        beating.clear()
+        stopped = time.monotonic()
+        stalled = recorder.wait_for(STATUS, lambda d: d["gui"].get("video_stalled") is True,
+                                    after=stopped)
+        assert stalled.at - stopped < 2 * period + 1.0
+        assert set(stalled.json()["stalled_since"]) == {"video"}
+        assert stalled.json()["gui"]["video_running"] is True
+        beating.set()
+        again = time.monotonic()
+        cleared = recorder.wait_for(STATUS, lambda d: d["gui"].get("video_stalled") is False,
+                                    after=again)
+        assert cleared.at - again < 1.0
+        assert "stalled_since" not in cleared.json()
+        publisher.update_gui_status(video_running=False)
+        beating.clear()
+        idle = time.monotonic()
+        recorder.wait_for(STATUS, lambda d: d["gui"]["video_running"] is False, after=idle)
+        with pytest.raises(AssertionError, match="timed out"):
+            recorder.wait_for(STATUS, lambda d: d["gui"].get("video_stalled") is True,
+                              after=idle, timeout=4 * period + 1.0)
+    finally:
+        done.set()
+        beating.set()
+        thread.join(5)
+
+
+def test_beat_refuses_a_bad_name_or_a_missing_period(
+        broker: DevBroker, publishers: list[StatusPublisher]) -> None:
+    publisher = StatusPublisher(make_config(broker))
+    with pytest.raises(ValueError, match="not an identifier"):
+        publisher.beat("no such name")
+    with pytest.raises(ValueError, match=r"monitor\.pipelines\.video"):
+        publisher.beat("video")
+    with pytest.raises(ValueError, match=r"0\.05 to 3600"):
+        publisher.beat("video", period=0.0)
+    publisher.beat("video", period=0.5)
+    assert publisher.gui_status()["video_stalled"] is False

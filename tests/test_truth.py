@@ -120,3 +120,13 @@ def test_a_lost_counts_once_it_is_older_than_the_hold(state: protocol.State, sta
                                                       up: bool, reason: str) -> None:
     verdict = liveness(state, 1.0, 10.0, state_age)
     assert (verdict.up, verdict.reason) == (up, reason)
+
+
+def test_a_hung_gui_is_down_only_while_the_session_is_otherwise_up() -> None:
+    since = "2026-01-01T00:00:05.000Z"
+    verdict = liveness("ready", 1.0, 10.0, not_responding_since=since)
+    assert (verdict.up, verdict.reason) == (False, "not_responding")
+    assert verdict.detail == f"GUI not responding since {since}"
+    assert liveness("lost", 1.0, 10.0, 5.0, not_responding_since=since).reason == "lost"
+    assert liveness("ready", 99.0, 10.0, not_responding_since=since).reason == "stale"
+    assert liveness("ready", 1.0, 10.0, not_responding_since=None).up

@@ -463,13 +463,16 @@ class Forwarder:
         body: dict[str, Any] = {k: snapshot[k] for k in protocol.HEARTBEAT_FIELDS
                                 if k in snapshot}
         body["node_id"] = item.node_id
+        hung = snapshot.get("not_responding_since")
         if item.kind == "state":
             # A transition is its session's newest word, however long it waited here.
-            verdict = truth.liveness(item.state, 0.0, None)  # type: ignore[arg-type]
+            verdict = truth.liveness(item.state, 0.0, None,  # type: ignore[arg-type]
+                                     not_responding_since=hung)
         else:
             verdict = truth.liveness(mark.truth.state_of(item.session) if mark else None,
-                                        max(time.time() - item.received, 0.0),
-                                        snapshot.get("interval_s", mark and mark.interval_s))
+                                     max(time.time() - item.received, 0.0),
+                                     snapshot.get("interval_s", mark and mark.interval_s),
+                                     not_responding_since=hung)
         body["status"] = self._values.online if verdict.up else self._values.offline
         body["reason"] = verdict.reason
         if item.kind == "state" or "timestamp" not in body:

@@ -6,6 +6,12 @@ application quits, and turns the publisher's background notifications into Qt si
 delivered on the GUI thread by Qt's queued connections. No paho callback ever touches a
 widget: slots connected to these signals run on the thread of their receiver.
 
+While it runs, a timer on the GUI thread tells the publisher every ``LOOP_TICK_MS`` that the
+event loop turns (``StatusPublisher.loop_turned``); the publisher's own thread judges it, so
+a GUI thread blocked for ``monitor.gui_hang_after`` seconds is reported *not responding*
+while the process and its network go on. A modal dialog runs a nested event loop, which
+turns the timer too: it is no hang.
+
 The binding is the window's own, whatever was imported first: a reporter is a QObject of
 the binding its window's class comes from (without a window: a binding already imported,
 else the first of ``BINDINGS`` installed). QtPy was weighed for this and does not serve: it
@@ -26,6 +32,8 @@ from yl_core.config import Config
 from yl_core.version import PACKAGE_VERSION
 
 BINDINGS = ("PySide6", "PyQt6", "PyQt5", "PySide2")
+LOOP_TICK_MS = 500
+"""How often the reporter's timer tells the publisher that the GUI's event loop turns."""
 _classes: dict[str, type] = {}
 _classes_lock = threading.Lock()
 
@@ -53,15 +61,16 @@ def default_binding() -> str:
 
 def StatusReporter(config: Config, window: Any = None, *,  # noqa: N802
                    node_id: str | None = None, version: str = PACKAGE_VERSION,
-                   stop_timeout: float = 2.0) -> Any:
+                   stop_timeout: float = 2.0, watch_loop: bool = True) -> Any:
     """A reporter for ``window`` (a QObject of the window's binding; see the module).
+    ``watch_loop``: report the GUI as not responding when its event loop stops turning.
 
     It emits ``linkChanged(connected, reason)`` when the broker link goes up or down,
     ``publishFailed(message)`` when a report could not be published, and ``stopped()`` after
     the final ``disconnected`` state was sent. ``binding`` names its Qt binding."""
     binding = (binding_of(window) if window is not None else None) or default_binding()
     return reporter_class(binding)(config, window, node_id=node_id, version=version,
-                                   stop_timeout=stop_timeout)
+                                   stop_timeout=stop_timeout, watch_loop=watch_loop)
 
 
 def reporter_class(binding: str) -> type:
@@ -80,7 +89,7 @@ def _make_class(binding: str, core: ModuleType) -> type:
 
     def __init__(self: Any, config: Config, window: Any = None, *,  # noqa: N807
                  node_id: str | None = None, version: str = PACKAGE_VERSION,
-                 stop_timeout: float = 2.0) -> None:
+                 stop_timeout: float = 2.0, watch_loop: bool = True) -> None:
         core.QObject.__init__(self, window)
         self.stop_timeout = stop_timeout
         self._relay = _Relay(self)
@@ -89,6 +98,11 @@ def _make_class(binding: str, core: ModuleType) -> type:
                                          on_error=self._relay.publish_failed)
         self.destroyed.connect(self._relay.cut)
         self._window = window
+        self._loop_timer = None
+        if watch_loop:
+            self._loop_timer = core.QTimer(self)
+            self._loop_timer.setInterval(LOOP_TICK_MS)
+            self._loop_timer.timeout.connect(self.publisher.loop_turned)
         self._started = False
         self._stopped = False
         self._closing = False
@@ -105,7 +119,14 @@ def _make_class(binding: str, core: ModuleType) -> type:
         if not self._started:
             self._started = True
             self.publisher.start()
+            if self._loop_timer is not None:
+                self.publisher.loop_turned()
+                self._loop_timer.start()
         return self
+
+    def beat(self: Any, name: str, period: float | None = None) -> None:
+        """See ``StatusPublisher.beat``: one sign of life of a pipeline, from any thread."""
+        self.publisher.beat(name, period)
 
     def update_gui_status(self: Any, **flags: Any) -> None:
         """Cheap and non-blocking; see ``StatusPublisher.update_gui_status``."""
@@ -116,6 +137,8 @@ def _make_class(binding: str, core: ModuleType) -> type:
         if self._stopped:
             return
         self._stopped = True
+        if self._loop_timer is not None:
+            self._loop_timer.stop()
         self.publisher.stop(self.stop_timeout)
         self._relay.cut()
         self.stopped.emit()
@@ -149,6 +172,7 @@ def _make_class(binding: str, core: ModuleType) -> type:
         "__doc__": StatusReporter.__doc__, "__module__": __name__, "binding": binding,
         "linkChanged": signal(bool, str), "publishFailed": signal(str), "stopped": signal(),
         "__init__": __init__, "start": start, "update_gui_status": update_gui_status,
+        "beat": beat,
         "stop": stop, "connected": property(connected), "eventFilter": eventFilter,
         "_close_settled": _close_settled,
     }

@@ -12,6 +12,11 @@ between them (``_pending``, ``_need_birth``) and the suspected rival (``_rival``
 ``_stats_lock`` the counters and the in-flight message ids. ``_earlier_sessions`` is touched
 only on paho's network thread (one connection, so one such thread, at a time). Neither lock
 is held while the other is taken, nor while publishing.
+
+Liveness of the application itself: ``loop_turned()`` (the application's main loop) and
+``beat(name)`` (any thread) only store a monotonic time, a single assignment each; the
+heartbeat thread alone judges them (``_judge``) and owns ``_hung``, ``_not_responding_since``
+and ``_stalled_since``, which the callers only read to wake it at once on a recovery.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ from yl_core.version import PACKAGE_VERSION
 log = logging.getLogger(__name__)
 
 _SCALAR_TYPES: Final = frozenset(JSON_SCALARS)
+WATCH_EVERY: Final = 0.5
+"""How often the heartbeat thread judges a watched loop and pipelines."""
+STALL_FACTOR: Final = 2.0
+"""A pipeline is stalled after this many of its periods without a beat."""
 
 LinkListener = Callable[[bool, str], None]
 ErrorListener = Callable[[str], None]
@@ -109,6 +118,15 @@ class StatusPublisher:
         self._status_mids: set[int] = set()
         self._early_acks: dict[int, int] = {}
 
+        self._hang_after = config.monitor.gui_hang_after
+        self._periods = dict(config.monitor.pipelines)
+        self._loop_turn: float | None = None
+        self._beats: dict[str, list[float]] = {}
+        """Pipeline name -> [monotonic time of its last beat, expected period]."""
+        self._hung = False
+        self._not_responding_since: str | None = None
+        self._stalled_since: dict[str, str] = {}
+
         self._resources: ResourceSampler | None = None
         will = Will(self._topics.state(self.node_id), encode(self._state_message("lost")),
                     expiry=protocol.STATE_EXPIRY)
@@ -161,6 +179,47 @@ class StatusPublisher:
             self._pending = True
         if not was_pending:
             self._wake.set()
+
+    def loop_turned(self) -> None:
+        """Say that the application's main loop turned: call it from that loop (a timer, an
+        idle callback, once per frame), at least every second. Costs a fraction of a
+        microsecond. From the first call on, a loop that does not turn for
+        ``monitor.gui_hang_after`` seconds makes the node *not responding*: published at once
+        (``not_responding_since`` in the status) and cleared at once when it turns again.
+        Without it, nothing is judged and nothing changes."""
+        self._loop_turn = time.monotonic()
+        if self._hung:
+            self._wake.set()
+
+    def beat(self, name: str, period: float | None = None) -> None:
+        """One sign of life of pipeline ``name`` (``"video"``: a frame arrived), from any
+        thread, in microseconds. ``period``: the seconds expected between beats (else
+        ``monitor.pipelines[name]``). While the GUI flag ``<name>_running`` is true and no
+        beat came for twice the period, the status says ``gui.<name>_stalled: true`` and
+        ``stalled_since[name]``; the next beat clears it at once."""
+        entry = self._beats.get(name)
+        if entry is None or (period is not None and period != entry[1]):
+            entry = self._new_pipeline(name, period)
+        entry[0] = time.monotonic()
+        if name in self._stalled_since:
+            self._wake.set()
+
+    def _new_pipeline(self, name: str, period: float | None) -> list[float]:
+        if not protocol.is_valid_flag_name(name):
+            raise ValueError(f"pipeline name {name!r} is not an identifier")
+        period = self._periods.get(name) if period is None else period
+        if period is None:
+            raise ValueError(f"no period for pipeline {name!r}: pass period= or set "
+                             f"monitor.pipelines.{name} in {self.config.source}")
+        if type(period) not in (int, float) or not 0.05 <= period <= 3600:
+            raise ValueError(f"period of pipeline {name!r} must be 0.05 to 3600 s, "
+                             f"not {period!r}")
+        with self._lock:
+            if name not in self._beats:
+                self._check_new_flags({f"{name}_stalled": False})
+                self._gui[f"{name}_stalled"] = False
+            entry = self._beats[name] = [time.monotonic(), float(period)]
+        return entry
 
     def set_error(self, failed: bool = True) -> None:
         """Report the node's overall status as ``error`` (or back to ``running``)."""
@@ -230,10 +289,13 @@ class StatusPublisher:
     def _status_message(self) -> StatusMessage:
         assert self._resources is not None
         resources = self._resources.sample()
+        stalled = dict(self._stalled_since)
         with self._lock:
             self._pending = False
             gui = dict(self._gui)
             node_status = self._node_status
+        for name in self._beats:
+            gui[f"{name}_stalled"] = name in stalled
         with self._stats_lock:
             self._seq += 1
             seq = self._seq
@@ -244,7 +306,38 @@ class StatusPublisher:
             timestamp=timestamps.utc_now_iso(), status=node_status, version=self.version,
             uptime=self._resources.uptime(), resources=resources, gui=gui,
             reporter=counters, session=self.session, seq=seq, interval_s=self.interval,
+            not_responding_since=self._not_responding_since, stalled_since=stalled,
         )
+
+    def _judge(self) -> bool:
+        """Judge the watched loop and pipelines (heartbeat thread); whether that changed."""
+        now, wall = time.monotonic(), time.time()
+        changed = False
+        turn = self._loop_turn
+        hung = turn is not None and now - turn > self._hang_after
+        if hung != self._hung:
+            changed = True
+            self._hung = hung
+            if turn is not None and hung:
+                self._not_responding_since = timestamps.iso_from_epoch(wall - (now - turn))
+                log.warning("node %s: GUI not responding: its loop last turned %.1f s ago",
+                            self.node_id, now - turn)
+            else:
+                self._not_responding_since = None
+                log.info("node %s: GUI responding again", self.node_id)
+        if self._beats:
+            with self._lock:
+                running = {name: self._gui.get(f"{name}_running") is True
+                           for name in self._beats}
+            stalled: dict[str, str] = {}
+            for name, (last, period) in list(self._beats.items()):
+                if running[name] and now - last > STALL_FACTOR * period:
+                    stalled[name] = self._stalled_since.get(name) or \
+                        timestamps.iso_from_epoch(wall - (now - last))
+            if stalled.keys() != self._stalled_since.keys():
+                changed = True
+            self._stalled_since = stalled
+        return changed
 
     def _run_heartbeat(self) -> None:
         next_periodic = float("inf")
@@ -259,10 +352,15 @@ class StatusPublisher:
                 if due:
                     wait = min(wait, last_status + self._min_gap - now)
                 wait = None if wait == float("inf") else max(min(wait, 3600.0), 0.0)
+            if self._loop_turn is not None or self._beats:
+                wait = WATCH_EVERY if wait is None else min(wait, WATCH_EVERY)
             self._wake.wait(wait)
             self._wake.clear()
             if self._stopping.is_set():
                 break
+            if (self._loop_turn is not None or self._beats) and self._judge():
+                with self._lock:
+                    self._pending = True
             client = self._link.client
             if client is None:
                 next_periodic = float("inf")

@@ -3,7 +3,8 @@
 Kept in the status app's memory and filled from what it sees on the broker (it starts empty;
 nothing is read back after a restart).
 
-- Timeline: every change between ``ready``, ``disconnected``, ``lost`` and ``stale``, with its
+- Timeline: every change between ``ready``, ``disconnected``, ``lost``, ``stale`` and
+  ``not_responding``, with its
   wall-clock time; at most ``MAX_TRANSITIONS`` per node, older than ``WINDOW`` dropped.
 - Samples: one per minute (the newest status of that minute): CPU %, memory MB and up to
   ``MAX_FLAGS`` boolean GUI flags, for ``WINDOW`` (1,440 minutes) in typed arrays that grow
@@ -23,7 +24,7 @@ SAMPLE_EVERY: Final = 60.0
 SAMPLES: Final = int(WINDOW // SAMPLE_EVERY)
 MAX_TRANSITIONS: Final = 2000
 MAX_FLAGS: Final = 32
-DOWN: Final = frozenset({"disconnected", "lost", "stale"})
+DOWN: Final = frozenset({"disconnected", "lost", "stale", "not_responding"})
 
 
 class NodeHistory:

@@ -45,7 +45,7 @@ class NodeRecord:
     """``state`` was made from a status of a session whose own state was not seen yet."""
 
 
-HEALTH_WORDS: Final = ("ready", "disconnected", "lost", "stale", "unknown")
+HEALTH_WORDS: Final = ("ready", "disconnected", "lost", "stale", "not_responding", "unknown")
 """A node's ``health`` in ``/nodes``, the page and ``watch``: the words of ``truth.liveness``
 (``ready`` is up; the others say why a node is down; a broker the view cannot reach makes
 every node ``unknown``). ``online``/``offline`` are the monitor's words, sent to it only."""
@@ -177,7 +177,10 @@ class NodeView:
             record.status = status
             record.status_raw = raw
             record.status_at = self.clock() - age
-            self._note_state(record, record.truth.state or "ready", record.status_at)
+            word: str = record.truth.state or "ready"
+            if word == "ready" and status.not_responding_since is not None:
+                word = "not_responding"
+            self._note_state(record, word, record.status_at)
             record.history.sample(self._wall(record.status_at), status.resources.cpu_percent,
                                   status.resources.memory_mb, status.gui)
             self._accepted += 1
@@ -243,7 +246,8 @@ class NodeView:
             record.state.state if record.state else None,
             now - record.status_at if status else None,
             status.interval_s if status else None,
-            now - record.state_at)
+            now - record.state_at,
+            not_responding_since=status.not_responding_since if status else None)
         if record.state is not None and verdict.reason in truth.TERMINAL_STATES:
             seen = timestamps.iso_from_epoch(self.wall_clock() - (now - record.state_at))
             return Liveness(False, verdict.reason, f"node {verdict.reason} since {seen}")

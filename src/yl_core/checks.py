@@ -202,6 +202,25 @@ def listen_address() -> Check:
     return check
 
 
+def periods() -> Check:
+    """A mapping of names (GUI flag names) to seconds (0.05 to 3600)."""
+    seconds = number(low=0.05, high=3600)
+
+    def check(value: Any, key: str, source: str) -> Any:
+        kind(value, (dict,), key, source)
+        if len(value) > protocol.MAX_GUI_FLAGS:
+            raise ConfigError(f"at most {protocol.MAX_GUI_FLAGS} entries", key=key,
+                              source=source)
+        out = {}
+        for name, period in value.items():
+            if not protocol.is_valid_flag_name(name):
+                raise ConfigError("must be an identifier (letters, digits, _)",
+                                  key=f"{key}.{name}", source=source)
+            out[name] = seconds(period, f"{key}.{name}", source)
+        return out
+    return check
+
+
 def hosts_list() -> Check:
     def check(value: Any, key: str, source: str) -> Any:
         kind(value, (list,), key, source)

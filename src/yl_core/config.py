@@ -34,6 +34,7 @@ from yl_core.checks import (
     number,
     origins_list,
     path,
+    periods,
     preview,
     text,
     topic_root,
@@ -67,6 +68,11 @@ class MonitorConfig:
     ca_file: str | None = None
     profile: str = "auto"
     status_values: StatusValues = field(default_factory=StatusValues)
+    gui_hang_after: float = 5.0
+    """Seconds without a turn of a watched main loop after which the GUI is not responding
+    (where desktops call a window "Not Responding")."""
+    pipelines: Mapping[str, float] = field(default_factory=dict)
+    """Expected seconds between ``StatusPublisher.beat(name)`` calls, per pipeline name."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "token": text(optional=True), "ca_file": path(must_exist=True),
         "profile": text(choices=_PROFILES),
         "status_values": (StatusValues, _STATUS_VALUES),
+        "gui_hang_after": number(low=1, high=600),
+        "pipelines": periods(),
     }),
     "mqtt": (MqttConfig, {
         "host": host(), "port": number(integer=True, low=1, high=65535),

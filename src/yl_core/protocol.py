@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from yl_core.errors import ProtocolError
@@ -226,7 +226,15 @@ class ReporterCounters:
 
 @dataclass(frozen=True)
 class StatusMessage:
-    """The retained ``status`` heartbeat: the snapshot YL-monitor knows, plus ordering fields."""
+    """The retained ``status`` heartbeat: the snapshot YL-monitor knows, plus ordering fields.
+
+    ``not_responding_since``: set while the application's main loop has not turned for
+    ``monitor.gui_hang_after`` seconds (the GUI is hung while its process and network run):
+    when it last turned. ``stalled_since``: per watched pipeline (``StatusPublisher.beat``)
+    whose ``<name>_running`` flag is true and whose beats stopped, since when; its
+    ``gui.<name>_stalled`` flag says the same. Both are left out of the payload when empty,
+    so a node that does not watch its loop reads as it always did (never hung).
+    """
 
     node_id: str
     node_name: str
@@ -241,9 +249,11 @@ class StatusMessage:
     seq: int
     interval_s: float
     v: int = PROTOCOL_VERSION
+    not_responding_since: str | None = None
+    stalled_since: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "v": self.v,
             "node_id": self.node_id,
             "node_name": self.node_name,
@@ -258,6 +268,11 @@ class StatusMessage:
             "seq": self.seq,
             "interval_s": self.interval_s,
         }
+        if self.not_responding_since is not None:
+            data["not_responding_since"] = self.not_responding_since
+        if self.stalled_since:
+            data["stalled_since"] = dict(self.stalled_since)
+        return data
 
 
 def encode(message: StateMessage | StatusMessage) -> bytes:
@@ -422,7 +437,28 @@ def decode_status(payload: bytes, *, node_id: str | None = None) -> StatusMessag
         session=_check_session(data),
         seq=seq,
         interval_s=_check_interval(data),
+        not_responding_since=_check_since(_get(data, "not_responding_since", (str, type(None)),
+                                               required=False)),
+        stalled_since=_check_stalled(_get(data, "stalled_since", (dict,), required=False,
+                                          default={})),
     )
+
+
+def _check_since(value: str | None) -> str | None:
+    if value is not None:
+        epoch_from_iso(value)
+    return value
+
+
+def _check_stalled(value: dict[str, Any]) -> dict[str, str]:
+    if len(value) > MAX_GUI_FLAGS:
+        raise ProtocolError("schema", f"field 'stalled_since' has more than {MAX_GUI_FLAGS} "
+                                      "entries")
+    for key in value:
+        if not _FLAG_NAME.fullmatch(key):
+            raise ProtocolError("schema", f"pipeline name {key[:70]!r} is not an identifier")
+        _check_since(_get(value, key, (str,)))
+    return dict(value)
 
 
 def new_session_id() -> str:

@@ -140,7 +140,8 @@ def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, .
 @dataclass(frozen=True)
 class Liveness:
     """Whether a node is up, and if not, why: ``ready``, ``disconnected``, ``lost``,
-    ``stale`` (no fresh status) or ``unknown`` (no state)."""
+    ``stale`` (no fresh status), ``not_responding`` (its GUI is hung) or ``unknown`` (no
+    state)."""
 
     up: bool
     reason: str
@@ -148,10 +149,12 @@ class Liveness:
 
 
 def liveness(state: State | None, status_age: float | None, interval_s: float | None,
-             state_age: float | None = None) -> Liveness:
-    """The one rule of "up": the current session is ``ready`` and its newest word is younger
-    than ``EXPIRY_FACTOR`` report intervals. ``status_age`` is in seconds (None: nothing heard
-    from the session); without ``interval_s`` no age is too old. A ``lost`` younger than
+             state_age: float | None = None, *,
+             not_responding_since: str | None = None) -> Liveness:
+    """The one rule of "up": the current session is ``ready``, its newest word is younger
+    than ``EXPIRY_FACTOR`` report intervals, and its newest status does not say the GUI is
+    hung (``not_responding_since``). ``status_age`` is in seconds (None: nothing heard from
+    the session); without ``interval_s`` no age is too old. A ``lost`` younger than
     ``LOST_HOLD`` (``state_age``) does not count yet."""
     if state == "lost" and state_age is not None and state_age < LOST_HOLD:
         state = "ready"
@@ -164,4 +167,7 @@ def liveness(state: State | None, status_age: float | None, interval_s: float | 
         return Liveness(False, "stale", f"last status {status_age:.1f} s ago (limit {limit:g} s)")
     if state is None:
         return Liveness(False, "unknown", "no state received")
+    if not_responding_since is not None:
+        return Liveness(False, "not_responding",
+                        f"GUI not responding since {not_responding_since}")
     return Liveness(True, "ready")

@@ -50,10 +50,13 @@ def cmd_node(args: argparse.Namespace) -> int:
         raise ConfigError("must be at least 1", key="--count")
     if not 0 <= args.toggle_every < float("inf"):
         raise ConfigError("must be a number of seconds, 0 for never", key="--toggle-every")
+    if not 0 <= args.hang_seconds < float("inf"):
+        raise ConfigError("must be a number of seconds, 0 for never", key="--hang-seconds")
     configure_logging(config.logging)
     stop = stop_event_on_signals()
     return run_nodes(config, node_id=args.node_id, count=args.count,
-                     toggle_every=args.toggle_every, duration=args.duration, stop=stop)
+                     toggle_every=args.toggle_every, duration=args.duration, stop=stop,
+                     hang_seconds=args.hang_seconds)
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
@@ -120,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flip a random GUI flag on every node this often (0: never)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: until SIGTERM/Ctrl-C)")
+    p.add_argument("--hang-seconds", type=float, default=0.0, metavar="SECONDS",
+                   help="on SIGUSR1, block the simulated GUI loop this long (a hung GUI)")
     p.set_defaults(func=cmd_node)
 
     p = command("bridge", "forward every node's status to YL-monitor")

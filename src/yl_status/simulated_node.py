@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import threading
 import time
+from types import FrameType
 
 from publisher.status_publisher import StatusPublisher
 from yl_core.config import Config
@@ -13,8 +15,8 @@ from yl_core.config import Config
 log = logging.getLogger(__name__)
 
 TOGGLED_FLAGS = ("video_running", "audio_running", "face_loaded")
-CHECK_EVERY = 1.0
-"""How often the nodes are checked for a takeover when nothing is toggled."""
+LOOP_TICK = 0.5
+"""How often the simulated main loop turns (and looks for a takeover)."""
 
 
 def node_ids(base: str, count: int) -> list[str]:
@@ -24,11 +26,17 @@ def node_ids(base: str, count: int) -> list[str]:
 
 
 def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: float,
-              duration: float | None, stop: threading.Event) -> int:
+              duration: float | None, stop: threading.Event,
+              hang_seconds: float = 0.0) -> int:
     """Run ``count`` publishers, each with its own connection, until ``stop`` or ``duration``;
     every ``toggle_every`` seconds a random GUI flag flips on each (0: never).
 
-    Returns 0 on a clean stop, 3 if a node's id was taken over by another process.
+    The calling thread plays the GUI's main loop: it turns every ``LOOP_TICK`` seconds and
+    tells each publisher so (``loop_turned``). With ``hang_seconds``, SIGUSR1 blocks it that
+    long while the publishers' threads go on: a hung GUI, to see it reported.
+
+    Returns 0 on a clean stop; raises ``SessionTakenOverError`` if a node's id was taken over
+    by another process.
     """
     base = node_id or config.monitor.node_id
     ids = node_ids(base, count)
@@ -37,26 +45,38 @@ def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: 
                         username=nid if count > 1 or not config.mqtt.username else None)
         for nid in ids
     ]
+    if hang_seconds > 0:
+        def hang(signum: int, frame: FrameType | None) -> None:
+            log.warning("main loop blocked for %.1f s (SIGUSR1)", hang_seconds)
+            time.sleep(hang_seconds)
+
+        signal.signal(signal.SIGUSR1, hang)
     for publisher in publishers:
         publisher.start()
         publisher.update_gui_status(window_active=True)
     log.info("running %d simulated node(s): %s", len(ids),
              ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
     rng = random.Random()
-    deadline = None if duration is None else time.monotonic() + duration
-    step = toggle_every if toggle_every > 0 else CHECK_EVERY
+    now = time.monotonic()
+    deadline = None if duration is None else now + duration
+    next_toggle = now + toggle_every if toggle_every > 0 else float("inf")
     try:
         while True:
-            wait = step if deadline is None else min(step, deadline - time.monotonic())
-            if stop.wait(max(wait, 0.0)):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
             for publisher in publishers:
+                publisher.loop_turned()
                 publisher.raise_if_fatal()
-            for publisher in publishers if toggle_every > 0 else ():
-                flag = rng.choice(TOGGLED_FLAGS)
-                publisher.update_gui_status(**{flag: not publisher.gui_status().get(flag)})
+            now = time.monotonic()
+            if now >= next_toggle:
+                next_toggle = now + toggle_every
+                for publisher in publishers:
+                    flag = rng.choice(TOGGLED_FLAGS)
+                    publisher.update_gui_status(**{flag: not publisher.gui_status().get(flag)})
+            wait = min(LOOP_TICK, next_toggle - now)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if stop.wait(max(wait, 0.0)) or (deadline is not None and
+                                             time.monotonic() >= deadline):
+                break
     finally:
         threads = [threading.Thread(target=p.stop, args=(2.0,)) for p in publishers]
         for thread in threads:

@@ -22,6 +22,7 @@ from yl_core.config import Config
 
 REFRESH = 1.0
 STYLES = {"ready": "bold green", "lost": "bold red", "stale": "bold yellow",
+          "not_responding": "bold magenta",
           "disconnected": "bold bright_black", "unknown": "bright_black"}
 
 
@@ -42,7 +43,7 @@ def render(view: NodeView, *, rows: int | None = None) -> Group:
     nodes = problems_first(view.describe_all())
     counts = Counter(n["health"] for n in nodes)
     summary = Text(f"{len(nodes)} node(s)  ")
-    for health in ("lost", "stale", "disconnected", "unknown", "ready"):
+    for health in ("lost", "not_responding", "stale", "disconnected", "unknown", "ready"):
         if counts[health]:
             summary.append(f"{counts[health]} {health}  ", style=STYLES[health])
     connected, why = view.broker
@@ -68,7 +69,8 @@ def _cells(node: dict[str, Any]) -> list[Any]:
         name.append(f"  {node['node_name']}", style="bright_black")
     down = []
     if node.get("down_for_s") is not None:
-        down.append(f"down {_span(node['down_for_s'])}")
+        what = "not responding" if node["health"] == "not_responding" else "down"
+        down.append(f"{what} {_span(node['down_for_s'])}")
     if node.get("flaps_1h"):
         down.append(f"flapped {node['flaps_1h']}x /h")
     flags = " ".join(key for key, value in (node.get("gui") or {}).items() if value is True)
