@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from testkit.support import wait_until
 from bridge.outbox import Outbox
 from tests.test_forwarder import config_for, forwarding
 from tests.test_outbox import state, status
+from yl_core.protocol import StatusMessage, encode
 from yl_status.monitor_double import MonitorDouble
 
 
@@ -136,5 +138,40 @@ def test_v1_says_loudly_when_the_monitor_does_not_know_a_node(
         said = [r.getMessage() for r in caplog.records if "does not know node" in r.getMessage()]
         assert len(said) == 1
         assert "n1" in said[0]
+    finally:
+        double.down()
+
+
+def hung(seq: int, since: str | None) -> tuple[str, StatusMessage, bytes, float, bool]:
+    node, message, _, at, retained = status(seq)
+    message = replace(message, not_responding_since=since)
+    return node, message, encode(message), at, retained
+
+
+@pytest.mark.parametrize("api", ["nodes-api", "v1"])
+def test_a_hung_gui_is_offline_not_responding_or_for_v1_not_posted(
+        tmp_path: Path, outbox: Outbox, api: str) -> None:
+    double = MonitorDouble(api=api, known=("n1",)).start()
+    try:
+        with forwarding(config_for(double.url, tmp_path, profile=api), outbox) as forwarder:
+            def deliver(entry: tuple[str, StatusMessage, bytes, float, bool]) -> None:
+                forwarder.notify(outbox.record([entry])[1])
+                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
+
+            deliver(status(1))
+            posts = v1_posts(double, "n1")
+            deliver(hung(2, "2026-01-01T00:00:05.000Z"))
+            deliver(hung(3, "2026-01-01T00:00:05.000Z"))
+            if api == "v1":
+                assert v1_posts(double, "n1") == posts
+            else:
+                sent = [(h.status, h.reason) for h in double.history("n1")]
+                assert sent[-2:] == [("offline", "not_responding")] * 2
+            deliver(hung(4, None))
+        if api == "v1":
+            assert v1_posts(double, "n1") == posts + 1
+        else:
+            last = double.history("n1")[-1]
+            assert (last.status, last.reason, last.body["gui"]) == ("online", "ready", {"seq": 4})
     finally:
         double.down()

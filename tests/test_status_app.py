@@ -402,3 +402,35 @@ def test_a_status_before_its_sessions_ready_shows_the_node_up(
     feed(view, "gui-1", "state", state("lost"))
     view.clock.now += LOST_HOLD
     assert client.get("/health").get_json()["reason"] == "lost"
+
+
+def hung_status(seq: int, since: str | None) -> bytes:
+    data = json.loads(status(seq))
+    if since is not None:
+        data["not_responding_since"] = since
+    return json.dumps(data).encode()
+
+
+def test_a_hung_gui_is_503_not_responding_everywhere_and_a_band_in_its_history(
+        client: FlaskClient, view: NodeView, clock: Clock) -> None:
+    since = "2026-01-01T00:00:05.000Z"
+    feed(view, "gui-1", "state", state("ready"))
+    feed(view, "gui-1", "status", status(1))
+    clock.now += 10
+    feed(view, "gui-1", "status", hung_status(2, since))
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["reason"] == "not_responding"
+    assert health.get_json()["detail"] == f"GUI not responding since {since}"
+    current = client.get("/status")
+    assert current.status_code == 503
+    assert current.get_json()["not_responding_since"] == since
+    feed(view, "gui-1", "status", hung_status(3, since))
+    node = client.get("/nodes").get_json()["nodes"][0]
+    assert node["health"] == "not_responding"
+    assert node["down_since"] is not None
+    feed(view, "gui-1", "status", hung_status(4, None))
+    assert client.get("/health").status_code == 200
+    bands = [entry["state"] for entry in
+             client.get("/nodes/gui-1/history").get_json()["timeline"]]
+    assert bands[-2:] == ["not_responding", "ready"]
