@@ -6,20 +6,31 @@ black-holed (a TCP server that accepts and never answers), each without and with
 clicked 100 times a second. Printed: p50, p99 and max lateness, and the max added over the
 baseline with the same clicking.
 
-Run: .venv/bin/python -m bench.qt_stall [--seconds S]
+The liveness part (``--only liveness``) measures the hang detection of the Qt reporter: what
+its timer costs the GUI thread (CPU per ``loop_turned``, and the event loop's lateness with
+the watch on against off, same run), and, over 20 hangs of the GUI thread, how long after a
+hang begins a subscriber sees ``not_responding_since`` and how long after it ends it sees it
+cleared.
+
+Run: .venv/bin/python -m bench.qt_stall [--seconds S] [--only stall|liveness]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import socket
+import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -27,6 +38,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
+from publisher.qt import LOOP_TICK_MS, StatusReporter
 from yl_core.config import parse_config
 from yl_status.dev_broker import DevBroker, free_port
 
@@ -112,13 +124,129 @@ def summary(late: list[float]) -> tuple[float, float, float]:
     return (ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)], ordered[-1])
 
 
+HANGS = 20
+HANG_AFTER = 1.0
+"""The threshold the detection part runs with (the lowest allowed, to keep it short)."""
+
+
+class StatusWatch:
+    """A subscriber noting when each status arrives and whether it says not responding."""
+
+    def __init__(self, port: int) -> None:
+        self.seen: list[tuple[float, bool]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-watch",
+                                  protocol=mqtt.MQTTv5)
+        self.client.username_pw_set("bench-watch", "pw")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("yl/ar/nodes/+/status", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.payload:
+            hung = "not_responding_since" in json.loads(msg.payload)
+            self.seen.append((time.monotonic(), hung))
+
+    def first(self, hung: bool, after: float, timeout: float = 10.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, said in list(self.seen):
+                if at >= after and said is hung:
+                    return at - after
+            time.sleep(0.001)
+        raise SystemExit(f"bench: no status with hung={hung} within {timeout} s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def cpu_per_turn(window: Any) -> float:
+    """Microseconds of CPU one ``loop_turned`` costs the GUI thread."""
+    publisher = window.status.publisher
+    calls = 200_000
+    began = time.thread_time()
+    for _ in range(calls):
+        publisher.loop_turned()
+    return (time.thread_time() - began) / calls * 1e6
+
+
+def liveness(app: QApplication, example: Any, seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = DevBroker(Path(tmp), users={"stall-gui": "pw", "bench-watch": "pw"},
+                           extra_acl="user bench-watch\ntopic read yl/ar/#\n").start()
+        try:
+            config = parse_config({"monitor": {"node_id": "stall-gui",
+                                               "gui_hang_after": HANG_AFTER},
+                                   "mqtt": {"host": "127.0.0.1", "port": broker.port,
+                                            "password": "pw"}}, "<bench>")
+            cost: dict[bool, tuple[tuple[float, float, float], float]] = {}
+            for watch in (False, True, False, True):
+                window = example.ARApp(config)
+                window.removeEventFilter(window.status)
+                window.status = StatusReporter(config, window, watch_loop=watch)
+                window.show()
+                deadline = time.monotonic() + 10
+                while not window.status.connected and time.monotonic() < deadline:
+                    app.processEvents()
+                began = time.process_time()
+                late = summary(run(app, window, seconds, clicks=False))
+                cost[watch] = (late, time.process_time() - began)
+                window.close()
+            watch_window = example.ARApp(config)
+            per_turn = cpu_per_turn(watch_window)
+            watch_window.close()
+            window = example.ARApp(config)
+            window.show()
+            watcher = StatusWatch(broker.port)
+            deadline = time.monotonic() + 10
+            while not window.status.connected and time.monotonic() < deadline:
+                app.processEvents()
+            detected: list[float] = []
+            cleared: list[float] = []
+            for _ in range(HANGS):
+                settle = QEventLoop()
+                QTimer.singleShot(700, settle.quit)
+                settle.exec()
+                blocked = time.monotonic()
+                time.sleep(HANG_AFTER + 1.0)  # the GUI thread blocked, as a stuck slot would
+                turned = time.monotonic()
+                app.processEvents()
+                detected.append(watcher.first(True, blocked))
+                cleared.append(watcher.first(False, turned))
+                window.log.clear()
+            watcher.close()
+            window.close()
+        finally:
+            broker.stop()
+    (off_late, off_cpu), (on_late, on_cpu) = cost[False], cost[True]
+    print(f"Hang detection of the Qt reporter (timer every {LOOP_TICK_MS} ms):")
+    print(f"  loop_turned on the GUI thread: {per_turn:.2f} µs of CPU a call "
+          f"(2 calls a second: {per_turn * 2 / 1e4:.5f} % of a core)")
+    print(f"  5 ms timer lateness, watch off: p50 {off_late[0]:.2f}  p99 {off_late[1]:.2f}  "
+          f"max {off_late[2]:.2f} ms; watch on: p50 {on_late[0]:.2f}  p99 {on_late[1]:.2f}  "
+          f"max {on_late[2]:.2f} ms (p99 ratio {on_late[1] / max(off_late[1], 1e-9):.2f})")
+    print(f"  process CPU over {seconds:g} s: watch off {off_cpu:.3f} s, on {on_cpu:.3f} s "
+          f"(ratio {on_cpu / max(off_cpu, 1e-9):.2f})")
+    print(f"  {HANGS} hangs, gui_hang_after {HANG_AFTER:g} s: shown after median "
+          f"{statistics.median(detected):.2f} s, max {max(detected):.2f} s "
+          f"(minus the threshold: {statistics.median(detected) - HANG_AFTER:.2f} / "
+          f"{max(detected) - HANG_AFTER:.2f} s); cleared after median "
+          f"{statistics.median(cleared) * 1000:.0f} ms, max {max(cleared) * 1000:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only", choices=["stall", "liveness"])
     args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
     example = load_example()
+    if args.only in (None, "liveness"):
+        liveness(app, example, args.seconds)
+    if args.only == "liveness":
+        return
     results: dict[tuple[str, bool], tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         broker = DevBroker(Path(tmp), users={"stall-gui": "pw"}).start()

@@ -9,7 +9,10 @@ project's config and the YL-monitor double, under a seeded random schedule of fa
 - the broker: kill -9 (persistence on; right after a change, inside its one-second save
   window, or outside it) and restart;
 - the monitor: answering 500, answering 404, hanging, forgetting its nodes;
-- the outbox's disk: full (a small tmpfs; needs root).
+- the outbox's disk: full (a small tmpfs; needs root);
+- a node's GUI: its main loop blocked while its process and network go on (SIGUSR1 to
+  ``yl-status node --hang-seconds``): it must be shown down within ``GUI_HANG_AFTER`` + 1 s
+  and up again within 1 s after the hang.
 
 A truth oracle knows each node's real state at every instant (up: its process runs and is
 not frozen) and samples what the monitor (``is_online``) and the status app (``/nodes``)
@@ -60,11 +63,21 @@ HEALED_WITHIN = 5.0
 SEEN_DOWN = LOST_HOLD + 0.5
 """An outage shorter than this may be withdrawn (a will followed at once by the node)."""
 FREEZE_DETECTION = 2.5 * KEEPALIVE
+GUI_HANG_AFTER = 2.0
+"""The nodes' ``monitor.gui_hang_after``."""
+HANG = 5.0
+"""How long a ``gui_hang`` blocks a node's main loop."""
+HANG_DETECTION = GUI_HANG_AFTER + 1.0
+"""A hang is shown within this; it is over within ``HANG_HEALED`` of its end."""
+HANG_HEALED = 1.0
+HANG_READY = 5.0
+"""A node is hung only once it has run this long (its signal handler is in place)."""
 RESTART_SLACK = 30.0
 """A heartbeat may arrive this long after its process was replaced (a backlog)."""
 KINDS = ("node_kill", "node_freeze", "node_stop", "node_takeover", "node_skew",
          "bridge_kill", "bridge_freeze", "receiver_freeze", "broker_kill",
-         "monitor_500", "monitor_404", "monitor_hang", "monitor_forget", "disk_full")
+         "monitor_500", "monitor_404", "monitor_hang", "monitor_forget", "disk_full",
+         "gui_hang")
 
 
 def get_json(url: str, timeout: float = 1.0) -> Any:
@@ -77,6 +90,7 @@ class Node:
     node_id: str
     process: subprocess.Popen[bytes] | None = None
     frozen: bool = False
+    hung: bool = False
     up_since: float | None = None
     down_since: float | None = None
     outages: list[tuple[float, float | None, str]] = field(default_factory=list)
@@ -85,7 +99,8 @@ class Node:
 
     @property
     def up(self) -> bool:
-        return self.process is not None and self.process.poll() is None and not self.frozen
+        return self.process is not None and self.process.poll() is None and \
+            not self.frozen and not self.hung
 
 
 @dataclass
@@ -111,6 +126,8 @@ class Report:
     after_heal: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     events: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     details: list[str] = field(default_factory=list)
+    detection: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    """The longest time a fault took to be shown (checked for ``gui_hang``)."""
 
     @property
     def total_lost(self) -> int:
@@ -125,6 +142,8 @@ class Report:
         return max(values, default=0.0)
 
     def bound(self, kind: str) -> float:
+        if kind == "gui_hang":
+            return HANG_HEALED + SAMPLE
         return HEALED_WITHIN + (2 * KEEPALIVE if kind in ("node_freeze", "broker_kill") else 0)
 
     def table(self) -> str:
@@ -140,6 +159,9 @@ class Report:
                              f"{self.bound(kind):g}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        for kind, seconds in self.detection.items():
+            lines.append(f"{kind}: shown down at most {seconds:.1f} s after it began "
+                         f"(bound {HANG_DETECTION + SAMPLE:g} s)")
         lines.append(f"seed {self.seed}, {self.nodes} nodes, {self.seconds:.0f} s: "
                      f"{self.total_lost} lost, {self.total_regressions} regressions, longest "
                      f"wrong state after a heal {self.worst_after_heal():.1f} s")
@@ -169,13 +191,16 @@ class Campaign:
         self.metrics_port = free_port()
         self.serve_port = free_port()
         self.samples: list[tuple[float, dict[str, tuple[bool, bool | None, bool | None]]]] = []
+        self.details_later: list[str] = []
+        """Problems of the campaign itself, reported with its findings."""
 
     # --- set-up -------------------------------------------------------------------------
 
     def config(self, name: str, **sections: dict[str, Any]) -> Path:
         data: dict[str, Any] = {
             "monitor": {"url": self.double.url, "node_id": self.node_ids[0],
-                        "report_interval": 5, "timeout": 1.0, "retry_delay": 1.0},
+                        "report_interval": 5, "timeout": 1.0, "retry_delay": 1.0,
+                        "gui_hang_after": GUI_HANG_AFTER},
             "mqtt": {"host": self.broker.host, "port": self.broker.port,
                      "password": PASSWORD, "keepalive": KEEPALIVE},
             "logging": {"level": "INFO"},
@@ -225,10 +250,12 @@ class Campaign:
                        "FAKETIME_DONT_RESET": "1", "DONT_FAKE_MONOTONIC": "1"}
         config = self.config(f"node-{node_id}")
         process = self.spawn(["node", "-c", str(config), "--node-id", node_id,
-                              "--toggle-every", "1"], f"node-{node_id}.log", env)
+                              "--toggle-every", "1", "--hang-seconds", str(HANG)],
+                             f"node-{node_id}.log", env)
         with self.lock:
             node.process = process
             node.frozen = False
+            node.hung = False
             node.starts.append((time.monotonic(), kind))
             self.came_up(node)
 
@@ -276,9 +303,12 @@ class Campaign:
     def fault(self, kind: str) -> None:
         getattr(self, f"fault_{kind}")()
 
-    def _some_up_node(self) -> Node | None:
+    def _some_up_node(self, up_for: float = 0.0) -> Node | None:
+        """A node that is up, and has been for ``up_for`` seconds."""
+        now = time.monotonic()
         with self.lock:
-            up = [n for n in self.nodes.values() if n.up]
+            up = [n for n in self.nodes.values()
+                  if n.up and n.up_since is not None and now - n.up_since >= up_for]
         return self.rng.choice(up) if up else None
 
     def _record(self, kind: str, start: float, healed: float | None,
@@ -331,6 +361,27 @@ class Campaign:
             node.frozen = False
             self.came_up(node)
         self._record("node_freeze", start, time.monotonic(), (node.node_id,))
+
+    def fault_gui_hang(self) -> None:
+        # A node started a moment ago may not handle SIGUSR1 yet (it would end it).
+        node = self._some_up_node(up_for=HANG_READY)
+        if node is None or node.process is None:
+            return
+        start = time.monotonic()
+        with self.lock:
+            node.process.send_signal(signal.SIGUSR1)
+            node.hung = True
+            self.went_down(node, "gui_hang")
+        time.sleep(HANG)
+        with self.lock:
+            node.hung = False
+            self.came_up(node)
+        self._record("gui_hang", start, time.monotonic(), (node.node_id,))
+        if node.process.poll() is not None:
+            with self.lock:
+                self.went_down(node, "gui_hang")
+            self.details_later.append(f"{node.node_id}: ended by a gui_hang (exit "
+                                      f"{node.process.returncode})")
 
     def fault_node_takeover(self) -> None:
         node = self._some_up_node()
@@ -453,6 +504,7 @@ class Campaign:
             sampler.join(2.0)
         report = self.judge(time.monotonic() - began)
         report.details.extend(settled)
+        report.details.extend(self.details_later)
         return report
 
     def settled(self, timeout: float) -> list[str]:
@@ -492,6 +544,7 @@ class Campaign:
                 report.events[event.kind] += 1
         self._wrong_seconds(report)
         self._after_heal(report)
+        self._hang_detection(report)
         self._lost_and_regressions(report)
         return report
 
@@ -533,14 +586,39 @@ class Campaign:
                 report.details.append(f"{event.kind} at {event.start:.1f}: wrong for "
                                       f"{lag:.1f} s after it healed")
 
+    def _hang_detection(self, report: Report) -> None:
+        """Each GUI hang is shown down, at the monitor and in the status app, within
+        ``HANG_DETECTION`` of its start (give or take a sample)."""
+        for event in self.events:
+            if event.kind != "gui_hang" or event.healed is None:
+                continue
+            node_id = event.nodes[0]
+            shown = {}
+            for side in (1, 2):
+                shown[side] = next((at for at, view in self.samples
+                                    if event.start <= at <= event.healed and
+                                    view[node_id][side] is False), None)
+            for side, at in shown.items():
+                where = "monitor" if side == 1 else "status app"
+                if at is None:
+                    report.details.append(f"gui_hang of {node_id} at {event.start:.1f}: "
+                                          f"never shown down by the {where}")
+                    continue
+                delay = at - event.start
+                report.detection["gui_hang"] = max(report.detection["gui_hang"], delay)
+                if delay > HANG_DETECTION + SAMPLE:
+                    report.details.append(f"gui_hang of {node_id} at {event.start:.1f}: "
+                                          f"shown down by the {where} after {delay:.1f} s")
+
     def _lost_and_regressions(self, report: Report) -> None:
         clock_offset = time.time() - time.monotonic()
         for node_id, node in self.nodes.items():
             history = [(h.at - clock_offset, h) for h in self.double.history(node_id)]
             for down, up, kind in node.outages:
                 end = up if up is not None else float("inf")
-                if end - down < max(SEEN_DOWN, FREEZE_DETECTION if kind == "node_freeze"
-                                    else 0.0) + 1.0:
+                detection = {"node_freeze": FREEZE_DETECTION,
+                             "gui_hang": HANG_DETECTION}.get(kind, 0.0)
+                if end - down < max(SEEN_DOWN, detection) + 1.0:
                     continue
                 if not any(down <= at and h.status == "offline" for at, h in history
                            if at <= end + 2.0):

@@ -11,7 +11,7 @@ from testkit.campaign import KINDS, run_campaign
 
 pytestmark = pytest.mark.integration
 
-SECONDS = 110.0
+SECONDS = 125.0
 """Long enough for one round of every kind (each takes a few seconds)."""
 
 

@@ -52,7 +52,7 @@ class FailoverBridge:
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics,
-                                                self.health)
+                                                self.health, source=config.source)
 
     def run(self) -> int:
         if self.metrics_server is not None:

@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from yl_core.service import listen_error
+
 log = logging.getLogger(__name__)
 
 PREFIX = "yl_bridge_"
@@ -107,8 +109,10 @@ class Metrics:
 class MetricsServer:
     """``/metrics`` and ``/healthz`` on a loopback address (``bridge.metrics``)."""
 
-    def __init__(self, address: str, metrics: Metrics, health: Callable[[], dict[str, Any]]
-                 ) -> None:
+    def __init__(self, address: str, metrics: Metrics, health: Callable[[], dict[str, Any]],
+                 *, source: str = "<config>") -> None:
+        """A busy or unusable ``address`` is a ``ConfigError`` naming ``bridge.metrics``;
+        port 0 takes a free port (``port`` says which)."""
         host, _, port = address.rpartition(":")
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,7 +139,11 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        except OSError as exc:
+            raise listen_error(exc, host, int(port), key="bridge.metrics",
+                               source=source) from exc
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever,
                                         kwargs={"poll_interval": 0.2},
@@ -147,6 +155,8 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         self._thread.start()
+        host = self.server.server_address[0]
+        log.info("metrics and health on http://%s:%d", host, self.port)
         return self
 
     def stop(self) -> None:

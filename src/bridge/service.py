@@ -171,7 +171,8 @@ class Bridge:
             None if lease is None else lease.valid_until)
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
-            self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health)
+            self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health,
+                                                source=config.source)
         self._skew: dict[str, float] = {}
         self._skew_reported: set[str] = set()
         if lease is None:

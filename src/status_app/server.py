@@ -18,7 +18,7 @@ from status_app.app import create_app
 from status_app.node_view import NodeView
 from status_app.subscriber import ViewSubscriber
 from yl_core.config import ENV_CONFIG_PATH, Config, load_config
-from yl_core.service import configure_logging
+from yl_core.service import configure_logging, free_listen_port, listen_error
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,15 @@ class StatusServer:
         self.app = create_app(config, self.view)
         self.subscriber = ViewSubscriber(config, self.view)
         self._map: dict[int, Any] = {}
-        self._server = create_server(
-            self.app, map=self._map,
-            host=host or config.local_server.host,
-            port=config.local_server.port if port is None else port,
-            threads=threads, ident="yl-status", channel_timeout=60,
-            clear_untrusted_proxy_headers=True,
-        )
+        host = host or config.local_server.host
+        port = config.local_server.port if port is None else port
+        try:
+            self._server = create_server(
+                self.app, map=self._map, host=host, port=port, threads=threads,
+                ident="yl-status", channel_timeout=60, clear_untrusted_proxy_headers=True)
+        except OSError as exc:
+            raise listen_error(exc, host, port, key="local_server.port",
+                               source=config.source) from exc
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="yl-status-http", daemon=True)
 
@@ -138,12 +140,14 @@ def run_server(config: Config) -> int:
                     config.local_server.host)
     if config.source != "<defaults>":
         os.environ[ENV_CONFIG_PATH] = str(Path(config.source).resolve())
-    log.info("status app on http://%s:%d for node %s", config.local_server.host,
-             config.local_server.port, config.monitor.node_id)
+    port = free_listen_port(config.local_server.host, config.local_server.port,
+                            key="local_server.port", source=config.source)
+    log.info("status app on http://%s:%d for node %s", config.local_server.host, port,
+             config.monitor.node_id)
     Granian(
         "status_app.server:service_app",
         address=config.local_server.host,
-        port=config.local_server.port,
+        port=port,
         interface=Interfaces.WSGI,
         factory=True,
         workers=1,

@@ -195,7 +195,7 @@ def listen_address() -> Check:
         if value == "":
             return value
         hostpart, _, port = value.rpartition(":")
-        if not hostpart or not port.isdigit() or not 0 < int(port) < 65536:
+        if not hostpart or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
             raise ConfigError(f"must be HOST:PORT or empty to disable, got {preview(value)}",
                               key=key, source=source)
         return value

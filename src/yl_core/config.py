@@ -219,7 +219,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "topic_root": topic_root(),
     }),
     "local_server": (LocalServerConfig, {
-        "enabled": boolean(), "host": host(), "port": number(integer=True, low=1, high=65535),
+        "enabled": boolean(), "host": host(), "port": number(integer=True, low=0, high=65535),
         "mqtt_username": text(optional=True), "mqtt_password": text(optional=True),
         "trusted_hosts": hosts_list(), "cors_origins": origins_list(),
     }),

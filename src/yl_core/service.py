@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +29,26 @@ def configure_logging(settings: LoggingConfig, *, level: str | None = None) -> N
                               key="logging.file") from exc
     logging.basicConfig(level=level or settings.level, format=LOG_FORMAT, handlers=handlers,
                         force=True)
+
+
+def listen_error(exc: OSError, host: str, port: int, *, key: str, source: str) -> ConfigError:
+    """A ``ConfigError`` naming ``key`` for an address a server cannot listen on."""
+    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", key=key,
+                       source=source)
+
+
+def free_listen_port(host: str, port: int, *, key: str, source: str) -> int:
+    """``port`` if a server can listen on ``host:port`` now (for 0: a free port the system
+    chose), else a ``ConfigError`` naming ``key``. The probe socket is closed again."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+            return int(probe.getsockname()[1])
+    except OSError as exc:
+        raise listen_error(exc, host, port, key=key, source=source) from exc
 
 
 def stop_event_on_signals(stop: threading.Event | None = None) -> threading.Event:
