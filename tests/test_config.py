@@ -77,7 +77,7 @@ def test_the_original_layout_is_read_with_every_value_in_place(tmp_path: Path) -
     ("mqtt:\n  keepalive: 1.5\n", "mqtt.keepalive", "integer"),
     ("mqtt:\n  topic_root: 'a/#'\n", "mqtt.topic_root", "invalid topic root"),
     ("mqtt:\n  tls: {ca_file: missing-ca.crt}\n", "mqtt.tls.ca_file", "does not exist"),
-    ("local_server:\n  port: -1\n", "local_server.port", ">= 1"),
+    ("local_server:\n  port: -1\n", "local_server.port", ">= 0"),
     ("bridge:\n  client_id: 'b#1'\n", "bridge.client_id", "invalid node id"),
     ("bridge:\n  http_concurrency: 0\n", "bridge.http_concurrency", ">= 1"),
     ("bridge:\n  metrics: 'nohost'\n", "bridge.metrics", "HOST:PORT"),
