@@ -48,7 +48,9 @@ def run_nodes(config: Config, *, node_id: str | None, count: int, toggle_every: 
     if hang_seconds > 0:
         def hang(signum: int, frame: FrameType | None) -> None:
             log.warning("main loop blocked for %.1f s (SIGUSR1)", hang_seconds)
-            time.sleep(hang_seconds)
+            # A lock's wait, not time.sleep: under libfaketime (the clock-skew runs)
+            # sleeping fails with EINVAL.
+            threading.Event().wait(hang_seconds)
 
         signal.signal(signal.SIGUSR1, hang)
     for publisher in publishers:
