@@ -56,13 +56,15 @@ from yl_status.monitor_double import MonitorDouble
 
 PASSWORD = "campaign-secret"
 KEEPALIVE = 2
-"""Node keepalive (s): a frozen node is lost after about 2.1-2.4 x this."""
+"""Node keepalive (s): a frozen node is lost after about 2.1-2.4 x this, at times later."""
 SAMPLE = 0.25
 HEALED_WITHIN = 5.0
 """The bound on wrong state after a fault heals (a frozen node: 2 x keepalive longer)."""
 SEEN_DOWN = LOST_HOLD + 0.5
 """An outage shorter than this may be withdrawn (a will followed at once by the node)."""
-FREEZE_DETECTION = 2.5 * KEEPALIVE
+FREEZE_DETECTION = 3.5 * KEEPALIVE
+"""The longest mosquitto 2.0.11 was measured to take to notice a frozen client (1.5-2.5 x
+keepalive as a rule, up to 3.5 x): a shorter freeze may end before any will is sent."""
 GUI_HANG_AFTER = 2.0
 """The nodes' ``monitor.gui_hang_after``."""
 HANG = 5.0
