@@ -160,6 +160,7 @@ def test_status_of_a_node_that_is_down_says_so_and_since_when(
     body = response.get_json()
     assert (body["state"], body["state_changed_at"], body["up"], body["reason"]) == \
         (word, changed, False, word)
+    assert body["status"] == word, "the snapshot's 'running' is not what is true now"
     assert body["seq"] == 3
     assert client.get("/health").get_json()["detail"] == f"node {word} since {changed}"
 
@@ -371,6 +372,22 @@ def test_cors_answers_the_monitors_origin_and_no_other(client: FlaskClient) -> N
         "Origin": "http://mon:5500", "Access-Control-Request-Method": "GET"})
     assert preflight.headers["Access-Control-Allow-Origin"] == "http://mon:5500"
     assert "POST" not in preflight.headers.get("Access-Control-Allow-Methods", "")
+
+
+def test_a_loopback_monitors_dashboard_reads_health_at_any_loopback_spelling(
+        view: NodeView) -> None:
+    config = parse_config({"monitor": {"node_id": "gui-1", "url": "http://localhost:5500"}},
+                          "<test>")
+    with create_app(config, view).test_client() as c:
+        for origin in ("http://localhost:5500", "http://0.0.0.0:5500", "http://127.0.0.1:5500",
+                       "http://[::1]:5500"):
+            answer = c.get("/health", headers={"Origin": origin})
+            assert answer.headers["Access-Control-Allow-Origin"] == origin
+            assert "Origin" in answer.headers.get("Vary", "")
+        for origin in ("http://localhost:5501", "https://localhost:5500",
+                       "http://127.0.0.2:5500"):
+            assert "Access-Control-Allow-Origin" not in \
+                c.get("/health", headers={"Origin": origin}).headers
 
 
 def test_configured_origins_are_allowed_besides_the_monitors(view: NodeView) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
@@ -59,7 +61,9 @@ def health() -> Response:
 @bp.get("/status")
 def status() -> Response:
     """The node's latest snapshot as published, with its state and when that changed; 503
-    whenever ``/health`` is (the snapshot is then the last word of a node that is down)."""
+    whenever ``/health`` is: the snapshot is then the last word of a node that is down, and
+    its ``status`` says why it is down (``lost``, ``stale``, ...), not the ``running`` the
+    node last said of itself."""
     node_id = _config().monitor.node_id
     view = _view()
     payload = view.status_payload(node_id)
@@ -69,6 +73,7 @@ def status() -> Response:
         else json.loads(payload)
     body.update(state=state, state_changed_at=changed, up=verdict.up)
     if not verdict.up:
+        body["status"] = verdict.reason
         body["reason"] = verdict.reason
         body["detail"] = verdict.detail or "no status received from this node"
     return _json(body, 200 if verdict.up else 503)
@@ -157,10 +162,22 @@ def _trusted_hosts(config: Config) -> list[str]:
     return sorted(hosts)
 
 
+LOOPBACK_SPELLINGS: Final = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+"""Ways to write this machine in a URL: a monitor on loopback announces its dashboard at
+``http://0.0.0.0:5500`` while ``monitor.url`` says ``http://localhost:5500``."""
+
+
 def cors_origins(config: Config) -> list[str]:
     """Origins whose pages may read the endpoints: the monitor's (its dashboard fetches
-    ``/health`` from the browser) and ``local_server.cors_origins``; never ``*``."""
-    return sorted({origin_of(config.monitor.url), *config.local_server.cors_origins})
+    ``/health`` from the browser; for a monitor on this machine, at any spelling of this
+    machine) and ``local_server.cors_origins``; never ``*``."""
+    origins = {origin_of(config.monitor.url), *config.local_server.cors_origins}
+    monitor = urlsplit(config.monitor.url)
+    if monitor.hostname in LOOPBACK_SPELLINGS:
+        port = "" if monitor.port is None else f":{monitor.port}"
+        origins.update(origin_of(f"{monitor.scheme}://{'[::1]' if name == '::1' else name}{port}")
+                       for name in LOOPBACK_SPELLINGS)
+    return sorted(origins)
 
 
 def create_app(config: Config, view: NodeView | None = None) -> Flask:
@@ -178,7 +195,10 @@ def create_app(config: Config, view: NodeView | None = None) -> Flask:
     app.extensions["yl_status_config"] = config
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _error)
-    CORS(app, origins=cors_origins(config), methods=["GET"], supports_credentials=False,
+    # Exact patterns: flask-cors reads an origin with brackets ([::1]) as a regular expression.
+    exact = [re.compile(re.escape(origin) + r"\Z", re.IGNORECASE)
+             for origin in cors_origins(config)]
+    CORS(app, origins=exact, methods=["GET"], supports_credentials=False,
          always_send=False,
          max_age=600)
 
