@@ -91,8 +91,8 @@ def get_json(url: str, timeout: float = 1.0) -> Any:
 class Node:
     node_id: str
     process: subprocess.Popen[bytes] | None = None
-    frozen: bool = False
-    hung: bool = False
+    paused: bool = False
+    """Frozen (SIGSTOP) or its GUI loop hung (SIGUSR1): its process runs, the node is down."""
     up_since: float | None = None
     down_since: float | None = None
     outages: list[tuple[float, float | None, str]] = field(default_factory=list)
@@ -102,7 +102,7 @@ class Node:
     @property
     def up(self) -> bool:
         return self.process is not None and self.process.poll() is None and \
-            not self.frozen and not self.hung
+            not self.paused
 
 
 @dataclass
@@ -256,8 +256,7 @@ class Campaign:
                              f"node-{node_id}.log", env)
         with self.lock:
             node.process = process
-            node.frozen = False
-            node.hung = False
+            node.paused = False
             node.starts.append((time.monotonic(), kind))
             self.came_up(node)
 
@@ -348,37 +347,36 @@ class Campaign:
     def fault_node_stop(self) -> None:
         self._node_down("node_stop", subprocess.Popen.terminate)
 
-    def fault_node_freeze(self) -> None:
-        node = self._some_up_node()
-        if node is None or node.process is None:
-            return
+    def _pause(self, kind: str, node: Node, begin: signal.Signals,
+               end: signal.Signals | None, seconds: float) -> None:
+        """Pause a running node with ``begin`` for ``seconds`` (``end`` resumes it; without
+        one, it resumes by itself) and record it."""
+        assert node.process is not None
         start = time.monotonic()
         with self.lock:
-            node.process.send_signal(signal.SIGSTOP)
-            node.frozen = True
-            self.went_down(node, "node_freeze")
-        self._down_for(2, 3 * KEEPALIVE + 3)
+            node.process.send_signal(begin)
+            node.paused = True
+            self.went_down(node, kind)
+        time.sleep(seconds)
         with self.lock:
-            node.process.send_signal(signal.SIGCONT)
-            node.frozen = False
+            if end is not None:
+                node.process.send_signal(end)
+            node.paused = False
             self.came_up(node)
-        self._record("node_freeze", start, time.monotonic(), (node.node_id,))
+        self._record(kind, start, time.monotonic(), (node.node_id,))
+
+    def fault_node_freeze(self) -> None:
+        node = self._some_up_node()
+        if node is not None and node.process is not None:
+            self._pause("node_freeze", node, signal.SIGSTOP, signal.SIGCONT,
+                        self.rng.uniform(2, 3 * KEEPALIVE + 3))
 
     def fault_gui_hang(self) -> None:
         # A node started a moment ago may not handle SIGUSR1 yet (it would end it).
         node = self._some_up_node(up_for=HANG_READY)
         if node is None or node.process is None:
             return
-        start = time.monotonic()
-        with self.lock:
-            node.process.send_signal(signal.SIGUSR1)
-            node.hung = True
-            self.went_down(node, "gui_hang")
-        time.sleep(HANG)
-        with self.lock:
-            node.hung = False
-            self.came_up(node)
-        self._record("gui_hang", start, time.monotonic(), (node.node_id,))
+        self._pause("gui_hang", node, signal.SIGUSR1, None, HANG)
         if node.process.poll() is not None:
             with self.lock:
                 self.went_down(node, "gui_hang")
