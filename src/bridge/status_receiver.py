@@ -33,7 +33,8 @@ from yl_core.link import Link, LinkDown, LinkOptions
 from yl_core.protocol import Topics, bridge_sentinel_topic
 from yl_core.service import configure_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bridge.status_receiver")
+"""Named, not ``__name__``: the child runs this module as ``__main__``."""
 
 Received = tuple[int, int, int, str, bytes, float, Checked, bool]
 """(connection number, mid, qos, topic, payload, wall-clock receive time, what it is,
