@@ -1,9 +1,8 @@
 """A small YL-monitor REST client (SPEC §4): HTTP/1.1 keep-alive requests built here and
-answers parsed by httptools (llhttp), over asyncio streams for the bridge's forwarder
-(``MonitorConnection``); the operator commands' blocking ``perform`` runs one on a loop of
-its own. ``http.client``
-parses headers with the email package, which made it most of the bridge's CPU per
-forwarded message.
+answers parsed by httptools (llhttp), over asyncio streams (``MonitorConnection``): the
+forwarder drives one per worker, and the operator commands' blocking ``perform`` runs one on
+a loop of its own. ``http.client`` parses headers with the email package, which made it most
+of the bridge's CPU per forwarded message.
 
 Answers are classified so the caller can decide: delivered, rejected (drop and go on),
 not found (register first), or retry later (monitor down, overloaded or broken).
