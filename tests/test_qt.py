@@ -80,6 +80,25 @@ def test_closing_the_window_publishes_disconnected(
     assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"
 
 
+def test_flags_set_in_close_event_are_the_sessions_last_word(
+        qapp: QApplication, ar_app_module: Any, broker: DevBroker) -> None:
+    """AR Live Studio's ``closeEvent`` stops its camera: the retained status says so."""
+    class Closing(ar_app_module.ARApp):  # type: ignore[misc]
+        def closeEvent(self, event: Any) -> None:  # noqa: N802
+            self.stop_camera()
+            event.accept()
+
+    win = Closing(make_config(broker))
+    win.show()
+    pump(qapp, lambda: win.status.connected, what="connected")
+    win.start_camera()
+    pump(qapp, lambda: (retained(broker.host, broker.port, STATUS) or {})
+         .get("gui", {}).get("video_running") is True, what="camera running published")
+    win.close()
+    assert retained(broker.host, broker.port, STATE)["state"] == "disconnected"
+    assert retained(broker.host, broker.port, STATUS)["gui"]["video_running"] is False
+
+
 def test_the_indicator_follows_the_broker_on_the_gui_thread(
         qapp: QApplication, window: Any, broker: DevBroker) -> None:
     threads: list[int] = []

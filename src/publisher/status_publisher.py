@@ -229,7 +229,8 @@ class StatusPublisher:
         self._wake.set()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Publish ``disconnected``, wait for it at most ``timeout`` s, and disconnect."""
+        """Publish the final flags (if they changed since the last status) and
+        ``disconnected``, wait for them at most ``timeout`` s, and disconnect."""
         with self._lock:
             if self._stopped:
                 return
@@ -416,6 +417,17 @@ class StatusPublisher:
                              encode(self._state_message(state)), props)
 
     def _publish_disconnected(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo | None:
+        """The last word of the session (the link's thread, on stop): a status with the final
+        flags if any changed since the last one (a window's ``closeEvent`` stops its camera),
+        then ``disconnected``; QoS 1 on one connection keeps them in that order."""
+        with self._lock:
+            pending = self._pending
+        if pending:
+            try:
+                self._publish_status(client)
+            except Exception as exc:
+                self._count_error(f"final status not published: {exc}")
+                log.exception("node %s: final status failed", self.node_id)
         return self._publish_state(client, "disconnected")
 
     def _record_ack(self, reason: int) -> str | None:
