@@ -54,7 +54,6 @@ class ARApp(QMainWindow):  # type: ignore[misc,valid-type]
         self.status = StatusReporter(config, self)
         self.status.linkChanged.connect(self.on_link_changed)
         self.status.publishFailed.connect(self.log.appendPlainText)
-        self.status.update_gui_status(window_active=True)
 
     def on_link_changed(self, connected: bool, reason: str) -> None:
         self.indicator.setText("monitoring: connected" if connected

@@ -99,6 +99,32 @@ def test_flags_set_in_close_event_are_the_sessions_last_word(
     assert retained(broker.host, broker.port, STATUS)["gui"]["video_running"] is False
 
 
+def test_window_active_follows_the_window_unless_the_application_sets_it(
+        qapp: QApplication, ar_app_module: Any, broker: DevBroker) -> None:
+    win = ar_app_module.ARApp(make_config(broker))
+
+    def published_active() -> Any:
+        return (retained(broker.host, broker.port, STATUS) or {}).get("gui", {}) \
+            .get("window_active")
+
+    try:
+        win.show()
+        pump(qapp, lambda: published_active() is True, what="active once shown")
+        win.showMinimized()
+        pump(qapp, lambda: published_active() is False, what="inactive when minimised")
+        win.showNormal()
+        pump(qapp, lambda: published_active() is True, what="active again")
+        win.status.update_gui_status(window_active=False)
+        pump(qapp, lambda: published_active() is False, what="the application's word")
+        win.showMinimized()
+        win.showNormal()
+        qapp.processEvents()
+        assert win.status.publisher.gui_status()["window_active"] is False
+    finally:
+        win.close()
+        qapp.processEvents()
+
+
 def test_the_indicator_follows_the_broker_on_the_gui_thread(
         qapp: QApplication, window: Any, broker: DevBroker) -> None:
     threads: list[int] = []

@@ -86,6 +86,7 @@ def reporter_class(binding: str) -> type:
 def _make_class(binding: str, core: ModuleType) -> type:
     signal = getattr(core, "Signal", None) or core.pyqtSignal
     show, hide, close = (core.QEvent.Type.Show, core.QEvent.Type.Hide, core.QEvent.Type.Close)
+    state_change = core.QEvent.Type.WindowStateChange
 
     def __init__(self: Any, config: Config, window: Any = None, *,  # noqa: N807
                  node_id: str | None = None, version: str = PACKAGE_VERSION,
@@ -98,6 +99,7 @@ def _make_class(binding: str, core: ModuleType) -> type:
                                          on_error=self._relay.publish_failed)
         self.destroyed.connect(self._relay.cut)
         self._window = window
+        self._window_active_by_app = False
         self._loop_timer = None
         if watch_loop:
             self._loop_timer = core.QTimer(self)
@@ -129,8 +131,18 @@ def _make_class(binding: str, core: ModuleType) -> type:
         self.publisher.beat(name, period)
 
     def update_gui_status(self: Any, **flags: Any) -> None:
-        """Cheap and non-blocking; see ``StatusPublisher.update_gui_status``."""
+        """Cheap and non-blocking; see ``StatusPublisher.update_gui_status``. Setting
+        ``window_active`` here takes it over from the reporter, which otherwise keeps it true
+        while the window is shown and not minimised."""
+        if "window_active" in flags:
+            self._window_active_by_app = True
         self.publisher.update_gui_status(**flags)
+
+    def _follow_window(self: Any) -> None:
+        window = self._window
+        if window is not None and not self._window_active_by_app:
+            self.publisher.update_gui_status(
+                window_active=bool(window.isVisible() and not window.isMinimized()))
 
     def stop(self: Any) -> None:
         """Publish ``disconnected`` (waiting at most ``stop_timeout`` s) and disconnect."""
@@ -150,6 +162,8 @@ def _make_class(binding: str, core: ModuleType) -> type:
         # Qt may call this while __init__ is still running (the parent gets ChildAdded).
         if watched is getattr(self, "_window", None):
             kind = event.type()
+            if kind in (show, hide, state_change):
+                self._follow_window()
             if kind == show:
                 self.start()
             elif kind == close:
@@ -174,7 +188,7 @@ def _make_class(binding: str, core: ModuleType) -> type:
         "__init__": __init__, "start": start, "update_gui_status": update_gui_status,
         "beat": beat,
         "stop": stop, "connected": property(connected), "eventFilter": eventFilter,
-        "_close_settled": _close_settled,
+        "_close_settled": _close_settled, "_follow_window": _follow_window,
     }
     return type("StatusReporter", (core.QObject,), namespace)
 
