@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -99,3 +100,68 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _in_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0 or not _in_group("mosquitto"),
+                    reason="needs root and Debian's mosquitto user")
+def test_as_root_the_password_file_is_the_brokers_to_read_and_nobody_elses() -> None:
+    """Run as root, as README's steps are on a server; mosquitto started as root drops to
+    its own user and must still read the password file."""
+    import grp
+    import pwd
+    import subprocess as sp
+    import tempfile
+
+    from testkit.support import wait_until
+
+    from tests.test_broker_acl import close, connect
+    from yl_status.dev_broker import free_port, render_config
+
+    folder = Path(tempfile.mkdtemp(prefix="yl-add-user-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)  # the broker's user reaches the files, as under /etc/mosquitto
+        shutil.copy(SCRIPT.parent / "acl", folder / "acl")
+        (folder / "acl").chmod(0o644)
+        assert run(folder, "node", "gui-1").returncode == 0
+        info = (folder / "passwd").stat()
+        assert info.st_mode & 0o777 == 0o640
+        assert grp.getgrgid(info.st_gid).gr_name == "mosquitto"
+        assert info.st_uid == 0
+        data = folder / "data"
+        data.mkdir()
+        mosquitto = pwd.getpwnam("mosquitto")
+        os.chown(data, mosquitto.pw_uid, mosquitto.pw_gid)
+        port = free_port()
+        config = render_config((SCRIPT.parent / "mosquitto.conf").read_text(), port=port,
+                               workdir=folder)
+        changed = {"user": None, "pid_file": None, "log_dest": "log_dest stderr",
+                   "persistence_location": f"persistence_location {data}/"}
+        lines = [changed.get(line.split(" ", 1)[0], line) for line in config.splitlines()]
+        (folder / "mosquitto.conf").write_text(
+            "".join(f"{line}\n" for line in lines if line is not None))
+        process = sp.Popen(["mosquitto", "-c", str(folder / "mosquitto.conf")],
+                           stdout=sp.DEVNULL, stderr=(folder / "stderr.log").open("wb"))
+        try:
+            wait_until(lambda: _listening(port) or process.poll() is not None, timeout=10,
+                       what="broker listening or ended")
+            assert process.poll() is None, (folder / "stderr.log").read_text()
+            broker: Any = SimpleNamespace(host="127.0.0.1", port=port)
+            node, rc = connect(broker, "gui-1", "pw")
+            assert rc == 0
+            close(node)
+        finally:
+            process.terminate()
+            process.wait(10)
+    finally:
+        shutil.rmtree(folder)

@@ -24,7 +24,12 @@ if [ -z "$password" ]; then
   read -r -s -p "password for $name: " password; echo
 fi
 [ -n "$password" ] || { echo "add-user: empty password" >&2; exit 2; }
+# mosquitto started as root reads its files as its own user (mosquitto): the password file
+# is that group's to read and nobody else's. Run as another user, it stays that user's.
 [ -f "$passwd_file" ] || install -m 600 /dev/null "$passwd_file"
+if [ "$(id -u)" = 0 ] && getent group mosquitto >/dev/null; then
+  chgrp mosquitto "$passwd_file" && chmod 640 "$passwd_file"
+fi
 mosquitto_passwd -b "$passwd_file" "$name" "$password"
 add_acl() {  # add_acl USER LINE...
   local user=$1; shift
