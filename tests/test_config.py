@@ -364,3 +364,22 @@ def test_max_retries_is_accepted_with_a_warning_and_not_kept(
     assert "deprecated and ignored" in caplog.text
     assert str(path) in caplog.text
     assert "max_retries" not in config.to_dict()["monitor"]
+
+
+def test_the_original_layout_is_read_with_a_warning_saying_where_paths_lead(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "config").mkdir()
+    path = write(tmp_path / "config", ORIGINAL_LAYOUT, name="monitor_config.yaml")
+    with caplog.at_level("WARNING", logger="yl_core.config"):
+        config = load_config(path, env={})
+    said = [r.getMessage() for r in caplog.records if r.name == "yl_core.config"]
+    assert len(said) == 1
+    assert str(path) in said[0]
+    assert "original layout" in said[0]
+    assert f"from the file's folder {tmp_path / 'config'}" in said[0]
+    assert config.logging.file == str(tmp_path / "config" / "logs" / "monitor.log")
+    assert config.logging.file in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="yl_core.config"):
+        load_config(write(tmp_path, ORIGINAL_LAYOUT + "mqtt:\n  port: 1884\n"), env={})
+    assert not [r for r in caplog.records if r.name == "yl_core.config"]

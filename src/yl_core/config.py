@@ -8,6 +8,7 @@ taken relative to the config file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -42,6 +43,8 @@ from yl_core.checks import (
 )
 from yl_core.errors import ConfigError
 from yl_core.urls import MASK, mask_url
+
+log = logging.getLogger(__name__)
 
 ENV_CONFIG_PATH: Final = "YL_STATUS_CONFIG"
 SECRET_KEYS: Final = frozenset({"password", "token", "mqtt_password"})
@@ -371,6 +374,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     environ = os.environ if env is None else env
     if path is None:
         path = find_config(env=environ)
+    original = False
     if path is None:
         config = Config()
     else:
@@ -387,4 +391,18 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}", source=source) from exc
         config = parse_config(data, source)
-    return _apply_env(config, environ)
+        original = isinstance(data, dict) and "monitor" in data and "mqtt" not in data
+    config = _apply_env(config, environ)
+    if original and path is not None:
+        _warn_original_layout(config, Path(path))
+    return config
+
+
+def _warn_original_layout(config: Config, path: Path) -> None:
+    """The original ``monitor_config.yaml`` is read as is; say what it does not say."""
+    where = f"logging.file is {config.logging.file}" if config.logging.file else \
+        "logging.file is not set"
+    log.warning("%s has the original layout (no mqtt: section): the broker is %s:%d, and "
+                "relative paths are taken from the file's folder %s (%s), not from the "
+                "working directory", path, config.mqtt.host, config.mqtt.port,
+                path.resolve().parent, where)
