@@ -19,6 +19,7 @@ from testkit.support import (
 )
 
 from yl_status.dev_broker import DevBroker
+from yl_status.simulated_node import TOGGLED_FLAGS
 
 pytestmark = pytest.mark.integration
 
@@ -134,15 +135,21 @@ def test_a_second_process_with_the_same_id_makes_the_first_exit_with_an_error(
             assert stop_process(second) == 0
 
 
-def test_toggle_every_0_means_never(tmp_path: Path, broker: DevBroker) -> None:
+@pytest.mark.parametrize("toggle", [[], ["--toggle-every", "0"]],
+                         ids=["quiet unless asked", "0 means never"])
+def test_a_node_changes_no_flag_unless_asked(tmp_path: Path, broker: DevBroker,
+                                            toggle: list[str]) -> None:
     recorder = Recorder(broker.host, broker.port).start()
     process = start_process(["node", "-c", str(node_config(tmp_path, broker)),
-                             "--toggle-every", "0", "--duration", "3"],
+                             *toggle, "--duration", "6"],
                             log_path=tmp_path / "node.log")
     try:
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=20) == 0
         statuses = recorder.on("yl/ar/nodes/node-1/status")
-        assert 1 <= len(statuses) <= 3, len(statuses)
+        assert 1 <= len(statuses) <= 4, len(statuses)
+        flags = {tuple(m.json()["gui"].get(f) for f in TOGGLED_FLAGS)
+                 for m in statuses if m.payload}
+        assert len(flags) == 1, flags
     finally:
         stop_process(process)
         recorder.stop()

@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", help="node id (default: monitor.node_id)")
     p.add_argument("--count", type=int, default=1,
                    help="run N nodes ID-0001..ID-N, each with its own connection")
-    p.add_argument("--toggle-every", type=float, default=5.0, metavar="SECONDS",
-                   help="flip a random GUI flag on every node this often (0: never)")
+    p.add_argument("--toggle-every", type=float, default=0.0, metavar="SECONDS",
+                   help="flip a random GUI flag on every node this often (default 0: never)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: until SIGTERM/Ctrl-C)")
     p.add_argument("--hang-seconds", type=float, default=0.0, metavar="SECONDS",
