@@ -175,3 +175,31 @@ def test_a_hung_gui_is_offline_not_responding_or_for_v1_not_posted(
             assert (last.status, last.reason, last.body["gui"]) == ("online", "ready", {"seq": 4})
     finally:
         double.down()
+
+
+@pytest.mark.parametrize("api", ["nodes-api", "v1"])
+def test_the_bridge_logs_each_change_of_what_the_monitor_shows_once(
+        tmp_path: Path, outbox: Outbox, api: str, caplog: pytest.LogCaptureFixture) -> None:
+    double = MonitorDouble(api=api, known=("n1",)).start()
+    caplog.set_level(logging.INFO, logger="bridge.forwarder")
+    try:
+        with forwarding(config_for(double.url, tmp_path, profile=api), outbox) as forwarder:
+            def deliver(entry: tuple[str, StatusMessage, bytes, float, bool]) -> None:
+                forwarder.notify(outbox.record([entry])[1])
+                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
+
+            for entry in (status(1), status(2), hung(3, "2026-01-01T00:00:05.000Z"),
+                          hung(4, "2026-01-01T00:00:05.000Z"), status(5)):
+                deliver(entry)
+    finally:
+        double.down()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node n1")]
+    if api == "nodes-api":
+        assert said == ["node n1 is online at the monitor (ready)",
+                        "node n1 is offline at the monitor (not_responding)",
+                        "node n1 is online at the monitor (ready)"]
+    else:
+        assert said == ["node n1 is online at the monitor (ready)",
+                        "node n1 is down (not_responding): a v1 monitor cannot be told "
+                        "offline; it finds out by its own process scan",
+                        "node n1 is online at the monitor (ready)"]

@@ -86,6 +86,10 @@ class Forwarder:
         """Nodes a v1 monitor does not list: it would answer 200 and store nothing."""
         self.metrics.api(self.profile)
         self._register_route: bool | None = None
+        self._told: dict[str, str] = {}
+        """Per node, the status word the monitor was last told (one entry per node)."""
+        self._v1_silent: set[str] = set()
+        """Nodes down that a v1 monitor cannot be told of (said once per outage)."""
         self._backoff_initial = 0.2
         self._backoff_max = max(config.monitor.retry_delay, 0.5)
         self._failures = 0
@@ -378,6 +382,8 @@ class Forwarder:
                 self.metrics.inc("rejected", reason="unknown_at_monitor")
             elif body["status"] == self._values.online:
                 return (yield from self._send(node, item, mark, body, nodes_api))
+            else:
+                self._note_v1_silent(node, body["reason"])
             self.outbox.done(item)
             return not self.outbox.defers_writes or item.kind == "silence"
         return (yield from self._send(node, item, mark, body, nodes_api))
@@ -410,6 +416,7 @@ class Forwarder:
             self.metrics.inc("forwarded", kind="silence")
         elif answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
+            self._note_told(node, body)
         else:
             reason = f"http_{answer.status}" if answer.status else answer.outcome.value
             self.metrics.inc("rejected", reason=reason)
@@ -418,6 +425,22 @@ class Forwarder:
         self.outbox.done(item)
         # A deferred write notifies the node again once it is on disk (a silence has none).
         return not self.outbox.defers_writes or item.kind == "silence"
+
+    def _note_told(self, node: str, body: dict[str, Any]) -> None:
+        """Log when what the monitor shows of ``node`` changes (one line per change)."""
+        word = body["status"]
+        if self._told.get(node) != word:
+            self._told[node] = word
+            self._v1_silent.discard(node)
+            log.info("node %s is %s at the monitor (%s)", node, word, body.get("reason"))
+
+    def _note_v1_silent(self, node: str, reason: str) -> None:
+        """Say once per outage that a v1 monitor cannot be told ``node`` is down."""
+        if node not in self._v1_silent:
+            self._v1_silent.add(node)
+            self._told.pop(node, None)
+            log.info("node %s is down (%s): a v1 monitor cannot be told offline; it finds out "
+                     "by its own process scan", node, reason)
 
     def _retry(self, answer: Answer) -> bool:
         self.metrics.inc("retries")
