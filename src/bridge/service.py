@@ -151,8 +151,10 @@ class Bridge:
         self.refresh = RetainedRefresh(self.topics.all_nodes,
                                        protocol.bridge_sentinel_topic(client_id),
                                        name="yl-bridge-states-refresh")
+        username, password = config.bridge_login()
         self.link = Link(
-            options_from_config(config.mqtt, client_id, **persistent,
+            options_from_config(config.mqtt, client_id, **persistent, username=username,
+                                password=password,
                                 will=Will(self._state_topic, self._state("lost"))),
             on_connect=self._on_connect_states,
             on_message=self._on_message,
@@ -162,11 +164,11 @@ class Bridge:
             allow=self._allow,
         )
         self._link_acks = _LinkAcknowledger(self.link)
-        status_user = config.mqtt.username and \
-            protocol.bridge_status_identity(config.mqtt.username)
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, protocol.bridge_status_identity(client_id),
-                                **persistent, username=status_user),
+                                **persistent,
+                                username=protocol.bridge_status_identity(username),
+                                password=password),
             self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
             None if lease is None else lease.valid_until)
         self.metrics_server: MetricsServer | None = None

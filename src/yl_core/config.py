@@ -129,6 +129,10 @@ class BridgeConfig:
     """Seconds a standby waits for a silent active instance before taking over."""
     http_concurrency: int = 4
     metrics: str = "127.0.0.1:9108"
+    mqtt_username: str | None = None
+    """The bridge's broker login, so that one file can serve every component; without it,
+    ``mqtt.username`` (a file of the bridge's own), else ``client_id``."""
+    mqtt_password: str | None = None
     session_expiry: int = 86400
     max_nodes: int = 100_000
 
@@ -155,14 +159,27 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<defaults>"
 
+    def bridge_login(self) -> tuple[str, str | None]:
+        """The bridge's broker login (its status session adds ``-status`` to it):
+        ``bridge.mqtt_username`` and ``bridge.mqtt_password``; else ``mqtt.username`` and
+        ``mqtt.password`` (a config file of the bridge's own, as before); else
+        ``bridge.client_id`` with ``mqtt.password`` (what ``add-user.sh bridge`` writes)."""
+        if self.bridge.mqtt_username is not None:
+            return self.bridge.mqtt_username, self.bridge.mqtt_password
+        if self.mqtt.username is not None:
+            return self.mqtt.username, self.mqtt.password
+        return self.bridge.client_id, self.bridge.mqtt_password or self.mqtt.password
+
     def viewer_login(self) -> tuple[str | None, str | None]:
         """The status app's broker login, ``local_server.mqtt_username`` and its password
         (None: anonymous). The broker ties a connection to its login, so the node's or the
         bridge's login would take their connection over: that is a config error."""
         username = self.local_server.mqtt_username
-        taken = {self.mqtt.username or self.monitor.node_id: "the node",
-                 self.bridge.client_id: "the bridge",
-                 protocol.bridge_status_identity(self.bridge.client_id): "the bridge"}
+        bridge = self.bridge_login()[0]
+        bridges = (self.bridge.client_id, bridge)
+        taken = dict.fromkeys((*bridges, *map(protocol.bridge_status_identity, bridges)),
+                              "the bridge")
+        taken[self.mqtt.username or self.monitor.node_id] = "the node"
         if username is not None and username in taken:
             raise ConfigError(
                 f"{username!r} is {taken[username]}'s login: the status app would take its "
@@ -233,6 +250,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "http_concurrency": number(integer=True, low=1, high=64),
         "metrics": listen_address(),
         "session_expiry": number(integer=True, low=60, high=2**32 - 1),
+        "mqtt_username": bridge_id(optional=True), "mqtt_password": text(optional=True),
         "max_nodes": number(integer=True, low=1, high=10_000_000),
     }),
     "logging": (LoggingConfig, {
