@@ -90,6 +90,9 @@ class Forwarder:
         """Per node, the status word the monitor was last told (one entry per node)."""
         self._v1_silent: set[str] = set()
         """Nodes down that a v1 monitor cannot be told of (said once per outage)."""
+        self._v1_refresh = config.monitor.v1_refresh
+        self._refresh: set[str] = set()
+        """Nodes up at a v1 monitor due to be posted again (``monitor.v1_refresh``)."""
         self._backoff_initial = 0.2
         self._backoff_max = max(config.monitor.retry_delay, 0.5)
         self._failures = 0
@@ -161,11 +164,17 @@ class Forwarder:
             ticker.cancel()
 
     async def _tick(self) -> None:
+        next_refresh = 0.0
         while True:
             self.tick = now = time.monotonic()
             silent = self.outbox.silent_nodes(now)
             if silent:
                 self.notify(silent)
+            if self.profile == "v1" and self._v1_refresh and now >= next_refresh:
+                next_refresh = now + self._v1_refresh
+                up = [node for node, word in self._told.items() if word == self._values.online]
+                self._refresh.update(up)
+                self.notify(up)
             await asyncio.sleep(SILENCE_CHECK)
 
     async def _worker(self) -> None:
@@ -359,7 +368,17 @@ class Forwarder:
             return True  # handed out again once the monitor's API is known
         nodes_api = profile == "nodes-api"
         item = self.outbox.next_item(node)
+        refresh = node in self._refresh
+        self._refresh.discard(node)
         if item is None:
+            if refresh and profile == "v1" and self._told.get(node) == self._values.online:
+                # 1.0.6's process scan marks a GUI it cannot see offline every 10 s, and only
+                # a heartbeat marks it online again: a node that is up is posted again.
+                answer = yield self.client.heartbeat_request(node, {})
+                if answer.outcome is Outcome.RETRY:
+                    return self._retry(answer)
+                self._succeeded()
+                self.metrics.inc("refreshed")
             return False
         if item.state == "lost":
             hold = truth.LOST_HOLD - (time.time() - item.received)

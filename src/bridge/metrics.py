@@ -33,6 +33,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dropped": ("Messages dropped to keep the outbox bounded", ("reason",)),
     "retries": ("Deliveries to try again later (monitor unreachable or failing)", ()),
     "registered": ("Nodes registered at the monitor", ()),
+    "refreshed": ("Heartbeats repeated for nodes that are up, for a v1 monitor whose own "
+                  "process scan marks them offline (monitor.v1_refresh)", ()),
     "withdrawn": ("Wills withdrawn: the node, or the process replacing it, was back within "
                   "the hold", ()),
     "outbox_errors": ("Outbox writes that failed (nothing was acknowledged)", ()),

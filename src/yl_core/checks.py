@@ -87,6 +87,15 @@ def number(*, integer: bool = False, low: float | None = None, high: float | Non
     return check
 
 
+def zero_or(check: Check) -> Check:
+    """0 (off), or what ``check`` accepts."""
+    def zero(value: Any, key: str, source: str) -> Any:
+        if is_kind(value, (int, float)) and value == 0:
+            return 0.0
+        return check(value, key, source)
+    return zero
+
+
 def boolean() -> Check:
     def check(value: Any, key: str, source: str) -> Any:
         kind(value, (bool,), key, source)

@@ -40,6 +40,7 @@ from yl_core.checks import (
     text,
     topic_root,
     url,
+    zero_or,
 )
 from yl_core.errors import ConfigError
 from yl_core.urls import MASK, mask_url
@@ -71,6 +72,9 @@ class MonitorConfig:
     ca_file: str | None = None
     profile: str = "auto"
     status_values: StatusValues = field(default_factory=StatusValues)
+    v1_refresh: float = 1.0
+    """Seconds between heartbeats repeated for a node that is up at a v1 monitor (0: never);
+    its own process scan marks a GUI it cannot see offline every 10 s."""
     gui_hang_after: float = 5.0
     """Seconds without a turn of a watched main loop after which the GUI is not responding
     (where desktops call a window "Not Responding")."""
@@ -230,6 +234,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "profile": text(choices=_PROFILES),
         "status_values": (StatusValues, _STATUS_VALUES),
         "gui_hang_after": number(low=1, high=600),
+        "v1_refresh": zero_or(number(low=0.2, high=3600)),
         "pipelines": periods(),
     }),
     "mqtt": (MqttConfig, {

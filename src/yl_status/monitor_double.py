@@ -13,6 +13,11 @@
   the node ids it knows.
 - ``api``: ``both`` (default), or only ``nodes-api``, or only ``v1`` as the deployed 1.0.6
   (every other ``/api/ar/…`` and ``/api/v1/…`` route is 404).
+- ``scan``: 1.0.6's own process scan of its host for the GUI node (``user-gui``), every
+  ``scan_interval`` (10 s): a scan that sees the GUI process marks it online and resets its
+  misses; from the third miss on, every scan marks it offline; a v1 heartbeat marks it online
+  and does *not* reset the misses. ``process_scan()`` looks for ``user/main.py`` as 1.0.6
+  does; ``online_share()`` says how much of a time the node was shown online.
 - ``GET /_double/stats``, ``POST /_double/fail?code=503`` (empty code: recover): the
   double's own controls, for benchmarks that run it as a separate process.
 
@@ -33,10 +38,13 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import psutil
 
 
 @dataclass
@@ -147,7 +155,8 @@ class MonitorDouble:
                  register_route: bool = True, wrap_alerts: bool = False,
                  token: str | None = None, delay: float = 0.0, keep: int | None = None,
                  tls: ssl.SSLContext | None = None, api: str = "both",
-                 known: tuple[str, ...] = ()) -> None:
+                 known: tuple[str, ...] = (), scan: Callable[[], bool] | None = None,
+                 scan_interval: float = 10.0, scan_node: str = "user-gui") -> None:
         """``keep``: how many of the latest heartbeats and requests to remember (all by
         default; a long benchmark bounds it so the double's cost stays flat)."""
         self.host = host
@@ -190,6 +199,15 @@ class MonitorDouble:
         ]
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.scan = scan
+        self.scan_interval = scan_interval
+        self.scan_node = scan_node
+        self._misses = 0
+        self.shown: list[tuple[float, bool]] = []
+        """(monotonic time, online) each time what a v1 monitor shows of ``scan_node``
+        changes."""
+        self._scanner: threading.Thread | None = None
+        self._stop_scan = threading.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -209,7 +227,54 @@ class MonitorDouble:
                                         kwargs={"poll_interval": 0.05},
                                         name="monitor-double", daemon=True)
         self._thread.start()
+        if self.scan is not None and self._scanner is None:
+            self._stop_scan.clear()
+            self._scanner = threading.Thread(target=self._scan_forever, args=(self.scan,),
+                                             name="monitor-double-scan", daemon=True)
+            self._scanner.start()
         return self
+
+    def _scan_forever(self, scan: Callable[[], bool]) -> None:
+        while not self._stop_scan.wait(self.scan_interval):
+            seen = scan()
+            with self.lock:
+                node = self.nodes.get(self.scan_node)
+                if node is None:
+                    continue
+                if seen:
+                    self._misses = 0
+                    self._show(node, "running")
+                else:
+                    self._misses += 1
+                    if self._misses >= 3:
+                        self._show(node, "offline")
+
+    def _show(self, node: Node, status: str) -> None:
+        """Set a node's v1 status (caller holds the lock), noting changes of ``scan_node``."""
+        node.status = status
+        if node.node_id == self.scan_node:
+            online = status == "running"
+            if not self.shown or self.shown[-1][1] != online:
+                self.shown.append((time.monotonic(), online))
+
+    def online_share(self, start: float, end: float) -> float:
+        """The share of [``start``, ``end``] (monotonic) a v1 monitor showed ``scan_node``
+        online."""
+        with self.lock:
+            changes = list(self.shown)
+        online, since, total = False, start, 0.0
+        for at, now_online in changes:
+            if at <= start:
+                online = now_online
+                continue
+            if at >= end:
+                break
+            if online:
+                total += at - since
+            online, since = now_online, at
+        if online:
+            total += end - since
+        return total / (end - start)
 
     def drop_connections(self) -> None:
         """Close every open connection (as a monitor does with idle keep-alive ones)."""
@@ -218,6 +283,10 @@ class MonitorDouble:
 
     def down(self) -> None:
         """Stop listening and drop every open connection: clients get connection refused."""
+        scanner, self._scanner = self._scanner, None
+        if scanner is not None:
+            self._stop_scan.set()
+            scanner.join(5)
         server, self._server = self._server, None
         if server is None:
             return
@@ -339,7 +408,8 @@ class MonitorDouble:
             if node is not None:
                 self.heartbeats.append(Heartbeat(node_id, None, None, {}, now))
                 self.heartbeat_total += 1
-                node.status, node.last_heartbeat = "running", now
+                node.last_heartbeat = now
+                self._show(node, "running")
             return 200, {"status": "success", "message": "heartbeat received"}, {}
         if path[:2] == ["api", "alerts"]:
             return self._alerts(method, path[2:], raw)
@@ -428,6 +498,19 @@ class MonitorDouble:
                 "is_online": node.status == "online" and fresh,
                 "last_check": node.last_check, "last_heartbeat": node.last_heartbeat,
                 "metadata": node.metadata}
+
+
+def process_scan(pattern: str = "user/main.py") -> Callable[[], bool]:
+    """1.0.6's check of its host: is a process running whose command line has ``pattern``
+    (``python user/main.py`` started from the repository root; ``cd user; python main.py``
+    is not seen)."""
+    def seen() -> bool:
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info.get("cmdline") or []
+            if any(pattern in part for part in cmdline):
+                return True
+        return False
+    return seen
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
