@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import threading
 import time
@@ -47,6 +48,20 @@ def _extra_children(before: set[int]) -> list[psutil.Process]:
 @pytest.fixture(autouse=True)
 def receive_times() -> None:
     restart_receive_times()
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """Commands run in-process configure logging for their own stderr (a test's capture):
+    put the root logger back, so no later test logs into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

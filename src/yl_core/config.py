@@ -414,7 +414,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}", source=source) from exc
         config = parse_config(data, source)
-        original = isinstance(data, dict) and "monitor" in data and "mqtt" not in data
+        original = isinstance(data, dict) and {"monitor", "local_server"} <= data.keys() and \
+            not {"mqtt", "bridge"} & data.keys()
     config = _apply_env(config, environ)
     if original and path is not None:
         _warn_original_layout(config, Path(path))
@@ -422,7 +423,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
 
 
 def _warn_original_layout(config: Config, path: Path) -> None:
-    """The original ``monitor_config.yaml`` is read as is; say what it does not say."""
+    """The original ``monitor_config.yaml`` (``monitor:`` and ``local_server:``, neither
+    ``mqtt:`` nor ``bridge:``) is read as is; say what it does not say."""
     where = f"logging.file is {config.logging.file}" if config.logging.file else \
         "logging.file is not set"
     log.warning("%s has the original layout (no mqtt: section): the broker is %s:%d, and "
