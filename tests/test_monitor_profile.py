@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from testkit.support import wait_until
 
+from bridge.forwarder import Forwarder
 from bridge.outbox import Outbox
 from tests.test_forwarder import config_for, forwarding
 from tests.test_outbox import state, status
@@ -142,7 +143,16 @@ def test_v1_says_loudly_when_the_monitor_does_not_know_a_node(
         double.down()
 
 
-def hung(seq: int, since: str | None) -> tuple[str, StatusMessage, bytes, float, bool]:
+Entry = tuple[str, StatusMessage, bytes, float, bool]
+
+
+def deliver(forwarder: Forwarder, outbox: Outbox, entry: Entry) -> None:
+    """Record ``entry`` and wait until the forwarder has delivered it."""
+    forwarder.notify(outbox.record([entry])[1])
+    wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
+
+
+def hung(seq: int, since: str | None) -> Entry:
     node, message, _, at, retained = status(seq)
     message = replace(message, not_responding_since=since)
     return node, message, encode(message), at, retained
@@ -154,20 +164,16 @@ def test_a_hung_gui_is_offline_not_responding_or_for_v1_not_posted(
     double = MonitorDouble(api=api, known=("n1",)).start()
     try:
         with forwarding(config_for(double.url, tmp_path, profile=api), outbox) as forwarder:
-            def deliver(entry: tuple[str, StatusMessage, bytes, float, bool]) -> None:
-                forwarder.notify(outbox.record([entry])[1])
-                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
-
-            deliver(status(1))
+            deliver(forwarder, outbox, status(1))
             posts = v1_posts(double, "n1")
-            deliver(hung(2, "2026-01-01T00:00:05.000Z"))
-            deliver(hung(3, "2026-01-01T00:00:05.000Z"))
+            deliver(forwarder, outbox, hung(2, "2026-01-01T00:00:05.000Z"))
+            deliver(forwarder, outbox, hung(3, "2026-01-01T00:00:05.000Z"))
             if api == "v1":
                 assert v1_posts(double, "n1") == posts
             else:
                 sent = [(h.status, h.reason) for h in double.history("n1")]
                 assert sent[-2:] == [("offline", "not_responding")] * 2
-            deliver(hung(4, None))
+            deliver(forwarder, outbox, hung(4, None))
         if api == "v1":
             assert v1_posts(double, "n1") == posts + 1
         else:
@@ -184,13 +190,9 @@ def test_the_bridge_logs_each_change_of_what_the_monitor_shows_once(
     caplog.set_level(logging.INFO, logger="bridge.forwarder")
     try:
         with forwarding(config_for(double.url, tmp_path, profile=api), outbox) as forwarder:
-            def deliver(entry: tuple[str, StatusMessage, bytes, float, bool]) -> None:
-                forwarder.notify(outbox.record([entry])[1])
-                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
-
             for entry in (status(1), status(2), hung(3, "2026-01-01T00:00:05.000Z"),
                           hung(4, "2026-01-01T00:00:05.000Z"), status(5)):
-                deliver(entry)
+                deliver(forwarder, outbox, entry)
     finally:
         double.down()
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node n1")]
