@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 _SCALAR_TYPES: Final = frozenset(JSON_SCALARS)
 WATCH_EVERY: Final = 0.5
-"""How often the heartbeat thread judges a watched loop and pipelines."""
+"""How often the heartbeat thread judges a watched loop and pipelines (more often for a
+pipeline whose period is short: half its period, at least every 50 ms)."""
 STALL_FACTOR: Final = 2.0
 """A pipeline is stalled after this many of its periods without a beat."""
 
@@ -123,6 +124,7 @@ class StatusPublisher:
         self._loop_turn: float | None = None
         self._beats: dict[str, list[float]] = {}
         """Pipeline name -> [monotonic time of its last beat, expected period]."""
+        self._watch_every = WATCH_EVERY
         self._hung = False
         self._not_responding_since: str | None = None
         self._stalled_since: dict[str, str] = {}
@@ -219,6 +221,7 @@ class StatusPublisher:
                 self._check_new_flags({f"{name}_stalled": False})
                 self._gui[f"{name}_stalled"] = False
             entry = self._beats[name] = [time.monotonic(), float(period)]
+            self._watch_every = min(self._watch_every, max(period / 2, 0.05))
         return entry
 
     def set_error(self, failed: bool = True) -> None:
@@ -354,7 +357,7 @@ class StatusPublisher:
                     wait = min(wait, last_status + self._min_gap - now)
                 wait = None if wait == float("inf") else max(min(wait, 3600.0), 0.0)
             if self._loop_turn is not None or self._beats:
-                wait = WATCH_EVERY if wait is None else min(wait, WATCH_EVERY)
+                wait = self._watch_every if wait is None else min(wait, self._watch_every)
             self._wake.wait(wait)
             self._wake.clear()
             if self._stopping.is_set():
