@@ -1,9 +1,9 @@
 """The newest ``state`` and ``status`` of every node seen on the broker.
 
 Fed by the MQTT subscriber (paho's thread), read by HTTP worker threads; everything goes
-through one lock. Parsing, ordering (``truth.NodeTruth``: arrival order, ended sessions
-stay dead) and liveness (``truth.liveness``) come from the protocol module, the same rules
-the bridge applies.
+through one lock. Parsing (``yl_core.protocol``), ordering (``truth.NodeTruth``: arrival
+order, ended sessions stay dead) and liveness (``truth.liveness``) are the core's, the same
+rules the bridge applies.
 """
 
 from __future__ import annotations
