@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 SCAN = 1.0
 """The double's scan interval (1.0.6: 10 s); the refresh below is scaled the same way."""
 NODE = "node-1"
-WINDOW = 6.0
+WINDOW = 4.0
 
 
 @pytest.fixture
