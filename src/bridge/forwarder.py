@@ -87,9 +87,8 @@ class Forwarder:
         self.metrics.api(self.profile)
         self._register_route: bool | None = None
         self._told: dict[str, str] = {}
-        """Per node, the status word the monitor was last told (one entry per node)."""
-        self._v1_silent: set[str] = set()
-        """Nodes down that a v1 monitor cannot be told of (said once per outage)."""
+        """Per node, the status word the monitor was last told (one entry per node); for a
+        v1 monitor, which cannot be told, ``offline`` once a node is down and not posted."""
         self._v1_refresh = config.monitor.v1_refresh
         self._refresh: set[str] = set()
         """Nodes up at a v1 monitor due to be posted again (``monitor.v1_refresh``)."""
@@ -450,14 +449,12 @@ class Forwarder:
         word = body["status"]
         if self._told.get(node) != word:
             self._told[node] = word
-            self._v1_silent.discard(node)
             log.info("node %s is %s at the monitor (%s)", node, word, body.get("reason"))
 
     def _note_v1_silent(self, node: str, reason: str) -> None:
         """Say once per outage that a v1 monitor cannot be told ``node`` is down."""
-        if node not in self._v1_silent:
-            self._v1_silent.add(node)
-            self._told.pop(node, None)
+        if self._told.get(node) != self._values.offline:
+            self._told[node] = self._values.offline
             log.info("node %s is down (%s): a v1 monitor cannot be told offline; it finds out "
                      "by its own process scan", node, reason)
 
