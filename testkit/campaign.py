@@ -50,7 +50,6 @@ import psutil
 import yaml
 
 from testkit.support import fill_disk
-from yl_core.truth import LOST_HOLD
 from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
 
@@ -60,8 +59,6 @@ KEEPALIVE = 2
 SAMPLE = 0.25
 HEALED_WITHIN = 5.0
 """The bound on wrong state after a fault heals (a frozen node: 2 x keepalive longer)."""
-SEEN_DOWN = LOST_HOLD + 0.5
-"""An outage shorter than this may be withdrawn (a will followed at once by the node)."""
 FREEZE_DETECTION = 3.5 * KEEPALIVE
 """The longest mosquitto 2.0.11 was measured to take to notice a frozen client (1.5-2.5 x
 keepalive as a rule, up to 3.5 x): a shorter freeze may end before any will is sent."""
@@ -618,7 +615,7 @@ class Campaign:
                 end = up if up is not None else float("inf")
                 detection = {"node_freeze": FREEZE_DETECTION,
                              "gui_hang": HANG_DETECTION}.get(kind, 0.0)
-                if end - down < max(SEEN_DOWN, detection) + 1.0:
+                if end - down < detection + 1.0:
                     continue
                 if not any(down <= at and h.status == "offline" for at, h in history
                            if at <= end + 2.0):

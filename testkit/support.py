@@ -19,7 +19,11 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge import incoming as bridge_incoming
+from bridge.incoming import Checked, StatusHead
+from yl_core import timestamps
 from yl_core.config import Config, parse_config
+from yl_core.protocol import StateMessage, StatusMessage, Topics
 
 T = TypeVar("T")
 
@@ -41,10 +45,23 @@ _received = [0.0]
 
 def received() -> float:
     """Receive times for recorded messages, one second apart from ten seconds ago on (the
-    ``receive_times`` fixture starts each test there), so each will is a real one rather
-    than one withdrawn within ``LOST_HOLD``."""
+    ``receive_times`` fixture starts each test there)."""
     _received[0] += 1.0
     return _received[0]
+
+
+def incoming(node_id: str, message: StateMessage | StatusMessage, raw: bytes, at: float,
+             retained: bool = False) -> bridge_incoming.Received:
+    """A valid message as a broker session hands it to the bridge's writer, checked."""
+    topics = Topics()
+    if isinstance(message, StateMessage):
+        return bridge_incoming.Received("states", 0, 0, 1, topics.state(node_id), raw, at,
+                                        retained,
+                        checked=Checked(node_id, "state", message))
+    head = StatusHead(message.session, message.seq, message.node_name, message.interval_s,
+                      timestamps.epoch_from_iso(message.timestamp))
+    return bridge_incoming.Received("statuses", 0, 0, 1, topics.status(node_id), raw, at,
+                                    retained, checked=Checked(node_id, "status", head))
 
 
 def restart_receive_times() -> None:

@@ -17,7 +17,6 @@ from testkit.support import (
     write_config,
 )
 
-from yl_core.truth import LOST_HOLD
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 
@@ -26,7 +25,6 @@ pytestmark = pytest.mark.integration
 FLOOD_NODES = [f"flood-{i:04d}" for i in range(1, 101)]
 FLAP_NODES = [f"flap-{i:04d}" for i in range(1, 11)]
 CYCLES = 3
-DOWN = LOST_HOLD + 1.0
 
 
 def test_kill_9_of_the_bridge_during_a_flood_loses_no_transition_and_no_newest_status(
@@ -58,11 +56,6 @@ def test_kill_9_of_the_bridge_during_a_flood_loses_no_transition_and_no_newest_s
             flap.kill()
             flap.wait()
             wait_until(lambda k=killed: all_states("lost", k), timeout=10, what="flap lost")
-            down = time.monotonic()
-            # Each outage lasts well past the hold (a will followed by the node within
-            # LOST_HOLD is withdrawn, like the will of a process replaced by another).
-            wait_until(lambda d=down: time.monotonic() - d > DOWN, timeout=DOWN + 1,
-                       what="the flap nodes to stay down", interval=0.05)
             if cycle == 1:
                 bridge.start()
         wait_until(lambda: statuses() >= 10_000, timeout=120, what="10,000 statuses")

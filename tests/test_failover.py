@@ -34,7 +34,6 @@ from testkit.tcp_proxy import PartitionProxy
 
 from bridge.status_receiver import StatusReceiver
 from yl_core.link import options_from_config
-from yl_core.truth import LOST_HOLD
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 
@@ -178,9 +177,6 @@ def test_kill_9_of_the_active_bridge_in_a_flood_hands_over_within_seconds_losing
                        what="the standby to take over", interval=0.05)
             takeovers.append(time.monotonic() - killed)
             wait_until(lambda k=killed: all_states("lost", k), timeout=10, what="flap lost")
-            wait_until(lambda k=killed: time.monotonic() - k > LOST_HOLD + 1.0,
-                       timeout=LOST_HOLD + 2, what="the flap nodes to stay down",
-                       interval=0.05)
             active.start(wait=False)  # back as the standby
             wait_until(lambda s=active: s.role() == "standby", timeout=15,
                        what="the killed instance back as a standby")

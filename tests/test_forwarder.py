@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit.support import wait_until
+from testkit.support import incoming, received, wait_until
 
 from bridge.forwarder import Forwarder
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
-from tests.test_outbox import state, status
+from tests.test_outbox import state, status, status_message
 from yl_core.config import Config, parse_config
 from yl_core.protocol import encode
 from yl_status.monitor_double import MonitorDouble
@@ -56,7 +56,7 @@ def test_several_nodes_at_once_never_two_requests_for_one_node(
     try:
         nodes = [f"n{i}" for i in range(12)]
         outbox.record([status(seq, node=node) for node in nodes for seq in (1, 2)])
-        outbox.record([(node, *state("ready")[1:]) for node in nodes])
+        outbox.record([state("ready", node=node) for node in nodes])
         with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
             wait_until(lambda: outbox.depth() == (0, 0), timeout=10, what="outbox drained")
             assert forwarder.reachable
@@ -118,10 +118,9 @@ def test_a_monitor_that_never_answers_times_out_and_nothing_is_lost(
 def test_integers_beyond_64_bits_reach_the_monitor_intact(tmp_path: Path, outbox: Outbox) -> None:
     double = MonitorDouble().start()
     try:
-        node, message, _, received, _ = status(1)
-        message = dataclasses.replace(message, gui={"frames": 10**30, "ratio": 0.5,
-                                                     "fine": 0.1234567890123456789})
-        outbox.record([(node, message, encode(message), received, False)])
+        message = dataclasses.replace(status_message(1), gui={
+            "frames": 10**30, "ratio": 0.5, "fine": 0.1234567890123456789})
+        outbox.record([incoming("n1", message, encode(message), received())])
         with forwarding(config_for(double.url, tmp_path), outbox):
             wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
         assert double.history("n1")[-1].body["gui"] == {"frames": 10**30, "ratio": 0.5,
@@ -247,10 +246,10 @@ def test_workers_wait_quietly_while_a_probe_is_in_flight(
                         profile="nodes-api")
     with forwarding(config, outbox) as forwarder:
         wait_until(lambda: not forwarder.reachable, timeout=10, what="monitor unreachable")
-        wait_until(lambda: forwarder._probing, timeout=5, what="a probe in flight")
+        wait_until(lambda: forwarder._looking, timeout=5, what="a probe in flight")
         before = psutil.Process().cpu_times()
         started = time.monotonic()
-        while time.monotonic() - started < 1.5 and forwarder._probing:
+        while time.monotonic() - started < 1.5 and forwarder._looking:
             time.sleep(0.05)
         after = psutil.Process().cpu_times()
         watched = time.monotonic() - started

@@ -7,16 +7,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from testkit.postgres import PostgresServer
-from testkit.support import wait_until
+from testkit.support import incoming, wait_until
 
+from bridge.incoming import Received
 from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
 from bridge.outbox import NotActiveError, Outbox
-from bridge.service import Bridge, Incoming
+from bridge.service import Bridge
 from yl_core.config import parse_config
 from yl_core.protocol import StateMessage, encode
 
@@ -95,7 +95,7 @@ def test_writes_of_a_superseded_instance_never_commit(url: str, leases: list[Lea
     ready = StateMessage(state="ready", session="000000000010-aaaaaaaaaaaa",
                          since="2026-01-01T00:00:00Z", node_name="n", version="1",
                          interval_s=30.0)
-    box.record([("n1", ready, b"{}", 1.0, False)])
+    box.record([incoming("n1", ready, b"{}", 1.0)])
     b.step()
     def b_took_over() -> bool:
         b.step()
@@ -106,7 +106,7 @@ def test_writes_of_a_superseded_instance_never_commit(url: str, leases: list[Lea
     lost = StateMessage(state="lost", session=ready.session, since=ready.since,
                         node_name="n", version="1", interval_s=30.0)
     with pytest.raises(NotActiveError, match="took the lease over"):
-        box.record([("n1", lost, b"{}", 2.0, False)])
+        box.record([incoming("n1", lost, b"{}", 2.0)])
     box.close(flush=False)
     fresh = Outbox(url, epoch=b.epoch)
     try:
@@ -129,7 +129,7 @@ def test_a_released_lease_is_taken_at_once(url: str, leases: list[Lease]) -> Non
 
 
 class _NoAcks:
-    def acknowledge(self, connection: Any, messages: list[tuple[int, int]]) -> None:
+    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
         raise AssertionError("nothing refused may be acknowledged")
 
 
@@ -142,6 +142,7 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
     config = parse_config({"bridge": {"outbox_url": url, "instance": "a", "metrics": ""},
                            "logging": {"level": "WARNING"}}, str(tmp_path / "bridge.yaml"))
     bridge = Bridge(config, lease=a)
+    bridge._acknowledgers["states"] = _NoAcks()
     writer = threading.Thread(target=bridge._write_loop, name="test-writer")
     writer.start()
     try:
@@ -155,7 +156,7 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
         assert a.role == ACTIVE, "a has not noticed yet: it renews only when stepped"
         ready = StateMessage(state="ready", session="s1", since="2026-01-01T00:00:00Z",
                              node_name="n", version="1", interval_s=30.0)
-        message = Incoming(_NoAcks(), None, 1, 1, "yl/ar/nodes/n1/state", encode(ready),
+        message = Received("states", 1, 1, 1, config.mqtt.topics.state("n1"), encode(ready),
                            time.time())
 
         def a_gave_up() -> bool:

@@ -9,13 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from testkit.support import wait_until
+from testkit.support import incoming, received, wait_until
 
 from bridge.forwarder import Forwarder
+from bridge.incoming import Received
 from bridge.outbox import Outbox
 from tests.test_forwarder import config_for, forwarding
-from tests.test_outbox import state, status
-from yl_core.protocol import StatusMessage, encode
+from tests.test_outbox import state, status, status_message
+from yl_core.protocol import encode
 from yl_status.monitor_double import MonitorDouble
 
 
@@ -26,8 +27,8 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     box.close()
 
 
-def node_state(node: str, word: str) -> tuple:  # type: ignore[type-arg]
-    return (node, *state(word)[1:])
+def node_state(node: str, word: str) -> Received:
+    return state(word, node=node)
 
 
 def v1_posts(double: MonitorDouble, node: str) -> int:
@@ -143,19 +144,15 @@ def test_v1_says_loudly_when_the_monitor_does_not_know_a_node(
         double.down()
 
 
-Entry = tuple[str, StatusMessage, bytes, float, bool]
-
-
-def deliver(forwarder: Forwarder, outbox: Outbox, entry: Entry) -> None:
+def deliver(forwarder: Forwarder, outbox: Outbox, entry: Received) -> None:
     """Record ``entry`` and wait until the forwarder has delivered it."""
     forwarder.notify(outbox.record([entry])[1])
     wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="delivered")
 
 
-def hung(seq: int, since: str | None) -> Entry:
-    node, message, _, at, retained = status(seq)
-    message = replace(message, not_responding_since=since)
-    return node, message, encode(message), at, retained
+def hung(seq: int, since: str | None) -> Received:
+    message = replace(status_message(seq), not_responding_since=since)
+    return incoming("n1", message, encode(message), received())
 
 
 @pytest.mark.parametrize("api", ["nodes-api", "v1"])

@@ -7,7 +7,6 @@ from flask.testing import FlaskClient
 from status_app import NodeView
 from status_app.node_history import MAX_TRANSITIONS, SAMPLES, NodeHistory
 from tests.test_status_app import OLDER, Clock, client, clock, feed, state, status, view
-from yl_core.truth import LOST_HOLD
 
 __all__ = ["client", "clock", "view"]  # fixtures
 
@@ -39,16 +38,16 @@ def test_the_timeline_holds_every_change_with_its_time(
                                 (1035.0, "disconnected")]
 
 
-def test_a_will_taken_back_within_the_hold_leaves_no_trace(
+def test_a_takeover_is_a_short_lost_band_and_one_flap(
         client: FlaskClient, view: NodeView, clock: Clock) -> None:
     walls(view, clock)
     feed(view, "gui-1", "state", state("ready", OLDER))
     clock.now += 10
     feed(view, "gui-1", "state", state("lost", OLDER))
-    clock.now += LOST_HOLD / 2
+    clock.now += 0.25
     feed(view, "gui-1", "state", state("ready"))
-    assert timeline(client) == [(1000.0, "ready")]
-    assert client.get("/nodes/gui-1").get_json()["flaps_1h"] == 0
+    assert timeline(client) == [(1000.0, "ready"), (1010.0, "lost"), (1010.25, "ready")]
+    assert client.get("/nodes/gui-1").get_json()["flaps_1h"] == 1
 
 
 def test_a_silence_is_a_stale_band_from_three_intervals_after_the_last_status(

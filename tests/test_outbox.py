@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from testkit.postgres import PostgresServer, running_postgres
-from testkit.support import received
+from testkit.support import incoming, received
 
 from bridge.database import Database
-from bridge.incoming import StatusHead
+from bridge.incoming import Received
 from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
 from yl_core.protocol import (
     ReporterCounters,
@@ -25,24 +26,28 @@ from yl_core.protocol import (
 A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"
 
-Entry = tuple[str, StateMessage | StatusMessage | StatusHead, bytes, float, bool]
-"""One decoded message as ``Outbox.record`` takes it."""
+Entry = Received
+"""One checked message as ``Outbox.record`` takes it."""
 
 
-def state(word: str, session: str = A) -> tuple[str, StateMessage, bytes, float, bool]:
+def state(word: str, session: str = A, node: str = "n1", *, retained: bool = False
+          ) -> Received:
     message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
                            since="2026-01-01T00:00:00.000Z", node_name="GUI", version="1",
                            interval_s=30.0)
-    return ("n1", message, encode(message), received(), False)
+    return incoming(node, message, encode(message), received(), retained)
 
 
-def status(seq: int, session: str = A, node: str = "n1"
-           ) -> tuple[str, StatusMessage, bytes, float, bool]:
-    message = StatusMessage(
+def status_message(seq: int, session: str = A, node: str = "n1") -> StatusMessage:
+    return StatusMessage(
         node_id=node, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z", status="running",
         version="1", uptime=1.0, resources=Resources(1.0, 1.0, 1), gui={"seq": seq},
         reporter=ReporterCounters(0, 0, None), session=session, seq=seq, interval_s=30.0)
-    return (node, message, encode(message), received(), False)
+
+
+def status(seq: int, session: str = A, node: str = "n1") -> Received:
+    message = status_message(seq, session, node)
+    return incoming(node, message, encode(message), received())
 
 
 def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:
@@ -310,41 +315,97 @@ def test_a_failed_commit_leaves_memory_as_on_disk(where: str) -> None:
                                                  ("state", "ready"), ("status", None)]
 
 
+def told_up(box: Outbox, node: str = "n1") -> float:
+    """Deliver everything of ``node`` as the forwarder does (the monitor shows it up);
+    returns when the node was last heard."""
+    drain(box, node)
+    box.mark_told(node, "up")
+    heard = box.marks[node].heard
+    assert heard is not None
+    return heard
+
+
 def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) -> None:
     box = Outbox(where)
+    box.caught_up(0.0)
     box.record([state("ready"), status(1)])
-    spoke = box.marks["n1"].heard
-    drain(box)
+    spoke = told_up(box)
     assert box.silent_nodes(spoke + 89.9) == []
     assert box.silent_nodes(spoke + 90.1) == ["n1"]
     assert box.silent_nodes(spoke + 200) == []
-    assert drain(box) == [("silence", "ready", 1)]
+    silence = box.next_item("n1")
+    assert silence is not None
+    assert (silence.kind, silence.state, silence.seq) == ("silence", "ready", 1)
+    assert silence.payload == status(1).payload
+    box.done(silence)
+    box.mark_told("n1", "down")
+    assert box.next_item("n1") is None
     assert box.silent_nodes(spoke + 300) == []
     box.record([status(2)])
-    again = box.marks["n1"].heard
+    again = told_up(box)
     assert box.silent_nodes(again + 89.9) == []
-    assert drain(box) == [("status", None, 2)]
     assert box.silent_nodes(again + 90.1) == ["n1"]
 
 
 @pytest.mark.parametrize("last", ["disconnected", "lost"])
 def test_a_node_that_said_it_is_down_never_falls_silent(where: str, last: str) -> None:
     box = Outbox(where)
-    box.record([state("ready"), status(1), state(last)])
-    assert box.silent_nodes(box.marks["n1"].heard + 1000) == []
+    box.caught_up(0.0)
+    box.record([state("ready"), status(1)])
+    heard = told_up(box)
+    box.record([state(last)])
+    drain(box)
+    box.mark_told("n1", "down")
+    assert box.silent_nodes(heard + 1000) == []
 
 
-def test_a_silence_waits_behind_undelivered_work(where: str) -> None:
+def test_undelivered_work_is_not_a_silence(where: str) -> None:
+    """A status still to deliver says for itself that it is stale (the forwarder judges its
+    age); no second word about the same silence follows it."""
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready"), status(1)])
+    spoke = told_up(box)
+    box.record([status(2)])
+    assert box.silent_nodes(spoke + 1000) == []
+    assert drain(box) == [("status", None, 2)]
+
+
+def test_no_silence_while_the_broker_sessions_are_not_caught_up(where: str) -> None:
     box = Outbox(where)
     box.record([state("ready"), status(1)])
-    assert box.silent_nodes(box.marks["n1"].heard + 91) == ["n1"]
-    assert drain(box) == [("state", "ready", -1), ("status", None, 1), ("silence", "ready", 1)]
+    spoke = told_up(box)
+    assert box.silent_nodes(spoke + 1000) == []
+    box.caught_up(spoke + 500)
+    assert box.silent_nodes(spoke + 589) == []
+    box.caught_up(None)
+    assert box.silent_nodes(spoke + 1000) == []
+    box.caught_up(spoke + 2000)
+    assert box.silent_nodes(spoke + 2089) == []
+    assert box.silent_nodes(spoke + 2091) == ["n1"]
 
 
-def test_a_reopened_outbox_gives_known_nodes_three_intervals_from_its_start(
-        where: str) -> None:
-    Outbox(where).record([state("ready"), status(1)])
+def test_a_new_term_counts_silences_from_its_own_start(where: str) -> None:
+    """What the monitor was told survives a restart (or a takeover); when a node was last
+    heard does not: an outbox reopened long after counts from when its sessions caught up."""
+    first = Outbox(where)
+    first.record([state("ready"), status(1)])
+    told_up(first)
+    first.close()
     box = Outbox(where)
-    opened = box.marks["n1"].heard
-    assert box.silent_nodes(opened + 89) == []
-    assert box.silent_nodes(opened + 91) == ["n1"]
+    assert box.marks["n1"].told == "up"
+    assert box.marks["n1"].heard is None
+    caught_up = time.monotonic() + 1000
+    assert box.silent_nodes(caught_up) == []
+    box.caught_up(caught_up)
+    assert box.silent_nodes(caught_up + 89) == []
+    assert box.silent_nodes(caught_up + 91) == ["n1"]
+
+
+def test_memory_for_silences_is_one_entry_per_node(where: str) -> None:
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([status(seq, node=f"n{i}") for seq in range(1, 40) for i in range(5)])
+    for seq in range(40, 80):
+        box.record([status(seq, node=f"n{i}") for i in range(5)])
+    assert len(box._silence) == 5

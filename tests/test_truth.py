@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from yl_core import protocol
-from yl_core.truth import LOST_HOLD, MAX_ENDED_SESSIONS, NodeTruth, Verdict, liveness
+from yl_core.truth import MAX_ENDED_SESSIONS, NodeTruth, Verdict, liveness
 
 Step = tuple[str, str, "str | int", str]
 """(kind, session, state or seq, expected verdict)."""
@@ -110,16 +110,11 @@ def test_liveness_is_ready_and_a_fresh_status(state: protocol.State | None, age:
     assert (verdict.up, verdict.reason) == (up, reason)
 
 
-@pytest.mark.parametrize(("state", "state_age", "up", "reason"), [
-    ("lost", 0.0, True, "ready"),
-    ("lost", LOST_HOLD - 0.01, True, "ready"),
-    ("lost", LOST_HOLD, False, "lost"),
-    ("disconnected", 0.0, False, "disconnected"),
-])
-def test_a_lost_counts_once_it_is_older_than_the_hold(state: protocol.State, state_age: float,
-                                                      up: bool, reason: str) -> None:
-    verdict = liveness(state, 1.0, 10.0, state_age)
-    assert (verdict.up, verdict.reason) == (up, reason)
+@pytest.mark.parametrize("state", ["lost", "disconnected"])
+def test_a_terminal_state_counts_at_once_however_fresh_the_status(
+        state: protocol.State) -> None:
+    verdict = liveness(state, 0.0, 10.0)
+    assert (verdict.up, verdict.reason) == (False, state)
 
 
 def test_a_hung_gui_is_down_only_while_the_session_is_otherwise_up() -> None:
@@ -127,6 +122,6 @@ def test_a_hung_gui_is_down_only_while_the_session_is_otherwise_up() -> None:
     verdict = liveness("ready", 1.0, 10.0, not_responding_since=since)
     assert (verdict.up, verdict.reason) == (False, "not_responding")
     assert verdict.detail == f"GUI not responding since {since}"
-    assert liveness("lost", 1.0, 10.0, 5.0, not_responding_since=since).reason == "lost"
+    assert liveness("lost", 1.0, 10.0, not_responding_since=since).reason == "lost"
     assert liveness("ready", 99.0, 10.0, not_responding_since=since).reason == "stale"
     assert liveness("ready", 1.0, 10.0, not_responding_since=None).up

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 WAL_SIZE_LIMIT = 4 * 2**20
 """SQLite's write-ahead log is cut back to this after each checkpoint (it grows to about
 4 MiB between checkpoints): keep that much free on the outbox's disk."""
-SCHEMA_VERSION = 2
-"""1 had no ``ended``/``interval_s`` and ordered sessions by id (SQLite only)."""
+SCHEMA_VERSION = 3
+"""1 had no ``ended``/``interval_s`` and ordered sessions by id (SQLite only); 2 had no
+``told``."""
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS transitions (
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     ended TEXT NOT NULL DEFAULT '',
     interval_s {real},
     ahead_session TEXT,
-    ahead_seq {int}
+    ahead_seq {int},
+    told TEXT NOT NULL DEFAULT ''
 )"""
 _SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB",
                  "real": "REAL", "int": "INTEGER"}
@@ -204,7 +206,8 @@ class SqliteDatabase(Database):
             columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
             for name, kind in (("ended", "TEXT NOT NULL DEFAULT ''"),
                                ("interval_s", "REAL"), ("ahead_session", "TEXT"),
-                               ("ahead_seq", "INTEGER")):
+                               ("ahead_seq", "INTEGER"),
+                               ("told", "TEXT NOT NULL DEFAULT ''")):
                 if name not in columns:
                     conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} {kind}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -292,8 +295,13 @@ class PostgresDatabase(Database):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+            conn.execute("ALTER TABLE nodes ADD COLUMN IF NOT EXISTS told TEXT NOT NULL "
+                         "DEFAULT ''")
             if row is None:
                 conn.execute("INSERT INTO schema_version (id, version) VALUES (1, %s)",
+                             (SCHEMA_VERSION,))
+            elif row[0] < SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = %s WHERE id = 1",
                              (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise OutboxError(

@@ -4,11 +4,18 @@ One thread runs an asyncio loop with ``bridge.http_concurrency`` workers, each w
 keep-alive connection to the monitor: they deliver for several nodes at once, never two
 requests for the same node (order per node is kept). Connecting, TLS and reading are
 asyncio's, non-blocking, so a slow or silent monitor host holds up only the worker waiting on
-it, for at most ``monitor.timeout``; answers are parsed by httptools (llhttp). A delivery is a
-generator that yields the requests it needs (register, heartbeat, register again after a
-404) and receives their answers. When the monitor is unreachable or failing, deliveries pause
-with jittered exponential backoff (or the monitor's ``Retry-After``), and only one probe
-request at a time goes out until it answers again.
+it, for at most ``monitor.timeout``; answers are parsed by httptools (llhttp).
+
+A worker does one of two jobs. **Delivering** one item of one node: a generator that yields
+the requests it needs and receives their answers. Every request about a node states that
+node's state as of the item it carries, with that item's time; to a monitor that knows the
+node, one request per item. **Looking** at the monitor (beside the node queue, one at a time):
+its node list, which says which API it serves (``monitor.profile: auto``), that it answers,
+and which nodes it knows. A look runs at start, every ``LOOK_EVERY``, and as the only probe
+while the monitor is failing: after an outage nothing is delivered until a look has said
+which nodes the monitor still knows (a monitor restarted without its table would take a
+known node's next heartbeat as its registration, and not record it). Failures pause
+deliveries with jittered exponential backoff (or the monitor's ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -21,12 +28,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import Any, Final
 
 from bridge.metrics import Metrics
 from bridge.monitor_client import (
     NODES,
-    NOT_ACTIVE,
     V1_NODES,
     Answer,
     MonitorClient,
@@ -50,12 +56,12 @@ SILENCE_CHECK = 0.25
 INACTIVE_POLL = 0.1
 """How often a bridge that may not send (not active) looks again."""
 
-KNOWN_TTL = 30.0
-"""How long a v1 monitor's list of the nodes it knows is trusted before it is read again."""
+LOOK_EVERY = 30.0
+"""How often the monitor's node list is read again while all is well."""
 PROFILES = ("nodes-api", "v1")
 """The APIs ``monitor.profile: auto`` looks for, in this order."""
-_DETECT = ""
-"""Taken from the queue instead of a node (no node id is empty): find out the monitor's API."""
+LOOK: Final = object()
+"""The job of looking at the monitor (``Forwarder._look``)."""
 
 Delivery = Generator[bytes, Answer, bool]
 """Yields requests, receives their answers; returns True if the node has more to deliver."""
@@ -78,17 +84,16 @@ class Forwarder:
         self._auto = config.monitor.profile == "auto"
         self.profile: str | None = None if self._auto else config.monitor.profile
         """The API the monitor serves (None: not known yet)."""
-        self._detecting = False
+        self._looking = False
+        self._look_due = 0.0
+        """When the monitor is looked at next (at once after an outage)."""
         self._logged_profile: str | None = None
         self._known: set[str] | None = None
-        self._known_at = float("-inf")
+        """The nodes a v1 monitor lists (None: its list was not understood)."""
         self.unknown_nodes: set[str] = set()
         """Nodes a v1 monitor does not list: it would answer 200 and store nothing."""
         self.metrics.api(self.profile)
         self._register_route: bool | None = None
-        self._told: dict[str, str] = {}
-        """Per node, the status word the monitor was last told (one entry per node); for a
-        v1 monitor, which cannot be told, ``offline`` once a node is down and not posted."""
         self._v1_refresh = config.monitor.v1_refresh
         self._refresh: set[str] = set()
         """Nodes up at a v1 monitor due to be posted again (``monitor.v1_refresh``)."""
@@ -96,14 +101,13 @@ class Forwarder:
         self._backoff_max = max(config.monitor.retry_delay, 0.5)
         self._failures = 0
         self._paused_until = 0.0
-        self._probing = False
         self._ready: deque[str] = deque()
         self._queued: set[str] = set()
         self._busy: set[str] = set()
         self._dirty: set[str] = set()
         self._inbox: deque[Iterable[str]] = deque()
         self._deferred: list[tuple[float, str]] = []
-        """(when, node): nodes whose next item waits (a ``lost`` within its hold)."""
+        """(when, node): nodes whose next item may not be sent yet (``Item.counts_from``)."""
         self._stopping = False
         self._workers = config.bridge.http_concurrency
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,7 +175,7 @@ class Forwarder:
                 self.notify(silent)
             if self.profile == "v1" and self._v1_refresh and now >= next_refresh:
                 next_refresh = now + self._v1_refresh
-                up = [node for node, word in self._told.items() if word == self._values.online]
+                up = self.outbox.nodes_told("up")
                 self._refresh.update(up)
                 self.notify(up)
             await asyncio.sleep(SILENCE_CHECK)
@@ -179,26 +183,26 @@ class Forwarder:
     async def _worker(self) -> None:
         connection = MonitorConnection(self.client, self._may_send)
         try:
-            while (taken := await self._next_node()) is not None:
-                node, probe = taken
-                if node == _DETECT:
+            while (job := await self._next_job()) is not None:
+                if job is LOOK:
                     try:
-                        await self._drive(connection, self._detect(), "finding the API")
+                        await self._drive(connection, self._look(), "looking at the monitor")
                     finally:
-                        self._detecting = False
+                        self._looking = False
                         if self._changed is not None:
                             self._changed.set()
                     continue
+                assert isinstance(job, str)
                 again = True
                 try:
-                    again = await self._serve(connection, node)
+                    again = await self._serve(connection, job)
                 finally:
-                    self._release(node, again, probe)
+                    self._release(job, again)
         finally:
             connection.close()
 
-    async def _next_node(self) -> tuple[str, bool] | None:
-        """The next node to deliver for (and whether it is the probe), or None to stop."""
+    async def _next_job(self) -> object | None:
+        """``LOOK``, a node to deliver for, or None to stop."""
         assert self._changed is not None
         while True:
             self._take_notifications()
@@ -208,23 +212,21 @@ class Forwarder:
                 await asyncio.sleep(INACTIVE_POLL)
                 continue
             now = time.monotonic()
-            if self.profile is None:
-                if not self._detecting and now >= self._paused_until:
-                    self._detecting = True
-                    return _DETECT, False
-            elif self._ready and now >= self._paused_until and \
-                    (self.reachable or not self._probing):
+            if now >= self._paused_until and not self._looking and \
+                    (self.profile is None or not self.reachable or now >= self._look_due):
+                self._looking = True
+                return LOOK
+            if self.profile is not None and self.reachable and self._ready and \
+                    now >= self._paused_until:
                 node = self._ready.popleft()
                 self._queued.discard(node)
                 self._busy.add(node)
-                probe = not self.reachable
-                self._probing = self._probing or probe
-                return node, probe
+                return node
             due = [now + TICK]
             if self._paused_until > now:
-                # Past the pause, only a probe or the API check in flight holds the workers
-                # back; its end sets ``_changed``.
                 due.append(self._paused_until)
+            if not self._looking and self.reachable:
+                due.append(self._look_due)
             if self._deferred:
                 due.append(self._deferred[0][0])
             self._changed.clear()
@@ -233,7 +235,8 @@ class Forwarder:
 
     async def _serve(self, connection: MonitorConnection, node: str) -> bool:
         """Run one delivery of ``node``; whether the node has more to deliver."""
-        return await self._drive(connection, self._deliver(node), f"delivery for node {node}")
+        return await self._drive(connection, self._deliver(node, not connection.is_open),
+                                 f"delivery for node {node}")
 
     async def _drive(self, connection: MonitorConnection, delivery: Delivery, what: str) -> bool:
         answer: Answer | None = None
@@ -267,9 +270,7 @@ class Forwarder:
                     self._queued.add(node)
                     self._ready.append(node)
 
-    def _release(self, node: str, again: bool, probe: bool) -> None:
-        if probe:
-            self._probing = False
+    def _release(self, node: str, again: bool) -> None:
         self._busy.discard(node)
         if again or node in self._dirty:
             self._dirty.discard(node)
@@ -280,15 +281,18 @@ class Forwarder:
             self._changed.set()
 
     def _succeeded(self) -> None:
+        self._failures = 0
+        self._answers()
+
+    def _answers(self) -> None:
         if not self.reachable:
             log.info("monitor reachable again")
-        self._failures = 0
         self.reachable = True
         self.last_problem = ""
 
     def _failed(self, answer: Answer) -> float:
         """Pause all deliveries; returns the pause."""
-        if answer.reason == NOT_ACTIVE:
+        if answer.outcome is Outcome.NOT_ACTIVE:
             return INACTIVE_POLL
         self._failures += 1
         pause = backoff_delay(self._failures - 1, self._backoff_initial, self._backoff_max)
@@ -304,28 +308,28 @@ class Forwarder:
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
         return pause
 
-    # --- which API the monitor serves ---------------------------------------------------------
+    # --- looking at the monitor ---------------------------------------------------------------
 
-    def _detect(self) -> Delivery:
-        """``monitor.profile: auto``: ask for each API's node list; the first that answers
-        2xx is the one spoken."""
+    def _look(self) -> Delivery:
+        """Read the monitor's node list: which API it serves (the first of ``PROFILES`` whose
+        list answers 2xx, for ``monitor.profile: auto``), that it answers, and which nodes
+        it knows."""
         answer = Answer(Outcome.NOT_FOUND, None, "")
-        for profile in PROFILES:
+        for profile in PROFILES if self.profile is None else (self.profile,):
             answer = yield self.client.nodes_request(profile)
-            if answer.outcome is Outcome.RETRY:
+            if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
                 self._retry(answer)
                 return False
             if answer.outcome is Outcome.DELIVERED:
-                self.profile = profile
-                self.client.use_profile(profile)
-                self.metrics.api(profile)
-                if profile == "v1":
-                    self._remember_known(answer)
-                if self._logged_profile != profile:
-                    self._logged_profile = profile
-                    log.info("monitor at %s serves the %s API; using it", self._url, profile)
-                self._succeeded()
+                self._use(profile)
+                self._know(answer)
                 return False
+        if self.profile is not None:
+            # It answers, but not with its node list: deliver without knowing which nodes it
+            # knows (each unknown node is asked for, or registered, on its own).
+            self._answers()
+            self._look_due = time.monotonic() + LOOK_EVERY
+            return False
         problem = (f"monitor at {self._url} serves neither the nodes API (GET {NODES}) nor v1 "
                    f"(GET {V1_NODES}): {answer.reason}; check monitor.url")
         if self._logged_profile != "none":
@@ -336,19 +340,30 @@ class Forwarder:
         self._failed(Answer(Outcome.RETRY, answer.status, problem))
         return False
 
-    def _remember_known(self, answer: Answer) -> None:
-        self._known = listed_node_ids(answer.body)
-        self._known_at = time.monotonic()
-        if self._known is None:
-            log.warning("the monitor's node list (GET %s) has a shape not understood; "
-                        "heartbeats are sent without checking that it knows the node", V1_NODES)
+    def _use(self, profile: str) -> None:
+        self.profile = profile
+        self.client.use_profile(profile)
+        self.metrics.api(profile)
+        if self._logged_profile != profile:
+            self._logged_profile = profile
+            log.info("monitor at %s serves the %s API; using it", self._url, profile)
 
-    def _knows(self, node: str) -> Generator[bytes, Answer, bool]:
+    def _know(self, answer: Answer) -> None:
+        """The monitor's node list: the nodes it knows from now on."""
+        self._answers()
+        self._look_due = time.monotonic() + LOOK_EVERY
+        listed = listed_node_ids(answer.body)
+        if self.profile == "v1":
+            self._known = listed
+        if listed is None:
+            log.warning("the monitor's node list (GET %s) has a shape not understood; each "
+                        "node is looked up on its own", V1_NODES if self.profile == "v1"
+                        else NODES)
+        elif self.profile == "nodes-api":
+            self.outbox.know_only(listed)
+
+    def _knows(self, node: str) -> bool:
         """Whether a v1 monitor lists ``node`` (True when it cannot be told)."""
-        if time.monotonic() - self._known_at > KNOWN_TTL:
-            answer = yield self.client.nodes_request("v1")
-            if answer.outcome is Outcome.DELIVERED:
-                self._remember_known(answer)
         if self._known is None or node in self._known:
             self.unknown_nodes.discard(node)
             return True
@@ -360,61 +375,72 @@ class Forwarder:
 
     # --- one node's delivery ----------------------------------------------------------------
 
-    def _deliver(self, node: str) -> Delivery:
-        """Deliver one item of ``node``."""
+    def _deliver(self, node: str, new_connection: bool = False) -> Delivery:
+        """Deliver one item of ``node``. ``new_connection``: its first request opens a new
+        connection to the monitor, which may have restarted since the last one."""
         profile = self.profile
         if profile is None:
             return True  # handed out again once the monitor's API is known
-        nodes_api = profile == "nodes-api"
         item = self.outbox.next_item(node)
         refresh = node in self._refresh
         self._refresh.discard(node)
-        if item is None:
-            if refresh and profile == "v1" and self._told.get(node) == self._values.online:
+        mark = self.outbox.mark(node)
+        if item is None or mark is None:
+            if refresh and profile == "v1" and mark is not None and mark.told == "up":
                 # 1.0.6's process scan marks a GUI it cannot see offline every 10 s, and only
                 # a heartbeat marks it online again: a node that is up is posted again.
                 answer = yield self.client.heartbeat_request(node, {})
-                if answer.outcome is Outcome.RETRY:
+                if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
                     return self._retry(answer)
                 self._succeeded()
                 self.metrics.inc("refreshed")
             return False
-        if item.state == "lost":
-            hold = truth.LOST_HOLD - (time.time() - item.received)
-            if hold > 0:  # withdrawn if the node is back meanwhile
-                self._defer(node, hold)
-                return False
-        mark = self.outbox.mark(node)
-        # A transition registers first, every time: a monitor that lost its table (restarted
-        # without it) would otherwise swallow it as an auto-registration.
-        if nodes_api and mark is not None and \
-                (not mark.registered or item.kind != "status"):
-            answer = yield from self._register(node, mark)
-            if answer.outcome is Outcome.RETRY:
-                return self._retry(answer)
+        wait = item.counts_from - time.time()
+        if wait > 0:  # withdrawn if its session is back meanwhile
+            self._defer(node, wait)
+            return False
         body = self._body(item, mark)
-        if not nodes_api:
+        up = body["status"] == self._values.online
+        if profile == "v1":
             # v1 takes any heartbeat as "alive" and cannot be told otherwise: nothing is sent
             # for a node that is down, nor for one the monitor would not store.
-            if body["status"] == self._values.online and not (yield from self._knows(node)):
+            if up and not self._knows(node):
                 self.metrics.inc("rejected", reason="unknown_at_monitor")
-            elif body["status"] == self._values.online:
-                return (yield from self._send(node, item, mark, body, nodes_api))
+            elif up:
+                return (yield from self._send(item, mark, body))
             else:
-                self._note_v1_silent(node, body["reason"])
+                self._tell(node, "down", body, sent=False)
             self.outbox.done(item)
             return not self.outbox.defers_writes or item.kind == "silence"
-        return (yield from self._send(node, item, mark, body, nodes_api))
+        known, asked = mark.registered, False
+        if known and new_connection:
+            # A monitor restarted without its table would take this heartbeat as the node's
+            # registration, and not record it: ask first, once per new connection.
+            answer = yield self.client.node_request(node)
+            if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
+                return self._retry(answer)
+            if answer.outcome is Outcome.NOT_FOUND:
+                log.warning("monitor at %s no longer knows node %s (restarted without its "
+                            "nodes?); introducing it again", self._url, node)
+                self.outbox.set_registered(node, False)
+                self._look_due = 0.0
+                known, asked = False, True
+        if not known:
+            answer = yield from self._introduce(node, mark, body, asked=asked)
+            if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
+                return self._retry(answer)
+        return (yield from self._send(item, mark, body))
 
-    def _send(self, node: str, item: Item, mark: NodeMark | None, body: dict[str, Any],
-              nodes_api: bool) -> Delivery:
+    def _send(self, item: Item, mark: NodeMark, body: dict[str, Any]) -> Delivery:
+        node = item.node_id
         request = self.client.heartbeat_request(node, body)
         answer = yield request
-        if answer.outcome is Outcome.NOT_FOUND and nodes_api:
+        if answer.outcome is Outcome.NOT_FOUND and self.profile == "nodes-api":
+            # A monitor that refuses heartbeats of nodes it does not know has forgotten it.
             self.outbox.set_registered(node, False)
-            registered = yield from self._register(node, mark)
-            if registered.outcome is Outcome.RETRY:
-                return self._retry(registered)
+            introduced = yield from self._introduce(node, mark, body)
+            if introduced.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
+                return self._retry(introduced)
             answer = yield request
         if answer.outcome in (Outcome.REJECTED, Outcome.NOT_FOUND):
             # Refused: this message's fault, or the monitor's (a wrong URL, a misrouting
@@ -427,14 +453,13 @@ class Forwarder:
                     f"monitor refuses deliveries ({answer.reason}) and fails its health "
                     f"check ({health.reason}); check monitor.url and monitor.profile",
                     retry_after=health.retry_after))
-        if answer.outcome is Outcome.RETRY:
+        if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
             return self._retry(answer)
         self._succeeded()
-        if answer.outcome is Outcome.DELIVERED and item.kind == "silence":
-            self.metrics.inc("forwarded", kind="silence")
-        elif answer.outcome is Outcome.DELIVERED:
+        if answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
-            self._note_told(node, body)
+            up = body["status"] == self._values.online
+            self._tell(node, "up" if up else "down", body, sent=True)
         else:
             reason = f"http_{answer.status}" if answer.status else answer.outcome.value
             self.metrics.inc("rejected", reason=reason)
@@ -444,50 +469,52 @@ class Forwarder:
         # A deferred write notifies the node again once it is on disk (a silence has none).
         return not self.outbox.defers_writes or item.kind == "silence"
 
-    def _note_told(self, node: str, body: dict[str, Any]) -> None:
-        """Log when what the monitor shows of ``node`` changes (one line per change)."""
-        word = body["status"]
-        if self._told.get(node) != word:
-            self._told[node] = word
-            log.info("node %s is %s at the monitor (%s)", node, word, body.get("reason"))
-
-    def _note_v1_silent(self, node: str, reason: str) -> None:
-        """Say once per outage that a v1 monitor cannot be told ``node`` is down."""
-        if self._told.get(node) != self._values.offline:
-            self._told[node] = self._values.offline
-            log.info("node %s is down (%s): a v1 monitor cannot be told offline; it finds out "
-                     "by its own process scan", node, reason)
+    def _tell(self, node: str, told: str, body: dict[str, Any], *, sent: bool) -> None:
+        """The monitor now shows ``node`` as ``told`` (``up``/``down``); log each change (for
+        a v1 monitor, which cannot be told, once per outage)."""
+        if self.outbox.mark_told(node, told):
+            if sent:
+                log.info("node %s is %s at the monitor (%s)", node, body["status"],
+                         body.get("reason"))
+            else:
+                log.info("node %s is down (%s): a v1 monitor cannot be told offline; it finds "
+                         "out by its own process scan", node, body.get("reason"))
 
     def _retry(self, answer: Answer) -> bool:
-        self.metrics.inc("retries")
+        if answer.outcome is not Outcome.NOT_ACTIVE:
+            self.metrics.inc("retries")
         self._failed(answer)
         return True
 
-    def _register(self, node: str, mark: NodeMark | None) -> Generator[bytes, Answer, Answer]:
-        """Make the monitor know ``node`` so its next heartbeat counts.
+    def _introduce(self, node: str, mark: NodeMark, body: dict[str, Any], *,
+                   asked: bool = False) -> Generator[bytes, Answer, Answer]:
+        """Make the monitor know ``node``, so that the item ``body`` is recorded when sent.
 
-        A monitor without ``/api/ar/nodes/register`` auto-registers a node on its first
-        heartbeat and does not record that heartbeat; then one heartbeat is sent to register.
-        """
-        name = (mark.node_name if mark else "") or node
+        Through ``/api/ar/nodes/register`` where the monitor has it; else the monitor is
+        asked whether it knows the node (``GET /api/ar/nodes/{id}``), and if not, the item
+        itself is sent once more than it would be: a node's first heartbeat registers it and
+        is not recorded. Nothing but the item's own state and time is ever sent. ``asked``:
+        the monitor just said it does not know the node."""
         if self._register_route is not False:
-            answer = yield self.client.register_request(node, name, protocol.NODE_TYPE)
-            if answer.outcome is Outcome.RETRY:
-                return answer
+            answer = yield self.client.register_request(node, mark.node_name or node,
+                                                        protocol.NODE_TYPE)
             if answer.outcome is Outcome.DELIVERED:
                 self._register_route = True
                 self._registered(node)
                 return answer
-            if answer.outcome is Outcome.NOT_FOUND:
-                if self._register_route is None:
-                    log.info("monitor has no register route; relying on auto-registration")
-                self._register_route = False
-            else:
+            if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
+                return answer
+            if answer.outcome is Outcome.REJECTED:
                 log.warning("monitor refused to register node %s (%s)", node, answer.reason)
-        online = mark is None or mark.truth.state in (None, "ready")
-        answer = yield self.client.heartbeat_request(node, {
-            "node_id": node, "node_name": name, "timestamp": timestamps.utc_now_iso(),
-            "status": self._values.online if online else self._values.offline})
+            else:
+                if self._register_route is None:
+                    log.info("monitor has no register route; its nodes register with their "
+                             "first heartbeat")
+                self._register_route = False
+        answer = Answer(Outcome.NOT_FOUND, 404, "") if asked else \
+            (yield self.client.node_request(node))
+        if answer.outcome in (Outcome.NOT_FOUND, Outcome.REJECTED):
+            answer = yield self.client.heartbeat_request(node, body)
         if answer.outcome is Outcome.DELIVERED:
             self._registered(node)
         return answer
@@ -514,7 +541,12 @@ class Forwarder:
                                      not_responding_since=hung)
         body["status"] = self._values.online if verdict.up else self._values.offline
         body["reason"] = verdict.reason
-        if item.kind == "state" or "timestamp" not in body:
+        interval = mark.interval_s if mark else None
+        if item.kind == "silence" and interval is not None:
+            # When it went stale.
+            body["timestamp"] = timestamps.iso_from_epoch(
+                item.received + protocol.stale_after(interval))
+        elif item.kind == "state" or "timestamp" not in body:
             body["timestamp"] = timestamps.iso_from_epoch(item.received)
         if "node_name" not in body:
             body["node_name"] = (mark.node_name if mark else "") or item.node_id

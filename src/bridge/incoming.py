@@ -1,11 +1,13 @@
-"""What the bridge makes of one incoming message, before it reaches the outbox.
+"""One incoming message, from the broker session that took it to the outbox: ``Received``,
+the one record it travels in, and ``check``, what the bridge makes of it.
 
-Used by the bridge for states and by the status receiver (in its own process) for statuses,
-so the bridge's process only records what was already checked.
+The status receiver (in its own process) checks statuses, so the bridge's process only
+records what was already checked; the bridge checks states.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from yl_core import protocol, timestamps
@@ -50,3 +52,44 @@ def check(topics: Topics, topic: str, payload: bytes) -> Checked:
                                                  timestamps.epoch_from_iso(status.timestamp)))
     except ProtocolError as exc:
         return Checked(node_id, kind, None, exc.reason, str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message as one of the bridge's broker sessions took it."""
+
+    session: str
+    """``states`` or ``statuses``: the session whose connection it is acknowledged to."""
+    connection: int
+    """That session's connection number: an acknowledgement for an earlier connection is
+    not sent (the broker redelivers on the new one)."""
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received: float
+    """When the bridge took it (wall clock)."""
+    retained: bool = False
+    """A retained copy (sent on subscribe), not a live message."""
+    expiry_left: int | None = None
+    """The MQTT 5 message expiry the broker says remains: how long the message waited."""
+    checked: Checked | None = None
+
+    def checked_by(self, topics: Topics) -> Received:
+        """This message, checked (once)."""
+        if self.checked is not None:
+            return self
+        return replace(self, checked=check(topics, self.topic, self.payload))
+
+    @property
+    def sent(self) -> float:
+        """When the broker got it (wall clock): it may have waited there, queued or
+        retained."""
+        message = None if self.checked is None else self.checked.message
+        if isinstance(message, StateMessage):
+            expiry: float = protocol.STATE_EXPIRY
+        elif isinstance(message, StatusHead):
+            expiry = protocol.status_expiry(message.interval_s)
+        else:
+            return self.received
+        return self.received - protocol.waited(self.expiry_left, expiry)

@@ -35,8 +35,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "registered": ("Nodes registered at the monitor", ()),
     "refreshed": ("Heartbeats repeated for nodes that are up, for a v1 monitor whose own "
                   "process scan marks them offline (monitor.v1_refresh)", ()),
-    "withdrawn": ("Wills withdrawn: the node, or the process replacing it, was back within "
-                  "the hold", ()),
+    "withdrawn": ("Wills withdrawn: a process dropped by its replaced rival's reconnect was "
+                  "back within the takeover hold", ()),
     "outbox_errors": ("Outbox writes that failed (nothing was acknowledged)", ()),
     "clock_skew_reports": ("Nodes found with a clock far from the bridge's (logged once each)",
                            ()),

@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 
 _READ = (
     "SELECT node_id, node_name, session, seq, state, state_session, snapshot, registered, "
-    "ended, interval_s, ahead_session, ahead_seq FROM nodes",
+    "ended, interval_s, ahead_session, ahead_seq, told FROM nodes",
     "SELECT id, node_id, session, state, snapshot, received FROM transitions ORDER BY id",
     "SELECT node_id, session, seq, payload, received FROM pending_status",
 )
 _WRITE = (
     "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, snapshot, "
-    "registered, ended, interval_s, ahead_session, ahead_seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "registered, ended, interval_s, ahead_session, ahead_seq, told) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "INSERT INTO transitions (id, node_id, session, state, snapshot, received) "
     "VALUES (?, ?, ?, ?, ?, ?)",
     "INSERT INTO pending_status (node_id, session, seq, payload, received) "

@@ -52,6 +52,8 @@ class Outcome(Enum):
     REJECTED = "rejected"
     NOT_FOUND = "not_found"
     RETRY = "retry"
+    NOT_ACTIVE = "not_active"
+    """Not sent: the bridge is not the active one (its lease)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,10 @@ class MonitorClient:
         path = V1_NODES if self.profile == "v1" else "/api/health"
         return self.build("GET", path)
 
+    def node_request(self, node_id: str) -> bytes:
+        """The nodes API's record of one node: 200 if the monitor knows it, else 404."""
+        return self.build("GET", f"{NODES}/{quote(protocol.check_node_id(node_id), safe='')}")
+
     def nodes_request(self, profile: str) -> bytes:
         """The profile's node list: answered 2xx only by a monitor that serves the profile."""
         return self.build("GET", V1_NODES if profile == "v1" else NODES)
@@ -205,6 +211,13 @@ class MonitorConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
+    @property
+    def is_open(self) -> bool:
+        """True if the next request goes over the connection already open (as far as can be
+        told: a connection the monitor closed while idle has seen its end)."""
+        return self.writer is not None and self.reader is not None and \
+            not self.reader.at_eof() and not self.writer.is_closing()
+
     async def exchange(self, request: bytes) -> Answer:
         """Send ``request`` and classify the answer, all within the monitor timeout; a
         kept-alive connection the monitor has closed meanwhile is replaced once."""
@@ -222,7 +235,7 @@ class MonitorConnection:
                 self.close()
                 return Answer(Outcome.RETRY, None, "timed out")
             except NotSentError:
-                return Answer(Outcome.RETRY, None, NOT_ACTIVE)
+                return Answer(Outcome.NOT_ACTIVE, None, NOT_ACTIVE)
             except (OSError, ssl.SSLError, httptools.HttpParserError) as exc:
                 self.close()
                 return Answer(Outcome.RETRY, None, describe_error(exc))

@@ -38,9 +38,10 @@ from bridge.database import (
     open_database,
     redact,
 )
-from bridge.incoming import StatusHead
-from yl_core.protocol import StateMessage, StatusMessage, stale_after
-from yl_core.truth import LOST_HOLD, NodeTruth, Verdict
+from bridge.incoming import Received, StatusHead
+from yl_core import truth as truth_rules
+from yl_core.protocol import StateMessage, stale_after
+from yl_core.truth import NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +62,31 @@ class NodeMark:
     truth: NodeTruth = field(default_factory=NodeTruth)
     node_name: str = ""
     registered: bool = False
+    """The monitor knows the node: a heartbeat for it is recorded, not taken as its
+    registration."""
     interval_s: float | None = None
+    told: str = ""
+    """What the monitor was last told of the node: ``up``, ``down`` (empty: nothing)."""
+    replaced_at: float | None = None
+    """When (wall clock) the current session replaced one that was ``lost``: a takeover."""
     lost: tuple[int, float] | None = None
-    """The node's newest transition if it is a ``lost``: (id, wall-clock receive time)."""
+    """The node's newest transition if it is a ``lost`` that does not count yet: (id, when
+    it counts), see ``truth.lost_counts_from``."""
     pending_status: bool = False
     pending: Item | None = None
     transitions: set[int] = field(default_factory=set)
-    heard: float = field(default_factory=time.monotonic)
-    """When the bridge last took a message of the node (monotonic; the outbox's start for a
-    node known from disk)."""
-    silence: str = ""
-    """``due``: the node fell silent (see ``Outbox.silent_nodes``) and the monitor is to be
-    told; ``told``: it was; empty while the node speaks."""
+    heard: float | None = None
+    """When this outbox last took a message of the node (monotonic); None: not since it
+    opened. Never read from disk: a term counts silences from its own start."""
+    silence_due: float | None = None
+    """While the monitor is still to be told that the node fell silent: when it was last
+    heard (wall clock; silences are counted from no earlier than ``Outbox.silence_from``)."""
 
 
 @dataclass(frozen=True)
 class Item:
     """One thing to deliver: a transition (``transition_id``), the pending status, or
-    (``silence``) word that a ``ready`` node has sent nothing for too long."""
+    (``silence``) the node's newest status, last heard at ``received`` and stale now."""
 
     node_id: str
     kind: str
@@ -88,6 +96,8 @@ class Item:
     payload: bytes | None
     received: float
     transition_id: int | None = None
+    counts_from: float = 0.0
+    """Not to be sent before this (wall clock): a ``lost`` its session may yet withdraw."""
 
 
 _Committed = tuple[NodeMark, "Item | None", "int | None", "Iterable[int]"]
@@ -118,11 +128,6 @@ class IngestResult:
     withdrawn: int = 0
 
 
-Incoming = tuple[str, "StateMessage | StatusMessage | StatusHead", bytes, float, bool]
-"""(node_id, decoded message, raw payload, wall-clock receive time, whether it is a retained
-copy rather than a live message)."""
-
-
 class Outbox:
     def __init__(self, path: str | Path, *, max_nodes: int = 100_000,
                  on_change: Callable[[], None] | None = None, epoch: int | None = None,
@@ -145,10 +150,18 @@ class Outbox:
         self.marks: dict[str, NodeMark] = {}
         self._done: dict[str, _Delivered] = {}
         self._flushing: dict[str, _Delivered] = {}
-        self._registered: dict[str, bool] = {}
+        self._node_updates: dict[str, dict[str, Any]] = {}
+        """Per node, columns of ``nodes`` set by the forwarder (``registered``, ``told``),
+        written at the next ``flush()``."""
         self._marks_behind = False
-        self._silence: list[tuple[float, str, float]] = []
-        """(when the node falls silent, node, its ``heard`` then): a heap, checked lazily."""
+        self._silence: list[tuple[float, str]] = []
+        """(earliest time the node may be silent, node): a heap with at most one entry per
+        node (those in ``_watched``), checked lazily."""
+        self._watched: set[str] = set()
+        self.silence_from: float | None = None
+        """Since when (monotonic) the bridge's broker sessions are connected and caught up
+        with what the broker kept for them; None while they are not. No node is judged
+        silent before ``stale_after`` its interval past this."""
         self.last_error: str | None = None
         """Why the last write failed; None once a write succeeds again."""
         self._db: Database | None = None
@@ -180,9 +193,9 @@ class Outbox:
         marks: dict[str, NodeMark] = {}
         assert self._db is not None
         for node_id, name, session, seq, state, state_session, registered, ended, interval, \
-                ahead_session, ahead_seq in self._db.execute(
+                ahead_session, ahead_seq, told in self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
-                    " ended, interval_s, ahead_session, ahead_seq FROM nodes"):
+                    " ended, interval_s, ahead_session, ahead_seq, told FROM nodes"):
             # Rows written before schema 2 kept the status and the state session apart and
             # took the greater id for the newer; the other one is over.
             current = max(filter(None, (session, state_session)), default=None)
@@ -192,13 +205,14 @@ class Outbox:
                               -1 if seq is None or session != current else seq,
                               tuple(dict.fromkeys(over)),
                               None if ahead_session is None else (ahead_session, ahead_seq))
-            marks[node_id] = mark = NodeMark(truth, name, bool(self._registered.get(
-                node_id, registered)), interval)
+            updates = self._node_updates.get(node_id, {})
+            marks[node_id] = mark = NodeMark(
+                truth, name, bool(updates.get("registered", registered)), interval,
+                str(updates.get("told", told)))
             old = self.marks.get(node_id)
             if old is not None:
-                mark.heard, mark.silence = old.heard, old.silence
-            else:
-                self._listen(node_id, mark)
+                mark.heard, mark.silence_due = old.heard, old.silence_due
+            self._watch(node_id)
         # Delivered but not yet written (when reloading after a failed write): not pending.
         delivered: dict[str, _Delivered] = {}
         for done in (self._done, self._flushing):
@@ -244,8 +258,9 @@ class Outbox:
 
     # --- writing (the writer thread) -----------------------------------------------------
 
-    def record(self, batch: Iterable[Incoming]) -> tuple[IngestResult, set[str]]:
-        """Record a batch in one committed transaction; returns counts and touched nodes.
+    def record(self, batch: Iterable[Received]) -> tuple[IngestResult, set[str]]:
+        """Record a batch of valid, checked messages in one committed transaction; returns
+        counts and touched nodes.
 
         What forwarders send (a mark's ``pending`` and ``transitions``) changes only after the
         commit, so nothing uncommitted is ever sent; the rest of a mark (read for the body
@@ -264,7 +279,12 @@ class Outbox:
                     self._marks_behind = False
                 db.begin()
                 with self._marks_lock:
-                    for node_id, message, raw, received, retained in batch:
+                    for incoming in batch:
+                        checked = incoming.checked
+                        assert checked is not None
+                        assert checked.node_id is not None
+                        node_id, message = checked.node_id, checked.message
+                        raw, received = incoming.payload, incoming.sent
                         mark = self.marks.get(node_id)
                         if mark is None:
                             if len(self.marks) >= self.max_nodes:
@@ -272,9 +292,10 @@ class Outbox:
                                 continue
                             mark = self.marks[node_id] = NodeMark()
                         if isinstance(message, StateMessage):
-                            changed = self._record_state(db, node_id, mark, message, retained,
-                                                         received, result, committed)
-                        else:
+                            changed = self._record_state(db, node_id, mark, message,
+                                                         incoming.retained, received, result,
+                                                         committed)
+                        elif message is not None:
                             changed = self._record_status(db, node_id, mark, message, raw,
                                                           received, result, committed)
                         if changed:
@@ -302,7 +323,7 @@ class Outbox:
         return result, touched
 
     def _record_status(self, db: Database, node_id: str, mark: NodeMark,
-                       message: StatusMessage | StatusHead, raw: bytes, received: float,
+                       message: StatusHead, raw: bytes, received: float,
                        result: IngestResult, committed: list[_Committed]) -> bool:
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
                                                    in_order=False)
@@ -319,7 +340,7 @@ class Outbox:
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
-        self._listen(node_id, mark, time.monotonic())
+        self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, raw)
         mark.pending_status = True
         committed.append((mark, Item(node_id, "status", message.session, message.seq, None,
@@ -330,18 +351,22 @@ class Outbox:
     def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
                       result: IngestResult, committed: list[_Committed]) -> bool:
-        verdict, truth = mark.truth.observe_state(message.session, message.state,
-                                                  retained=retained)
+        verdict, node = mark.truth.observe_state(message.session, message.state,
+                                                 retained=retained)
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
         withdrawn: list[int] = []
         if mark.lost is not None and message.state == "ready" and \
-                received - mark.lost[1] < LOST_HOLD:
-            # The node, or the process that replaced it, is back: the will was a moment's.
+                message.session == mark.truth.session and received < mark.lost[1]:
+            # The process dropped by its replaced rival's one reconnect is back.
             withdrawn.append(mark.lost[0])
             db.execute("DELETE FROM transitions WHERE id = ?", (mark.lost[0],))
             result.withdrawn += 1
+        if message.state == "ready" and mark.truth.state == "lost" and \
+                message.session != mark.truth.session:
+            mark.replaced_at = received
+        truth = node
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
         added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
                                "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
@@ -362,8 +387,10 @@ class Outbox:
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
-        mark.lost = (added, received) if message.state == "lost" else None
-        self._listen(node_id, mark, time.monotonic())
+        counts_from = truth_rules.lost_counts_from(received, mark.replaced_at)
+        mark.lost = (added, counts_from) if message.state == "lost" and \
+            counts_from > received else None
+        self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, None)
         committed.append((mark, None, added, [*dropped, *withdrawn]))
         result.accepted += 1
@@ -397,17 +424,28 @@ class Outbox:
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
-    def _listen(self, node_id: str, mark: NodeMark, heard: float | None = None) -> None:
-        """The node spoke at ``heard``: it falls silent ``stale_after`` its interval later."""
-        if heard is not None:
-            mark.heard, mark.silence = heard, ""
-        if mark.interval_s is not None:
-            heapq.heappush(self._silence, (mark.heard + stale_after(mark.interval_s),
-                                           node_id, mark.heard))
+    def _heard(self, node_id: str, mark: NodeMark, sent: float) -> None:
+        """The node spoke at ``sent`` (wall clock, when the broker got it)."""
+        now = time.monotonic()
+        mark.heard, mark.silence_due = now - min(max(time.time() - sent, 0.0), now), None
+        self._watch(node_id)
+
+    def _watch(self, node_id: str) -> None:
+        """Make sure ``silent_nodes`` looks at the node (one heap entry per node)."""
+        if node_id not in self._watched:
+            self._watched.add(node_id)
+            heapq.heappush(self._silence, (0.0, node_id))
+
+    def caught_up(self, at: float | None) -> None:
+        """The bridge's broker sessions are connected and caught up since ``at``
+        (monotonic), or (None) are not: see ``silence_from``."""
+        with self._marks_lock:
+            self.silence_from = at
 
     def silent_nodes(self, now: float | None = None) -> list[str]:
-        """Nodes whose current session is ``ready`` but whose newest message is older than
-        ``stale_after`` their report interval: the monitor is to be told they are offline.
+        """Nodes the monitor was last told are up whose current session is ``ready`` but
+        whose newest message is older than ``stale_after`` their report interval (counted
+        from no earlier than ``silence_from``): the monitor is to be told they are stale.
 
         Neither a will nor ``disconnected`` reaches the broker when a node stops while its
         link is down (a broker restart); its retained ``ready`` and last status would keep it
@@ -415,15 +453,29 @@ class Outbox:
         now = time.monotonic() if now is None else now
         found: list[str] = []
         with self._marks_lock:
+            since = self.silence_from
+            if since is None:
+                return found
             while self._silence and self._silence[0][0] <= now:
-                _, node_id, heard = heapq.heappop(self._silence)
+                _, node_id = heapq.heappop(self._silence)
                 mark = self.marks.get(node_id)
-                if mark is None or mark.heard != heard or mark.silence:
+                if mark is None or mark.interval_s is None:
+                    self._watched.discard(node_id)
                     continue
+                heard = since if mark.heard is None else max(mark.heard, since)
+                silent_at = heard + stale_after(mark.interval_s)
+                if silent_at > now:
+                    heapq.heappush(self._silence, (silent_at, node_id))
+                    continue
+                self._watched.discard(node_id)
                 newest = mark.truth.newest_status
                 session = newest[0] if newest else mark.truth.session
-                if session is not None and mark.truth.state_of(session) == "ready":
-                    mark.silence = "due"
+                verdict = truth_rules.liveness(None if session is None else
+                                         mark.truth.state_of(session), now - heard,
+                                         mark.interval_s)
+                if verdict.reason == "stale" and mark.told == "up" and \
+                        mark.pending is None and not mark.transitions:
+                    mark.silence_due = time.time() - (now - heard)
                     found.append(node_id)
         return found
 
@@ -452,11 +504,11 @@ class Outbox:
             done = self._done
             self._done = {}
             self._flushing = done
-            registered = dict(self._registered)
-            self._registered.clear()
+            updates = self._node_updates
+            self._node_updates = {}
         transitions = [(t,) for d in done.values() for t in d.transitions]
         statuses = [(node, s, q) for node, d in done.items() for s, q in d.statuses]
-        if not (transitions or statuses or registered):
+        if not (transitions or statuses or updates):
             with self._marks_lock:
                 self._flushing = {}
             return set()
@@ -468,14 +520,18 @@ class Outbox:
                 db.executemany("DELETE FROM transitions WHERE id = ?", transitions)
                 db.executemany("DELETE FROM pending_status WHERE node_id = ? AND session = ? "
                                "AND seq = ?", statuses)
-                db.executemany("UPDATE nodes SET registered = ? WHERE node_id = ?",
-                               [(int(v), k) for k, v in registered.items()])
+                for column in ("registered", "told"):
+                    db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
+                                   [(_column_value(u[column]), node)
+                                    for node, u in updates.items() if column in u])
                 db.commit()
             except BaseException as exc:
                 self._rollback(exc)
                 with self._marks_lock:
-                    for node, value in registered.items():
-                        self._registered.setdefault(node, value)
+                    for node, columns in updates.items():
+                        newer = self._node_updates.setdefault(node, {})
+                        for column, value in columns.items():
+                            newer.setdefault(column, value)
                     for node, delivered in done.items():
                         self._done.setdefault(node, _Delivered()).merge(delivered)
                     self._flushing = {}
@@ -502,39 +558,46 @@ class Outbox:
                 mark = self.marks.get(node_id)
                 if mark is None:
                     return None
-                if not mark.transitions:
-                    if mark.pending is None and mark.silence == "due":
-                        return self._silence_item(node_id, mark)
+                silent = mark.silence_due
+                if not mark.transitions and (mark.pending is not None or silent is None):
                     return mark.pending
-                first = min(mark.transitions)
+                first = min(mark.transitions, default=-1)
+            if first < 0 and silent is not None:
+                return self._silence_item(node_id, mark, silent)
             row = self._read_transition(first)
             if row is not None:
-                return Item(node_id, "state", row[0], -1, row[1], row[2], row[3], first)
+                lost = mark.lost
+                return Item(node_id, "state", row[0], -1, row[1], row[2], row[3], first,
+                            lost[1] if lost is not None and lost[0] == first else 0.0)
             with self._marks_lock:  # dropped meanwhile (too many transitions)
                 mark.transitions.discard(first)
 
     def _read_transition(self, transition_id: int) -> Any:
-        """(session, state, snapshot, received) of a transition, None if it is gone; a
-        connection cut meanwhile is opened again once."""
+        """(session, state, snapshot, received) of a transition, None if it is gone."""
+        return self._read("SELECT session, state, snapshot, received FROM transitions "
+                          "WHERE id = ?", (transition_id,))
+
+    def _read(self, query: str, parameters: tuple[Any, ...]) -> Any:
+        """One row read on the forwarder's connection, None if there is none; a connection
+        cut meanwhile is opened again once."""
         for attempt in (1, 2):
             with self._read_lock:
                 assert self._reader_db is not None
                 try:
-                    return self._reader_db.execute(
-                        "SELECT session, state, snapshot, received FROM transitions "
-                        "WHERE id = ?", (transition_id,)).fetchone()
+                    return self._reader_db.execute(query, parameters).fetchone()
                 except self._errors as exc:
                     if attempt == 2:
                         raise OutboxError(f"outbox {self.where}: read failed: {exc}") from exc
                     log.warning("outbox %s: read failed (%s); trying again", self.where, exc)
         return None
 
-    @staticmethod
-    def _silence_item(node_id: str, mark: NodeMark) -> Item:
-        truth = mark.truth
-        session, seq = truth.newest_status or (truth.session or "", -1)
-        heard = time.time() - (time.monotonic() - mark.heard)
-        return Item(node_id, "silence", session, seq, "ready", None, heard)
+    def _silence_item(self, node_id: str, mark: NodeMark, since: float) -> Item:
+        """The node's newest status, last heard at ``since`` (wall clock) and stale now."""
+        node = mark.truth
+        session, seq = node.newest_status or (node.session or "", -1)
+        row = self._read("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,))
+        snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
+        return Item(node_id, "silence", session, seq, "ready", snapshot, since)
 
     def done(self, item: Item) -> None:
         """The item reached the monitor (or was refused for good): it is never handed out
@@ -542,8 +605,8 @@ class Outbox:
         if item.kind == "silence":
             with self._marks_lock:
                 mark = self.marks.get(item.node_id)
-                if mark is not None and mark.silence == "due":
-                    mark.silence = "told"
+                if mark is not None and mark.silence_due == item.received:
+                    mark.silence_due = None
             return
         with self._marks_lock:
             delivered = self._done.setdefault(item.node_id, _Delivered())
@@ -564,12 +627,36 @@ class Outbox:
         self._changed()
 
     def set_registered(self, node_id: str, registered: bool) -> None:
+        """Whether the monitor knows the node (written at the next ``flush()``)."""
+        self._update(node_id, "registered", registered)
+
+    def mark_told(self, node_id: str, told: str) -> bool:
+        """What the monitor now shows of the node: ``up`` or ``down`` (written at the next
+        ``flush()``); whether that is a change."""
+        return self._update(node_id, "told", told)
+
+    def know_only(self, listed: set[str]) -> None:
+        """The monitor listed these nodes, and no others: every node's ``registered``
+        follows."""
+        with self._marks_lock:
+            changed = [(node, node in listed) for node, mark in self.marks.items()
+                       if mark.registered != (node in listed)]
+        for node, registered in changed:
+            self.set_registered(node, registered)
+
+    def _update(self, node_id: str, column: str, value: Any) -> bool:
         with self._marks_lock:
             mark = self.marks.get(node_id)
-            if mark is not None:
-                mark.registered = registered
-            self._registered[node_id] = registered
+            if mark is None:
+                return False
+            if column == "told":
+                self._watch(node_id)
+            if getattr(mark, column) == value:
+                return False
+            setattr(mark, column, value)
+            self._node_updates.setdefault(node_id, {})[column] = value
         self._changed()
+        return True
 
     @property
     def defers_writes(self) -> bool:
@@ -589,7 +676,13 @@ class Outbox:
             if found is None:
                 return None
             return NodeMark(found.truth, found.node_name, found.registered, found.interval_s,
-                            pending_status=found.pending_status)
+                            found.told, pending_status=found.pending_status,
+                            heard=found.heard)
+
+    def nodes_told(self, word: str) -> list[str]:
+        """The nodes the monitor was last told are ``word`` (``up``, ``down``)."""
+        with self._marks_lock:
+            return [node for node, mark in self.marks.items() if mark.told == word]
 
     def nodes_with_work(self) -> list[str]:
         with self._marks_lock:
@@ -606,6 +699,10 @@ class Outbox:
     def known_nodes(self) -> int:
         with self._marks_lock:
             return len(self.marks)
+
+
+def _column_value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
 
 
 def _count(result: IngestResult, verdict: Verdict) -> None:

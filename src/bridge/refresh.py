@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -41,8 +42,12 @@ class RetainedRefresh:
     """The QoS 0 round of one session after each connect; call ``connected``, ``received``,
     ``subscribed`` and ``down`` from its link's callbacks."""
 
-    def __init__(self, topic: str, sentinel: str, *, name: str) -> None:
+    def __init__(self, topic: str, sentinel: str, *, name: str,
+                 on_round: Callable[[], None] | None = None) -> None:
+        """``on_round``: called (on paho's thread) each time a round is complete: the
+        session has caught up with what the broker kept, retained copies included."""
         self.topic = topic
+        self._on_round = on_round
         self.sentinel = sentinel
         self.rounds = 0
         """Rounds completed (every retained copy received)."""
@@ -81,6 +86,8 @@ class RetainedRefresh:
             self.rounds += 1
         client.unsubscribe([self.topic, self.sentinel])
         log.debug("retained copies of %s read again (round %d)", self.topic, self.rounds)
+        if self._on_round is not None:
+            self._on_round()
 
     def down(self) -> None:
         with self._lock:

@@ -19,19 +19,18 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from bridge import incoming
 from bridge.database import session_names
 from bridge.forwarder import Forwarder
-from bridge.incoming import StatusHead
+from bridge.incoming import Received, StatusHead
 from bridge.lease import Lease
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import NotActiveError, Outbox, OutboxError
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
-from bridge.status_receiver import Received, StatusReceiver
+from bridge.status_receiver import StatusReceiver
 from yl_core import protocol, timestamps
 from yl_core.config import Config
 from yl_core.errors import ConfigError
@@ -61,34 +60,33 @@ CLOCK_SKEW_LIMIT = 60.0
 
 
 class Acknowledger(Protocol):
-    def acknowledge(self, connection: Any, messages: list[tuple[int, int]]) -> None: ...
-
-
-class Incoming(NamedTuple):
-    source: Acknowledger
-    connection: Any
-    """What the message came over; acknowledgements go to that connection only."""
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
-    received: float
-    checked: incoming.Checked | None = None
-    """Filled in by the status receiver; the writer checks the others."""
-    retained: bool = False
-    expiry_left: int | None = None
-    """The MQTT 5 message expiry the broker says remains (how long a state waited)."""
+    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None: ...
 
 
 class _LinkAcknowledger:
+    """Acknowledges the state session's messages, on the connection they came over only."""
+
     def __init__(self, link: Link) -> None:
         self.link = link
+        self.current: tuple[mqtt.Client, int] | None = None
+        self.connections = 0
 
-    def acknowledge(self, connection: Any, messages: list[tuple[int, int]]) -> None:
+    def connected(self, client: mqtt.Client) -> int:
+        self.connections += 1
+        self.current = (client, self.connections)
+        return self.connections
+
+    def number(self, client: mqtt.Client) -> int:
+        current = self.current
+        return current[1] if current is not None and current[0] is client else 0
+
+    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
+        current = self.current
         client = self.link.client
-        if client is not None and client is connection:
-            for mid, qos in messages:
-                client.ack(mid, qos)
+        if current is None or current[1] != connection or current[0] is not client:
+            return
+        for mid, qos in messages:
+            current[0].ack(mid, qos)
 
 
 class RejectLog:
@@ -120,7 +118,7 @@ class Bridge:
         self.metrics = metrics or Metrics()
         self.lease = lease
         self._allow: Callable[[], bool] | None = None if lease is None else lease.valid
-        self._incoming: queue.Queue[Incoming | list[Incoming] | str | None] = queue.Queue()
+        self._incoming: queue.Queue[Received | list[Received] | str | None] = queue.Queue()
         self._flush_requested = threading.Event()
         location, key = (config.bridge.outbox_url, "bridge.outbox_url") \
             if config.bridge.outbox_url else (config.bridge.outbox_path, "bridge.outbox_path")
@@ -148,9 +146,12 @@ class Bridge:
         self._state_topic = protocol.bridge_state_topic(client_id)
         persistent = {"clean_start": False, "session_expiry": config.bridge.session_expiry,
                       "manual_ack": True}
+        self._caught_up = {"states": False, "statuses": False}
+        self._caught_up_lock = threading.Lock()
         self.refresh = RetainedRefresh(self.topics.all_nodes,
                                        protocol.bridge_sentinel_topic(client_id),
-                                       name="yl-bridge-states-refresh")
+                                       name="yl-bridge-states-refresh",
+                                       on_round=lambda: self._session("states", True))
         username, password = config.bridge_login()
         self.link = Link(
             options_from_config(config.mqtt, client_id, **persistent, username=username,
@@ -164,13 +165,16 @@ class Bridge:
             allow=self._allow,
         )
         self._link_acks = _LinkAcknowledger(self.link)
+        self._acknowledgers: dict[str, Acknowledger] = {"states": self._link_acks}
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, protocol.bridge_status_identity(client_id),
                                 **persistent,
                                 username=protocol.bridge_status_identity(username),
                                 password=password),
             self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
-            None if lease is None else lease.valid_until)
+            None if lease is None else lease.valid_until,
+            on_caught_up=lambda caught_up: self._session("statuses", caught_up))
+        self._acknowledgers["statuses"] = self.statuses
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health,
@@ -300,6 +304,7 @@ class Bridge:
     # --- MQTT (paho's thread) -------------------------------------------------------------
 
     def _on_connect_states(self, client: mqtt.Client, session_present: bool) -> None:
+        self._link_acks.connected(client)
         subscribe_without_retained(client, self.topics.all_states, protocol.MQTT_QOS)
         self.refresh.connected(client)
         client.publish(self._state_topic, self._state("ready"), qos=1, retain=True)
@@ -307,18 +312,31 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self.refresh.received()
-        self._incoming.put(Incoming(
-            self._link_acks, client, message.mid, message.qos, message.topic,
-            bytes(message.payload), time.time(), retained=bool(message.retain),
-            expiry_left=getattr(message.properties, "MessageExpiryInterval", None)))
+        self._incoming.put(Received(
+            "states", self._link_acks.number(client), message.mid, message.qos, message.topic,
+            bytes(message.payload), time.time(), bool(message.retain),
+            getattr(message.properties, "MessageExpiryInterval", None)))
 
     def _on_statuses(self, batch: list[Received]) -> None:
-        receiver = self.statuses
-        self._incoming.put([Incoming(receiver, *received) for received in batch])
+        self._incoming.put(batch)
 
     def _on_down(self, event: LinkDown) -> None:
         self.refresh.down()
+        self._session("states", False)
         log.debug("broker link down: %s", event.reason)
+
+    def _session(self, name: str, caught_up: bool) -> None:
+        """Silences are counted from when both broker sessions were last caught up: never
+        across a broker outage, nor from an earlier term."""
+        with self._caught_up_lock:
+            before = all(self._caught_up.values())
+            self._caught_up[name] = caught_up
+            after = all(self._caught_up.values())
+            if after and not before:
+                self.outbox.caught_up(time.monotonic())
+                log.debug("both broker sessions caught up: silences are counted from now")
+            elif before and not after:
+                self.outbox.caught_up(None)
 
     # --- outbox writer --------------------------------------------------------------------
 
@@ -346,9 +364,9 @@ class Bridge:
                     batch.append(self._incoming.get_nowait())
                 except queue.Empty:
                     break
-            messages: list[Incoming] = []
+            messages: list[Received] = []
             for entry in batch:
-                if isinstance(entry, Incoming):
+                if isinstance(entry, Received):
                     messages.append(entry)
                 elif isinstance(entry, list):
                     messages.extend(entry)
@@ -394,12 +412,13 @@ class Bridge:
             if stopping:
                 return
 
-    def _record(self, messages: list[Incoming]) -> None:
-        decoded: list[tuple[str, StateMessage | StatusHead, bytes, float, bool]] = []
+    def _record(self, messages: list[Received]) -> None:
+        valid: list[Received] = []
         received: dict[str, int] = {}
-        for m in messages:
-            checked = m.checked if m.checked is not None else \
-                incoming.check(self.topics, m.topic, m.payload)
+        for message in messages:
+            m = message.checked_by(self.topics)
+            checked = m.checked
+            assert checked is not None
             if checked.kind == "rebirth":
                 continue
             if checked.kind is not None:
@@ -408,15 +427,12 @@ class Bridge:
                 self.metrics.inc("rejected", reason=checked.reason)
                 self._reject_log(checked.reason, m.topic, checked.detail)
             elif checked.message is not None and checked.node_id is not None:
-                # A state counts from when the broker got it (it may have waited there).
-                at = m.received - protocol.waited(m.expiry_left, protocol.STATE_EXPIRY) \
-                    if checked.kind == "state" else m.received
-                decoded.append((checked.node_id, checked.message, m.payload, at, m.retained))
-                if isinstance(checked.message, StatusHead):
-                    self._note_clock(checked.node_id, m.received - checked.message.timestamp)
+                valid.append(m)
+                if isinstance(checked.message, StatusHead) and not m.retained:
+                    self._note_clock(checked.node_id, m.sent - checked.message.timestamp)
         for kind, count in received.items():
             self.metrics.inc("received", count, kind=kind)
-        result, touched = self.outbox.record(decoded)
+        result, touched = self.outbox.record(valid)
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")
         self.metrics.inc("duplicates", result.duplicates)
@@ -426,14 +442,13 @@ class Bridge:
         if result.too_many_nodes:
             log.error("outbox: %d message(s) from new nodes dropped: more than %d nodes",
                       result.too_many_nodes, self.config.bridge.max_nodes)
-        acks: dict[tuple[Acknowledger, Any], list[tuple[int, int]]] = {}
+        acks: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for m in messages:
             if m.qos > 0:
-                acks.setdefault((m.source, m.connection), []).append((m.mid, m.qos))
-        for (source, connection), pairs in acks.items():
-            source.acknowledge(connection, pairs)
+                acks.setdefault((m.session, m.connection), []).append((m.mid, m.qos))
+        for (session, connection), pairs in acks.items():
+            self._acknowledgers[session].acknowledge(connection, pairs)
         self.forwarder.notify(touched)
-
 
     def _note_clock(self, node_id: str, skew: float) -> None:
         """Remember how far the node's clock is from ours; its timestamps are forwarded as

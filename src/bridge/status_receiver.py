@@ -22,11 +22,21 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bridge.incoming import Checked, check
+from bridge.incoming import Received
+from bridge.receiver_messages import (
+    Ack,
+    Allow,
+    Batch,
+    FromChild,
+    Reconnect,
+    SessionEvent,
+    Setup,
+    Stop,
+    ToChild,
+)
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from yl_core.config import LoggingConfig
 from yl_core.link import Link, LinkDown, LinkOptions
@@ -35,10 +45,6 @@ from yl_core.service import configure_logging
 
 log = logging.getLogger("bridge.status_receiver")
 """Named, not ``__name__``: the child runs this module as ``__main__``."""
-
-Received = tuple[int, int, int, str, bytes, float, Checked, bool]
-"""(connection number, mid, qos, topic, payload, wall-clock receive time, what it is,
-whether it is a retained copy)."""
 
 RESTART_DELAY = 1.0
 ALIVE_EVERY = 1.0
@@ -57,12 +63,16 @@ class StatusReceiver:
     def __init__(self, options: LinkOptions, topics: Topics, qos: int,
                  on_messages: Callable[[list[Received]], None],
                  logging_config: LoggingConfig,
-                 allowed_until: Callable[[], float] | None = None) -> None:
+                 allowed_until: Callable[[], float] | None = None,
+                 on_caught_up: Callable[[bool], None] | None = None) -> None:
         """``allowed_until``: until when (``time.monotonic()``) the child may connect; asked
-        before it is started, and passed on to it every ``ALLOW_EVERY``."""
-        self._setup = (options, topics, qos, logging_config, allowed_until is not None)
+        before it is started, and passed on to it every ``ALLOW_EVERY``. ``on_caught_up``:
+        called with True once the session has caught up with what the broker kept for it
+        (after each connect), with False when it is down."""
+        self._setup = Setup(options, topics, qos, logging_config, allowed_until is not None)
         self._allowed_until = allowed_until
         self._on_messages = on_messages
+        self._on_caught_up = on_caught_up or (lambda _caught_up: None)
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._send_lock = threading.Lock()
@@ -84,15 +94,15 @@ class StatusReceiver:
     def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
         """Acknowledge ``(mid, qos)`` pairs received on connection number ``connection``
         (ignored if that connection has ended meanwhile)."""
-        self._send(("ack", connection, messages))
+        self._send(Ack(connection, messages))
 
     def reconnect(self, reason: str) -> None:
-        self._send(("reconnect", reason))
+        self._send(Reconnect(reason))
 
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._send(("stop", max(timeout - 0.5, 0.1)))
+        self._send(Stop(max(timeout - 0.5, 0.1)))
         self._thread.join(max(deadline - time.monotonic(), 0.0))
         process = self._process
         if process is not None:
@@ -108,7 +118,7 @@ class StatusReceiver:
                 self._conn.close()
                 self._conn = None
 
-    def _send(self, command: tuple[Any, ...]) -> None:
+    def _send(self, command: ToChild) -> None:
         with self._send_lock:
             if self._conn is None:
                 return
@@ -129,6 +139,7 @@ class StatusReceiver:
             else:
                 self._read(conn)
                 self._connected = False
+                self._on_caught_up(False)
                 with self._send_lock:
                     conn.close()
                     if self._conn is conn:
@@ -180,29 +191,31 @@ class StatusReceiver:
         while True:
             if self._allowed_until is not None and time.monotonic() - told >= ALLOW_EVERY:
                 told = time.monotonic()
-                self._send(("allow", self._allowed_until()))
+                self._send(Allow(self._allowed_until()))
             try:
                 if not conn.poll(ALLOW_EVERY):
                     if time.monotonic() - heard > HANG_TIMEOUT:
                         self._replace_hung()
                         return
                     continue
-                message = conn.recv()
+                message: FromChild = conn.recv()
             except (EOFError, OSError):
                 return
             heard = time.monotonic()
-            kind = message[0]
-            if kind == "messages":
+            if isinstance(message, Batch):
                 try:
-                    self._on_messages(message[1])
+                    self._on_messages(message.messages)
                 except Exception:
                     log.exception("passing received statuses on failed")
-            elif kind == "up":
+            elif message.what == "up":
                 self._connected = True
                 self.problem = ""
-            elif kind == "down":
+            elif message.what == "caught_up":
+                self._on_caught_up(True)
+            elif message.what == "down":
                 self._connected = False
-            elif kind == "stopped":
+                self._on_caught_up(False)
+            elif message.what == "stopped":
                 return
 
 
@@ -216,7 +229,7 @@ class _Child:
         self.topics = topics
         self.qos = qos
         self.send_lock = threading.Lock()
-        self.buffer: list[tuple[int, int, int, str, bytes, float, bool]] = []
+        self.buffer: list[Received] = []
         self.buffer_lock = threading.Lock()
         self.pending = threading.Event()
         self.stopping = False
@@ -224,7 +237,8 @@ class _Child:
         self.connections = 0
         self.refresh = RetainedRefresh(topics.all_nodes,
                                        bridge_sentinel_topic(options.client_id),
-                                       name="yl-bridge-statuses-refresh")
+                                       name="yl-bridge-statuses-refresh",
+                                       on_round=lambda: self._send(SessionEvent("caught_up")))
         self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
                          on_down=self._on_down, on_subscribe=self.refresh.subscribed,
                          name="yl-bridge-statuses", allow=self._allowed if gated else None)
@@ -243,23 +257,23 @@ class _Child:
         try:
             while True:
                 try:
-                    command = self.conn.recv()
+                    command: ToChild = self.conn.recv()
                 except (EOFError, OSError):
                     log.info("the bridge is gone; status receiver exiting")
                     self.link.abandon("the bridge is gone")
                     return
-                if command[0] == "allow":
-                    self.allowed_until = float(command[1])
-                elif command[0] == "ack":
-                    self._acknowledge(command[1], command[2])
-                elif command[0] == "reconnect":
-                    self.link.reconnect(command[1])
-                elif command[0] == "stop":
-                    self.link.stop(command[1])
+                if isinstance(command, Allow):
+                    self.allowed_until = command.until
+                elif isinstance(command, Ack):
+                    self._acknowledge(command.connection, command.messages)
+                elif isinstance(command, Reconnect):
+                    self.link.reconnect(command.reason)
+                else:
+                    self.link.stop(command.timeout)
                     self.stopping = True
                     self.pending.set()
                     sender.join(1.0)
-                    self._send(("stopped",))
+                    self._send(SessionEvent("stopped"))
                     return
         finally:
             self.stopping = True
@@ -279,14 +293,15 @@ class _Child:
         subscribe_without_retained(client, self.topics.all_statuses, self.qos)
         self.refresh.connected(client)
         log.info("bridge subscribed to statuses session_present=%s", session_present)
-        self._send(("up",))
+        self._send(SessionEvent("up"))
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self.refresh.received()
         current = self.current
         connection = current[1] if current is not None and current[0] is client else 0
-        item = (connection, message.mid, message.qos, message.topic, bytes(message.payload),
-                time.time(), bool(message.retain))
+        item = Received("statuses", connection, message.mid, message.qos, message.topic,
+                        bytes(message.payload), time.time(), bool(message.retain),
+                        getattr(message.properties, "MessageExpiryInterval", None))
         with self.buffer_lock:
             self.buffer.append(item)
         self.pending.set()
@@ -294,11 +309,11 @@ class _Child:
     def _on_down(self, event: LinkDown) -> None:
         self.refresh.down()
         self.current = None
-        self._send(("down",))
+        self._send(SessionEvent("down"))
 
     def _say_alive(self) -> None:
         while not self.stopping:
-            self._send(("alive",))
+            self._send(SessionEvent("alive"))
             time.sleep(ALIVE_EVERY)
 
     def _send_batches(self) -> None:
@@ -308,12 +323,11 @@ class _Child:
             with self.buffer_lock:
                 batch, self.buffer = self.buffer, []
             if batch:
-                self._send(("messages", [(*m[:6], check(self.topics, m[3], m[4]), m[6])
-                                         for m in batch]))
+                self._send(Batch([m.checked_by(self.topics) for m in batch]))
             if self.stopping:
                 return
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: FromChild) -> None:
         with self.send_lock, contextlib.suppress(OSError):
             self.conn.send(message)
 
@@ -325,9 +339,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the bridge stops it
     conn = Connection(args.fd)
-    options, topics, qos, logging_config, gated = conn.recv()
-    configure_logging(logging_config)
-    _Child(conn, options, topics, qos, gated).run()
+    setup: Setup = conn.recv()
+    configure_logging(setup.logging)
+    _Child(conn, setup.options, setup.topics, setup.qos, setup.gated).run()
 
 
 if __name__ == "__main__":

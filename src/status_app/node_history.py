@@ -49,13 +49,8 @@ class NodeHistory:
         if self.timeline and self.timeline[-1][1] == word:
             return
         while self.timeline and self.timeline[-1][0] > at:
-            self.timeline.pop()  # a late correction (a withheld will): keep times in order
+            self.timeline.pop()  # a late correction: keep times in order
         self.timeline.append((at, word))
-
-    def withdraw(self, word: str, since: float) -> None:
-        """Forget a last ``word`` noted at or after ``since`` (a will taken back)."""
-        if self.timeline and self.timeline[-1][1] == word and self.timeline[-1][0] >= since:
-            self.timeline.pop()
 
     def sample(self, at: float, cpu: float, memory_mb: float, gui: Mapping[str, Any]) -> None:
         bits = 0

@@ -35,8 +35,8 @@ class NodeRecord:
     truth: NodeTruth = field(default_factory=NodeTruth)
     state: StateMessage | None = None
     state_at: float = 0.0
-    """When the state last changed here (the view's clock); a retained ``lost`` counts as
-    older than the hold."""
+    """When the state last changed (the view's clock; for a retained copy, as far as its
+    expiry tells how long it waited at the broker)."""
     status: StatusMessage | None = None
     status_raw: bytes = b""
     status_at: float = 0.0
@@ -145,8 +145,7 @@ class NodeView:
             self._note_silence(record)
             record.state = state
             record.state_inferred = False
-            # A retained copy of unknown age is taken as older than the hold.
-            record.state_at = self.clock() - (age or (truth.LOST_HOLD if retained else 0.0))
+            record.state_at = self.clock() - age
             self._note_state(record, state.state, record.state_at)
             self._accepted += 1
             return True
@@ -209,11 +208,7 @@ class NodeView:
             record.history.state(self._wall(silent), "stale")
 
     def _note_state(self, record: NodeRecord, word: str, at: float) -> None:
-        wall = self._wall(at)
-        if word == "ready":
-            # A will followed within the hold by the node, or its replacement, never counted.
-            record.history.withdraw("lost", wall - truth.LOST_HOLD)
-        record.history.state(wall, word)
+        record.history.state(self._wall(at), word)
 
     def _clear(self, node_id: str, kind: str) -> bool:
         with self._lock:
@@ -246,7 +241,6 @@ class NodeView:
             record.state.state if record.state else None,
             now - record.status_at if status else None,
             status.interval_s if status else None,
-            now - record.state_at,
             not_responding_since=status.not_responding_since if status else None)
         if record.state is not None and verdict.reason in truth.TERMINAL_STATES:
             seen = timestamps.iso_from_epoch(self.wall_clock() - (now - record.state_at))

@@ -16,11 +16,23 @@ MAX_ENDED_SESSIONS: Final = 32
 """Ended or superseded sessions remembered per node: a broker restored from an older save
 can bring back the retained state of any of them."""
 TERMINAL_STATES: Final = frozenset({"disconnected", "lost"})
-LOST_HOLD: Final = 0.75
-"""Seconds a ``lost`` waits before it counts. When a second process takes a node id over,
-the broker publishes the first one's will just before the newcomer's ``ready``, and a process
-kicked by a rival is back within half a second; a will followed within this time by the node
-(or its replacement) is withdrawn instead of showing the node offline for a moment."""
+TAKEOVER_WINDOW: Final = 2.0
+"""Seconds after a takeover (a node's ``lost`` session replaced by a new one) in which the
+replaced process may still come back once: mosquitto 2.0 closes a replaced connection
+without saying why (no reason code 142), so that process reconnects before it sees its
+rival, and its connect drops the new process for a moment."""
+TAKEOVER_HOLD: Final = 0.75
+"""How long a ``lost`` within ``TAKEOVER_WINDOW`` waits for its session to come back before
+it counts (measured: the new process is back within 0.5 s)."""
+
+
+def lost_counts_from(lost_at: float, replaced_at: float | None) -> float:
+    """When a ``lost`` taken at ``lost_at`` counts: at once (a crash shows at once), unless it
+    came within ``TAKEOVER_WINDOW`` of a takeover at ``replaced_at``; then only if its
+    session is not back ``TAKEOVER_HOLD`` later. Any one clock, both times on it."""
+    if replaced_at is not None and 0.0 <= lost_at - replaced_at <= TAKEOVER_WINDOW:
+        return lost_at + TAKEOVER_HOLD
+    return lost_at
 
 
 class Verdict(Enum):
@@ -148,16 +160,16 @@ class Liveness:
     detail: str = ""
 
 
-def liveness(state: State | None, status_age: float | None, interval_s: float | None,
-             state_age: float | None = None, *,
+def liveness(state: State | None, status_age: float | None, interval_s: float | None, *,
              not_responding_since: str | None = None) -> Liveness:
     """The one rule of "up": the current session is ``ready``, its newest word is younger
     than ``EXPIRY_FACTOR`` report intervals, and its newest status does not say the GUI is
     hung (``not_responding_since``). ``status_age`` is in seconds (None: nothing heard from
-    the session); without ``interval_s`` no age is too old. A ``lost`` younger than
-    ``LOST_HOLD`` (``state_age``) does not count yet."""
-    if state == "lost" and state_age is not None and state_age < LOST_HOLD:
-        state = "ready"
+    the session); without ``interval_s`` no age is too old.
+
+    A ``lost`` counts at once. When a second process takes a node id over, the broker
+    publishes the first one's will a moment before the newcomer's ``ready``: the node was
+    offline for that moment, and says so."""
     if state in TERMINAL_STATES:
         return Liveness(False, str(state))
     if status_age is None:

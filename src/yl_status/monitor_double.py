@@ -318,9 +318,11 @@ class MonitorDouble:
         self.drop_connections()
 
     def forget(self) -> None:
-        """Lose every node, as a monitor restarted without its table."""
+        """Lose every node, as a monitor restarted without its table (a restart also ends
+        every open connection)."""
         with self.lock:
             self.nodes.clear()
+        self.drop_connections()
 
     def fail_with(self, code: int | None, retry_after: float | None = None) -> None:
         """Answer every request with ``code`` (None: behave again)."""
