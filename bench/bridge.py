@@ -7,8 +7,13 @@ Measures, in one run:
 2. ingest: >= 5,000 status messages/s into the bridge while the sink is slower than that:
    the sink's request rate stays capped, the bridge's memory stays flat, and every node's
    newest status is delivered in the end;
-3. state change -> monitor latency (p50, p99) at 100 nodes;
-4. bridge RSS with 10,000 nodes known.
+3. state change -> monitor latency (p50, p99) at 100 nodes, each ``ready`` of a new session;
+4. crash -> monitor latency: ``kill -9`` of a real node process until its ``offline`` reaches
+   the monitor (p50, p99 over ``--kills``), and the takeover gaps the bridge relies on;
+5. bridge RSS with 10,000 nodes known.
+
+Requests per delivered item (every request the bridge sends, against the items it delivers)
+are printed beside the forwarding rate and the latencies.
 
 Run: .venv/bin/python -m bench.bridge [--seconds S]
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import socket
 import statistics
@@ -27,15 +33,18 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
+from testkit.support import NODE_PASSWORD, TEST_PASSWORD, Recorder, config_dict, write_config
 
 from yl_core import protocol, timestamps
 from yl_core.protocol import ReporterCounters, Resources, StatusMessage
 from yl_status.dev_broker import DevBroker, free_port
+from yl_status.monitor_double import MonitorDouble
 
 PASSWORD = "bench-secret"
 
@@ -65,8 +74,10 @@ class Rig:
                  outbox_url: str | None = None) -> None:
         self.tmp = tmp
         self.broker = DevBroker(tmp / "broker", users={
-            "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD},
-            extra_acl="user bench-pub\ntopic write yl/ar/nodes/#\n").start()
+            "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD,
+            "bench-recorder": TEST_PASSWORD},
+            extra_acl="user bench-pub\ntopic write yl/ar/nodes/#\n\n"
+                      "user bench-recorder\ntopic read yl/ar/#\n").start()
         self.sink_port = free_port()
         self.sink = subprocess.Popen([sys.executable, "-m", "yl_status.monitor_double", "--port",
                                       str(self.sink_port), "--delay", str(sink_delay),
@@ -130,6 +141,7 @@ class Publisher:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.settimeout(None)  # the ack reader waits as long as it takes
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         user, password = b"bench-pub", PASSWORD.encode()
         variable = (_text(b"MQTT") + bytes([5, 0xC2]) + (0).to_bytes(2, "big") + b"\x00")
@@ -141,7 +153,9 @@ class Publisher:
         self.reader = threading.Thread(target=self._read_acks, daemon=True)
         self.reader.start()
         self.topics = protocol.Topics()
-        self.session = protocol.new_session_id()
+        self.sessions: dict[str, str] = {}
+        """Each node's session: a new one for a ``ready`` after the node said it stopped."""
+        self.stopped: set[str] = set()
         self.seq: dict[str, int] = {}
         self.templates: dict[str, tuple[str, bytes]] = {}
 
@@ -185,7 +199,8 @@ class Publisher:
                 buffer = buffer[2 + buffer[1]:]
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.window.acquire()
+        if not self.window.acquire(timeout=60):
+            raise SystemExit("bench: the broker stopped acknowledging publishes")
         with self.lock:
             self.packet_id = self.packet_id % 65535 + 1
             body = _text(topic.encode()) + self.packet_id.to_bytes(2, "big") + b"\x00" + payload
@@ -206,14 +221,30 @@ class Publisher:
             node_id=node, node_name=node, timestamp=timestamps.utc_now_iso(), status="running",
             version="bench", uptime=float(seq), resources=Resources(1.0, 100.0, 4),
             gui={"n": seq}, reporter=ReporterCounters(seq, 0, None),
-            session=self.session, seq=seq, interval_s=30.0)
+            session=self.session_of(node), seq=seq, interval_s=30.0)
         return self.topics.status(node), protocol.encode(message)
 
+    def session_of(self, node: str) -> str:
+        session = self.sessions.get(node)
+        if session is None:
+            session = self.sessions[node] = protocol.new_session_id()
+        return session
+
     def state(self, node: str, word: str) -> None:
-        message = protocol.StateMessage(state=word, session=self.session,  # type: ignore[arg-type]
+        """``ready`` after a stop starts a new session, as a restarted node does: a session
+        that said ``disconnected`` is over."""
+        if word == "ready" and node in self.stopped:
+            self.stopped.discard(node)
+            self.sessions.pop(node, None)
+            self.seq.pop(node, None)
+            self.templates.pop(node, None)
+        message = protocol.StateMessage(state=word,  # type: ignore[arg-type]
+                                        session=self.session_of(node),
                                         since=timestamps.utc_now_iso(), node_name=node,
                                         version="bench", interval_s=30.0)
         self._publish(self.topics.state(node), protocol.encode(message), retain=True)
+        if word in ("disconnected", "lost"):
+            self.stopped.add(node)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -308,6 +339,8 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
                         time.sleep(ahead)
 
             steady: list[tuple[float, float]] = []
+            requests_before = get(rig.sink_url + "/_double/stats")["requests"]
+            items_before = rig.forwarded()
             for fraction in (0.6, 0.9, 1.0, 1.2):
                 stop.clear()
                 feeder = threading.Thread(target=feed, args=(baseline * fraction,),
@@ -321,6 +354,8 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
                 stop.set()
                 feeder.join()
                 wait("outbox drained", rig.drained, 120)
+            per_item = (get(rig.sink_url + "/_double/stats")["requests"] - requests_before) / \
+                max(rig.forwarded() - items_before, 1.0)
             at_end = post_loop(rig.sink_url, seconds)
         finally:
             rig.close()
@@ -337,6 +372,7 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
               f"   ratio {rate / loop:.2f}")
     print(f"   (steady state: the simulated nodes, mosquitto, the bridge, its status receiver "
           f"and the sink share {psutil.cpu_count()} cores)")
+    print(f"   requests per delivered item in the steady state: {per_item:.3f}")
 
 
 def ingest(seconds: float) -> None:
@@ -387,52 +423,137 @@ def ingest(seconds: float) -> None:
     print(f"   newest status delivered for {newest_ok}/{len(nodes)} nodes")
 
 
-def latency(changes: int) -> None:
-    from yl_status.monitor_double import MonitorDouble
-
-    with tempfile.TemporaryDirectory() as name:
-        rig = Rig(Path(name))
-        sink = MonitorDouble().start()
+@contextlib.contextmanager
+def watched_rig(tmp: Path) -> Iterator[tuple[Rig, MonitorDouble]]:
+    """A rig whose sink is a monitor double in this process, so that the times its requests
+    arrive are read on this process's clock."""
+    rig = Rig(tmp)
+    sink = MonitorDouble().start()
+    try:
         rig.sink.terminate()
         rig.sink.wait()
-        try:
-            rig.bridge.terminate()
-            rig.bridge.wait()
-            config = yaml.safe_load((rig.tmp / "bridge.yaml").read_text())
-            config["monitor"]["url"] = sink.url
-            (rig.tmp / "bridge.yaml").write_text(yaml.safe_dump(config))
-            rig.bridge = subprocess.Popen([sys.executable, "-m", "yl_status", "bridge", "-c",
-                                           str(rig.tmp / "bridge.yaml")])
-            wait("bridge", lambda: get(f"http://127.0.0.1:{rig.metrics_port}/healthz")["ok"])
-            nodes = [f"lat-{i:03d}" for i in range(100)]
-            for node in nodes:
-                rig.publisher.state(node, "ready")
-                rig.publisher.status(node)
-            wait("nodes online", lambda: all(sink.is_online(n) for n in nodes), 60)
-            samples: list[float] = []
-            words = ("disconnected", "ready")
-            for i in range(changes):
-                node = nodes[i % len(nodes)]
-                word = words[(i // len(nodes)) % 2]
-                before = len(sink.history(node))
-                sent = time.monotonic()
-                rig.publisher.state(node, word)
-                while True:
-                    history = sink.history(node)
-                    if len(history) > before and history[-1].reason == word:
-                        break
-                    if time.monotonic() - sent > 5:
-                        raise SystemExit(f"bench: {node} {word} not delivered")
-                    time.sleep(0.0005)
-                arrived = [r[3] for r in sink.requests if f"/{node}/" in r[1]][-1]
-                samples.append((arrived - sent) * 1000)
-        finally:
-            sink.down()
-            rig.close()
-    samples.sort()
+        rig.bridge.terminate()
+        rig.bridge.wait()
+        config = yaml.safe_load((rig.tmp / "bridge.yaml").read_text())
+        config["monitor"]["url"] = sink.url
+        (rig.tmp / "bridge.yaml").write_text(yaml.safe_dump(config))
+        rig.bridge = subprocess.Popen([sys.executable, "-m", "yl_status", "bridge", "-c",
+                                       str(rig.tmp / "bridge.yaml")])
+        wait("bridge", lambda: get(f"http://127.0.0.1:{rig.metrics_port}/healthz")["ok"])
+        yield rig, sink
+    finally:
+        sink.down()
+        rig.close()
+
+
+def arrival(sink: MonitorDouble, node: str, since: float, reason: str) -> float | None:
+    """When (wall clock, as the sink records it) the sink recorded ``node``'s first
+    heartbeat with ``reason`` that arrived after ``since``."""
+    with sink.lock:
+        for heartbeat in sink.heartbeats:
+            if heartbeat.node_id == node and heartbeat.at >= since and \
+                    heartbeat.reason == reason:
+                return float(heartbeat.at)
+    return None
+
+
+def percentiles(samples: list[float]) -> str:
+    samples = sorted(samples)
+    return (f"p50 {statistics.median(samples):.1f}  p99 "
+            f"{samples[min(int(len(samples) * 0.99), len(samples) - 1)]:.1f}  max "
+            f"{samples[-1]:.1f}")
+
+
+def latency(changes: int) -> None:
+    with tempfile.TemporaryDirectory() as name, watched_rig(Path(name)) as (rig, sink):
+        nodes = [f"lat-{i:03d}" for i in range(100)]
+        for node in nodes:
+            rig.publisher.state(node, "ready")
+            rig.publisher.status(node)
+        wait("nodes online", lambda: all(sink.is_online(n) for n in nodes), 60)
+        requests, items = sink.request_total, rig.forwarded()
+        samples: list[float] = []
+        words = ("disconnected", "ready")
+        for i in range(changes):
+            node = nodes[i % len(nodes)]
+            word = words[(i // len(nodes)) % 2]
+            sent = time.time()
+            rig.publisher.state(node, word)
+            got = wait(f"{node} {word} delivered", lambda n=node, w=word, t=sent:
+                       arrival(sink, n, t, w), 5)
+            samples.append((got - sent) * 1000)
+        wait("outbox drained", rig.drained, 30)
+        per_item = (sink.request_total - requests) / max(rig.forwarded() - items, 1.0)
     print(f"3. state change -> monitor latency, 100 nodes, {changes} changes (ms):")
-    print(f"   p50 {statistics.median(samples):.1f}  p99 {samples[int(len(samples) * 0.99)]:.1f}"
-          f"  max {samples[-1]:.1f}")
+    print(f"   {percentiles(samples)}   requests per delivered item {per_item:.3f}")
+
+
+def crash_latency(kills: int) -> None:
+    """``kill -9`` of real node processes (``yl-status node``, defaults): from the kill to
+    the ``offline`` at the monitor. Then takeovers (a second process with a node's id):
+    the gaps the bridge's ``TAKEOVER_HOLD`` relies on, measured at the broker."""
+    with tempfile.TemporaryDirectory() as name, watched_rig(Path(name)) as (rig, sink):
+        nodes = [f"crash-{i}" for i in range(5)]
+        rig.broker.add_users(dict.fromkeys(nodes, NODE_PASSWORD))
+        configs = {n: write_config(rig.tmp / f"{n}.yaml", config_dict(rig.broker, n))
+                   for n in nodes}
+        log = open(rig.tmp / "nodes.log", "ab")  # noqa: SIM115
+
+        def start(node: str) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([sys.executable, "-m", "yl_status", "node", "-c",
+                                     str(configs[node])], stdout=log, stderr=log)
+
+        requests, items = sink.request_total, rig.forwarded()
+        samples: list[float] = []
+        for i in range(kills):
+            node = nodes[i % len(nodes)]
+            process = start(node)
+            began = time.time()
+            wait(f"{node} online", lambda n=node, t=began: arrival(sink, n, t, "ready"), 30)
+            killed = time.time()
+            process.kill()
+            process.wait()
+            got = wait(f"{node} offline", lambda n=node, t=killed: arrival(sink, n, t, "lost"),
+                       10)
+            samples.append((got - killed) * 1000)
+        wait("outbox drained", rig.drained, 30)
+        per_item = (sink.request_total - requests) / max(rig.forwarded() - items, 1.0)
+        recorder = Recorder(rig.broker.host, rig.broker.port, username="bench-recorder",
+                            topics=(protocol.Topics().all_states,)).start()
+        handover: list[float] = []
+        blips: list[float] = []
+        try:
+            for i in range(10):
+                node = nodes[i % len(nodes)]
+                first = start(node)
+                began = time.time()
+                wait(f"{node} online", lambda n=node, t=began: arrival(sink, n, t, "ready"), 30)
+                replaced = time.monotonic()
+                second = start(node)
+                first.wait(30)
+                wait("the takeover delivered", rig.drained, 30)
+                states = [(m.at, json.loads(m.payload)) for m in recorder.messages
+                          if m.at >= replaced and m.payload and
+                          m.topic == protocol.Topics().state(node)]
+                handover += [(b[0] - a[0]) * 1000 for a, b in itertools.pairwise(states)
+                             if a[1]["state"] == "lost" and b[1]["state"] == "ready" and
+                             a[1]["session"] != b[1]["session"]]
+                blips += [(b[0] - a[0]) * 1000 for a, b in itertools.pairwise(states)
+                          if a[1]["state"] == "lost" and b[1]["state"] == "ready" and
+                          a[1]["session"] == b[1]["session"]]
+                ended = time.time()
+                second.kill()
+                second.wait()
+                wait(f"{node} offline", lambda n=node, t=ended: arrival(sink, n, t, "lost"), 10)
+        finally:
+            recorder.stop()
+            log.close()
+    print(f"4. crash -> monitor latency, kill -9 of a node process, {kills} kills (ms):")
+    print(f"   {percentiles(samples)}   requests per delivered item {per_item:.3f}")
+    print("   takeovers at the broker (ms): old will -> new ready "
+          f"{percentiles(handover) if handover else 'none'};")
+    print("   new process dropped by the old one's reconnect -> back "
+          f"{percentiles(blips) if blips else 'none seen'} (TAKEOVER_HOLD is 750)")
 
 
 def rss_10k() -> None:
@@ -451,7 +572,7 @@ def rss_10k() -> None:
             rss = rig.rss_mb()
         finally:
             rig.close()
-    print(f"4. bridge RSS: {idle:.0f} MB idle, {rss:.0f} MB with {known:.0f} nodes known "
+    print(f"5. bridge RSS: {idle:.0f} MB idle, {rss:.0f} MB with {known:.0f} nodes known "
           f"(all registered and delivered)")
 
 
@@ -459,7 +580,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--changes", type=int, default=1000)
-    parser.add_argument("--only", choices=["rate", "ingest", "latency", "rss"])
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--only", choices=["rate", "ingest", "latency", "crash", "rss"])
     parser.add_argument("--sink-delay", type=float, action="append",
                         help="seconds the sink takes per request in the rate scenario "
                              "(repeatable; default: 0 and 0.001)")
@@ -471,6 +593,8 @@ def main() -> None:
         ingest(args.seconds)
     if args.only in (None, "latency"):
         latency(args.changes)
+    if args.only in (None, "crash"):
+        crash_latency(args.kills)
     if args.only in (None, "rss"):
         rss_10k()
 

@@ -10,6 +10,7 @@ from typing import Any
 from testkit.support import (
     BRIDGE_PASSWORD,
     BRIDGE_USER,
+    BrokerAddress,
     config_dict,
     http_get,
     start_process,
@@ -17,12 +18,12 @@ from testkit.support import (
     wait_until,
     write_config,
 )
-from yl_status.dev_broker import DevBroker, free_port
+from yl_status.dev_broker import free_port
 from yl_status.monitor_double import Heartbeat, MonitorDouble
 
 
 class BridgeProcess:
-    def __init__(self, tmp_path: Path, broker: DevBroker, double: MonitorDouble, *,
+    def __init__(self, tmp_path: Path, broker: BrokerAddress, double: MonitorDouble, *,
                  outbox_url: str | None = None, instance: str | None = None,
                  **monitor: Any) -> None:
         """``outbox_url``: a PostgreSQL outbox shared with other instances (``instance``

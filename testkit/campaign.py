@@ -5,10 +5,13 @@ project's config and the YL-monitor double, under a seeded random schedule of fa
 
 - nodes: kill -9, freeze (SIGSTOP), clean stop, restart, takeover by a second process, and
   runs with a clock four years ahead or behind (libfaketime);
-- the bridge: kill -9, and SIGSTOP of the bridge or of its status receiver;
+- the bridge: kill -9, and SIGSTOP of the bridge or of its status receiver; with an
+  active/standby pair on PostgreSQL (``failover``), of the active instance, and a restart of
+  PostgreSQL;
 - the broker: kill -9 (persistence on; right after a change, inside its one-second save
   window, or outside it) and restart;
-- the monitor: answering 500, answering 404, hanging, forgetting its nodes;
+- the monitor (with or without the register route): answering 500, answering 404, hanging,
+  forgetting its nodes;
 - the outbox's disk: full (a small tmpfs; needs root);
 - a node's GUI: its main loop blocked while its process and network go on (SIGUSR1 to
   ``yl-status node --hang-seconds``): it must be shown down within ``GUI_HANG_AFTER`` + 1 s
@@ -25,6 +28,7 @@ say four times a second. It reports, per fault kind:
 - the longest time the monitor or the status app stayed wrong after a fault healed.
 
 Run: .venv/bin/python -m bench.campaign [--seed S] [--minutes M] [--nodes N]
+[--no-register-route] [--failover]
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
 
+from testkit.postgres import PostgresServer, running_postgres
 from testkit.support import fill_disk
 from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
@@ -76,7 +82,9 @@ RESTART_SLACK = 30.0
 KINDS = ("node_kill", "node_freeze", "node_stop", "node_takeover", "node_skew",
          "bridge_kill", "bridge_freeze", "receiver_freeze", "broker_kill",
          "monitor_500", "monitor_404", "monitor_hang", "monitor_forget", "disk_full",
-         "gui_hang")
+         "gui_hang", "database_restart")
+"""Every fault kind; ``database_restart`` only with ``failover``, ``disk_full`` only
+without (the outbox is PostgreSQL's then)."""
 
 
 def get_json(url: str, timeout: float = 1.0) -> Any:
@@ -168,9 +176,15 @@ class Report:
 
 
 class Campaign:
-    def __init__(self, workdir: Path, *, seed: int, nodes: int, kinds: tuple[str, ...]) -> None:
+    def __init__(self, workdir: Path, *, seed: int, nodes: int, kinds: tuple[str, ...],
+                 register_route: bool = True, postgres: PostgresServer | None = None
+                 ) -> None:
+        """``postgres``: run an active/standby pair of bridges on an outbox there."""
         self.workdir = workdir
         self.rng = random.Random(seed)
+        self.postgres = postgres
+        excluded = {"disk_full"} if postgres is not None else {"database_restart"}
+        kinds = tuple(k for k in kinds if k not in excluded)
         self.kinds = kinds
         self.seed = seed
         self.node_ids = [f"camp-{i:03d}" for i in range(nodes)]
@@ -178,16 +192,18 @@ class Campaign:
         users.update({"yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD,
                       "yl-viewer": PASSWORD})
         self.broker = DevBroker(workdir / "broker", users=users)
-        self.double = MonitorDouble(check_interval=30.0)
+        self.double = MonitorDouble(check_interval=30.0, register_route=register_route)
         self.nodes = {n: Node(n) for n in self.node_ids}
         self.events: list[Event] = []
         self.lock = threading.Lock()
-        self.bridge: subprocess.Popen[bytes] | None = None
+        self.bridges: dict[str, subprocess.Popen[bytes]] = {}
+        """The bridge process, or with ``postgres`` each instance of the pair."""
+        self.bridge_configs: dict[str, Path] = {}
+        self.metrics_ports: dict[str, int] = {}
         self.serve: subprocess.Popen[bytes] | None = None
         self.outbox_dir = workdir / "outbox"
         self.outbox_dir.mkdir(parents=True)
         self.tmpfs = os.geteuid() == 0 and "disk_full" in kinds
-        self.metrics_port = free_port()
         self.serve_port = free_port()
         self.samples: list[tuple[float, dict[str, tuple[bool, bool | None, bool | None]]]] = []
         self.details_later: list[str] = []
@@ -222,11 +238,17 @@ class Campaign:
         if self.tmpfs:
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs",
                             str(self.outbox_dir)], check=True)
-        self.bridge_config = self.config(
-            "bridge", mqtt={"username": "yl-bridge", "keepalive": 5},
-            bridge={"outbox_path": str(self.outbox_dir / "outbox.sqlite3"),
-                    "metrics": f"127.0.0.1:{self.metrics_port}"})
-        self.start_bridge()
+        for name in ("bridge",) if self.postgres is None else ("a", "b"):
+            self.metrics_ports[name] = port = free_port()
+            shared = {} if self.postgres is None else \
+                {"outbox_url": self.postgres.url, "instance": name}
+            self.bridge_configs[name] = self.config(
+                f"bridge-{name}", mqtt={"username": "yl-bridge", "keepalive": 5},
+                bridge={"outbox_path": str(self.outbox_dir / "outbox.sqlite3"),
+                        "metrics": f"127.0.0.1:{port}", **shared})
+            self.start_bridge(name)
+            if self.postgres is not None:
+                self.wait(f"instance {name} answering", partial(self.answering, name), 30)
         serve = self.config("serve", local_server={"port": self.serve_port,
                                                    "mqtt_username": "yl-viewer",
                                                    "mqtt_password": PASSWORD})
@@ -236,8 +258,25 @@ class Campaign:
         self.wait("every node online", lambda: all(self.double.is_online(n)
                                                    for n in self.node_ids), 60)
 
-    def start_bridge(self) -> None:
-        self.bridge = self.spawn(["bridge", "-c", str(self.bridge_config)], "bridge.log")
+    def start_bridge(self, name: str) -> None:
+        self.bridges[name] = self.spawn(["bridge", "-c", str(self.bridge_configs[name])],
+                                        f"bridge-{name}.log")
+
+    def answering(self, name: str) -> bool:
+        return self.role(name) is not None
+
+    def role(self, name: str) -> str | None:
+        try:
+            return str(get_json(f"http://127.0.0.1:{self.metrics_ports[name]}/healthz")
+                       .get("role", "active"))
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def active_bridge(self) -> str:
+        """The bridge to fault: the one process, or the instance that is active now."""
+        names = list(self.bridges)
+        return next((n for n in names if self.role(n) == "active"), names[0])
 
     def start_node(self, node_id: str, kind: str, clock: str | None = None) -> None:
         node = self.nodes[node_id]
@@ -396,12 +435,12 @@ class Campaign:
                         clock=self.rng.choice(("+1460d", "-1460d")))
 
     def fault_bridge_kill(self) -> None:
-        assert self.bridge is not None
+        name = self.active_bridge
         start = time.monotonic()
-        self.bridge.kill()
-        self.bridge.wait()
+        self.bridges[name].kill()
+        self.bridges[name].wait()
         self._down_for(1, 5)
-        self.start_bridge()
+        self.start_bridge(name)
         self._record("bridge_kill", start, time.monotonic())
 
     def _freeze(self, kind: str, pid: int) -> None:
@@ -413,13 +452,11 @@ class Campaign:
         self._record(kind, start, time.monotonic())
 
     def fault_bridge_freeze(self) -> None:
-        assert self.bridge is not None
-        self._freeze("bridge_freeze", self.bridge.pid)
+        self._freeze("bridge_freeze", self.bridges[self.active_bridge].pid)
 
     def fault_receiver_freeze(self) -> None:
-        assert self.bridge is not None
         with contextlib.suppress(psutil.Error):
-            children = psutil.Process(self.bridge.pid).children()
+            children = psutil.Process(self.bridges[self.active_bridge].pid).children()
             if children:
                 self._freeze("receiver_freeze", children[0].pid)
 
@@ -463,6 +500,13 @@ class Campaign:
         start = time.monotonic()
         self.double.forget()
         self._record("monitor_forget", start, start)
+
+    def fault_database_restart(self) -> None:
+        if self.postgres is None:
+            return
+        start = time.monotonic()
+        self.postgres.restart()
+        self._record("database_restart", start, time.monotonic())
 
     def fault_disk_full(self) -> None:
         if not self.tmpfs:
@@ -647,7 +691,7 @@ class Campaign:
                     node.process.send_signal(signal.SIGCONT)
                 node.process.kill()
                 node.process.wait()
-        for process in (self.bridge, self.serve):
+        for process in (*self.bridges.values(), self.serve):
             if process is not None and process.poll() is None:
                 with contextlib.suppress(OSError):
                     os.kill(process.pid, signal.SIGCONT)
@@ -665,11 +709,16 @@ class Campaign:
 
 
 def run_campaign(*, seed: int, seconds: float, nodes: int, workdir: Path | None = None,
-                 kinds: tuple[str, ...] = KINDS) -> Report:
+                 kinds: tuple[str, ...] = KINDS, register_route: bool = True,
+                 failover: bool = False) -> Report:
+    """``failover``: an active/standby pair of bridges on a PostgreSQL of its own."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="campaign-")))
-        campaign = Campaign(workdir, seed=seed, nodes=nodes, kinds=kinds)
+        postgres = stack.enter_context(contextlib.contextmanager(running_postgres)()) \
+            if failover else None
+        campaign = Campaign(workdir, seed=seed, nodes=nodes, kinds=kinds,
+                            register_route=register_route, postgres=postgres)
         stack.callback(campaign.close)
         campaign.start()
         return campaign.run(seconds)

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 import yaml
@@ -38,6 +38,13 @@ TEST_ACL = (f"user {RECORDER_USER}\ntopic read yl/ar/#\ntopic write yl/ar/nodes/
             "topic read yl/ar/nodes/+/status\ntopic read yl/ar/bridges/+/state\n")
 """Test-only observers, added to the project's ACL: each user holds one connection."""
 NODE_USERS = [f"node-{i}" for i in range(1, 21)]
+
+
+class BrokerAddress(Protocol):
+    """Where a broker listens: the project's ``DevBroker``, or one with other settings."""
+
+    host: str
+    port: int
 
 
 _received = [0.0]

@@ -334,6 +334,10 @@ def test_bridge_announces_itself_with_a_last_will(
         bridge.kill()
         wait_until(lambda: (retained(broker.host, broker.port, topic) or {}).get("state")
                    == "lost", what="bridge lost")
+        orphaned = wait_until(lambda: [line for line in bridge.log().splitlines()
+                                       if "the bridge is gone" in line],
+                              what="its status receiver to see the bridge gone")
+        assert all("ERROR" not in line for line in orphaned), orphaned
         bridge.start()
     finally:
         assert bridge.stop() == 0
@@ -503,3 +507,50 @@ def test_the_status_receiver_logs_under_its_module_name(
     line = next(ln for ln in bridge.log().splitlines() if "bridge subscribed to statuses" in ln)
     assert " bridge.status_receiver " in line
     assert "__main__" not in bridge.log()
+
+
+@pytest.mark.parametrize("register_route", [False, True], ids=["no-register-route",
+                                                                "register-route"])
+def test_a_monitor_outage_while_a_node_starts_changes_and_dies_shows_only_what_happened(
+        tmp_path: Path, broker: DevBroker, register_route: bool) -> None:
+    """A 10 s monitor outage (500) while a node starts, changes its GUI flags and is killed:
+    afterwards the monitor records exactly ``online, (changes), offline`` for it, in order,
+    each with its own time; nothing made up before the first ``online``, nothing ``online``
+    after the ``offline``."""
+    double = MonitorDouble(register_route=register_route).start()
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    node = None
+    try:
+        wait_until(bridge.healthy, timeout=10, what="bridge healthy")
+        double.fail_with(500)
+        outage = time.monotonic()
+        node = node_process(tmp_path, broker, "node-8", "--toggle-every", "0.3")
+        wait_until(lambda: (retained(broker.host, broker.port, "yl/ar/nodes/node-8/status")
+                            or {}).get("seq", 0) >= 4, timeout=15, what="flags changed")
+        node.kill()  # type: ignore[attr-defined]
+        node.wait()  # type: ignore[attr-defined]
+        wait_until(lambda: (retained(broker.host, broker.port, "yl/ar/nodes/node-8/state")
+                            or {}).get("state") == "lost", timeout=5, what="the will")
+        assert double.history("node-8") == []
+        wait_until(lambda: time.monotonic() - outage >= 10.0, timeout=12,
+                   what="the 10 s outage to end", interval=0.05)
+        double.fail_with(None)
+        wait_until(bridge.drained, timeout=15, what="everything delivered")
+        history = double.history("node-8")
+        words = [h.status for h in history]
+        assert words, "nothing recorded"
+        assert words[0] == "online", words
+        assert words[-1] == "offline", words
+        assert "online" not in words[words.index("offline"):], words
+        assert history[-1].reason == "lost"
+        stamps = [h.body["timestamp"] for h in history]
+        assert stamps == sorted(stamps), stamps
+        heartbeats = double.request_count("/api/ar/nodes/node-8/heartbeat")
+        # One request per recorded item; without a register route one more: a node's first
+        # heartbeat registers it and is not recorded (it was the first item itself).
+        assert heartbeats == len(history) + (0 if register_route else 1)
+    finally:
+        if node is not None:
+            stop_process(node)  # type: ignore[arg-type]
+        assert bridge.stop() == 0
+        double.down()

@@ -8,6 +8,7 @@ cannot pass."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from testkit.bridge_process import BridgeProcess, reasons
+from testkit.broker import DefaultMosquitto
 from testkit.postgres import PostgresServer
 from testkit.support import (
     BRIDGE_PASSWORD,
@@ -355,3 +357,125 @@ def test_a_status_receiver_connects_only_before_its_bridges_lease_deadline(
         wait_until(lambda: receiver.connected, timeout=15, what="connected once renewed")
     finally:
         receiver.stop(3.0)
+
+
+def states_said(recorder: Recorder, node: str) -> list[str]:
+    """What the node's sessions said at the broker, as the monitor should show it: ``online``
+    for ``ready``, ``offline`` for ``lost`` and ``disconnected``, repeats folded."""
+    words = ["online" if m.json()["state"] == "ready" else "offline"
+             for m in recorder.on(f"yl/ar/nodes/{node}/state") if m.payload and not m.retain]
+    return [w for i, w in enumerate(words) if i == 0 or words[i - 1] != w]
+
+
+def shown(monitor: MonitorDouble, node: str) -> list[str]:
+    words = [h.status or "" for h in monitor.history(node)]
+    return [w for i, w in enumerate(words) if i == 0 or words[i - 1] != w]
+
+
+def test_active_standby_on_a_default_mosquitto_tells_the_monitor_only_what_happened(
+        tmp_path: Path, monitor: MonitorDouble, postgres: PostgresServer) -> None:
+    """Twenty nodes (report intervals 1 s and 5 s) and four that are killed and started
+    again every few seconds, on mosquitto with its defaults; meanwhile the active bridge is
+    killed four times and frozen once, and PostgreSQL restarts. For every node the monitor's
+    online/offline sequence is the real one; a node that never stopped is never offline; no
+    snapshot older than one delivered; about one request per delivered item."""
+    broker = DefaultMosquitto(tmp_path / "mosquitto").start()
+    recorder = Recorder(broker.host, broker.port, topics=("yl/ar/nodes/+/state",)).start()
+    a = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="a")
+    b = BridgeProcess(tmp_path, broker, monitor, outbox_url=postgres.url, instance="b")
+    steady: list[Any] = []
+    flaps: dict[str, Any] = {}
+    flap_nodes = [f"flap-{i}" for i in range(1, 5)]
+    steady_nodes = [f"{base}-{i:04d}" for base in ("fast", "slow") for i in range(1, 11)]
+    try:
+        start_in_turn(a, b)
+        for base, interval in (("fast", 1), ("slow", 5)):
+            config = write_config(tmp_path / f"{base}.yaml", config_dict(
+                broker, base, monitor={"report_interval": interval}))
+            steady.append(start_process(["node", "-c", str(config), "--count", "10"],
+                                        log_path=tmp_path / f"{base}.log"))
+        flap_configs = {node: write_config(tmp_path / f"{node}.yaml", config_dict(
+            broker, node, monitor={"report_interval": 1})) for node in flap_nodes}
+
+        def start_flap(node: str) -> None:
+            started = time.monotonic()
+            flaps[node] = start_process(["node", "-c", str(flap_configs[node])],
+                                        log_path=tmp_path / f"{node}.log")
+            recorder.wait_for(f"yl/ar/nodes/{node}/state", lambda d: d["state"] == "ready",
+                              timeout=15, after=started)
+
+        for node in flap_nodes:
+            start_flap(node)
+        wait_until(lambda: all(monitor.is_online(n) for n in steady_nodes + flap_nodes),
+                   timeout=30, what="every node online")
+
+        def flap_all() -> None:
+            killed = time.monotonic()
+            for node in flap_nodes:
+                flaps[node].kill()
+                flaps[node].wait()
+            for node in flap_nodes:
+                recorder.wait_for(f"yl/ar/nodes/{node}/state",
+                                  lambda d: d["state"] == "lost", after=killed)
+                start_flap(node)
+
+        def handed_over() -> None:
+            wait_until(lambda: active_and_healthy(a, b), timeout=30,
+                       what="one instance active and healthy, the other standing by")
+
+        def active() -> BridgeProcess:
+            return a if a.role() == "active" else b
+
+        for fault in ("kill", "kill", "database", "kill", "freeze", "kill"):
+            flap_all()
+            victim = active()
+            assert victim.process is not None
+            if fault == "kill":
+                victim.kill()
+                wait_until(lambda v=victim: (b if v is a else a).role() == "active",
+                           timeout=15, what="the standby to take over")
+                victim.start(wait=False)
+            elif fault == "freeze":
+                os.kill(victim.process.pid, signal.SIGSTOP)
+                wait_until(lambda v=victim: (b if v is a else a).role() == "active",
+                           timeout=15, what="the standby to take over from a frozen one")
+                os.kill(victim.process.pid, signal.SIGCONT)
+            else:
+                postgres.restart()
+            handed_over()
+            flap_all()
+            wait_until(lambda: active().drained(), timeout=30, what="delivered")
+        for process in [*flaps.values(), *steady]:
+            assert stop_process(process) == 0
+        wait_until(lambda: all(states_said(recorder, n)[-1:] == ["offline"]
+                               for n in steady_nodes + flap_nodes),
+                   timeout=15, what="every node's disconnected at the broker")
+        wait_until(lambda: active().drained() and all(
+            shown(monitor, n)[-1:] == ["offline"] for n in steady_nodes + flap_nodes),
+                   timeout=30, what="every node's disconnected at the monitor")
+        for node in steady_nodes + flap_nodes:
+            assert shown(monitor, node) == states_said(recorder, node), \
+                (node, [(h.status, h.reason, h.body["timestamp"]) for h in monitor.history(node)])
+        for node in steady_nodes:
+            assert shown(monitor, node) == ["online", "offline"], node
+            uptimes = [h.body["uptime"] for h in monitor.history(node) if "uptime" in h.body]
+            assert uptimes == sorted(uptimes), (node, "an older snapshot after a newer one")
+        nodes = steady_nodes + flap_nodes
+        delivered = sum(len(monitor.history(n)) for n in nodes)
+        with monitor.lock:
+            requests = sum(1 for r in monitor.requests
+                           if any(f"/api/ar/nodes/{n}" in r[1] for n in nodes) or
+                           r[1].endswith("/api/ar/nodes/register"))
+        introductions = len(nodes)
+        assert (requests - introductions) / delivered <= 1.05, (requests, delivered)
+        assert_one_sender_at_a_time(monitor, postgres)
+    finally:
+        for process in [*flaps.values(), *steady]:
+            stop_process(process)
+        recorder.stop()
+        for bridge in (a, b):
+            if bridge.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(bridge.process.pid, signal.SIGCONT)
+            bridge.stop()
+        broker.stop()

@@ -188,3 +188,12 @@ def test_times_are_iso_utc_with_z() -> None:
     assert stamp.endswith("Z")
     assert abs(timestamps.epoch_from_iso(stamp) - timestamps.epoch_from_iso(
         timestamps.iso_from_epoch(timestamps.epoch_from_iso(stamp)))) < 0.001
+
+
+def test_the_wait_at_the_broker_counts_whole_seconds_and_never_a_boundary_crossed() -> None:
+    expiry = protocol.STATE_EXPIRY
+    assert protocol.waited(expiry, expiry) == 0.0
+    assert protocol.waited(expiry - 1, expiry) == 0.0  # a few ms across a second boundary
+    assert protocol.waited(expiry - 5, expiry) == 4.0
+    assert protocol.waited(None, expiry) == 0.0
+    assert protocol.waited(expiry + 1, expiry) == 0.0

@@ -531,13 +531,16 @@ class Forwarder:
         body["node_id"] = item.node_id
         hung = snapshot.get("not_responding_since")
         if item.kind == "state":
-            # A transition is its session's newest word, however long it waited here.
             verdict = truth.liveness(item.state, 0.0, None,  # type: ignore[arg-type]
                                      not_responding_since=hung)
+        elif item.kind == "status":
+            # As of the item, however long it waited: a silence is told by its own item.
+            verdict = truth.liveness(mark.truth.state_of(item.session) if mark else None,
+                                     0.0, None, not_responding_since=hung)
         else:
             verdict = truth.liveness(mark.truth.state_of(item.session) if mark else None,
                                      max(time.time() - item.received, 0.0),
-                                     snapshot.get("interval_s", mark and mark.interval_s),
+                                     mark.interval_s if mark else None,
                                      not_responding_since=hung)
         body["status"] = self._values.online if verdict.up else self._values.offline
         body["reason"] = verdict.reason

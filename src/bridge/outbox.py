@@ -67,8 +67,11 @@ class NodeMark:
     interval_s: float | None = None
     told: str = ""
     """What the monitor was last told of the node: ``up``, ``down`` (empty: nothing)."""
+    lost_at: float | None = None
+    """When (wall clock) the newest ``lost`` was taken."""
     replaced_at: float | None = None
-    """When (wall clock) the current session replaced one that was ``lost``: a takeover."""
+    """When (wall clock) the current session took over from a process the broker had just
+    dropped for it (``truth.TAKEOVER_GAP``)."""
     lost: tuple[int, float] | None = None
     """The node's newest transition if it is a ``lost`` that does not count yet: (id, when
     it counts), see ``truth.lost_counts_from``."""
@@ -364,7 +367,8 @@ class Outbox:
             db.execute("DELETE FROM transitions WHERE id = ?", (mark.lost[0],))
             result.withdrawn += 1
         if message.state == "ready" and mark.truth.state == "lost" and \
-                message.session != mark.truth.session:
+                message.session != mark.truth.session and mark.lost_at is not None and \
+                received - mark.lost_at <= truth_rules.TAKEOVER_GAP:
             mark.replaced_at = received
         truth = node
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
@@ -388,6 +392,8 @@ class Outbox:
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
         counts_from = truth_rules.lost_counts_from(received, mark.replaced_at)
+        if message.state == "lost":
+            mark.lost_at = received
         mark.lost = (added, counts_from) if message.state == "lost" and \
             counts_from > received else None
         self._heard(node_id, mark, received)

@@ -259,8 +259,8 @@ class _Child:
                 try:
                     command: ToChild = self.conn.recv()
                 except (EOFError, OSError):
-                    log.info("the bridge is gone; status receiver exiting")
-                    self.link.abandon("the bridge is gone")
+                    self.link.abandon("the bridge is gone; status receiver exiting",
+                                      level=logging.INFO)
                     return
                 if isinstance(command, Allow):
                     self.allowed_until = command.until

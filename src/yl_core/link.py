@@ -187,11 +187,12 @@ class Link:
             self._requested = True
             client.disconnect()
 
-    def abandon(self, reason: str) -> None:
-        """Give up for good (from any thread): disconnect and never reconnect."""
+    def abandon(self, reason: str, *, level: int = logging.ERROR) -> None:
+        """Give up for good (from any thread): disconnect and never reconnect. ``level``: of
+        the log line saying why (an expected end is not an error)."""
         if self._fatal is None:
             self._fatal = LinkDown(reason, fatal=True)
-            log.error("%s: %s", self._name, reason)
+            log.log(level, "%s: %s", self._name, reason)
         self._stopping.set()
         self._wake.set()
         self._notify_down(self._fatal)

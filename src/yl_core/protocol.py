@@ -47,11 +47,14 @@ def status_expiry(interval_s: float) -> int:
 
 
 def waited(remaining: int | None, expiry: float) -> float:
-    """Seconds a message waited at the broker (queued or retained), from the MQTT 5 message
-    expiry it was published with and what the broker says remains; 0 if unknown."""
+    """Seconds a message waited at the broker (queued or retained) at least, from the MQTT 5
+    message expiry it was published with and what the broker says remains; 0 if unknown.
+
+    The broker counts whole seconds on its clock's second boundaries: a message that waited
+    a few milliseconds across one shows a second gone, so one second is not counted."""
     if remaining is None or not 0 <= remaining <= expiry:
         return 0.0
-    return float(expiry - remaining)
+    return float(max(expiry - remaining - 1, 0))
 
 MAX_NODE_ID: Final = 64
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
