@@ -520,19 +520,32 @@ class Campaign:
 
     # --- run and judge --------------------------------------------------------------------
 
-    def run(self, seconds: float) -> Report:
+    def run(self, seconds: float, *, rounds: int | None = None,
+            pause: tuple[float, float] = (1.0, 4.0)) -> Report:
+        """Faults for ``seconds`` (or ``rounds`` rounds of every kind, if sooner), with a
+        pause drawn from ``pause`` between two."""
         stop = threading.Event()
         sampler = threading.Thread(target=self.sample_forever, args=(stop,), daemon=True)
         began = time.monotonic()
         sampler.start()
         try:
             order: list[str] = []
+            done = 0
             while time.monotonic() - began < seconds:
                 if not order:  # every kind once per round, in a seeded order
+                    if rounds is not None and done >= rounds:
+                        break
+                    done += 1
                     order = list(self.kinds)
                     self.rng.shuffle(order)
-                self.fault(order.pop())
-                time.sleep(self.rng.uniform(1.0, 4.0))
+                kind = order.pop()
+                with self.lock:
+                    before = len(self.events)
+                self.fault(kind)
+                with self.lock:
+                    if len(self.events) == before:  # no node could take it now: later
+                        order.insert(0, kind)
+                time.sleep(self.rng.uniform(*pause))
             settle = time.monotonic()
             for node in self.nodes.values():
                 if not node.up:
@@ -710,7 +723,8 @@ class Campaign:
 
 def run_campaign(*, seed: int, seconds: float, nodes: int, workdir: Path | None = None,
                  kinds: tuple[str, ...] = KINDS, register_route: bool = True,
-                 failover: bool = False) -> Report:
+                 failover: bool = False, rounds: int | None = None,
+                 pause: tuple[float, float] = (1.0, 4.0)) -> Report:
     """``failover``: an active/standby pair of bridges on a PostgreSQL of its own."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -721,4 +735,4 @@ def run_campaign(*, seed: int, seconds: float, nodes: int, workdir: Path | None 
                             register_route=register_route, postgres=postgres)
         stack.callback(campaign.close)
         campaign.start()
-        return campaign.run(seconds)
+        return campaign.run(seconds, rounds=rounds, pause=pause)
