@@ -213,8 +213,9 @@ class Outbox:
                 truth, name, bool(updates.get("registered", registered)), interval,
                 str(updates.get("told", told)))
             old = self.marks.get(node_id)
-            if old is not None:
+            if old is not None:  # what this term saw, kept across a reload
                 mark.heard, mark.silence_due = old.heard, old.silence_due
+                mark.lost_at, mark.replaced_at = old.lost_at, old.replaced_at
             self._watch(node_id)
         # Delivered but not yet written (when reloading after a failed write): not pending.
         delivered: dict[str, _Delivered] = {}
@@ -354,8 +355,8 @@ class Outbox:
     def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
                       result: IngestResult, committed: list[_Committed]) -> bool:
-        verdict, node = mark.truth.observe_state(message.session, message.state,
-                                                 retained=retained)
+        verdict, truth = mark.truth.observe_state(message.session, message.state,
+                                                  retained=retained)
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
@@ -370,7 +371,6 @@ class Outbox:
                 message.session != mark.truth.session and mark.lost_at is not None and \
                 received - mark.lost_at <= truth_rules.TAKEOVER_GAP:
             mark.replaced_at = received
-        truth = node
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
         added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
                                "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
@@ -476,9 +476,8 @@ class Outbox:
                 self._watched.discard(node_id)
                 newest = mark.truth.newest_status
                 session = newest[0] if newest else mark.truth.session
-                verdict = truth_rules.liveness(None if session is None else
-                                         mark.truth.state_of(session), now - heard,
-                                         mark.interval_s)
+                state = None if session is None else mark.truth.state_of(session)
+                verdict = truth_rules.liveness(state, now - heard, mark.interval_s)
                 if verdict.reason == "stale" and mark.told == "up" and \
                         mark.pending is None and not mark.transitions:
                     mark.silence_due = time.time() - (now - heard)
