@@ -413,9 +413,12 @@ class Forwarder:
             self.outbox.done(item)
             return not self.outbox.defers_writes or item.kind == "silence"
         known, asked = mark.registered, False
-        if known and new_connection:
+        if known and new_connection and item.kind != "status":
             # A monitor restarted without its table would take this heartbeat as the node's
-            # registration, and not record it: ask first, once per new connection.
+            # registration, and not record it: before a transition (or a silence) on a new
+            # connection, ask. Not before a status: a monitor that closes idle connections
+            # (uvicorn: after 5 s) would make that a second request per heartbeat, and the
+            # node's next status is recorded anyway.
             answer = yield self.client.node_request(node)
             if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
                 return self._retry(answer)
