@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Final
 
+from bridge.breaker import Breaker
 from bridge.metrics import Metrics
 from bridge.monitor_client import (
     NODES,
@@ -44,7 +45,6 @@ from bridge.monitor_client import (
 from bridge.outbox import Item, NodeMark, Outbox
 from yl_core import protocol, timestamps, truth
 from yl_core.config import Config
-from yl_core.link import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,6 @@ class Forwarder:
         self.metrics = metrics
         self.client = MonitorClient(config.monitor, instance=instance)
         self._may_send: Callable[[], bool] = may_send or (lambda: True)
-        self.reachable = True
-        self.last_problem = ""
         self._values = config.monitor.status_values
         self._url = config.monitor.url
         self._auto = config.monitor.profile == "auto"
@@ -97,10 +95,7 @@ class Forwarder:
         self._v1_refresh = config.monitor.v1_refresh
         self._refresh: set[str] = set()
         """Nodes up at a v1 monitor due to be posted again (``monitor.v1_refresh``)."""
-        self._backoff_initial = 0.2
-        self._backoff_max = max(config.monitor.retry_delay, 0.5)
-        self._failures = 0
-        self._paused_until = 0.0
+        self.breaker = Breaker(0.2, max(config.monitor.retry_delay, 0.5))
         self._ready: deque[str] = deque()
         self._queued: set[str] = set()
         self._busy: set[str] = set()
@@ -212,19 +207,20 @@ class Forwarder:
                 await asyncio.sleep(INACTIVE_POLL)
                 continue
             now = time.monotonic()
-            if now >= self._paused_until and not self._looking and \
+            paused_until = self.breaker.paused_until
+            if now >= paused_until and not self._looking and \
                     (self.profile is None or not self.reachable or now >= self._look_due):
                 self._looking = True
                 return LOOK
             if self.profile is not None and self.reachable and self._ready and \
-                    now >= self._paused_until:
+                    now >= paused_until:
                 node = self._ready.popleft()
                 self._queued.discard(node)
                 self._busy.add(node)
                 return node
             due = [now + TICK]
-            if self._paused_until > now:
-                due.append(self._paused_until)
+            if paused_until > now:
+                due.append(paused_until)
             if not self._looking and self.reachable:
                 due.append(self._look_due)
             if self._deferred:
@@ -280,33 +276,28 @@ class Forwarder:
         if self._changed is not None:
             self._changed.set()
 
+    @property
+    def reachable(self) -> bool:
+        return self.breaker.reachable
+
+    @property
+    def last_problem(self) -> str:
+        return self.breaker.last_problem
+
     def _succeeded(self) -> None:
-        self._failures = 0
-        self._answers()
+        self.breaker.delivered()
 
     def _answers(self) -> None:
-        if not self.reachable:
-            log.info("monitor reachable again")
-        self.reachable = True
-        self.last_problem = ""
+        self.breaker.answered()
 
-    def _failed(self, answer: Answer) -> float:
-        """Pause all deliveries; returns the pause."""
+    def _failed(self, answer: Answer) -> None:
+        """Pause all deliveries (not for a bridge that may not send: it waits for its
+        lease)."""
         if answer.outcome is Outcome.NOT_ACTIVE:
-            return INACTIVE_POLL
-        self._failures += 1
-        pause = backoff_delay(self._failures - 1, self._backoff_initial, self._backoff_max)
-        if answer.retry_after is not None:
-            pause = max(pause, min(answer.retry_after, 300.0))
-        if self.reachable:
-            log.warning("monitor unavailable (%s); pausing deliveries, retrying with backoff",
-                        answer.reason)
-        if self.reachable and self._auto:
+            return
+        if self.breaker.reachable and self._auto:
             self.profile = None  # the monitor that comes back may be another release
-        self.reachable = False
-        self.last_problem = answer.reason
-        self._paused_until = max(self._paused_until, time.monotonic() + pause)
-        return pause
+        self.breaker.failed(answer.reason, answer.retry_after)
 
     # --- looking at the monitor ---------------------------------------------------------------
 
@@ -336,7 +327,6 @@ class Forwarder:
             self._logged_profile = "none"
             log.error("%s; keeping every message until it does", problem)
         self.metrics.api("none")
-        self.reachable = False
         self._failed(Answer(Outcome.RETRY, answer.status, problem))
         return False
 
