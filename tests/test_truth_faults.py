@@ -11,10 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from testkit.bridge_process import BridgeProcess
 from testkit.broker import broker_users, running_broker
 from testkit.support import (
+    NODE_PASSWORD,
     config_dict,
     http_get,
     retained,
@@ -24,6 +28,9 @@ from testkit.support import (
     write_config,
 )
 
+from yl_core import protocol, timestamps
+from yl_core.link import new_properties
+from yl_core.protocol import ReporterCounters, Resources, StatusMessage
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 
@@ -160,3 +167,35 @@ def test_a_node_clock_years_off_never_hides_the_node(
     assert bridge.metric("yl_bridge_max_clock_skew_seconds") < 60
     assert bridge.metric("yl_bridge_clock_skew_reports_total") == 1
     assert bridge.log().count("its clock is") == 1
+
+
+def test_a_retained_status_of_any_age_is_no_clock_skew(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> None:
+    """A restarted bridge reads every node's retained status again; one published minutes
+    ago says nothing of the node's clock (only a live message is compared)."""
+    status = StatusMessage(
+        node_id="node-1", node_name="GUI", status="running", version="1", uptime=1.0,
+        timestamp=timestamps.iso_from_epoch(time.time() - 600),
+        resources=Resources(1.0, 1.0, 1), gui={}, reporter=ReporterCounters(1, 0, None),
+        session=protocol.new_session_id(), seq=1, interval_s=300.0)
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="node-1",
+                            protocol=mqtt.MQTTv5)
+    publisher.username_pw_set("node-1", NODE_PASSWORD)
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    try:
+        properties = new_properties(PacketTypes.PUBLISH)
+        properties.MessageExpiryInterval = protocol.status_expiry(300.0)
+        publisher.publish(protocol.Topics().status("node-1"), protocol.encode(status), qos=1,
+                          retain=True, properties=properties).wait_for_publish(5)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    bridge = BridgeProcess(tmp_path, broker, double).start()
+    try:
+        wait_until(lambda: double.history("node-1"), timeout=10, what="the retained status")
+        assert bridge.metric("yl_bridge_clock_skew_reports_total") == 0
+        assert bridge.metric("yl_bridge_max_clock_skew_seconds") == 0
+        assert "clock is" not in bridge.log()
+    finally:
+        assert bridge.stop() == 0
