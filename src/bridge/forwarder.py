@@ -327,6 +327,7 @@ class Forwarder:
             self._logged_profile = "none"
             log.error("%s; keeping every message until it does", problem)
         self.metrics.api("none")
+        self.breaker.reachable = False  # said above, once: not again as "unavailable"
         self._failed(Answer(Outcome.RETRY, answer.status, problem))
         return False
 
