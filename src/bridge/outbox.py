@@ -282,6 +282,7 @@ class Outbox:
                         self._load_marks()
                     self._marks_behind = False
                 db.begin()
+                writes = _StatusWrites()
                 with self._marks_lock:
                     for incoming in batch:
                         checked = incoming.checked
@@ -296,14 +297,16 @@ class Outbox:
                                 continue
                             mark = self.marks[node_id] = NodeMark()
                         if isinstance(message, StateMessage):
+                            writes.flush(db)  # a state reads what the statuses wrote
                             changed = self._record_state(db, node_id, mark, message,
                                                          incoming.retained, received, result,
                                                          committed)
                         elif message is not None:
-                            changed = self._record_status(db, node_id, mark, message, raw,
+                            changed = self._record_status(writes, node_id, mark, message, raw,
                                                           received, result, committed)
                         if changed:
                             touched.add(node_id)
+                    writes.flush(db)
                 db.commit()
             except NotActiveError as exc:
                 self._failed(exc)
@@ -326,7 +329,7 @@ class Outbox:
                         mark.transitions.difference_update(dropped)
         return result, touched
 
-    def _record_status(self, db: Database, node_id: str, mark: NodeMark,
+    def _record_status(self, writes: _StatusWrites, node_id: str, mark: NodeMark,
                        message: StatusHead, raw: bytes, received: float,
                        result: IngestResult, committed: list[_Committed]) -> bool:
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
@@ -336,16 +339,12 @@ class Outbox:
             return False
         if mark.pending_status:
             result.coalesced += 1
-        db.execute("INSERT INTO pending_status (node_id, session, seq, payload, received) "
-                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
-                   "session = excluded.session, seq = excluded.seq, "
-                   "payload = excluded.payload, received = excluded.received",
-                   (node_id, message.session, message.seq, raw, received))
+        writes.pending[node_id] = (node_id, message.session, message.seq, raw, received)
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
         self._heard(node_id, mark, received)
-        self._save_node(db, node_id, mark, raw)
+        writes.nodes[node_id] = _node_row(node_id, mark, raw)
         mark.pending_status = True
         committed.append((mark, Item(node_id, "status", message.session, message.seq, None,
                                      raw, received), None, ()))
@@ -487,20 +486,7 @@ class Outbox:
     @staticmethod
     def _save_node(db: Database, node_id: str, mark: NodeMark,
                    snapshot: bytes | None) -> None:
-        truth = mark.truth
-        ahead = truth.ahead or (None, None)
-        db.execute(
-            "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
-            "snapshot, ended, interval_s, ahead_session, ahead_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
-            "session = excluded.session, seq = excluded.seq, state = excluded.state, "
-            "state_session = excluded.state_session, "
-            "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
-            "interval_s = excluded.interval_s, ahead_session = excluded.ahead_session, "
-            "ahead_seq = excluded.ahead_seq",
-            (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
-             snapshot, " ".join(truth.ended), mark.interval_s, *ahead))
+        db.execute(_SAVE_NODE, _node_row(node_id, mark, snapshot))
 
     def flush(self) -> set[str]:
         """Write the deliveries and registrations reported since the last flush; returns
@@ -704,6 +690,47 @@ class Outbox:
     def known_nodes(self) -> int:
         with self._marks_lock:
             return len(self.marks)
+
+
+_SAVE_NODE = (
+    "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
+    "snapshot, ended, interval_s, ahead_session, ahead_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
+    "session = excluded.session, seq = excluded.seq, state = excluded.state, "
+    "state_session = excluded.state_session, "
+    "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
+    "interval_s = excluded.interval_s, ahead_session = excluded.ahead_session, "
+    "ahead_seq = excluded.ahead_seq")
+_SAVE_PENDING = (
+    "INSERT INTO pending_status (node_id, session, seq, payload, received) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+    "session = excluded.session, seq = excluded.seq, "
+    "payload = excluded.payload, received = excluded.received")
+
+
+def _node_row(node_id: str, mark: NodeMark, snapshot: bytes | None) -> tuple[Any, ...]:
+    truth = mark.truth
+    ahead = truth.ahead or (None, None)
+    return (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
+            snapshot, " ".join(truth.ended), mark.interval_s, *ahead)
+
+
+@dataclass
+class _StatusWrites:
+    """The rows a batch's statuses write, per node the newest, written together (one round
+    trip to PostgreSQL for the batch, not two per status)."""
+
+    pending: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def flush(self, db: Database) -> None:
+        if self.pending:
+            db.executemany(_SAVE_PENDING, list(self.pending.values()))
+            self.pending.clear()
+        if self.nodes:
+            db.executemany(_SAVE_NODE, list(self.nodes.values()))
+            self.nodes.clear()
 
 
 def _column_value(value: Any) -> Any:
