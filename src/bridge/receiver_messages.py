@@ -8,6 +8,7 @@ class pickled there would not be found by the bridge.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from bridge.incoming import Received
 from yl_core.config import LoggingConfig
@@ -69,7 +70,7 @@ class SessionEvent:
     retained copies included), ``down``, ``alive`` (said every second whatever else),
     ``stopped``."""
 
-    what: str
+    what: Literal["up", "caught_up", "down", "alive", "stopped"]
 
 
 FromChild = Batch | SessionEvent
