@@ -8,6 +8,7 @@ import os
 import random
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +89,25 @@ def test_a_damaged_file_is_reported_at_start(tmp_path: Path,
         Outbox(path).close()
     assert any("damaged" in r.getMessage() and str(path) in r.getMessage()
                for r in caplog.records)
+
+
+def test_an_outbox_of_schema_2_counts_its_ready_nodes_as_told_up(tmp_path: Path) -> None:
+    """So that a node that fell silent while the older release was stopped is reported."""
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, node_name TEXT NOT NULL DEFAULT '',"
+            " session TEXT, seq INTEGER, state TEXT, state_session TEXT, snapshot BLOB,"
+            " registered INTEGER NOT NULL DEFAULT 0, ended TEXT NOT NULL DEFAULT '',"
+            " interval_s REAL, ahead_session TEXT, ahead_seq INTEGER);"
+            "INSERT INTO nodes (node_id, session, seq, state, state_session, interval_s)"
+            " VALUES ('up-1', 's1', 3, 'ready', 's1', 30.0),"
+            " ('gone-1', 's2', 1, 'lost', 's2', 30.0);"
+            "PRAGMA user_version = 2;")
+    box = Outbox(path)
+    try:
+        assert (box.marks["up-1"].told, box.marks["gone-1"].told) == ("up", "")
+        box.caught_up(0.0)
+        assert box.silent_nodes(time.monotonic() + 91) == ["up-1"]
+    finally:
+        box.close()
