@@ -20,8 +20,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge import incoming as bridge_incoming
-from bridge.incoming import Checked, StatusHead
-from yl_core import timestamps
+from yl_core import protocol
 from yl_core.config import Config, parse_config
 from yl_core.protocol import StateMessage, StatusMessage, Topics
 
@@ -57,18 +56,19 @@ def received() -> float:
     return _received[0]
 
 
-def incoming(node_id: str, message: StateMessage | StatusMessage, raw: bytes, at: float,
+def incoming(node_id: str, message: StateMessage | StatusMessage, at: float,
              retained: bool = False) -> bridge_incoming.Received:
-    """A valid message as a broker session hands it to the bridge's writer, checked."""
+    """A message as a broker session hands it to the bridge's writer, encoded and checked
+    as the bridge checks it."""
     topics = Topics()
-    if isinstance(message, StateMessage):
-        return bridge_incoming.Received("states", 0, 0, 1, topics.state(node_id), raw, at,
-                                        retained,
-                        checked=Checked(node_id, "state", message))
-    head = StatusHead(message.session, message.seq, message.node_name, message.interval_s,
-                      timestamps.epoch_from_iso(message.timestamp))
-    return bridge_incoming.Received("statuses", 0, 0, 1, topics.status(node_id), raw, at,
-                                    retained, checked=Checked(node_id, "status", head))
+    state = isinstance(message, StateMessage)
+    received = bridge_incoming.Received(
+        "states" if state else "statuses", 0, 0, 1,
+        topics.state(node_id) if state else topics.status(node_id), protocol.encode(message),
+        at, retained).checked_by(topics)
+    assert received.checked is not None
+    assert received.checked.message is not None, received.checked.detail
+    return received
 
 
 def restart_receive_times() -> None:

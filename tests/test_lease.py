@@ -95,7 +95,7 @@ def test_writes_of_a_superseded_instance_never_commit(url: str, leases: list[Lea
     ready = StateMessage(state="ready", session="000000000010-aaaaaaaaaaaa",
                          since="2026-01-01T00:00:00Z", node_name="n", version="1",
                          interval_s=30.0)
-    box.record([incoming("n1", ready, b"{}", 1.0)])
+    box.record([incoming("n1", ready, 1.0)])
     b.step()
     def b_took_over() -> bool:
         b.step()
@@ -106,7 +106,7 @@ def test_writes_of_a_superseded_instance_never_commit(url: str, leases: list[Lea
     lost = StateMessage(state="lost", session=ready.session, since=ready.since,
                         node_name="n", version="1", interval_s=30.0)
     with pytest.raises(NotActiveError, match="took the lease over"):
-        box.record([incoming("n1", lost, b"{}", 2.0)])
+        box.record([incoming("n1", lost, 2.0)])
     box.close(flush=False)
     fresh = Outbox(url, epoch=b.epoch)
     try:

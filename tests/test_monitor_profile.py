@@ -16,7 +16,6 @@ from bridge.incoming import Received
 from bridge.outbox import Outbox
 from tests.test_forwarder import config_for, forwarding
 from tests.test_outbox import state, status, status_message
-from yl_core.protocol import encode
 from yl_status.monitor_double import MonitorDouble
 
 
@@ -152,7 +151,7 @@ def deliver(forwarder: Forwarder, outbox: Outbox, entry: Received) -> None:
 
 def hung(seq: int, since: str | None) -> Received:
     message = replace(status_message(seq), not_responding_since=since)
-    return incoming("n1", message, encode(message), received())
+    return incoming("n1", message, received())
 
 
 @pytest.mark.parametrize("api", ["nodes-api", "v1"])

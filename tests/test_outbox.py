@@ -20,7 +20,6 @@ from yl_core.protocol import (
     Resources,
     StateMessage,
     StatusMessage,
-    encode,
 )
 
 A = "000000000010-aaaaaaaaaaaa"
@@ -35,7 +34,7 @@ def state(word: str, session: str = A, node: str = "n1", *, retained: bool = Fal
     message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
                            since="2026-01-01T00:00:00.000Z", node_name="GUI", version="1",
                            interval_s=30.0)
-    return incoming(node, message, encode(message), received(), retained)
+    return incoming(node, message, received(), retained)
 
 
 def status_message(seq: int, session: str = A, node: str = "n1") -> StatusMessage:
@@ -47,7 +46,7 @@ def status_message(seq: int, session: str = A, node: str = "n1") -> StatusMessag
 
 def status(seq: int, session: str = A, node: str = "n1") -> Received:
     message = status_message(seq, session, node)
-    return incoming(node, message, encode(message), received())
+    return incoming(node, message, received())
 
 
 def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:

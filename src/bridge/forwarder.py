@@ -284,12 +284,6 @@ class Forwarder:
     def last_problem(self) -> str:
         return self.breaker.last_problem
 
-    def _succeeded(self) -> None:
-        self.breaker.delivered()
-
-    def _answers(self) -> None:
-        self.breaker.answered()
-
     def _failed(self, answer: Answer) -> None:
         """Pause all deliveries (not for a bridge that may not send: it waits for its
         lease)."""
@@ -318,7 +312,7 @@ class Forwarder:
         if self.profile is not None:
             # It answers, but not with its node list: deliver without knowing which nodes it
             # knows (each unknown node is asked for, or registered, on its own).
-            self._answers()
+            self.breaker.answered()
             self._look_due = time.monotonic() + LOOK_EVERY
             return False
         problem = (f"monitor at {self._url} serves neither the nodes API (GET {NODES}) nor v1 "
@@ -341,7 +335,7 @@ class Forwarder:
 
     def _know(self, answer: Answer) -> None:
         """The monitor's node list: the nodes it knows from now on."""
-        self._answers()
+        self.breaker.answered()
         self._look_due = time.monotonic() + LOOK_EVERY
         listed = listed_node_ids(answer.body)
         if self.profile == "v1":
@@ -383,7 +377,7 @@ class Forwarder:
                 answer = yield self.client.heartbeat_request(node, {})
                 if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
                     return self._retry(answer)
-                self._succeeded()
+                self.breaker.delivered()
                 self.metrics.inc("refreshed")
             return False
         wait = item.counts_from - time.time()
@@ -449,7 +443,7 @@ class Forwarder:
                     retry_after=health.retry_after))
         if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
             return self._retry(answer)
-        self._succeeded()
+        self.breaker.delivered()
         if answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
             up = body["status"] == self._values.online

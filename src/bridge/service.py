@@ -71,10 +71,9 @@ class _LinkAcknowledger:
         self.current: tuple[mqtt.Client, int] | None = None
         self.connections = 0
 
-    def connected(self, client: mqtt.Client) -> int:
+    def connected(self, client: mqtt.Client) -> None:
         self.connections += 1
         self.current = (client, self.connections)
-        return self.connections
 
     def number(self, client: mqtt.Client) -> int:
         current = self.current
