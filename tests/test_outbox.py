@@ -82,7 +82,7 @@ def test_statuses_coalesce_to_the_newest(where: str) -> None:
     assert result.accepted == 100
     assert result.coalesced == 99
     assert touched == {"n1"}
-    assert drain(box) == [("status", None, 100)]
+    assert drain(box) == [("status", "ready", 100)]
     assert box.depth() == (0, 0)
 
 
@@ -91,7 +91,7 @@ def test_transitions_keep_their_order_and_come_before_the_status(where: str) -> 
     box.record([state("ready"), status(1), status(2), state("lost"), state("ready", B),
                 status(1, B)])
     assert drain(box) == [("state", "ready", -1), ("state", "lost", -1), ("state", "ready", -1),
-                          ("status", None, 1)]
+                          ("status", "ready", 1)]
 
 
 def test_a_transition_carries_the_snapshot_it_superseded(where: str) -> None:
@@ -113,7 +113,7 @@ def test_older_and_duplicate_messages_are_dropped(where: str) -> None:
                             state("ready", B)])
     assert result.stale == 3
     assert result.duplicates == 2
-    assert drain(box) == [("state", "ready", -1), ("state", "ready", -1), ("status", None, 5)]
+    assert drain(box) == [("state", "ready", -1), ("state", "ready", -1), ("status", "ready", 5)]
 
 
 def test_session_ids_do_not_order_sessions(where: str) -> None:
@@ -144,11 +144,11 @@ def test_a_restored_ready_of_an_ended_session_is_stale(where: str) -> None:
 def test_a_newer_status_after_delivery_is_delivered_again(where: str) -> None:
     box = Outbox(where)
     box.record([status(1)])
-    assert drain(box) == [("status", None, 1)]
+    assert drain(box) == [("status", "ready", 1)]
     box.record([status(1)])
     assert drain(box) == []
     box.record([status(2)])
-    assert drain(box) == [("status", None, 2)]
+    assert drain(box) == [("status", "ready", 2)]
 
 
 def test_everything_survives_reopening(where: str) -> None:
@@ -174,7 +174,7 @@ def test_done_keeps_a_newer_status_that_arrived_meanwhile(where: str) -> None:
     assert item is not None
     box.record([status(2)])
     box.done(item)
-    assert drain(box) == [("status", None, 2)]
+    assert drain(box) == [("status", "ready", 2)]
 
 
 def test_transition_cap_drops_the_oldest_and_counts(where: str) -> None:
@@ -221,9 +221,9 @@ def test_a_failed_write_keeps_what_was_committed_next(where: str,
     with pytest.raises(OutboxError, match="disk I/O error"):
         box.record([status(2)])
     monkeypatch.undo()
-    assert drain(box) == [("status", None, 1)]
+    assert drain(box) == [("status", "ready", 1)]
     box.record([status(3)])
-    assert drain(box) == [("status", None, 3)]
+    assert drain(box) == [("status", "ready", 3)]
 
 
 def test_node_count_is_bounded(where: str) -> None:
@@ -239,7 +239,7 @@ def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
     may come in before the previous process's last will, and must not swallow it."""
     box = Outbox(where)
     box.record([state("ready", A), status(3, A)])
-    assert drain(box) == [("state", "ready", -1), ("status", None, 3)]
+    assert drain(box) == [("state", "ready", -1), ("status", "ready", 3)]
     result, _ = box.record([status(1, B), state("lost", A), state("ready", B)])
     assert result.stale == 0
     items = []
@@ -311,7 +311,7 @@ def test_a_failed_commit_leaves_memory_as_on_disk(where: str) -> None:
     assert box.last_error is None
     box._db = real
     assert [(i[0], i[1]) for i in drain(box)] == [("state", "ready"), ("state", "lost"),
-                                                 ("state", "ready"), ("status", None)]
+                                                 ("state", "ready"), ("status", "ready")]
 
 
 def told_up(box: Outbox, node: str = "n1") -> float:
@@ -367,7 +367,7 @@ def test_undelivered_work_is_not_a_silence(where: str) -> None:
     spoke = told_up(box)
     box.record([status(2)])
     assert box.silent_nodes(spoke + 1000) == []
-    assert drain(box) == [("status", None, 2)]
+    assert drain(box) == [("status", "ready", 2)]
 
 
 def test_no_silence_while_the_broker_sessions_are_not_caught_up(where: str) -> None:

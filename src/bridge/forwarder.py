@@ -522,9 +522,10 @@ class Forwarder:
             verdict = truth.liveness(item.state, 0.0, None,  # type: ignore[arg-type]
                                      not_responding_since=hung)
         elif item.kind == "status":
-            # As of the item, however long it waited: a silence is told by its own item.
-            verdict = truth.liveness(mark.truth.state_of(item.session) if mark else None,
-                                     0.0, None, not_responding_since=hung)
+            # As of the item, however long it waited (a silence is told by its own item), and
+            # its session's state when it was taken: a later session may be recorded already.
+            verdict = truth.liveness(item.state, 0.0, None,  # type: ignore[arg-type]
+                                     not_responding_since=hung)
         else:
             verdict = truth.liveness(mark.truth.state_of(item.session) if mark else None,
                                      max(time.time() - item.received, 0.0),

@@ -89,7 +89,8 @@ class NodeMark:
 @dataclass(frozen=True)
 class Item:
     """One thing to deliver: a transition (``transition_id``), the pending status, or
-    (``silence``) the node's newest status, last heard at ``received`` and stale now."""
+    (``silence``) the node's newest status, last heard at ``received`` and stale now.
+    ``state``: the transition's, or for a status its session's state when it was taken."""
 
     node_id: str
     kind: str
@@ -228,7 +229,8 @@ class Outbox:
             mark = marks.setdefault(node_id, NodeMark())
             mark.pending_status = True
             if (session, seq) not in delivered.get(node_id, nothing).statuses:
-                mark.pending = Item(node_id, "status", session, seq, None, payload, received)
+                mark.pending = Item(node_id, "status", session, seq,
+                                    mark.truth.state_of(session), payload, received)
         for node_id, transition_id in self._db.execute("SELECT node_id, id FROM transitions"):
             if transition_id not in delivered.get(node_id, nothing).transitions:
                 marks.setdefault(node_id, NodeMark()).transitions.add(transition_id)
@@ -346,8 +348,8 @@ class Outbox:
         self._heard(node_id, mark, received)
         writes.nodes[node_id] = _node_row(node_id, mark, raw)
         mark.pending_status = True
-        committed.append((mark, Item(node_id, "status", message.session, message.seq, None,
-                                     raw, received), None, ()))
+        committed.append((mark, Item(node_id, "status", message.session, message.seq,
+                                     truth.state_of(message.session), raw, received), None, ()))
         result.accepted += 1
         return True
 
