@@ -9,7 +9,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from testkit.support import NODE_PASSWORD, NODE_USERS, retained, wait_until
+from testkit.support import (
+    NODE_PASSWORD,
+    NODE_USERS,
+    READER_USER,
+    TEST_PASSWORD,
+    retained,
+    wait_until,
+)
 
 from yl_core.link import Link, LinkDown, LinkOptions, Will, backoff_delay
 from yl_status.dev_broker import DevBroker
@@ -159,6 +166,34 @@ def test_a_second_client_with_the_same_id_takes_the_session_over(
     wait_until(lambda: second.connected, what="second connected")
     wait_until(lambda: not first.connected, what="first dropped")
     assert second.connect_count == 1
+
+
+def test_a_receive_maximum_lets_the_broker_send_more_than_its_own_in_flight_limit(
+        broker: DevBroker, links: list[Link]) -> None:
+    """The project's mosquitto sends 20 unacknowledged QoS 1 messages at a time to a client
+    that names no limit; a session that acknowledges only after a commit asks for more."""
+    status = f"yl/ar/nodes/{NODE}/status"
+    got: list[int] = []
+    subscribed = threading.Event()
+
+    def subscribe(client: mqtt.Client, _session_present: bool) -> None:
+        client.subscribe(status, qos=1)
+
+    reader = started(links, Link(
+        options(broker, client_id=READER_USER, username=READER_USER, password=TEST_PASSWORD,
+                manual_ack=True, receive_maximum=200),
+        on_connect=subscribe, on_message=lambda _client, message: got.append(message.mid),
+        on_subscribe=lambda _client, _mid: subscribed.set()))
+    wait_until(subscribed.is_set, what="reader subscribed")
+    publisher = started(links, Link(options(broker)))
+    wait_until(lambda: publisher.connected, what="publisher connected")
+    client = publisher.client
+    assert client is not None
+    for n in range(60):
+        client.publish(status, str(n).encode(), qos=1)
+    wait_until(lambda: len(got) == 60, timeout=10,
+               what="60 messages received, none acknowledged")
+    assert reader.connect_count == 1
 
 
 def test_a_callback_that_raises_is_logged_and_the_link_goes_on(

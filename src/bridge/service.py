@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 BRIDGE_NODE_TYPE = "yl-bridge"
 MAX_BATCH = 1000
+IN_FLIGHT = 1000
+"""Unacknowledged messages the broker may send each of the bridge's sessions at once (MQTT
+5 Receive Maximum). A message is acknowledged once its batch is committed, so this window
+over the time from the broker to the commit bounds the rate the bridge can take in: with
+mosquitto's own limit (20) an outbox's commit latency, not the CPU, was the ceiling."""
 FLUSH = "flush"
 """Queued to wake the writer when deliveries are waiting to be written."""
 FLUSH_DELAY = 0.002
@@ -144,7 +149,7 @@ class Bridge:
         client_id = config.bridge.client_id
         self._state_topic = protocol.bridge_state_topic(client_id)
         persistent = {"clean_start": False, "session_expiry": config.bridge.session_expiry,
-                      "manual_ack": True}
+                      "manual_ack": True, "receive_maximum": IN_FLIGHT}
         self._caught_up = {"states": False, "statuses": False}
         self._caught_up_lock = threading.Lock()
         self.refresh = RetainedRefresh(self.topics.all_nodes,

@@ -63,6 +63,9 @@ class LinkOptions:
     session_expiry: int = 0
     will: Will | None = None
     manual_ack: bool = False
+    receive_maximum: int | None = None
+    """How many unacknowledged QoS 1 messages the broker may send at once (MQTT 5 Receive
+    Maximum); None: the broker's own limit (mosquitto's ``max_inflight_messages``, 20)."""
     backoff_initial: float = 0.25
     backoff_max: float = 30.0
     connect_timeout: float = 5.0
@@ -287,6 +290,8 @@ class Link:
         props = new_properties(PacketTypes.CONNECT)
         if o.session_expiry:
             props.SessionExpiryInterval = o.session_expiry
+        if o.receive_maximum is not None:
+            props.ReceiveMaximum = o.receive_maximum
         self._dropped = False
         self._wake.clear()
         try:
