@@ -270,6 +270,9 @@ def test_a_node_waits_for_its_last_delivery_to_be_written(where: str) -> None:
     after = box.next_item("n1")
     assert after is not None
     assert (after.kind, after.seq) == ("status", 1)
+    box.done(after)
+    assert box.flush() == set()  # written, and nothing more to hand out
+    assert box.next_item("n1") is None
 
 
 class _CommitFails:

@@ -492,7 +492,7 @@ class Outbox:
 
     def flush(self) -> set[str]:
         """Write the deliveries and registrations reported since the last flush; returns
-        the nodes whose next item can now be handed out."""
+        the nodes written that have a next item to hand out now."""
         with self._marks_lock:
             done = self._done
             self._done = {}
@@ -534,7 +534,11 @@ class Outbox:
         self.last_error = None
         with self._marks_lock:
             self._flushing = {}
-        return set(done)
+            marks = self.marks
+            return {node for node in done
+                    if (mark := marks.get(node)) is not None and
+                    (mark.pending is not None or mark.transitions or
+                     mark.silence_due is not None)}
 
     # --- delivery (forwarder threads) -----------------------------------------------------
 
