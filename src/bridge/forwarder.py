@@ -518,12 +518,10 @@ class Forwarder:
                                 if k in snapshot}
         body["node_id"] = item.node_id
         hung = snapshot.get("not_responding_since")
-        if item.kind == "state":
-            verdict = truth.liveness(item.state, 0.0, None,  # type: ignore[arg-type]
-                                     not_responding_since=hung)
-        elif item.kind == "status":
-            # As of the item, however long it waited (a silence is told by its own item), and
-            # its session's state when it was taken: a later session may be recorded already.
+        if item.kind != "silence":
+            # As of the item, however long it waited (a silence is told by its own item); a
+            # status with its session's state when it was taken: a later session may be
+            # recorded already.
             verdict = truth.liveness(item.state, 0.0, None,  # type: ignore[arg-type]
                                      not_responding_since=hung)
         else:

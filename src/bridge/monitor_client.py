@@ -1,8 +1,9 @@
 """A small YL-monitor REST client (SPEC §4): HTTP/1.1 keep-alive requests built here and
-answers parsed by httptools (llhttp), over asyncio streams (``MonitorConnection``): the
-forwarder drives one per worker, and the operator commands' blocking ``perform`` runs one on
-a loop of its own. ``http.client`` parses headers with the email package, which made it most
-of the bridge's CPU per forwarded message.
+answers parsed by httptools (llhttp) as the socket gives them, on an asyncio protocol
+(``MonitorConnection``): the forwarder drives one per worker, and the operator commands'
+blocking ``perform`` runs one on a loop of its own. ``http.client`` parses headers with the
+email package, which made it most of the bridge's CPU per forwarded message; asyncio's
+streams cost a third more per request than this (``python -m bench.bridge --only http``).
 
 Answers are classified so the caller can decide: delivered, rejected (drop and go on),
 not found (register first), or retry later (monitor down, overloaded or broken).
@@ -17,8 +18,9 @@ import json
 import logging
 import socket
 import ssl
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -70,7 +72,7 @@ class Answer:
         if not self.raw:
             return None
         try:
-            return json.loads(self.raw)
+            return decode_json(self.raw)
         except ValueError:
             return self.raw[:200].decode(errors="replace")
 
@@ -153,18 +155,13 @@ class MonitorClient:
         """The profile's node list: answered 2xx only by a monitor that serves the profile."""
         return self.build("GET", V1_NODES if profile == "v1" else NODES)
 
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(self) -> _AnswerReader:
         """A new connection to the monitor on the running asyncio loop: name lookup, connect
         and TLS handshake without blocking it (the caller bounds the time)."""
-        reader, writer = await asyncio.open_connection(
-            self._host, self._port, ssl=self._tls,
-            server_hostname=self._host if self._tls is not None else None,
-            limit=_MAX_RESPONSE)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
+        _transport, reader = await asyncio.get_running_loop().create_connection(
+            _AnswerReader, self._host, self._port, ssl=self._tls,
+            server_hostname=self._host if self._tls is not None else None)
+        return reader
 
     # --- blocking calls -------------------------------------------------------------------
 
@@ -208,25 +205,23 @@ class MonitorConnection:
         """``may_send`` is asked just before each request's bytes leave."""
         self.client = client
         self.may_send = may_send
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.reader: _AnswerReader | None = None
 
     @property
     def is_open(self) -> bool:
         """True if the next request goes over the connection already open (as far as can be
         told: a connection the monitor closed while idle has seen its end)."""
-        return self.writer is not None and self.reader is not None and \
-            not self.reader.at_eof() and not self.writer.is_closing()
+        return self.reader is not None and not self.reader.closed
 
     async def exchange(self, request: bytes) -> Answer:
         """Send ``request`` and classify the answer, all within the monitor timeout; a
         kept-alive connection the monitor has closed meanwhile is replaced once."""
         for attempt in (1, 2):
-            reused = self.writer is not None
+            reused = self.reader is not None
             try:
-                return await asyncio.wait_for(self._exchange(request), self.client.timeout)
-            except (ConnectionResetError, BrokenPipeError, ClosedError,
-                    asyncio.IncompleteReadError) as exc:
+                async with _deadline(self.client.timeout):
+                    return await self._exchange(request)
+            except (ConnectionResetError, BrokenPipeError, ClosedError) as exc:
                 self.close()
                 if attempt == 1 and reused:
                     continue
@@ -242,30 +237,119 @@ class MonitorConnection:
         return Answer(Outcome.RETRY, None, "unreachable")
 
     async def _exchange(self, request: bytes) -> Answer:
-        if self.writer is None:
-            self.reader, self.writer = await self.client.open()
-        assert self.reader is not None
+        reader = self.reader
+        if reader is None or reader.closed:
+            reader = self.reader = await self.client.connect()
         if not self.may_send():  # the last check before the bytes leave: see bridge.lease
             raise NotSentError
-        self.writer.write(request)
-        exchange = Exchange()
-        while not exchange.feed(await self.reader.read(65536)):
-            pass
+        exchange = await reader.send(request)
         if not exchange.keep_alive:
             self.close()
         return exchange.answer()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
 
     async def aclose(self) -> None:
-        writer = self.writer
         self.close()
-        if writer is not None:
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+
+
+class _AnswerReader(asyncio.Protocol):
+    """A connection's transport and the answer it is reading: what the socket gives goes
+    straight to the parser (no stream buffer, no task per read)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._exchange: Exchange | None = None
+        self._waiter: asyncio.Future[Exchange] | None = None
+
+    def send(self, request: bytes) -> asyncio.Future[Exchange]:
+        """Write ``request``; the future is the complete answer."""
+        if self.closed or self.transport is None:
+            raise ClosedError("monitor closed the connection")
+        self._exchange = Exchange()
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self._exchange is None:
+            self.close()  # nothing was asked: not an answer to trust
+            return
+        try:
+            if self._exchange.feed(data):
+                self._finish(self._exchange)
+        except (ClosedError, httptools.HttpParserError) as exc:
+            self._finish(exc)
+            self.close()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        if self._exchange is not None:
+            try:
+                if self._exchange.feed(b""):
+                    self._finish(self._exchange)
+            except ClosedError as exc:
+                self._finish(exc)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._exchange is not None:
+            self._finish(exc if isinstance(exc, OSError) else
+                         ClosedError("monitor closed the connection"))
+
+    def _finish(self, outcome: Exchange | BaseException) -> None:
+        waiter, self._waiter, self._exchange = self._waiter, None, None
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, Exchange):
+            waiter.set_result(outcome)
+        else:
+            waiter.set_exception(outcome)
+
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout
+    """A time limit on the current task (``wait_for`` makes a task of its own per request on
+    Python 3.11)."""
+else:
+    @contextlib.asynccontextmanager
+    async def _deadline(seconds: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(seconds, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired:
+                raise TimeoutError from None
+            raise
+        finally:
+            timer.cancel()
 
 
 class ClosedError(ConnectionError):
