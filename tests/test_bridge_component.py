@@ -80,3 +80,36 @@ def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
         bridge.stop()
         bridge.outbox.close()
         double.down()
+
+
+def test_a_status_receiver_on_a_thread_delivers_is_restarted_and_ends_with_the_bridge(
+        tmp_path: Path, broker: DevBroker) -> None:
+    """``bridge.status_receiver: thread``: the same session on a thread of the bridge's
+    process; ended, it is started again; and nothing of it outlives the bridge (the leak
+    fixture)."""
+    double = MonitorDouble().start()
+    config = parse_config(config_dict(
+        broker, "bridge-cfg", monitor={"url": double.url},
+        mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
+        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": "",
+                "status_receiver": "thread"}), "<test>")
+    bridge = Bridge(config).start()
+    publisher = StatusPublisher(make_config(broker, "node-1")).start()
+    try:
+        publisher.update_gui_status(face_loaded=True)
+        wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True, timeout=15,
+                   what="a status delivered")
+        receiver = bridge.statuses._process
+        assert receiver is not None
+        assert not hasattr(receiver, "pid"), "no child process"
+        receiver.kill()
+        wait_until(lambda: bridge.statuses._process is not receiver and
+                   bridge.statuses.connected, timeout=15, what="the receiver started again")
+        publisher.update_gui_status(face_loaded=False)
+        wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is False, timeout=15,
+                   what="a status delivered by the new receiver")
+    finally:
+        publisher.stop()
+        bridge.stop()
+        bridge.outbox.close()
+        double.down()

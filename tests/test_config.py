@@ -85,6 +85,7 @@ def test_the_original_layout_is_read_with_every_value_in_place(tmp_path: Path) -
     ("bridge:\n  outbox_url: 'postgresql://db:99999/x'\n", "bridge.outbox_url", "bad port"),
     ("bridge:\n  instance: 'a b'\n", "bridge.instance", "invalid node id"),
     ("bridge:\n  lease: 1\n", "bridge.lease", ">= 1.5"),
+    ("bridge:\n  status_receiver: fork\n", "bridge.status_receiver", "process, thread"),
     ("logging:\n  level: LOUD\n", "logging.level", "DEBUG, INFO"),
     ("monitor: [1, 2]\n", "monitor", "a mapping"),
     ("monitor:\n  report_interval: .nan\n", "monitor.report_interval", "finite"),

@@ -177,7 +177,8 @@ class Bridge:
                                 password=password),
             self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
             None if lease is None else lease.valid_until,
-            on_caught_up=lambda caught_up: self._session("statuses", caught_up))
+            on_caught_up=lambda caught_up: self._session("statuses", caught_up),
+            in_thread=config.bridge.status_receiver == "thread")
         self._acknowledgers["statuses"] = self.statuses
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:

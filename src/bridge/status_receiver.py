@@ -6,7 +6,9 @@ process runs the ``{client_id}-status`` link and hands batches of raw messages t
 over a socket pair. The bridge records them and sends back which ones to acknowledge: a
 message is still acknowledged only once it is committed in the outbox. If the child ends, it
 is started again and the broker redelivers what was not acknowledged; if the bridge ends, the
-child sees its socket close and exits.
+child sees its socket close and exits. ``bridge.status_receiver: thread`` runs the same on a
+thread of the bridge's process (``python -m bench.bridge --only receiver`` sets them side by
+side).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -64,17 +67,20 @@ class StatusReceiver:
                  on_messages: Callable[[list[Received]], None],
                  logging_config: LoggingConfig,
                  allowed_until: Callable[[], float] | None = None,
-                 on_caught_up: Callable[[bool], None] | None = None) -> None:
+                 on_caught_up: Callable[[bool], None] | None = None,
+                 in_thread: bool = False) -> None:
         """``allowed_until``: until when (``time.monotonic()``) the child may connect; asked
         before it is started, and passed on to it every ``ALLOW_EVERY``. ``on_caught_up``:
         called with True once the session has caught up with what the broker kept for it
-        (after each connect), with False when it is down."""
+        (after each connect), with False when it is down. ``in_thread``: run the session
+        on a thread of this process instead of a child process."""
+        self._in_thread = in_thread
         self._setup = Setup(options, topics, qos, logging_config, allowed_until is not None)
         self._allowed_until = allowed_until
         self._on_messages = on_messages
         self._on_caught_up = on_caught_up or (lambda _caught_up: None)
         self._conn: Connection | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | _ChildThread | None = None
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = False
@@ -164,15 +170,20 @@ class StatusReceiver:
 
     def _spawn(self) -> Connection:
         ours, theirs = socket.socketpair()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bridge.status_receiver", "--fd", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        process: subprocess.Popen[bytes] | _ChildThread
+        if self._in_thread:
+            process = _ChildThread(theirs)
+        else:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "bridge.status_receiver", "--fd",
+                     str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
         conn = Connection(ours.detach())
         try:
             conn.send(self._setup)
@@ -219,6 +230,43 @@ class StatusReceiver:
                 return
 
 
+class _ChildThread:
+    """The child's end on a thread of the bridge's process, behind what the supervisor uses
+    of a child process (``wait``, ``kill``, ``returncode``)."""
+
+    def __init__(self, theirs: socket.socket) -> None:
+        self._socket = theirs
+        self._conn = Connection(os.dup(theirs.fileno()))
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._run, name="yl-bridge-statuses-receiver",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            setup: Setup = self._conn.recv()
+            _Child(self._conn, setup.options, setup.topics, setup.qos, setup.gated).run()
+            self.returncode = 0
+        except Exception:
+            log.exception("status receiver failed")
+            self.returncode = 1
+        finally:
+            self._conn.close()
+            self._socket.close()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise subprocess.TimeoutExpired("status receiver thread", timeout or 0.0)
+        return self.returncode
+
+    def kill(self) -> None:
+        """A thread cannot be killed: its end of the socket pair is shut, which ends a
+        receiver that still reads it (a hung one is abandoned)."""
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+
 class _Child:
     """The child's end: one link, a batching sender thread, commands from the bridge."""
 
@@ -233,6 +281,7 @@ class _Child:
         self.buffer_lock = threading.Lock()
         self.pending = threading.Event()
         self.stopping = False
+        self.stopped = threading.Event()
         self.current: tuple[mqtt.Client, int] | None = None
         self.connections = 0
         self.refresh = RetainedRefresh(topics.all_nodes,
@@ -271,13 +320,16 @@ class _Child:
                 else:
                     self.link.stop(command.timeout)
                     self.stopping = True
+                    self.stopped.set()
                     self.pending.set()
                     sender.join(1.0)
                     self._send(SessionEvent("stopped"))
                     return
         finally:
             self.stopping = True
+            self.stopped.set()
             self.pending.set()
+            self.refresh.stop()
 
     def _acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
         current = self.current
@@ -314,7 +366,7 @@ class _Child:
     def _say_alive(self) -> None:
         while not self.stopping:
             self._send(SessionEvent("alive"))
-            time.sleep(ALIVE_EVERY)
+            self.stopped.wait(ALIVE_EVERY)
 
     def _send_batches(self) -> None:
         while True:

@@ -139,6 +139,10 @@ class BridgeConfig:
     mqtt_password: str | None = None
     session_expiry: int = 86400
     max_nodes: int = 100_000
+    status_receiver: str = "process"
+    """Where the status session runs: ``process`` (a child process: paho's per-message work
+    does not share the bridge's interpreter lock, and a hung one is killed and replaced) or
+    ``thread`` (in the bridge's process: one process fewer, for small sites)."""
 
     @property
     def instance_name(self) -> str:
@@ -257,6 +261,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "session_expiry": number(integer=True, low=60, high=2**32 - 1),
         "mqtt_username": bridge_id(optional=True), "mqtt_password": text(optional=True),
         "max_nodes": number(integer=True, low=1, high=10_000_000),
+        "status_receiver": text(choices=("process", "thread")),
     }),
     "logging": (LoggingConfig, {
         "level": text(choices=_LOG_LEVELS), "file": path(),
