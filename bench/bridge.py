@@ -10,7 +10,12 @@ Measures, in one run:
 3. state change -> monitor latency (p50, p99) at 100 nodes, each ``ready`` of a new session;
 4. crash -> monitor latency: ``kill -9`` of a real node process until its ``offline`` reaches
    the monitor (p50, p99 over ``--kills``), and the takeover gaps the bridge relies on;
-5. bridge RSS with 10,000 nodes known.
+5. bridge RSS with 10,000 nodes known;
+6. one request's path: the forwarder's (an asyncio protocol) against asyncio streams (its
+   previous design), a blocking socket per worker thread and ``http.client``, alone and
+   beside a busy thread;
+7. the status receiver in a child process against a thread of the bridge's process: the
+   heartbeats a second each sustains (``bench.capacity``'s steps) and the CPU per heartbeat.
 
 Requests per delivered item (every request the bridge sends, against the items it delivers)
 are printed beside the forwarding rate and the latencies.
@@ -34,6 +39,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +77,8 @@ class Rig:
     """Broker, sink and bridge processes for one scenario."""
 
     def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4,
-                 outbox_url: str | None = None) -> None:
+                 outbox_url: str | None = None,
+                 bridge_options: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.broker = DevBroker(tmp / "broker", users={
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD,
@@ -93,7 +100,7 @@ class Rig:
             "bridge": {"outbox_path": str(tmp / "outbox.sqlite3"),
                        **({"outbox_url": outbox_url, "instance": "bench"} if outbox_url else {}),
                        "metrics": f"127.0.0.1:{self.metrics_port}",
-                       "http_concurrency": concurrency},
+                       "http_concurrency": concurrency, **(bridge_options or {})},
             "logging": {"level": "WARNING"},
         }
         (tmp / "bridge.yaml").write_text(yaml.safe_dump(config))
@@ -308,22 +315,28 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
             for node in nodes:
                 rig.publisher.status(node)
             wait("nodes registered", rig.drained, 120)
+
+            # Progress is read from the sink's counter, every 20 ms: reading the bridge's
+            # /metrics (0.7 ms of its CPU each) that often would slow what it measures.
+            def heartbeats() -> int:
+                return int(get(rig.sink_url + "/_double/stats")["heartbeats"])
+
+            before = heartbeats()  # none are counted while the sink fails
             post(rig.sink_url + "/_double/fail?code=503")
             for node in nodes:
                 rig.publisher.status(node)
             wait("backlog in the outbox",
                  lambda: rig.metrics().get("yl_bridge_outbox_statuses", 0) >= nodes_count, 120)
-            before = rig.forwarded()
             post(rig.sink_url + "/_double/fail?code=")
-            wait("forwarding to start", lambda: rig.forwarded() > before + 10, 30)
-            first, t0 = rig.forwarded(), time.monotonic()
-            # Over the first 90 % of the backlog, polled finely: the tail and the polling
-            # interval would otherwise weigh on a window of a second or two.
+            wait("forwarding to start", lambda: heartbeats() > before + 10, 30)
+            first, t0 = heartbeats(), time.monotonic()
+            # Over the first 90 % of the backlog: the tail and the polling interval would
+            # otherwise weigh on a window of a second or two.
             target = first + 0.9 * nodes_count
-            while (done := rig.forwarded()) < target:
+            while (done := heartbeats()) < target:
                 if time.monotonic() - t0 > 120:
                     raise SystemExit("bench: backlog not drained")
-                time.sleep(0.005)
+                time.sleep(0.02)
             drain = (done - first) / (time.monotonic() - t0)
             wait("backlog drained", rig.drained, 120)
             stop = threading.Event()
@@ -585,12 +598,189 @@ def rss_10k() -> None:
           f"(all registered and delivered)")
 
 
+def http_paths(requests: int) -> None:
+    """One heartbeat request, the same bytes each time, into the sink on 1 and 4 keep-alive
+    connections, with a little Python work before each as a delivery has: the forwarder's
+    path (``MonitorConnection``, an asyncio protocol feeding the parser) against asyncio
+    streams with the same parser and a ``wait_for`` per request (its previous design), a
+    blocking socket per worker thread, and ``http.client`` threads; alone, and beside a thread
+    that works as the bridge's writer does (Python work between short waits). CPU is this
+    process's (the sink runs apart; the busy thread's own CPU is in it)."""
+    import asyncio
+    import resource
+
+    from bridge.monitor_client import Exchange, MonitorClient, MonitorConnection
+    from yl_core.config import MonitorConfig
+
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "yl_status.monitor_double", "--port",
+                             str(port), "--keep", "10"], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    client = MonitorClient(MonitorConfig(url=url))
+    body = {"node_id": "loop-node", "status": "online", "timestamp": timestamps.utc_now_iso(),
+            "resources": {}, "gui": {}}
+    request = client.heartbeat_request("loop-node", body)
+    head, _, data = request.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:]
+                   if not line.startswith(("Host", "Content-Length")))
+
+    def refused() -> None:
+        raise SystemExit("bench: the sink refused a heartbeat")
+
+    item = {"gui": {"flags": list(range(50))}, "resources": {"cpu": 1.5}}
+
+    def per_item() -> None:
+        """What a delivery does in Python around its request (the outbox, the body)."""
+        for _ in range(4):
+            json.loads(json.dumps(item))
+
+    def forwarder(connections: int) -> None:
+        async def worker(count: int) -> None:
+            connection = MonitorConnection(client)
+            for _ in range(count):
+                per_item()
+                if (await connection.exchange(request)).status != 200:
+                    refused()
+            await connection.aclose()
+
+        async def run() -> None:
+            await asyncio.gather(*(worker(requests // connections)
+                                   for _ in range(connections)))
+
+        asyncio.run(run())
+
+    def streams(connections: int) -> None:
+        async def worker(count: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
+                                                       socket.TCP_NODELAY, 1)
+
+            async def exchange() -> int:
+                writer.write(request)
+                answer = Exchange()
+                while not answer.feed(await reader.read(65536)):
+                    pass
+                return answer.status
+
+            for _ in range(count):
+                per_item()
+                if await asyncio.wait_for(exchange(), 5.0) != 200:
+                    refused()
+            writer.close()
+
+        async def run() -> None:
+            await asyncio.gather(*(worker(requests // connections)
+                                   for _ in range(connections)))
+
+        asyncio.run(run())
+
+    def threads(work: Any, connections: int) -> None:
+        running = [threading.Thread(target=work, args=(requests // connections,))
+                   for _ in range(connections)]
+        for thread in running:
+            thread.start()
+        for thread in running:
+            thread.join()
+
+    def blocking(count: int) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), 5.0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            per_item()
+            deadline = time.monotonic() + 5.0
+            sock.settimeout(deadline - time.monotonic())
+            sock.sendall(request)
+            answer = Exchange()
+            while not answer.feed(sock.recv(65536)):
+                sock.settimeout(deadline - time.monotonic())
+            if answer.status != 200:
+                refused()
+        sock.close()
+
+    def plain(count: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for _ in range(count):
+            per_item()
+            connection.request("POST", "/api/ar/nodes/loop-node/heartbeat", body=data,
+                               headers=headers)
+            connection.getresponse().read()
+        connection.close()
+
+    def writer_like(stop: threading.Event) -> None:
+        document = {"gui": {"flags": list(range(50))}, "resources": {"cpu": 1.5}}
+        while not stop.is_set():
+            for _ in range(150):  # a batch of statuses: about 2 ms of Python
+                json.loads(json.dumps(document))
+            time.sleep(0.001)
+
+    def measure(run: Any, beside: bool) -> tuple[float, float]:
+        stop = threading.Event()
+        busy = threading.Thread(target=writer_like, args=(stop,))
+        if beside:
+            busy.start()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu, began = usage.ru_utime + usage.ru_stime, time.monotonic()
+        run()
+        elapsed = time.monotonic() - began
+        stop.set()
+        if beside:
+            busy.join()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return requests / elapsed, (usage.ru_utime + usage.ru_stime - cpu) / requests * 1e6
+
+    try:
+        wait("sink", lambda: get(url + "/api/health"))
+        print(f"6. one request's path, {requests} heartbeats into the sink, same bytes; rate "
+              "/s (ratio to the forwarder's), this process's CPU us per request:")
+        for beside in (False, True):
+            for connections in (1, 4):
+                for round_ in (1, 2):
+                    ours = measure(partial(forwarder, connections), beside)
+                    rivals = {
+                        "asyncio streams, wait_for": measure(partial(streams, connections),
+                                                             beside),
+                        "blocking sockets, a thread each":
+                            measure(partial(threads, blocking, connections), beside),
+                        "http.client threads":
+                            measure(partial(threads, plain, connections), beside)}
+                    print(f"   {'beside a busy thread, ' if beside else ''}{connections} "
+                          f"connection(s), round {round_}: forwarder (asyncio) {ours[0]:6.0f}/s "
+                          f"{ours[1]:5.1f} us;  " + ";  ".join(
+                              f"{name} {rate:6.0f}/s ({rate / ours[0]:.2f}) {cpu:5.1f} us"
+                              for name, (rate, cpu) in rivals.items()))
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
+def receiver_side_by_side(seconds: float) -> None:
+    """The status session in a child process (``bridge.status_receiver: process``, the
+    default) against a thread of the bridge's process, on SQLite: ``bench.capacity``'s steps
+    for each, then the highest rate each sustains and its CPU per heartbeat."""
+    from bench import capacity  # it builds on this module's rig: imported here, not above
+
+    results = {mode: capacity.measure("sqlite", seconds,
+                                      bridge_options={"status_receiver": mode})
+               for mode in ("process", "thread")}
+    print("7. the status receiver, a child process against a thread (SQLite, "
+          f"{capacity.NODES} nodes):")
+    for mode, found in results.items():
+        print(f"   {mode:7s}: sustained {found['sustained']:5.0f} heartbeats/s at "
+              f"{found['cpu'] * 1e6:4.0f} us of CPU per heartbeat, RSS {found['rss']:.0f} MB")
+    process, thread = results["process"], results["thread"]
+    if thread["sustained"]:
+        print(f"   process/thread sustained rate: {process['sustained'] / thread['sustained']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--only", choices=["rate", "ingest", "latency", "crash", "rss"])
+    parser.add_argument("--only", choices=["rate", "ingest", "latency", "crash", "rss", "http",
+                                                "receiver"])
+    parser.add_argument("--requests", type=int, default=8000,
+                        help="requests per variant in the http scenario")
     parser.add_argument("--sink-delay", type=float, action="append",
                         help="seconds the sink takes per request in the rate scenario "
                              "(repeatable; default: 0 and 0.001)")
@@ -606,6 +796,10 @@ def main() -> None:
         crash_latency(args.kills)
     if args.only in (None, "rss"):
         rss_10k()
+    if args.only in (None, "http"):
+        http_paths(args.requests)
+    if args.only in (None, "receiver"):
+        receiver_side_by_side(5.0)
 
 
 if __name__ == "__main__":

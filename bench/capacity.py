@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from testkit.postgres import PostgresServer
@@ -27,7 +28,7 @@ from testkit.postgres import PostgresServer
 from bench import bridge as rig_module
 
 NODES = 3000
-RATES = (250, 500, 1000, 1500, 2000, 3000, 4000)
+RATES = (250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 6000)
 INTERVAL = 30.0
 HEADROOM = 0.5
 """The sizing rule keeps half of the sustained rate free: bursts after an outage, retries."""
@@ -46,11 +47,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def measure(engine: str, seconds: float) -> dict[str, float]:
+def measure(engine: str, seconds: float,
+            bridge_options: dict[str, Any] | None = None) -> dict[str, float]:
     postgres = PostgresServer().start() if engine == "postgresql" else None
     try:
         with tempfile.TemporaryDirectory() as name:
-            rig = rig_module.Rig(Path(name), outbox_url=postgres.url if postgres else None)
+            rig = rig_module.Rig(Path(name), outbox_url=postgres.url if postgres else None,
+                                 bridge_options=bridge_options)
             try:
                 loop = rig_module.post_loop(rig.sink_url, seconds)
                 nodes = [f"cap-{i:05d}" for i in range(NODES)]
