@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from yl_status.dev_broker import free_port
@@ -70,8 +71,9 @@ class EjabberdNode:
         return self
 
     def stop(self) -> None:
-        if self.ctl("status", check=False).returncode == 0:
-            self.ctl("stop", check=False)
+        """Stop the node if it runs (each ``ejabberdctl`` call starts an Erlang VM: no
+        ``status`` call first)."""
+        if self.ctl("stop", check=False).returncode == 0:
             self.ctl("stopped", check=False)
 
     def log(self) -> str:
@@ -98,8 +100,10 @@ class EjabberdCluster:
 
     def start(self) -> EjabberdCluster:
         first, second = self.nodes
-        first.start()
+        starting = threading.Thread(target=first.start)
+        starting.start()
         second.start()
+        starting.join()
         second.ctl("join_cluster", first.name)
         second.ctl("started")
         listed = first.ctl("list_cluster").stdout
@@ -112,6 +116,9 @@ class EjabberdCluster:
             self.nodes[0].ctl("register", user, HOST, password)
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
-            node.stop()
+        stopping = [threading.Thread(target=node.stop) for node in self.nodes]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         shutil.rmtree(self.folder, ignore_errors=True)

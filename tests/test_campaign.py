@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 SECONDS = 200.0
 """A bound: each run is one round of every kind (each takes a few seconds)."""
-PAUSE = (0.5, 1.5)
+PAUSE = (0.3, 0.9)
 
 
 def assert_the_truth_held(report: Report, expected: set[str]) -> None:
