@@ -113,8 +113,11 @@ def measure(engine: str, seconds: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--engine", choices=["sqlite", "postgresql"], action="append",
+                        help="measure only this engine (repeatable; default: both)")
     args = parser.parse_args()
-    results = {engine: measure(engine, args.seconds) for engine in ("sqlite", "postgresql")}
+    results = {engine: measure(engine, args.seconds)
+               for engine in args.engine or ("sqlite", "postgresql")}
     print(f"\ncapacity of one bridge ({NODES} nodes, {psutil.cpu_count()} cores shared by "
           "everything):")
     for engine, r in results.items():
@@ -123,8 +126,8 @@ def main() -> None:
               + (f" (+ PostgreSQL {r['db_cpu'] * 1e6:.0f} us)" if engine == "postgresql"
                  else "")
               + f", RSS {r['rss']:.0f} MB; the sink alone takes {r['loop']:.0f} requests/s")
-    sqlite, pg = results["sqlite"], results["postgresql"]
-    if sqlite["sustained"]:
+    sqlite, pg = results.get("sqlite"), results.get("postgresql")
+    if sqlite and pg and sqlite["sustained"]:
         print(f"  PostgreSQL/SQLite sustained rate: {pg['sustained'] / sqlite['sustained']:.2f}")
     for engine, r in results.items():
         print(f"  sizing ({engine}): {r['sustained'] * HEADROOM * INTERVAL:,.0f} nodes per "
