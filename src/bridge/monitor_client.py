@@ -3,7 +3,7 @@ answers parsed by httptools (llhttp) as the socket gives them, on an asyncio pro
 (``MonitorConnection``): the forwarder drives one per worker, and the operator commands'
 blocking ``perform`` runs one on a loop of its own. ``http.client`` parses headers with the
 email package, which made it most of the bridge's CPU per forwarded message; asyncio's
-streams cost a third more per request than this (``python -m bench.bridge --only http``).
+streams and a ``wait_for`` per request cost more (``python -m bench.bridge --only http``).
 
 Answers are classified so the caller can decide: delivered, rejected (drop and go on),
 not found (register first), or retry later (monitor down, overloaded or broken).
