@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,28 @@ from yl_status.monitor_double import MonitorDouble
 pytestmark = pytest.mark.integration
 
 
-def bridge_config(tmp_path: Path, broker: DevBroker, double: MonitorDouble) -> Config:
+def bridge_config(tmp_path: Path, broker: DevBroker, double: MonitorDouble,
+                  **bridge: Any) -> Config:
     return parse_config(config_dict(
         broker, "bridge-cfg", monitor={"url": double.url},
         mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
-        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": ""}), "<test>")
+        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": "", **bridge}),
+        "<test>")
+
+
+@contextlib.contextmanager
+def bridge_and_node(config: Config, broker: DevBroker, double: MonitorDouble
+                    ) -> Iterator[tuple[Bridge, StatusPublisher]]:
+    """The bridge in this process and a node publishing; all stopped after."""
+    bridge = Bridge(config).start()
+    publisher = StatusPublisher(make_config(broker, "node-1")).start()
+    try:
+        yield bridge, publisher
+    finally:
+        publisher.stop()
+        bridge.stop()
+        bridge.outbox.close()
+        double.down()
 
 
 def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
@@ -42,19 +61,12 @@ def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
         return original(self, batch)
 
     monkeypatch.setattr(Outbox, "record", flaky_record)
-    bridge = Bridge(config).start()
-    publisher = StatusPublisher(make_config(broker, "node-1")).start()
-    try:
+    with bridge_and_node(config, broker, double) as (bridge, publisher):
         publisher.update_gui_status(face_loaded=True)
         wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True, timeout=15,
                    what="delivered after the failed writes")
         assert failures["left"] == 0
         assert bridge.link.connect_count >= 2
-    finally:
-        publisher.stop()
-        bridge.stop()
-        bridge.outbox.close()
-        double.down()
 
 
 def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
@@ -63,9 +75,7 @@ def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
     config = bridge_config(tmp_path, broker, double)
     monkeypatch.setattr(service, "STALL_LIMIT", 1.5)
     monkeypatch.setattr(service, "HANG_LIMIT", 4.0)
-    bridge = Bridge(config).start()
-    publisher = StatusPublisher(make_config(broker, "node-1")).start()
-    try:
+    with bridge_and_node(config, broker, double) as (bridge, publisher):
         wait_until(lambda: bridge.health()["ok"], timeout=10, what="healthy")
         with bridge.outbox._write_lock:  # a disk that does not answer
             publisher.update_gui_status(face_loaded=True)
@@ -75,11 +85,6 @@ def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
             assert bridge.stopping.wait(6.0)
         assert bridge.failure is not None
         assert "outbox writer" in bridge.failure
-    finally:
-        publisher.stop()
-        bridge.stop()
-        bridge.outbox.close()
-        double.down()
 
 
 def test_a_status_receiver_on_a_thread_delivers_is_restarted_and_ends_with_the_bridge(
@@ -88,14 +93,8 @@ def test_a_status_receiver_on_a_thread_delivers_is_restarted_and_ends_with_the_b
     process; ended, it is started again; and nothing of it outlives the bridge (the leak
     fixture)."""
     double = MonitorDouble().start()
-    config = parse_config(config_dict(
-        broker, "bridge-cfg", monitor={"url": double.url},
-        mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
-        bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"), "metrics": "",
-                "status_receiver": "thread"}), "<test>")
-    bridge = Bridge(config).start()
-    publisher = StatusPublisher(make_config(broker, "node-1")).start()
-    try:
+    config = bridge_config(tmp_path, broker, double, status_receiver="thread")
+    with bridge_and_node(config, broker, double) as (bridge, publisher):
         publisher.update_gui_status(face_loaded=True)
         wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True, timeout=15,
                    what="a status delivered")
@@ -108,8 +107,3 @@ def test_a_status_receiver_on_a_thread_delivers_is_restarted_and_ends_with_the_b
         publisher.update_gui_status(face_loaded=False)
         wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is False, timeout=15,
                    what="a status delivered by the new receiver")
-    finally:
-        publisher.stop()
-        bridge.stop()
-        bridge.outbox.close()
-        double.down()
