@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.database import (
     SCHEMA_VERSION,
@@ -104,9 +104,16 @@ class Item:
     """Not to be sent before this (wall clock): a ``lost`` its session may yet withdraw."""
 
 
-_Committed = tuple[NodeMark, "Item | None", "int | None", "Iterable[int]"]
-"""A change to a mark once the batch is committed: (mark, new pending status, transition
-added or None, transitions dropped)."""
+class _Committed(NamedTuple):
+    """A change to a mark, made once the batch is committed."""
+
+    mark: NodeMark
+    pending: Item | None = None
+    """The node's pending status from now on (when ``added`` is None)."""
+    added: int | None = None
+    """A transition added."""
+    dropped: Iterable[int] = ()
+    """Transitions dropped with it."""
 
 
 @dataclass
@@ -323,12 +330,12 @@ class Outbox:
                 raise
             self.last_error = None
             with self._marks_lock:
-                for mark, pending, added, dropped in committed:
-                    if added is None:
-                        mark.pending = pending
+                for change in committed:
+                    if change.added is None:
+                        change.mark.pending = change.pending
                     else:
-                        mark.transitions.add(added)
-                        mark.transitions.difference_update(dropped)
+                        change.mark.transitions.add(change.added)
+                        change.mark.transitions.difference_update(change.dropped)
         return result, touched
 
     def _record_status(self, writes: _StatusWrites, node_id: str, mark: NodeMark,
@@ -348,8 +355,9 @@ class Outbox:
         self._heard(node_id, mark, received)
         writes.nodes[node_id] = _node_row(node_id, mark, raw)
         mark.pending_status = True
-        committed.append((mark, Item(node_id, "status", message.session, message.seq,
-                                     truth.state_of(message.session), raw, received), None, ()))
+        committed.append(_Committed(mark, pending=Item(
+            node_id, "status", message.session, message.seq, truth.state_of(message.session),
+            raw, received)))
         result.accepted += 1
         return True
 
@@ -399,7 +407,7 @@ class Outbox:
             counts_from > received else None
         self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, None)
-        committed.append((mark, None, added, [*dropped, *withdrawn]))
+        committed.append(_Committed(mark, added=added, dropped=[*dropped, *withdrawn]))
         result.accepted += 1
         return True
 
@@ -421,7 +429,7 @@ class Outbox:
             if row is None or row[0] == session or superseded:
                 db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
                 mark.pending_status = False
-                committed.append((mark, None, None, ()))
+                committed.append(_Committed(mark))  # no pending status
                 result.coalesced += 1
                 if row is not None and row[0] == session:
                     return bytes(row[1])
