@@ -641,7 +641,7 @@ def http_paths(requests: int) -> None:
                 per_item()
                 if (await connection.exchange(request)).status != 200:
                     refused()
-            await connection.aclose()
+            connection.close()
 
         async def run() -> None:
             await asyncio.gather(*(worker(requests // connections)

@@ -184,7 +184,7 @@ class MonitorClient:
             try:
                 return await connection.exchange(request)
             finally:
-                await connection.aclose()
+                connection.close()
 
         return asyncio.run(once())
 
@@ -252,9 +252,6 @@ class MonitorConnection:
         if reader is not None:
             reader.close()
 
-    async def aclose(self) -> None:
-        self.close()
-
 
 class _AnswerReader(asyncio.Protocol):
     """A connection's transport and the answer it is reading: what the socket gives goes
@@ -295,7 +292,7 @@ class _AnswerReader(asyncio.Protocol):
         try:
             if self._exchange.feed(data):
                 self._finish(self._exchange)
-        except (ClosedError, httptools.HttpParserError) as exc:
+        except httptools.HttpParserError as exc:
             self._finish(exc)
             self.close()
 
