@@ -276,8 +276,8 @@ def outbox_status(tmp_path: Path, node_id: str) -> dict[str, object] | None:
     """The GUI flags of the status the bridge's outbox holds for ``node_id``, read from its
     file as a restarted bridge would."""
     with sqlite3.connect(tmp_path / "outbox.sqlite3", timeout=5) as db:
-        row = db.execute("SELECT payload FROM pending_status WHERE node_id = ?",
-                         (node_id,)).fetchone()
+        row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ? AND "
+                         "pending_session IS NOT NULL", (node_id,)).fetchone()
     return None if row is None else dict(json.loads(row[0])["gui"])
 
 

@@ -12,7 +12,7 @@ import pytest
 from testkit.postgres import PostgresServer, running_postgres
 from testkit.support import incoming, received
 
-from bridge.database import Database
+from bridge.database import Database, open_database
 from bridge.incoming import Received
 from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
 from yl_core.protocol import (
@@ -165,6 +165,51 @@ def test_everything_survives_reopening(where: str) -> None:
     result, _ = again.record([status(3)])
     assert result.stale == 1
     assert drain(again) == [("state", "ready", -1), ("state", "lost", -1)]
+
+
+def test_an_outbox_of_schema_3_keeps_its_undelivered_statuses(where: str) -> None:
+    """Schema 3 kept them in a table of their own; opening it moves them into the nodes'
+    rows, each delivered once."""
+    box = Outbox(where)
+    box.record([state("ready"), status(3), status(5, node="n2")])
+    box.close()
+    db = open_database(where)
+    try:
+        db.begin()
+        for sql in (
+                "CREATE TABLE pending_status (node_id TEXT PRIMARY KEY, session TEXT NOT NULL, "
+                "seq BIGINT NOT NULL, payload BYTEA NOT NULL, received DOUBLE PRECISION "
+                "NOT NULL)",
+                "INSERT INTO pending_status SELECT node_id, pending_session, pending_seq, "
+                "snapshot, pending_received FROM nodes WHERE pending_session IS NOT NULL",
+                "ALTER TABLE nodes DROP COLUMN pending_session",
+                "ALTER TABLE nodes DROP COLUMN pending_seq",
+                "ALTER TABLE nodes DROP COLUMN pending_received",
+                "PRAGMA user_version = 3" if "://" not in where else
+                "UPDATE schema_version SET version = 3"):
+            db.execute(sql)
+        db.commit()
+        if "://" in where:  # what a standby's lease does: it leaves the upgrade alone
+            db.prepare(upgrade=False)
+            assert db.execute("SELECT version FROM schema_version").fetchone()[0] == 3
+            assert db.execute("SELECT COUNT(*) FROM pending_status").fetchone()[0] == 2
+    finally:
+        db.close()
+    again = Outbox(where)
+    try:
+        assert again.depth() == (1, 2)
+        assert drain(again) == [("state", "ready", -1), ("status", "ready", 3)]
+        assert drain(again, "n2") == [("status", "ready", 5)]
+        again.flush()
+        assert again.depth() == (0, 0)
+    finally:
+        again.close()
+    reopened = Outbox(where)
+    try:
+        assert reopened.depth() == (0, 0)
+        assert reopened.mark("n2") is not None
+    finally:
+        reopened.close()
 
 
 def test_done_keeps_a_newer_status_that_arrived_meanwhile(where: str) -> None:

@@ -57,7 +57,7 @@ def test_a_migrated_backlog_is_delivered_by_the_postgresql_bridge(
         with sqlite3.connect(outbox) as db:
             snapshots = [(node, json.loads(payload)["uptime"]) for node, payload in db.execute(
                 "SELECT node_id, snapshot FROM transitions WHERE snapshot IS NOT NULL UNION ALL "
-                "SELECT node_id, payload FROM pending_status")]
+                "SELECT node_id, snapshot FROM nodes WHERE pending_session IS NOT NULL")]
         assert snapshots, "the backlog carries the nodes' snapshots"
 
         refused = migrate("--from", f"sqlite:{tmp_path / 'missing.sqlite3'}",

@@ -142,7 +142,7 @@ class Lease:
             db = PostgresDatabase(self.url, name=session_names(self.instance)[2],
                                   lock_timeout_ms=LOCK_TIMEOUT_MS)
             try:
-                db.prepare()
+                db.prepare(upgrade=False)
             except BaseException:
                 db.close()
                 raise

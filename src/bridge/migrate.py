@@ -25,21 +25,19 @@ log = logging.getLogger(__name__)
 
 _READ = (
     "SELECT node_id, node_name, session, seq, state, state_session, snapshot, registered, "
-    "ended, interval_s, ahead_session, ahead_seq, told FROM nodes",
+    "ended, interval_s, ahead_session, ahead_seq, told, pending_session, pending_seq, "
+    "pending_received FROM nodes",
     "SELECT id, node_id, session, state, snapshot, received FROM transitions ORDER BY id",
-    "SELECT node_id, session, seq, payload, received FROM pending_status",
 )
 _WRITE = (
     "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, snapshot, "
-    "registered, ended, interval_s, ahead_session, ahead_seq, told) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "registered, ended, interval_s, ahead_session, ahead_seq, told, pending_session, "
+    "pending_seq, pending_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "INSERT INTO transitions (id, node_id, session, state, snapshot, received) "
     "VALUES (?, ?, ?, ?, ?, ?)",
-    "INSERT INTO pending_status (node_id, session, seq, payload, received) "
-    "VALUES (?, ?, ?, ?, ?)",
 )
 _HELD = ("SELECT (SELECT COUNT(*) FROM nodes), (SELECT COUNT(*) FROM transitions), "
-         "(SELECT COUNT(*) FROM pending_status)")
+         "(SELECT COUNT(*) FROM nodes WHERE pending_session IS NOT NULL)")
 
 
 def sqlite_path(source: str) -> Path:
@@ -91,12 +89,13 @@ def _copy(sqlite: SqliteDatabase, pg: PostgresDatabase, path: Path, out: TextIO)
         raise OutboxError(f"--from {path}: cannot lock it ({exc}); stop the bridge that "
                           "uses it first") from exc
     try:
-        nodes, transitions, statuses = (sqlite.execute(sql).fetchall() for sql in _READ)
+        nodes, transitions = (sqlite.execute(sql).fetchall() for sql in _READ)
+        statuses = sum(1 for row in nodes if row[-3] is not None)
         pg.prepare()
         _check_empty(pg)
         pg.begin()
         try:
-            for sql, rows in zip(_WRITE, (nodes, transitions, statuses), strict=True):
+            for sql, rows in zip(_WRITE, (nodes, transitions), strict=True):
                 pg.executemany(sql, rows)
             pg.execute("SELECT setval(pg_get_serial_sequence('transitions', 'id'), "
                        "GREATEST((SELECT MAX(id) FROM transitions), 1))")
@@ -105,7 +104,6 @@ def _copy(sqlite: SqliteDatabase, pg: PostgresDatabase, path: Path, out: TextIO)
             pg.rollback()
             raise
         sqlite.execute("DELETE FROM transitions")
-        sqlite.execute("DELETE FROM pending_status")
         sqlite.execute("DELETE FROM nodes")
         sqlite.commit()
     except pg.errors as exc:
@@ -115,5 +113,5 @@ def _copy(sqlite: SqliteDatabase, pg: PostgresDatabase, path: Path, out: TextIO)
         sqlite.rollback()
         raise
     print(f"moved {len(nodes)} node(s), {len(transitions)} pending transition(s) and "
-          f"{len(statuses)} pending status(es) from {path} to {pg.where}; the SQLite outbox "
+          f"{statuses} pending status(es) from {path} to {pg.where}; the SQLite outbox "
           "is now empty. Start the bridges with bridge.outbox_url set.", file=out)

@@ -54,7 +54,7 @@ __all__ = ["SCHEMA_VERSION", "NotActiveError", "Outbox", "OutboxError"]
 class NodeMark:
     """What the bridge knows of one node (kept in memory, mirrored in ``nodes``).
 
-    ``truth`` and ``pending_status`` follow the writer's transaction; ``pending`` (the status
+    ``truth`` and ``pending_row`` follow the writer's transaction; ``pending`` (the status
     to deliver) and ``transitions`` (ids of the transitions to deliver) follow what is
     committed, so forwarders find a node's next item without reading the disk.
     """
@@ -75,7 +75,8 @@ class NodeMark:
     lost: tuple[int, float] | None = None
     """The node's newest transition if it is a ``lost`` that does not count yet: (id, when
     it counts), see ``truth.lost_counts_from``."""
-    pending_status: bool = False
+    pending_row: tuple[str, int, float] | None = None
+    """The node's undelivered status as its row says: (session, seq, received)."""
     pending: Item | None = None
     transitions: set[int] = field(default_factory=set)
     heard: float | None = None
@@ -232,9 +233,10 @@ class Outbox:
                 delivered.setdefault(node_id, _Delivered()).merge(items)
         nothing = _Delivered()
         for node_id, session, seq, payload, received in self._db.execute(
-                "SELECT node_id, session, seq, payload, received FROM pending_status"):
-            mark = marks.setdefault(node_id, NodeMark())
-            mark.pending_status = True
+                "SELECT node_id, pending_session, pending_seq, snapshot, pending_received "
+                "FROM nodes WHERE pending_session IS NOT NULL"):
+            mark = marks[node_id]
+            mark.pending_row = (session, seq, received)
             if (session, seq) not in delivered.get(node_id, nothing).statuses:
                 mark.pending = Item(node_id, "status", session, seq,
                                     mark.truth.state_of(session), payload, received)
@@ -346,15 +348,14 @@ class Outbox:
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
-        if mark.pending_status:
+        if mark.pending_row is not None:
             result.coalesced += 1
-        writes.pending[node_id] = (node_id, message.session, message.seq, raw, received)
+        mark.pending_row = (message.session, message.seq, received)
         mark.truth = truth
         mark.node_name = message.node_name or mark.node_name
         mark.interval_s = message.interval_s
         self._heard(node_id, mark, received)
         writes.nodes[node_id] = _node_row(node_id, mark, raw)
-        mark.pending_status = True
         committed.append(_Committed(mark, pending=Item(
             node_id, "status", message.session, message.seq, truth.state_of(message.session),
             raw, received)))
@@ -421,20 +422,15 @@ class Outbox:
         of a session still ahead of the states stays pending.
         """
         truth = mark.truth
-        if mark.pending_status:
-            row = db.execute("SELECT session, payload FROM pending_status WHERE node_id = ?",
-                             (node_id,)).fetchone()
-            superseded = row is not None and session != truth.session and \
-                row[0] == truth.session
-            if row is None or row[0] == session or superseded:
-                db.execute("DELETE FROM pending_status WHERE node_id = ?", (node_id,))
-                mark.pending_status = False
-                committed.append(_Committed(mark))  # no pending status
-                result.coalesced += 1
-                if row is not None and row[0] == session:
-                    return bytes(row[1])
+        pending = mark.pending_row
+        folded = pending is not None and pending[0] == session
+        if folded or (pending is not None and session != truth.session and
+                      pending[0] == truth.session):
+            mark.pending_row = None  # written with the node's row
+            committed.append(_Committed(mark))  # no pending status
+            result.coalesced += 1
         newest = truth.newest_status
-        if newest is None or newest[0] != session:
+        if not folded and (newest is None or newest[0] != session):
             return None
         row = db.execute("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
@@ -519,8 +515,9 @@ class Outbox:
             try:
                 db.begin()
                 db.executemany("DELETE FROM transitions WHERE id = ?", transitions)
-                db.executemany("DELETE FROM pending_status WHERE node_id = ? AND session = ? "
-                               "AND seq = ?", statuses)
+                db.executemany("UPDATE nodes SET pending_session = NULL, pending_seq = NULL, "
+                               "pending_received = NULL WHERE node_id = ? AND "
+                               "pending_session = ? AND pending_seq = ?", statuses)
                 for column in ("registered", "told"):
                     db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
                                    [(_column_value(u[column]), node)
@@ -623,9 +620,9 @@ class Outbox:
             else:
                 delivered.statuses.add((item.session, item.seq))
                 if mark is not None:
-                    truth = mark.truth
-                    if truth.newest_status == (item.session, item.seq):
-                        mark.pending_status = False  # nothing newer is being recorded
+                    if mark.pending_row is not None and \
+                            mark.pending_row[:2] == (item.session, item.seq):
+                        mark.pending_row = None  # nothing newer is being recorded
                     if mark.pending is not None and \
                             (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
                         mark.pending = None
@@ -681,7 +678,7 @@ class Outbox:
             if found is None:
                 return None
             return NodeMark(found.truth, found.node_name, found.registered, found.interval_s,
-                            found.told, pending_status=found.pending_status,
+                            found.told, pending_row=found.pending_row,
                             heard=found.heard)
 
     def nodes_told(self, word: str) -> list[str]:
@@ -708,40 +705,33 @@ class Outbox:
 
 _SAVE_NODE = (
     "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
-    "snapshot, ended, interval_s, ahead_session, ahead_seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "snapshot, ended, interval_s, ahead_session, ahead_seq, pending_session, pending_seq, "
+    "pending_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
     "session = excluded.session, seq = excluded.seq, state = excluded.state, "
     "state_session = excluded.state_session, "
     "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
     "interval_s = excluded.interval_s, ahead_session = excluded.ahead_session, "
-    "ahead_seq = excluded.ahead_seq")
-_SAVE_PENDING = (
-    "INSERT INTO pending_status (node_id, session, seq, payload, received) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
-    "session = excluded.session, seq = excluded.seq, "
-    "payload = excluded.payload, received = excluded.received")
+    "ahead_seq = excluded.ahead_seq, pending_session = excluded.pending_session, "
+    "pending_seq = excluded.pending_seq, pending_received = excluded.pending_received")
 
 
 def _node_row(node_id: str, mark: NodeMark, snapshot: bytes | None) -> tuple[Any, ...]:
     truth = mark.truth
     ahead = truth.ahead or (None, None)
     return (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
-            snapshot, " ".join(truth.ended), mark.interval_s, *ahead)
+            snapshot, " ".join(truth.ended), mark.interval_s, *ahead,
+            *(mark.pending_row or (None, None, None)))
 
 
 @dataclass
 class _StatusWrites:
     """The rows a batch's statuses write, per node the newest, written together (one round
-    trip to PostgreSQL for the batch, not two per status)."""
+    trip to PostgreSQL for the batch, not one per status)."""
 
-    pending: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def flush(self, db: Database) -> None:
-        if self.pending:
-            db.executemany(_SAVE_PENDING, list(self.pending.values()))
-            self.pending.clear()
         if self.nodes:
             db.executemany(_SAVE_NODE, list(self.nodes.values()))
             self.nodes.clear()
