@@ -54,11 +54,11 @@ def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
     failures = {"left": 3}
     original = Outbox.record
 
-    def flaky_record(self: Outbox, batch: Any) -> Any:
+    def flaky_record(self: Outbox, batch: Any, **options: Any) -> Any:
         if failures["left"] > 0:
             failures["left"] -= 1
             raise sqlite3.OperationalError("disk I/O error")
-        return original(self, batch)
+        return original(self, batch, **options)
 
     monkeypatch.setattr(Outbox, "record", flaky_record)
     with bridge_and_node(config, broker, double) as (bridge, publisher):

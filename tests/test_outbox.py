@@ -362,6 +362,36 @@ def test_a_failed_commit_leaves_memory_as_on_disk(where: str) -> None:
                                                  ("state", "ready"), ("status", "ready")]
 
 
+def test_deliveries_written_with_a_batch_are_kept_when_its_commit_fails(where: str) -> None:
+    """``record(flush=True)`` writes a batch and the deliveries in one transaction: a failed
+    commit gives the deliveries back for the next write, and the node waits for it."""
+    box = Outbox(where, on_change=lambda: None)
+    box.record([state("ready", A), status(1, A)])
+    first = box.next_item("n1")
+    assert first is not None
+    box.done(first)
+    real = box._db
+    assert real is not None
+    failing = _CommitFails(real)
+    box._db = failing  # type: ignore[assignment]
+    with pytest.raises(OutboxError, match="disk is full"):
+        box.record([status(1, A, node="n2")], flush=True)
+    assert box.next_item("n1") is None  # its delivery is still not on disk
+    failing.failing = False
+    _, notify = box.record([status(1, A, node="n2")], flush=True)
+    assert notify == {"n1", "n2"}
+    box._db = real
+    assert drain(box) == [("status", "ready", 1)]
+    assert box.flush() == set()
+    box.close()
+    again = Outbox(where)
+    try:
+        assert again.depth() == (0, 1)  # n2's status; n1's transition was written delivered
+        assert drain(again) == []
+    finally:
+        again.close()
+
+
 def told_up(box: Outbox, node: str = "n1") -> float:
     """Deliver everything of ``node`` as the forwarder does (the monitor shows it up);
     returns when the node was last heard."""

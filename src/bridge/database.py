@@ -175,6 +175,12 @@ class Database:
         cut short)."""
         raise NotImplementedError
 
+    def pipeline(self) -> contextlib.AbstractContextManager[object]:
+        """A block whose statements go to the database together, as far as none needs an
+        answer before the block ends (PostgreSQL's pipeline mode); errors may be raised at
+        its end."""
+        return contextlib.nullcontext()
+
     def reader(self) -> Database:
         """A second connection to the same database, for reads beside the writer's."""
         raise NotImplementedError
@@ -294,13 +300,19 @@ class PostgresDatabase(Database):
                 cursor.executemany(sql.replace("?", "%s"), rows)
 
     def begin(self) -> None:
+        """Begin a transaction; with an epoch, one that holds the lease's row while it
+        matches (one round trip for both)."""
         self._usable()
-        self._conn.execute("BEGIN")
-        if self.epoch is not None:
-            row = self._conn.execute(
-                "SELECT 1 FROM bridge_lease WHERE id = 1 AND epoch = %s FOR KEY SHARE",
-                (self.epoch,)).fetchone()
-            if row is None:
+        conn = self._conn
+        if self.epoch is None:
+            conn.execute("BEGIN")
+        else:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                check = conn.execute(
+                    "SELECT 1 FROM bridge_lease WHERE id = 1 AND epoch = %s FOR KEY SHARE",
+                    (self.epoch,))
+            if check.fetchone() is None:
                 self._conn.execute("ROLLBACK")
                 raise NotActiveError(
                     f"outbox {self.where}: another bridge took the lease over (epoch "
@@ -342,6 +354,11 @@ class PostgresDatabase(Database):
                 raise OutboxError(
                     f"outbox {self.where}: schema version {row[0]} is newer than this "
                     f"bridge's ({SCHEMA_VERSION}); upgrade the bridge")
+
+    def pipeline(self) -> contextlib.AbstractContextManager[object]:
+        self._usable()
+        block: contextlib.AbstractContextManager[object] = self._conn.pipeline()
+        return block
 
     def reader(self) -> PostgresDatabase:
         return PostgresDatabase(self.location, name=self._name + " reader")

@@ -117,6 +117,13 @@ class _Committed(NamedTuple):
     """Transitions dropped with it."""
 
 
+class _Deliveries(NamedTuple):
+    """What a flush writes: per node, what it had delivered and columns of its row."""
+
+    done: dict[str, _Delivered]
+    updates: dict[str, dict[str, Any]]
+
+
 @dataclass
 class _Delivered:
     """What a node had delivered since the last flush."""
@@ -273,9 +280,11 @@ class Outbox:
 
     # --- writing (the writer thread) -----------------------------------------------------
 
-    def record(self, batch: Iterable[Received]) -> tuple[IngestResult, set[str]]:
+    def record(self, batch: Iterable[Received], *,
+               flush: bool = False) -> tuple[IngestResult, set[str]]:
         """Record a batch of valid, checked messages in one committed transaction; returns
-        counts and touched nodes.
+        counts and the nodes to notify: those touched and (with ``flush``, whose writes go in
+        the same transaction) those whose deliveries were written and have a next item.
 
         What forwarders send (a mark's ``pending`` and ``transitions``) changes only after the
         commit, so nothing uncommitted is ever sent; the rest of a mark (read for the body
@@ -284,6 +293,7 @@ class Outbox:
         result = IngestResult()
         touched: set[str] = set()
         committed: list[_Committed] = []
+        deliveries = self._take_deliveries() if flush else None
         with self._write_lock:
             db = self._db
             assert db is not None
@@ -292,43 +302,18 @@ class Outbox:
                     with self._marks_lock:
                         self._load_marks()
                     self._marks_behind = False
-                db.begin()
-                writes = _StatusWrites()
-                with self._marks_lock:
-                    for incoming in batch:
-                        checked = incoming.checked
-                        assert checked is not None
-                        assert checked.node_id is not None
-                        node_id, message = checked.node_id, checked.message
-                        raw, received = incoming.payload, incoming.sent
-                        mark = self.marks.get(node_id)
-                        if mark is None:
-                            if len(self.marks) >= self.max_nodes:
-                                result.too_many_nodes += 1
-                                continue
-                            mark = self.marks[node_id] = NodeMark()
-                        if isinstance(message, StateMessage):
-                            writes.flush(db)  # a state reads what the statuses wrote
-                            changed = self._record_state(db, node_id, mark, message,
-                                                         incoming.retained, received, result,
-                                                         committed)
-                        elif message is not None:
-                            changed = self._record_status(writes, node_id, mark, message, raw,
-                                                          received, result, committed)
-                        if changed:
-                            touched.add(node_id)
-                    writes.flush(db)
-                db.commit()
-            except NotActiveError as exc:
-                self._failed(exc)
-                raise
-            except Exception as exc:
-                self._failed(exc)
-                if isinstance(exc, self._errors):
-                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
-                raise
+                with db.pipeline():
+                    db.begin()
+                    if deliveries is not None:
+                        self._write_deliveries(db, deliveries)
+                    self._record_batch(db, batch, result, touched, committed)
+                    db.commit()
             except BaseException as exc:
+                if deliveries is not None:
+                    self._give_back(deliveries)
                 self._failed(exc)
+                if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
+                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
                 raise
             self.last_error = None
             with self._marks_lock:
@@ -338,7 +323,38 @@ class Outbox:
                     else:
                         change.mark.transitions.add(change.added)
                         change.mark.transitions.difference_update(change.dropped)
+        if deliveries is not None:
+            touched |= self._written(deliveries)
         return result, touched
+
+    def _record_batch(self, db: Database, batch: Iterable[Received], result: IngestResult,
+                      touched: set[str], committed: list[_Committed]) -> None:
+        writes = _StatusWrites()
+        with self._marks_lock:
+            for incoming in batch:
+                checked = incoming.checked
+                assert checked is not None
+                assert checked.node_id is not None
+                node_id, message = checked.node_id, checked.message
+                raw, received = incoming.payload, incoming.sent
+                mark = self.marks.get(node_id)
+                if mark is None:
+                    if len(self.marks) >= self.max_nodes:
+                        result.too_many_nodes += 1
+                        continue
+                    mark = self.marks[node_id] = NodeMark()
+                changed = False
+                if isinstance(message, StateMessage):
+                    writes.flush(db)  # a state reads what the statuses wrote
+                    changed = self._record_state(db, node_id, mark, message,
+                                                 incoming.retained, received, result,
+                                                 committed)
+                elif message is not None:
+                    changed = self._record_status(writes, node_id, mark, message, raw,
+                                                  received, result, committed)
+                if changed:
+                    touched.add(node_id)
+            writes.flush(db)
 
     def _record_status(self, writes: _StatusWrites, node_id: str, mark: NodeMark,
                        message: StatusHead, raw: bytes, received: float,
@@ -497,50 +513,67 @@ class Outbox:
     def flush(self) -> set[str]:
         """Write the deliveries and registrations reported since the last flush; returns
         the nodes written that have a next item to hand out now."""
-        with self._marks_lock:
-            done = self._done
-            self._done = {}
-            self._flushing = done
-            updates = self._node_updates
-            self._node_updates = {}
-        transitions = [(t,) for d in done.values() for t in d.transitions]
-        statuses = [(node, s, q) for node, d in done.items() for s, q in d.statuses]
-        if not (transitions or statuses or updates):
-            with self._marks_lock:
-                self._flushing = {}
+        deliveries = self._take_deliveries()
+        if deliveries is None:
             return set()
         with self._write_lock:
             db = self._db
             assert db is not None
             try:
-                db.begin()
-                db.executemany("DELETE FROM transitions WHERE id = ?", transitions)
-                db.executemany("UPDATE nodes SET pending_session = NULL, pending_seq = NULL, "
-                               "pending_received = NULL WHERE node_id = ? AND "
-                               "pending_session = ? AND pending_seq = ?", statuses)
-                for column in ("registered", "told"):
-                    db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
-                                   [(_column_value(u[column]), node)
-                                    for node, u in updates.items() if column in u])
-                db.commit()
+                with db.pipeline():
+                    db.begin()
+                    self._write_deliveries(db, deliveries)
+                    db.commit()
             except BaseException as exc:
                 self._rollback(exc)
-                with self._marks_lock:
-                    for node, columns in updates.items():
-                        newer = self._node_updates.setdefault(node, {})
-                        for column, value in columns.items():
-                            newer.setdefault(column, value)
-                    for node, delivered in done.items():
-                        self._done.setdefault(node, _Delivered()).merge(delivered)
-                    self._flushing = {}
+                self._give_back(deliveries)
                 if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
                     raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
                 raise
         self.last_error = None
+        return self._written(deliveries)
+
+    def _take_deliveries(self) -> _Deliveries | None:
+        """What ``done`` and ``_update`` reported since the last flush, now being written."""
+        with self._marks_lock:
+            if not (self._done or self._node_updates):
+                return None
+            deliveries = _Deliveries(self._done, self._node_updates)
+            self._done, self._node_updates = {}, {}
+            self._flushing = deliveries.done
+            return deliveries
+
+    @staticmethod
+    def _write_deliveries(db: Database, deliveries: _Deliveries) -> None:
+        done = deliveries.done
+        db.executemany("DELETE FROM transitions WHERE id = ?",
+                       [(t,) for d in done.values() for t in d.transitions])
+        db.executemany("UPDATE nodes SET pending_session = NULL, pending_seq = NULL, "
+                       "pending_received = NULL WHERE node_id = ? AND pending_session = ? AND "
+                       "pending_seq = ?",
+                       [(node, s, q) for node, d in done.items() for s, q in d.statuses])
+        for column in ("registered", "told"):
+            db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
+                           [(_column_value(u[column]), node)
+                            for node, u in deliveries.updates.items() if column in u])
+
+    def _give_back(self, deliveries: _Deliveries) -> None:
+        """A write of ``deliveries`` failed: they are written with the next one."""
+        with self._marks_lock:
+            for node, columns in deliveries.updates.items():
+                newer = self._node_updates.setdefault(node, {})
+                for column, value in columns.items():
+                    newer.setdefault(column, value)
+            for node, delivered in deliveries.done.items():
+                self._done.setdefault(node, _Delivered()).merge(delivered)
+            self._flushing = {}
+
+    def _written(self, deliveries: _Deliveries) -> set[str]:
+        """``deliveries`` are on disk: the nodes among them that have a next item."""
         with self._marks_lock:
             self._flushing = {}
             marks = self.marks
-            return {node for node in done
+            return {node for node in deliveries.done
                     if (mark := marks.get(node)) is not None and
                     (mark.pending is not None or mark.transitions or
                      mark.silence_due is not None)}

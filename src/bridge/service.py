@@ -353,7 +353,8 @@ class Bridge:
     def _write_loop(self) -> None:
         """The only thread that writes the outbox: incoming batches at once (they are
         acknowledged after the commit), deliveries within ``FLUSH_DELAY`` (losing those in a
-        crash only means sending them again)."""
+        crash only means sending them again), or with the next batch if that comes first:
+        one transaction for both."""
         flush_due: float | None = None
         reported = ""
         while True:
@@ -381,12 +382,14 @@ class Bridge:
             failed = self.outbox.last_error is not None
             flushing = False
             try:
-                if messages:
-                    self._record(messages)
-                if flush_due is not None and (stopping or time.monotonic() >= flush_due):
+                if flush_due is not None and \
+                        (messages or stopping or time.monotonic() >= flush_due):
                     flushing = True
                     flush_due = None
                     self._flush_requested.clear()
+                if messages:
+                    self._record(messages, flush=flushing)
+                elif flushing:
                     self.forwarder.notify(self.outbox.flush())
             except NotActiveError as exc:
                 if not failed or str(exc) != reported:
@@ -407,7 +410,7 @@ class Bridge:
                 if flushing:
                     # The nodes delivered to wait for this write: try it again soon.
                     flush_due = time.monotonic() + FLUSH_RETRY
-                elif messages and not stopping:
+                if messages and not stopping:
                     # The broker redelivers unacknowledged messages only on a new connection.
                     self.link.reconnect("outbox write failed")
                     self.statuses.reconnect("outbox write failed")
@@ -417,7 +420,7 @@ class Bridge:
             if stopping:
                 return
 
-    def _record(self, messages: list[Received]) -> None:
+    def _record(self, messages: list[Received], *, flush: bool = False) -> None:
         valid: list[Received] = []
         received: dict[str, int] = {}
         for message in messages:
@@ -437,7 +440,7 @@ class Bridge:
                     self._note_clock(checked.node_id, m.sent - checked.message.timestamp)
         for kind, count in received.items():
             self.metrics.inc("received", count, kind=kind)
-        result, touched = self.outbox.record(valid)
+        result, touched = self.outbox.record(valid, flush=flush)
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")
         self.metrics.inc("duplicates", result.duplicates)
