@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
+from dataclasses import replace
 
-from bridge.incoming import StatusHead, check
+from bridge.incoming import Received, StatusHead, check
 from yl_core.protocol import (
     ReporterCounters,
     Resources,
@@ -58,3 +61,16 @@ def test_bad_input_is_named_and_never_raises() -> None:
         checked = check(TOPICS, topic, payload)
         assert (checked.message, checked.reason) == (None, reason), reason
         assert checked.detail
+
+
+def test_a_received_message_keeps_every_field_through_pickling_and_checking() -> None:
+    """It crosses from the status receiver's process pickled; checking it keeps the rest."""
+    values: dict[str, object] = {f.name: f"v-{f.name}" for f in dataclasses.fields(Received)}
+    values.update(topic=TOPICS.status("node-1"), payload=status_payload(), checked=None)
+    message = Received(**values)  # type: ignore[arg-type]
+    assert pickle.loads(pickle.dumps(message)) == message  # noqa: S301 (our own bytes)
+    checked = message.checked_by(TOPICS)
+    assert checked.checked is not None
+    assert checked.checked.message == StatusHead("s1", 7, "GUI", 5.0, 1767225600.0)
+    assert replace(checked, checked=None) == message
+    assert pickle.loads(pickle.dumps(checked)) == checked  # noqa: S301

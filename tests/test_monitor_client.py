@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge.monitor_client import Answer, MonitorClient, Outcome, decode_json, encode_json
+from bridge.monitor_client import Answer, MonitorClient, Outcome, encode_json
 from yl_core.config import parse_config
 from yl_status.monitor_double import MonitorDouble
 
@@ -86,19 +86,6 @@ def test_v1_profile_uses_the_query_parameter(double: MonitorDouble) -> None:
     client = client_for(double, profile="v1")
     assert heartbeat(client, "gui-1", {"ignored": True}).outcome is Outcome.DELIVERED
     assert double.request_count("/api/v1/ar/heartbeat?node_id=gui-1") == 1
-
-
-@pytest.mark.parametrize("text", [
-    '{"a": 1, "b": [1.5, -2, "x\\u00e9"], "c": null, "d": true}',
-    '{"big": 123456789012345678901234567890, "neg": -9223372036854775809}',
-    '{"long": 0.12345678901234567890123, "exp": 1e300, "u64": 18446744073709551615}',
-    '{"surrogate": "\\ud800", "dup": 1, "dup": 2}',
-])
-def test_decode_json_reads_what_the_standard_library_reads(text: str) -> None:
-    expected = json.loads(text)
-    decoded = decode_json(text.encode())
-    assert decoded == expected
-    assert [type(v) for v in decoded.values()] == [type(v) for v in expected.values()]
 
 
 def test_encode_json_writes_what_the_standard_library_reads() -> None:

@@ -39,12 +39,12 @@ from bridge.monitor_client import (
     MonitorClient,
     MonitorConnection,
     Outcome,
-    decode_json,
     listed_node_ids,
 )
 from bridge.outbox import Item, NodeMark, Outbox
 from yl_core import protocol, timestamps, truth
 from yl_core.config import Config
+from yl_core.protocol import decode_json
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ import orjson
 
 from yl_core import protocol, timestamps
 from yl_core.config import MonitorConfig
+from yl_core.protocol import decode_json
 from yl_core.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ message is kept and retried, never dropped."""
 NODES = "/api/ar/nodes"
 V1_NODES = "/api/v1/ar/nodes"
 _PATHS_KEPT = 100_000
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_NUMBER = b"0" * 19
 
 
 class Outcome(Enum):
@@ -414,16 +413,6 @@ def encode_json(value: Any) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-
-
-def decode_json(raw: bytes) -> Any:
-    """Parse JSON that was validated once already, as the standard library does: orjson
-    unless a number has 19 digits or more (orjson reads integers beyond 64 bits as floats)
-    or orjson refuses it."""
-    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            return orjson.loads(raw)
-    return json.loads(raw)
 
 
 def listed_node_ids(body: Any) -> set[str] | None:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import orjson
+
 from yl_core.errors import ProtocolError
 from yl_core.timestamps import epoch_from_iso
 from yl_core.values import is_finite, is_kind
@@ -304,6 +306,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+_UNREAD: Final = object()
+
+
+def _read_fast(raw: bytes) -> Any:
+    """orjson's reading of ``raw`` where it is the standard library's, else ``_UNREAD``:
+    a number of 19 digits or more (orjson reads integers beyond 64 bits as floats) or
+    anything orjson refuses (the standard library then reads it, or says why not)."""
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return _UNREAD
+
+
+def decode_json(raw: bytes) -> Any:
+    """JSON as the standard library reads it (the same values, the same errors), mostly at
+    orjson's speed."""
+    value = _read_fast(raw)
+    return json.loads(raw) if value is _UNREAD else value
+
+
 def load_json(payload: bytes) -> dict[str, Any]:
     """Strict JSON object decoding for untrusted payloads.
 
@@ -313,17 +339,24 @@ def load_json(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError("too_large",
                             f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    data = _read_fast(payload)
+    if data is _UNREAD:
+        data = _load_json_strictly(payload)
+    if not isinstance(data, dict):
+        raise ProtocolError("schema", f"payload must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _load_json_strictly(payload: bytes) -> Any:
+    """The standard library's reading, with what it refuses said as a ``ProtocolError``."""
     try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise ProtocolError("json", f"payload is not UTF-8: {exc.reason}") from exc
     except RecursionError as exc:
         raise ProtocolError("json", "payload is nested too deeply") from exc
     except ValueError as exc:
         raise ProtocolError("json", f"payload is not valid JSON: {str(exc)[:120]}") from exc
-    if not isinstance(data, dict):
-        raise ProtocolError("schema", f"payload must be a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _get(data: Mapping[str, Any], key: str, kinds: tuple[type, ...], *,
