@@ -111,3 +111,15 @@ def test_an_outbox_of_schema_2_counts_its_ready_nodes_as_told_up(tmp_path: Path)
         assert box.silent_nodes(time.monotonic() + 91) == ["up-1"]
     finally:
         box.close()
+
+
+def test_an_outbox_of_a_newer_release_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "newer.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript("CREATE TABLE kept (x INTEGER); PRAGMA user_version = 99;")
+    with pytest.raises(OutboxError, match="schema version 99 is newer than this bridge's"):
+        Outbox(path)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert tables == {"kept"}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 99

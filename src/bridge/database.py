@@ -227,6 +227,10 @@ class SqliteDatabase(Database):
             log.error("outbox %s is damaged (%s); pending work may be lost: restore it "
                       "from a backup or move it aside", self.where, "; ".join(problems))
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"outbox {self.where}: schema version {version} is newer than this bridge's "
+                f"({SCHEMA_VERSION}); upgrade the bridge")
         conn.executescript(_TABLES.format(**_SQLITE_TYPES) + ";")
         if version < SCHEMA_VERSION:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
