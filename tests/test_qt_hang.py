@@ -9,9 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from testkit.bridge_process import BridgeProcess
@@ -19,7 +18,6 @@ from testkit.support import (
     Recorder,
     config_dict,
     http_get,
-    make_config,
     wait_until,
     write_config,
 )
@@ -163,22 +161,62 @@ def test_a_slot_that_blocks_the_gui_thread_is_reported_at_once_and_cleared_at_on
         assert window.close() == 0
 
 
-@pytest.fixture
-def qapp() -> Any:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtWidgets import QApplication
+BUSY_SCRIPT = r"""
+import json, sys, threading, time
 
-    app = QApplication.instance() or QApplication([])
-    assert isinstance(app, QApplication)
-    return app
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox
+
+from publisher import load_config
+from publisher.qt import StatusReporter
+
+config_path, seconds = sys.argv[1], float(sys.argv[2])
 
 
-def burn(seconds: float) -> Callable[[], None]:
-    def run() -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            sum(range(1000))
-    return run
+def burn():
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(range(1000))
+
+
+app = QApplication([])
+window = QMainWindow()
+reporter = StatusReporter(load_config(config_path), window)
+window.show()
+deadline = time.monotonic() + 15
+while not reporter.connected and time.monotonic() < deadline:
+    app.processEvents()
+    time.sleep(0.01)
+if not reporter.connected:
+    sys.exit("the reporter never connected to the broker")
+done = threading.Event()
+
+
+def updates():
+    step = 0
+    while not done.wait(0.001):
+        step += 1
+        reporter.update_gui_status(frame=step)
+
+
+workers = [threading.Thread(target=burn) for _ in range(2)]
+workers.append(threading.Thread(target=updates))
+started = time.monotonic()
+for worker in workers:
+    worker.start()
+box = QMessageBox(window)
+box.setText("Unsaved changes?")
+QTimer.singleShot(int(seconds * 1000), box.accept)
+box.exec()
+elapsed = time.monotonic() - started
+done.set()
+for worker in workers:
+    worker.join(seconds + 5)
+reporter.stop()
+window.close()
+app.processEvents()
+print(json.dumps({"started": started, "elapsed": elapsed}), flush=True)
+"""
 
 
 @pytest.fixture
@@ -189,48 +227,22 @@ def recorder(broker: DevBroker) -> Iterator[Recorder]:
 
 
 def test_a_modal_dialog_a_busy_process_and_a_flood_of_updates_are_no_hang(
-        qapp: Any, broker: DevBroker, recorder: Recorder) -> None:
-    """For 10 s at once: a modal QMessageBox (a nested event loop), 100 % CPU in two worker
-    threads, and 1,000 ``update_gui_status`` calls a second from a third; with the hang
-    threshold at its lowest (1 s) the node never says it is not responding."""
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QMainWindow, QMessageBox
-
-    from publisher.qt import StatusReporter
-
-    window = QMainWindow()
-    reporter = StatusReporter(make_config(broker, monitor={"gui_hang_after": 1,
-                                                           "report_interval": 0.5}), window)
-    window.show()
-    wait_until(lambda: (qapp.processEvents(), reporter.connected)[1], what="connected")
+        tmp_path: Path, broker: DevBroker, recorder: Recorder) -> None:
+    """For 10 s at once, in a GUI process of its own: a modal QMessageBox (a nested event
+    loop), 100 % CPU in two worker threads, and 1,000 ``update_gui_status`` calls a second
+    from a third; with the hang threshold at its lowest (1 s) the node never says it is not
+    responding."""
     seconds = 10.0
-    done = threading.Event()
-
-    def updates() -> None:
-        step = 0
-        while not done.wait(0.001):
-            step += 1
-            reporter.update_gui_status(frame=step)
-
-    workers = [threading.Thread(target=burn(seconds)) for _ in range(2)]
-    workers.append(threading.Thread(target=updates))
-    try:
-        started = time.monotonic()
-        for worker in workers:
-            worker.start()
-        box = QMessageBox(window)
-        box.setText("Unsaved changes?")
-        QTimer.singleShot(int(seconds * 1000), box.accept)
-        box.exec()
-        assert time.monotonic() - started >= seconds * 0.9  # a coarse Qt timer: 5 %
-    finally:
-        done.set()
-        for worker in workers:
-            worker.join(seconds + 5)
-        reporter.stop()
-        window.close()
-        qapp.processEvents()
-    during = [m.json() for m in recorder.on(STATUS) if m.at >= started]
+    config = write_config(tmp_path / "gui.yaml", config_dict(
+        broker, "node-1", monitor={"gui_hang_after": 1, "report_interval": 0.5}))
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    run = subprocess.run([sys.executable, "-c", BUSY_SCRIPT, str(config), str(seconds)],
+                         capture_output=True, text=True, env=env, timeout=seconds + 40,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["elapsed"] >= seconds * 0.9  # a coarse Qt timer: 5 %
+    during = [m.json() for m in recorder.on(STATUS) if m.at >= result["started"]]
     assert len(during) >= 10, "statuses went on"
     assert max(d["gui"].get("frame", 0) for d in during) > 1000
     assert all("not_responding_since" not in d for d in during)
