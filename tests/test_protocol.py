@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import pytest
 
@@ -16,11 +15,9 @@ from yl_core.protocol import (
     StateMessage,
     StatusMessage,
     Topics,
-    decode_json,
     decode_state,
     decode_status,
     encode,
-    load_json,
 )
 
 HOSTILE_IDS = ["..", "%2e%2e", "a/b", "a+b", "#", "", "-lead", "_lead", "nodé", "a b",
@@ -200,37 +197,3 @@ def test_the_wait_at_the_broker_counts_whole_seconds_and_never_a_boundary_crosse
     assert protocol.waited(expiry - 5, expiry) == 4.0
     assert protocol.waited(None, expiry) == 0.0
     assert protocol.waited(expiry + 1, expiry) == 0.0
-
-
-@pytest.mark.parametrize("text", [
-    '{"a": 1, "b": [1.5, -2, "x\\u00e9"], "c": null, "d": true}',
-    '{"big": 123456789012345678901234567890, "neg": -9223372036854775809}',
-    '{"long": 0.12345678901234567890123, "exp": 1e300, "u64": 18446744073709551615}',
-    '{"surrogate": "\\ud800", "dup": 1, "dup": 2}',
-])
-def test_decode_json_reads_what_the_standard_library_reads(text: str) -> None:
-    expected = json.loads(text)
-    decoded = decode_json(text.encode())
-    assert decoded == expected
-    assert [type(v) for v in decoded.values()] == [type(v) for v in expected.values()]
-
-
-@pytest.mark.parametrize("payload", [
-    b"\xef\xbb\xbf{}", b'{"a": NaN}', b'{"a": 1e400, "b": -Infinity}', b"[" * 5000 + b"]" * 5000,
-    b'{"a": "\xff"}', b'{"a": "\x01"}', b'{"a": 1,}', b'{"seq": 123456789012345678901}', b"[1]",
-])
-def test_load_json_takes_and_refuses_what_the_strict_reading_does(payload: bytes) -> None:
-    """The fast path changes no answer: the same value, or the same error."""
-    def answer(read: Any) -> object:
-        try:
-            return read(payload)
-        except ProtocolError as exc:
-            return (exc.reason, str(exc))
-    assert answer(load_json) == answer(_strict_object)
-
-
-def _strict_object(raw: bytes) -> object:
-    data = protocol._load_json_strictly(raw)
-    if not isinstance(data, dict):
-        raise ProtocolError("schema", f"payload must be a JSON object, not {type(data).__name__}")
-    return data

@@ -31,6 +31,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, Final
 
 from bridge.breaker import Breaker
+from bridge.fast_json import decode_json
 from bridge.metrics import Metrics
 from bridge.monitor_client import (
     NODES,
@@ -44,7 +45,6 @@ from bridge.monitor_client import (
 from bridge.outbox import Item, NodeMark, Outbox
 from yl_core import protocol, timestamps, truth
 from yl_core.config import Config
-from yl_core.protocol import decode_json
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from bridge import fast_json
 from yl_core import protocol, timestamps
 from yl_core.errors import ProtocolError
 from yl_core.protocol import StateMessage, Topics
@@ -46,7 +47,7 @@ def check(topics: Topics, topic: str, payload: bytes) -> Checked:
             return Checked(node_id, kind, None)
         if kind == "state":
             return Checked(node_id, kind, protocol.decode_state(payload))
-        status = protocol.decode_status(payload, node_id=node_id)
+        status = protocol.status_from_data(fast_json.load_json(payload), node_id=node_id)
         return Checked(node_id, kind, StatusHead(status.session, status.seq, status.node_name,
                                                  status.interval_s,
                                                  timestamps.epoch_from_iso(status.timestamp)))

@@ -29,9 +29,9 @@ from urllib.parse import quote, urlencode, urlsplit
 import httptools
 import orjson
 
+from bridge.fast_json import decode_json
 from yl_core import protocol, timestamps
 from yl_core.config import MonitorConfig
-from yl_core.protocol import decode_json
 from yl_core.version import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)

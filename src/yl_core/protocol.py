@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-import orjson
-
 from yl_core.errors import ProtocolError
 from yl_core.timestamps import epoch_from_iso
 from yl_core.values import is_finite, is_kind
@@ -306,30 +304,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_NUMBER = b"0" * 19
-_UNREAD: Final = object()
-
-
-def _read_fast(raw: bytes) -> Any:
-    """orjson's reading of ``raw`` where it is the standard library's, else ``_UNREAD``:
-    a number of 19 digits or more (orjson reads integers beyond 64 bits as floats) or
-    anything orjson refuses (the standard library then reads it, or says why not)."""
-    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return _UNREAD
-
-
-def decode_json(raw: bytes) -> Any:
-    """JSON as the standard library reads it (the same values, the same errors), mostly at
-    orjson's speed."""
-    value = _read_fast(raw)
-    return json.loads(raw) if value is _UNREAD else value
-
-
 def load_json(payload: bytes) -> dict[str, Any]:
     """Strict JSON object decoding for untrusted payloads.
 
@@ -339,9 +313,7 @@ def load_json(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError("too_large",
                             f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    data = _read_fast(payload)
-    if data is _UNREAD:
-        data = _load_json_strictly(payload)
+    data = _load_json_strictly(payload)
     if not isinstance(data, dict):
         raise ProtocolError("schema", f"payload must be a JSON object, not {type(data).__name__}")
     return data
@@ -433,7 +405,12 @@ def _check_gui(value: object) -> dict[str, GuiValue]:
 
 def decode_status(payload: bytes, *, node_id: str | None = None) -> StatusMessage:
     """Decode a ``status`` payload; with ``node_id``, it must match the topic's node."""
-    data = load_json(payload)
+    return status_from_data(load_json(payload), node_id=node_id)
+
+
+def status_from_data(data: dict[str, Any], *, node_id: str | None = None) -> StatusMessage:
+    """``decode_status`` of a payload already read by ``load_json`` (or a reading that gives
+    the same object)."""
     _check_version(data)
     body_id = _get(data, "node_id", (str,))
     check_node_id(body_id)
