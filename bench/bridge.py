@@ -634,6 +634,13 @@ def http_paths(requests: int) -> None:
         for _ in range(4):
             json.loads(json.dumps(item))
 
+    def run_workers(worker: Any, connections: int) -> None:
+        async def run() -> None:
+            await asyncio.gather(*(worker(requests // connections)
+                                   for _ in range(connections)))
+
+        asyncio.run(run())
+
     def forwarder(connections: int) -> None:
         async def worker(count: int) -> None:
             connection = MonitorConnection(client)
@@ -643,11 +650,7 @@ def http_paths(requests: int) -> None:
                     refused()
             connection.close()
 
-        async def run() -> None:
-            await asyncio.gather(*(worker(requests // connections)
-                                   for _ in range(connections)))
-
-        asyncio.run(run())
+        run_workers(worker, connections)
 
     def streams(connections: int) -> None:
         async def worker(count: int) -> None:
@@ -668,11 +671,7 @@ def http_paths(requests: int) -> None:
                     refused()
             writer.close()
 
-        async def run() -> None:
-            await asyncio.gather(*(worker(requests // connections)
-                                   for _ in range(connections)))
-
-        asyncio.run(run())
+        run_workers(worker, connections)
 
     def threads(work: Any, connections: int) -> None:
         running = [threading.Thread(target=work, args=(requests // connections,))

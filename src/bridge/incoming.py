@@ -84,14 +84,12 @@ class Received:
                         self.payload, self.received, self.retained, self.expiry_left,
                         check(topics, self.topic, self.payload))
 
-    def _values(self) -> tuple[Any, ...]:
-        return (self.session, self.connection, self.mid, self.qos, self.topic, self.payload,
-                self.received, self.retained, self.expiry_left, self.checked)
-
     def __reduce__(self) -> tuple[type[Received], tuple[Any, ...]]:
-        """Pickled as its values (the status receiver sends thousands a second): a tenth
-        of the dataclass's own way."""
-        return (Received, self._values())
+        """Pickled as its values (the status receiver sends thousands a second): about
+        half the cost of the dataclass's own way."""
+        return (Received, (self.session, self.connection, self.mid, self.qos, self.topic,
+                           self.payload, self.received, self.retained, self.expiry_left,
+                           self.checked))
 
     @property
     def sent(self) -> float:
