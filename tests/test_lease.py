@@ -3,6 +3,7 @@ an instance never counts itself active once another may."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -13,14 +14,16 @@ import pytest
 from testkit.postgres import PostgresServer
 from testkit.support import incoming, wait_until
 
+from bridge.database import session_names
 from bridge.incoming import Received
 from bridge.lease import ACTIVE, MARGIN, RENEW_EVERY, STANDBY, Lease
-from bridge.outbox import NotActiveError, Outbox
+from bridge.outbox import NotActiveError, Outbox, OutboxError
 from bridge.service import Bridge
 from yl_core.config import parse_config
-from yl_core.protocol import StateMessage, encode
+from yl_core.protocol import ReporterCounters, Resources, StateMessage, StatusMessage, encode
 
 DURATION = MARGIN + RENEW_EVERY + 0.3
+SESSION = "000000000010-aaaaaaaaaaaa"
 
 
 @pytest.fixture
@@ -172,3 +175,59 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
         writer.join(5)
         bridge.outbox.close(flush=False)
     assert not writer.is_alive()
+
+
+def test_a_write_cut_at_any_moment_fails_alone_and_loses_nothing_acknowledged(
+        url: str, leases: list[Lease]) -> None:
+    """An active instance's write is one pipeline (the lease check, the batch, the commit); a
+    connection cut anywhere in it fails that write only: the next one commits, on a new
+    connection, whatever state the cut left the old one in (pipeline mode with results it
+    never gets is one), and every write that returned is kept."""
+    a = lease(leases, url, "a")
+    a.step()
+    box = Outbox(url, epoch=a.epoch, name=session_names("a")[0])
+    killer = psycopg.connect(url, autocommit=True)
+    chance = random.Random(18)
+    nodes = [f"n{i}" for i in range(30)]
+    kept: dict[str, int] = {}
+    cut = 0
+
+    def batch(seq: int) -> list[Received]:
+        return [incoming(node, StatusMessage(
+            node_id=node, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z",
+            status="running", version="1", uptime=1.0, resources=Resources(1.0, 1.0, 1),
+            gui={}, reporter=ReporterCounters(0, 0, None), session=SESSION, seq=seq,
+            interval_s=30.0), float(seq)) for node in nodes]
+
+    def terminate() -> None:
+        killer.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                       "application_name = %s", (session_names("a")[0],))
+
+    try:
+        for turn in range(1, 81):
+            timer = threading.Timer(chance.uniform(0.0, 0.004), terminate)
+            timer.start()
+            try:
+                box.record(batch(2 * turn - 1))
+            except OutboxError:
+                cut += 1
+            else:
+                kept.update(dict.fromkeys(nodes, 2 * turn - 1))
+            timer.join()
+            try:
+                box.record(batch(2 * turn))
+            except OutboxError:  # cut between two writes: the next one finds out
+                box.record(batch(2 * turn))
+            kept.update(dict.fromkeys(nodes, 2 * turn))
+    finally:
+        box.close(flush=False)
+        killer.close()
+    assert cut >= 8, f"only {cut} of 80 writes were cut: the test cuts too late"
+    fresh = Outbox(url, epoch=a.epoch)
+    try:
+        for node in nodes:
+            item = fresh.next_item(node)
+            assert item is not None
+            assert (item.kind, item.seq) == ("status", kept[node]), node
+    finally:
+        fresh.close(flush=False)

@@ -329,6 +329,29 @@ class PostgresDatabase(Database):
             return False
         return bool(conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE)
 
+    def rollback(self) -> None:
+        """End a failed write. A connection cut in the middle of a pipeline can stay in
+        pipeline mode, waiting for results that never come, without counting as broken: it
+        would refuse every query after. So a connection that is not plainly in a
+        transaction it can end is closed, and the next write connects again."""
+        conn = self._conn
+        if conn.closed:
+            return
+        pq = self._psycopg.pq
+        status = conn.info.transaction_status
+        if not conn.broken and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF and \
+                status in (pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS,
+                           pq.TransactionStatus.INERROR):
+            try:
+                if status != pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+            except self._psycopg.Error:
+                pass
+            else:
+                return
+        with contextlib.suppress(Exception):
+            conn.close()
+
     def prepare(self, *, upgrade: bool = True) -> None:
         conn = self._conn
         with conn.transaction():
