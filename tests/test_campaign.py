@@ -1,9 +1,11 @@
 """The fault campaign (bench/campaign.py), CI-sized: every fault kind at least once against
-real processes, and the truth holds."""
+real processes, and the truth holds. The two campaigns run side by side, each with its own
+broker, bridge(s), monitor double and status app."""
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,17 +28,17 @@ def assert_the_truth_held(report: Report, expected: set[str]) -> None:
     assert not report.details
 
 
-def test_a_short_campaign_loses_nothing_and_heals_within_bounds(tmp_path: Path) -> None:
-    report = run_campaign(seed=7, seconds=SECONDS, nodes=6, workdir=tmp_path, rounds=1,
-                          pause=PAUSE)
-    assert_the_truth_held(report, set(KINDS) - {"database_restart"} -
+def test_short_campaigns_lose_nothing_and_heal_within_bounds(tmp_path: Path) -> None:
+    """One bridge on SQLite with a monitor that has the register route; and an
+    active/standby pair on PostgreSQL (its instance killed and frozen, the database
+    restarted) with a monitor without it. The same oracle for both."""
+    with ThreadPoolExecutor(2, thread_name_prefix="campaign") as pool:
+        single = pool.submit(run_campaign, seed=7, seconds=SECONDS, nodes=6,
+                             workdir=tmp_path / "single", rounds=1, pause=PAUSE)
+        pair = pool.submit(run_campaign, seed=11, seconds=SECONDS, nodes=6,
+                           workdir=tmp_path / "pair", register_route=False, failover=True,
+                           rounds=1, pause=PAUSE)
+        reports = single.result(), pair.result()
+    assert_the_truth_held(reports[0], set(KINDS) - {"database_restart"} -
                           ({"disk_full"} if os.geteuid() != 0 else set()))
-
-
-def test_a_short_campaign_on_an_active_standby_pair_and_a_register_less_monitor(
-        tmp_path: Path) -> None:
-    """The same oracle with the bridge an active/standby pair on PostgreSQL (its instance
-    killed and frozen, the database restarted) and a monitor without the register route."""
-    report = run_campaign(seed=11, seconds=SECONDS, nodes=6, workdir=tmp_path,
-                          register_route=False, failover=True, rounds=1, pause=PAUSE)
-    assert_the_truth_held(report, set(KINDS) - {"disk_full"})
+    assert_the_truth_held(reports[1], set(KINDS) - {"disk_full"})
