@@ -182,7 +182,7 @@ def test_a_write_cut_at_any_moment_fails_alone_and_loses_nothing_acknowledged(
     """An active instance's write is one pipeline (the lease check, the batch, the commit); a
     connection cut anywhere in it fails that write only: the next one commits, on a new
     connection, whatever state the cut left the old one in (pipeline mode with results it
-    never gets is one), and every write that returned is kept."""
+    never gets is one), and what a fresh outbox holds is the newest status acknowledged."""
     a = lease(leases, url, "a")
     a.step()
     box = Outbox(url, epoch=a.epoch, name=session_names("a")[0])
