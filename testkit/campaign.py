@@ -56,6 +56,7 @@ import yaml
 
 from testkit.postgres import PostgresServer, running_postgres
 from testkit.support import fill_disk
+from yl_core.protocol import stale_after
 from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
 
@@ -77,6 +78,12 @@ HANG_DETECTION = GUI_HANG_AFTER + 1.0
 HANG_HEALED = 1.0
 HANG_READY = 5.0
 """A node is hung only once it has run this long (its signal handler is in place)."""
+REPORT_INTERVAL = 5.0
+"""The nodes' ``monitor.report_interval``."""
+SILENCE_DETECTION = stale_after(REPORT_INTERVAL) + 2.0
+"""A node that stops while its link is down (it has not connected again since the broker
+restarted) sends no will and no ``disconnected``: only its silence tells, ``stale_after`` its
+report interval from when the bridge is back (give or take the bridge's own reconnect)."""
 RESTART_SLACK = 30.0
 """A heartbeat may arrive this long after its process was replaced (a backlog)."""
 KINDS = ("node_kill", "node_freeze", "node_stop", "node_takeover", "node_skew",
@@ -207,6 +214,8 @@ class Campaign:
         self.serve_port = free_port()
         self.samples: list[tuple[float, dict[str, tuple[bool, bool | None, bool | None]]]] = []
         self.details_later: list[str] = []
+        self.broker_starts: list[float] = []
+        """When the broker was started again after a kill (monotonic)."""
         """Problems of the campaign itself, reported with its findings."""
 
     # --- set-up -------------------------------------------------------------------------
@@ -214,7 +223,7 @@ class Campaign:
     def config(self, name: str, **sections: dict[str, Any]) -> Path:
         data: dict[str, Any] = {
             "monitor": {"url": self.double.url, "node_id": self.node_ids[0],
-                        "report_interval": 5, "timeout": 1.0, "retry_delay": 1.0,
+                        "report_interval": REPORT_INTERVAL, "timeout": 1.0, "retry_delay": 1.0,
                         "gui_hang_after": GUI_HANG_AFTER},
             "mqtt": {"host": self.broker.host, "port": self.broker.port,
                      "password": PASSWORD, "keepalive": KEEPALIVE},
@@ -473,6 +482,8 @@ class Campaign:
         self.broker.kill()
         self._down_for(1, 3)
         self.broker.start()
+        with self.lock:
+            self.broker_starts.append(time.monotonic())
         for node in self.nodes.values():
             if node.process is None or node.process.poll() is not None:
                 self.start_node(node.node_id, "broker_kill")
@@ -664,18 +675,51 @@ class Campaign:
                     report.details.append(f"gui_hang of {node_id} at {event.start:.1f}: "
                                           f"shown down by the {where} after {delay:.1f} s")
 
+    def _connects(self, clock_offset: float) -> dict[str, list[float]]:
+        """When each client connected to the broker (monotonic, to the second below: the
+        broker's log has whole seconds)."""
+        found: dict[str, list[float]] = defaultdict(list)
+        log = self.broker.workdir / "mosquitto.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            stamp, _, rest = line.partition(": ")
+            if rest.startswith("New client connected") and " as " in rest and \
+                    stamp.isdigit():
+                client = rest.split(" as ", 1)[1].split(" ", 1)[0]
+                found[client].append(int(stamp) - clock_offset)
+        return found
+
+    def _link_down_since(self, node_id: str, at: float,
+                         connects: dict[str, list[float]]) -> float | None:
+        """The broker's restart after which ``node_id`` had not connected again by ``at``
+        (None: its link was up, or no restart came before)."""
+        restarts = [b for b in self.broker_starts if b <= at]
+        if not restarts:
+            return None
+        restart = restarts[-1]
+        if any(restart - 1.0 <= c <= at for c in connects.get(node_id, [])):
+            return None
+        return restart
+
     def _lost_and_regressions(self, report: Report) -> None:
         clock_offset = time.time() - time.monotonic()
+        connects = self._connects(clock_offset)
         for node_id, node in self.nodes.items():
             history = [(h.at - clock_offset, h) for h in self.double.history(node_id)]
             for down, up, kind in node.outages:
                 end = up if up is not None else float("inf")
                 detection = {"node_freeze": FREEZE_DETECTION,
                              "gui_hang": HANG_DETECTION}.get(kind, 0.0)
+                restart = self._link_down_since(node_id, down, connects)
+                if restart is not None:
+                    detection = max(detection, restart + SILENCE_DETECTION - down)
                 if end - down < detection + 1.0:
                     continue
-                if not any(down <= at and h.status == "offline" for at, h in history
-                           if at <= end + 2.0):
+                shown = any(down <= at <= end + 2.0 and h.status == "offline"
+                            for at, h in history) or \
+                    any(down <= at <= end + 2.0 and view[node_id][1] is False
+                        for at, view in self.samples)
+                if not shown:
                     report.lost[kind] += 1
                     report.details.append(f"{node_id}: outage at {down:.1f} ({kind}) never "
                                           "shown offline")

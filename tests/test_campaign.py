@@ -5,11 +5,12 @@ broker, bridge(s), monitor double and status app."""
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from testkit.campaign import KINDS, Report, run_campaign
+from testkit.campaign import KINDS, Campaign, Report, run_campaign
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +43,28 @@ def test_short_campaigns_lose_nothing_and_heal_within_bounds(tmp_path: Path) -> 
     assert_the_truth_held(reports[0], set(KINDS) - {"database_restart"} -
                           ({"disk_full"} if os.geteuid() != 0 else set()))
     assert_the_truth_held(reports[1], set(KINDS) - {"disk_full"})
+
+
+def test_a_node_that_stops_before_it_connects_again_after_a_broker_restart_is_judged_by_silence(
+        tmp_path: Path) -> None:
+    """Such a node sends no will and no ``disconnected``: the oracle asks for it to be shown
+    offline only once its silence can tell (``SILENCE_DETECTION`` after the restart). Which
+    nodes had connected again is read off the broker's log, which has whole seconds."""
+    campaign = Campaign(tmp_path, seed=1, nodes=2, kinds=KINDS)
+    offset = time.time() - time.monotonic()
+    now = time.monotonic()
+    restart = now - 10.0
+    campaign.broker_starts.append(restart)
+    campaign.broker.workdir.mkdir(parents=True, exist_ok=True)
+    (campaign.broker.workdir / "mosquitto.log").write_text(
+        f"{int(restart - 30 + offset)}: New client connected from 127.0.0.1:5 as camp-000 "
+        "(p5, c1, k2, u'camp-000').\n"
+        f"{int(restart - 30 + offset)}: New client connected from 127.0.0.1:6 as camp-001 "
+        "(p5, c1, k2, u'camp-001').\n"
+        f"{int(restart + 2 + offset)}: New client connected from 127.0.0.1:7 as camp-001 "
+        "(p5, c1, k2, u'camp-001').\n")
+    connects = campaign._connects(offset)
+    assert campaign._link_down_since("camp-000", restart + 5, connects) == restart
+    assert campaign._link_down_since("camp-001", restart + 5, connects) is None
+    assert campaign._link_down_since("camp-001", restart + 1, connects) == restart
+    assert campaign._link_down_since("camp-000", restart - 5, connects) is None
