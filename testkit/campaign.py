@@ -21,8 +21,11 @@ A truth oracle knows each node's real state at every instant (up: its process ru
 not frozen) and samples what the monitor (``is_online``) and the status app (``/nodes``)
 say four times a second. It reports, per fault kind:
 
-- lost: real outages (down long enough to be seen) with no offline heartbeat at the monitor,
-  and restarts with no online heartbeat after them (must be 0);
+- lost: real outages (down long enough to be seen) that the monitor never showed (no offline
+  heartbeat, no sample offline), and restarts with no online heartbeat after them (must be
+  0). A node that stops while its link is down (not connected again since the broker
+  restarted, as the broker's log says) can only be told by its silence: such an outage is
+  long enough to be seen from ``SILENCE_DETECTION`` after the restart;
 - regressions: heartbeats of one process older than one it delivered before (must be 0);
 - wrong-state seconds, at the monitor and in the status app, summed over nodes;
 - the longest time the monitor or the status app stayed wrong after a fault healed.
