@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from testkit.campaign import KINDS, Campaign, Report, run_campaign
+from testkit.campaign import KINDS, SAMPLE, Campaign, Event, Report, run_campaign
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +68,15 @@ def test_a_node_that_stops_before_it_connects_again_after_a_broker_restart_is_ju
     assert campaign._link_down_since("camp-001", restart + 5, connects) is None
     assert campaign._link_down_since("camp-001", restart + 1, connects) == restart
     assert campaign._link_down_since("camp-000", restart - 5, connects) is None
+
+    # Both killed 5 s after the restart and shown up for 8 s more (wrong): camp-000, which
+    # had not connected again, is within the silence rule; camp-001 is not.
+    killed = restart + 5
+    for node_id in ("camp-000", "camp-001"):
+        campaign.events.append(Event("node_kill", killed, killed, (node_id,)))
+    campaign.samples = [(killed + i * SAMPLE, {"camp-000": (False, True, None),
+                                               "camp-001": (False, True, None)})
+                        for i in range(int(8 / SAMPLE))]
+    report = Report(1, 10.0, 2)
+    campaign._after_heal(report)
+    assert report.details == [f"node_kill at {killed:.1f}: wrong for 8.0 s after it healed"]
