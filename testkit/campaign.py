@@ -219,9 +219,9 @@ class Campaign:
         self.serve_port = free_port()
         self.samples: list[tuple[float, dict[str, tuple[bool, bool | None, bool | None]]]] = []
         self.details_later: list[str] = []
+        """Problems of the campaign itself, reported with its findings."""
         self.broker_starts: list[float] = []
         """When the broker was started again after a kill (monotonic)."""
-        """Problems of the campaign itself, reported with its findings."""
 
     # --- set-up -------------------------------------------------------------------------
 
