@@ -613,9 +613,10 @@ class Campaign:
             if event.counted and event.kind != "end":
                 report.events[event.kind] += 1
         self._wrong_seconds(report)
-        self._after_heal(report)
+        connects = self._connects(offset)
+        self._after_heal(report, connects)
         self._hang_detection(report)
-        self._lost_and_regressions(report)
+        self._lost_and_regressions(report, connects)
         return report
 
     def _blame(self, node_id: str, at: float) -> str:
@@ -633,8 +634,7 @@ class Campaign:
                 if app is not None and app != truth:
                     report.wrong_app[self._blame(node_id, at)] += SAMPLE
 
-    def _after_heal(self, report: Report) -> None:
-        connects = self._connects(time.time() - time.monotonic())
+    def _after_heal(self, report: Report, connects: dict[str, list[float]]) -> None:
         for event in self.events:
             if event.healed is None or event.kind == "end":
                 continue
@@ -713,9 +713,9 @@ class Campaign:
             return None
         return restart
 
-    def _lost_and_regressions(self, report: Report) -> None:
+    def _lost_and_regressions(self, report: Report, connects: dict[str, list[float]]
+                              ) -> None:
         clock_offset = time.time() - time.monotonic()
-        connects = self._connects(clock_offset)
         for node_id, node in self.nodes.items():
             history = [(h.at - clock_offset, h) for h in self.double.history(node_id)]
             for down, up, kind in node.outages:

@@ -78,5 +78,5 @@ def test_a_node_that_stops_before_it_connects_again_after_a_broker_restart_is_ju
                                                "camp-001": (False, True, None)})
                         for i in range(int(8 / SAMPLE))]
     report = Report(1, 10.0, 2)
-    campaign._after_heal(report)
+    campaign._after_heal(report, connects)
     assert report.details == [f"node_kill at {killed:.1f}: wrong for 8.0 s after it healed"]
