@@ -139,3 +139,26 @@ def test_injected_failures(double: MonitorDouble) -> None:
     assert call(double, "GET", "/api/health")[0] == 500
     double.fail_with(None)
     assert call(double, "GET", "/api/health")[0] == 200
+
+
+def test_arrivals_say_when_each_heartbeat_after_a_count_came() -> None:
+    double = MonitorDouble(keep=3).start()
+    try:
+        assert call(double, "POST", "/api/ar/nodes/register",
+                    {"node_id": "gui-1", "node_name": "GUI", "node_type": "ar"})[0] == 200
+        for _ in range(5):
+            assert call(double, "POST", "/api/ar/nodes/gui-1/heartbeat", beat())[0] == 200
+        assert double.heartbeat_total == 5
+        code, body = call(double, "GET", "/_double/arrivals?after=3")
+        assert code == 200
+        assert body["after"] == 3
+        assert body["at"] == [h.at for h in list(double.heartbeats)[-2:]]
+        assert body["at"] == sorted(body["at"])
+        code, body = call(double, "GET", "/_double/arrivals?after=0")
+        assert (body["after"], len(body["at"])) == (2, 3)  # only the latest three are kept
+        assert call(double, "GET", "/_double/arrivals?after=5")[1] == {"after": 5, "at": []}
+        code, body = call(double, "GET", "/_double/arrivals?after=x")
+        assert code == 422
+        assert "after" in body["detail"]
+    finally:
+        double.stop()

@@ -18,8 +18,9 @@
   misses; from the third miss on, every scan marks it offline; a v1 heartbeat marks it online
   and does *not* reset the misses. ``process_scan()`` looks for ``user/main.py`` as 1.0.6
   does; ``online_share()`` says how much of a time the node was shown online.
-- ``GET /_double/stats``, ``POST /_double/fail?code=503`` (empty code: recover): the
-  double's own controls, for benchmarks that run it as a separate process.
+- ``GET /_double/stats``, ``GET /_double/arrivals?after=N`` (when each heartbeat after the
+  first N arrived), ``POST /_double/fail?code=503`` (empty code: recover): the double's own
+  controls, for benchmarks that run it as a separate process.
 
 It is a real HTTP/1.1 server on a socket. It can go down (connection refused) and come back
 on the same port, answer 500s or 429s on demand, and records every request.
@@ -381,6 +382,18 @@ class MonitorDouble:
                 if not self._in_flight[key]:
                     del self._in_flight[key]
 
+    def _arrivals(self, after: str) -> tuple[int, Any, dict[str, str]]:
+        """When (this process's wall clock) each heartbeat recorded after the first ``after``
+        arrived, as far as the double still remembers them (``keep``)."""
+        try:
+            first = int(after)
+        except ValueError:
+            return 422, {"detail": f"after must be a whole number, not {after!r}"}, {}
+        wanted = max(self.heartbeat_total - first, 0)
+        remembered = list(self.heartbeats)[-wanted:] if wanted else []
+        return 200, {"after": self.heartbeat_total - len(remembered),
+                     "at": [h.at for h in remembered]}, {}
+
     def _route(self, method: str, target: str, raw: bytes, auth: str | None, now: float
                ) -> tuple[int, Any, dict[str, str]]:
         parts = urlsplit(target)
@@ -397,6 +410,8 @@ class MonitorDouble:
         if method == "GET" and path == ["_double", "stats"]:
             return 200, {"requests": self.request_total, "heartbeats": self.heartbeat_total,
                          "nodes": len(self.nodes)}, {}
+        if method == "GET" and path == ["_double", "arrivals"]:
+            return self._arrivals(parse_qs(parts.query).get("after", ["0"])[0])
         if method == "GET" and path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
         if path[:3] == ["api", "ar", "nodes"] and self.api != "v1":
