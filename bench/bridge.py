@@ -3,7 +3,8 @@
 Measures, in one run:
 1. forwarding rate: the bridge draining a backlog and forwarding a steady stream of statuses
    from many nodes into the sink, against a plain single-connection keep-alive POST loop to
-   the same sink; with a sink as fast as it goes and with one taking 1 ms per request;
+   the same sink; into ``bench.fast_sink`` (little CPU a request), and into the monitor
+   double as fast as it goes and taking 1 ms per request;
 2. ingest: >= 5,000 status messages/s into the bridge while the sink is slower than that:
    the sink's request rate stays capped, the bridge's memory stays flat, and every node's
    newest status is delivered in the end;
@@ -78,7 +79,8 @@ class Rig:
 
     def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4,
                  outbox_url: str | None = None,
-                 bridge_options: dict[str, Any] | None = None) -> None:
+                 bridge_options: dict[str, Any] | None = None, fast_sink: bool = False) -> None:
+        """``fast_sink``: ``bench.fast_sink`` instead of the monitor double (no delay)."""
         self.tmp = tmp
         self.broker = DevBroker(tmp / "broker", users={
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD,
@@ -86,10 +88,10 @@ class Rig:
             extra_acl="user bench-pub\ntopic write yl/ar/nodes/#\n\n"
                       "user bench-recorder\ntopic read yl/ar/#\n").start()
         self.sink_port = free_port()
-        self.sink = subprocess.Popen([sys.executable, "-m", "yl_status.monitor_double", "--port",
-                                      str(self.sink_port), "--delay", str(sink_delay),
-                                      "--keep", "10000"],
-                                     stdout=subprocess.DEVNULL)
+        sink = ["bench.fast_sink", "--port", str(self.sink_port)] if fast_sink else \
+            ["yl_status.monitor_double", "--port", str(self.sink_port), "--delay",
+             str(sink_delay), "--keep", "10000"]
+        self.sink = subprocess.Popen([sys.executable, "-m", *sink], stdout=subprocess.DEVNULL)
         self.sink_url = f"http://127.0.0.1:{self.sink_port}"
         wait("sink", lambda: get(self.sink_url + "/api/health"))
         self.metrics_port = free_port()
@@ -319,12 +321,13 @@ def drain_rate(sink_url: str, before: int, count: int) -> float:
     return (high - low) / max(arrivals[high] - arrivals[low], 1e-6)
 
 
-def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float = 0.0) -> None:
+def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float = 0.0,
+                    fast_sink: bool = False) -> None:
     """Drain: nodes' newest statuses wait in the outbox (the monitor answered 503) and the
     bridge forwards them with nothing else going on, as the loop does. Steady state: 500
     nodes stream statuses at a fraction of the loop's rate while the bridge forwards."""
     with tempfile.TemporaryDirectory() as name:
-        rig = Rig(Path(name), sink_delay=sink_delay)
+        rig = Rig(Path(name), sink_delay=sink_delay, fast_sink=fast_sink)
         try:
             baseline = post_loop(rig.sink_url, seconds)
             nodes = [f"fwd-{i:04d}" for i in range(nodes_count)]
@@ -378,8 +381,9 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
         finally:
             rig.close()
     loop = max(baseline, at_end)
-    service = f"{sink_delay * 1000:g} ms per request" if sink_delay else "as fast as it goes"
-    print(f"1. forwarding rate into the sink (monitor double, {service}), requests/s:")
+    sink = "bench.fast_sink" if fast_sink else "monitor double, " + (
+        f"{sink_delay * 1000:g} ms per request" if sink_delay else "as fast as it goes")
+    print(f"1. forwarding rate into the sink ({sink}), requests/s:")
     print(f"   plain keep-alive POST loop (1 connection), alone, first: {baseline:8.0f}")
     print(f"                                                 and last: {at_end:8.0f}"
           "   (ratios against the higher)")
@@ -786,12 +790,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8000,
                         help="requests per variant in the http scenario")
     parser.add_argument("--sink-delay", type=float, action="append",
-                        help="seconds the sink takes per request in the rate scenario "
-                             "(repeatable; default: 0 and 0.001)")
+                        help="seconds the monitor double takes per request in the rate "
+                             "scenario (repeatable; default: 0 and 0.001)")
+    parser.add_argument("--sink", choices=["fast", "double", "both"], default="both",
+                        help="the rate scenario's sink: bench.fast_sink, the monitor double "
+                             "(at each --sink-delay), or both (default)")
     args = parser.parse_args()
     if args.only in (None, "rate"):
-        for delay in args.sink_delay or [0.0, 0.001]:
-            forwarding_rate(args.seconds, sink_delay=delay)
+        if args.sink in ("fast", "both"):
+            forwarding_rate(args.seconds, fast_sink=True)
+        if args.sink in ("double", "both"):
+            for delay in args.sink_delay or [0.0, 0.001]:
+                forwarding_rate(args.seconds, sink_delay=delay)
     if args.only in (None, "ingest"):
         ingest(args.seconds)
     if args.only in (None, "latency"):
