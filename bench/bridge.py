@@ -321,6 +321,15 @@ def drain_rate(sink_url: str, before: int, count: int) -> float:
     return (high - low) / max(arrivals[high] - arrivals[low], 1e-6)
 
 
+def shown_age(sink_url: str, since: float, until: float) -> str:
+    ages = get(f"{sink_url}/_double/ages?since={since}&until={until}")
+    if not ages.get("shown_count"):
+        return ""
+    ms = {key: value * 1000 for key, value in ages.items()}
+    return (f"   shown {ms['shown_mean']:4.0f} ms (p99 {ms['shown_p99']:4.0f}), "
+            f"arrived {ms['arrived_p50']:4.0f} ms (p99 {ms['arrived_p99']:4.0f})")
+
+
 def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float = 0.0,
                     fast_sink: bool = False) -> None:
     """Drain: nodes' newest statuses wait in the outbox (the monitor answered 503) and the
@@ -359,7 +368,7 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
                     if ahead > 0:
                         time.sleep(ahead)
 
-            steady: list[tuple[float, float]] = []
+            steady: list[tuple[float, float, str]] = []
             requests_before = get(rig.sink_url + "/_double/stats")["requests"]
             items_before = rig.forwarded()
             for fraction in (0.6, 0.9, 1.0, 1.2):
@@ -368,10 +377,11 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
                                           daemon=True)
                 feeder.start()
                 time.sleep(2)
-                start_count, started = rig.forwarded(), time.monotonic()
+                start_count, started, wall = rig.forwarded(), time.monotonic(), time.time()
                 time.sleep(seconds)
                 rate = (rig.forwarded() - start_count) / (time.monotonic() - started)
-                steady.append((baseline * fraction, rate))
+                steady.append((baseline * fraction, rate,
+                               shown_age(rig.sink_url, wall, time.time()) if fast_sink else ""))
                 stop.set()
                 feeder.join()
                 wait("outbox drained", rig.drained, 120)
@@ -389,9 +399,12 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
           "   (ratios against the higher)")
     print(f"   bridge draining {nodes_count} nodes' backlog, alone:            {drain:8.0f}"
           f"   ratio {drain / loop:.2f}")
-    for offered, rate in steady:
+    for offered, rate, age in steady:
         print(f"   bridge steady state, 500 nodes publishing {offered:5.0f}/s: {rate:8.0f}"
-              f"   ratio {rate / loop:.2f}")
+              f"   ratio {rate / loop:.2f}{age}")
+    if fast_sink:
+        print("   (shown: how old, by the time it was published, the status the sink shows of "
+              "each node was, every 10 ms; arrived: each status when it arrived)")
     print(f"   (steady state: the simulated nodes, mosquitto, the bridge, its status receiver "
           f"and the sink share {psutil.cpu_count()} cores)")
     print(f"   requests per delivered item in the steady state: {per_item:.3f}")

@@ -7,7 +7,9 @@ forwarding rate follows its share of them. This sink answers the nodes API on on
 loop, reading no more of a request than its first line, ``Content-Length`` and, to register
 a node, its body: unknown nodes are registered by ``POST /api/ar/nodes/register`` or by
 their first heartbeat, which is not counted, as SPEC §4 says. It answers the double's
-``/_double/stats``, ``/_double/arrivals`` and ``/_double/fail`` as the double does.
+``/_double/stats``, ``/_double/arrivals`` and ``/_double/fail`` as the double does, and
+``/_double/ages?since=&until=`` (epoch seconds): how old, by its ``timestamp``, each status
+was when it arrived, and how old what it shows of each node was, looked at every 10 ms.
 
 Run: python -m bench.fast_sink --port 5500
 """
@@ -19,6 +21,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -31,6 +34,8 @@ class SinkState:
         self.requests = 0
         self.heartbeats = 0
         self.arrivals: deque[float] = deque(maxlen=keep)
+        self.stamps: deque[tuple[float, str, bytes]] = deque(maxlen=keep)
+        """(arrival, node, its ``timestamp`` as sent) of each heartbeat counted."""
         self.failure: int | None = None
 
     def answer(self, head: bytes, body: bytes) -> bytes:
@@ -63,6 +68,9 @@ class SinkState:
             wanted = max(self.heartbeats - int(query.get("after", ["0"])[0]), 0)
             remembered = list(self.arrivals)[-wanted:] if wanted else []
             return 200, {"after": self.heartbeats - len(remembered), "at": remembered}
+        if path == ["_double", "ages"]:
+            return 200, self._ages(float(query.get("since", ["0"])[0]),
+                                   float(query.get("until", ["inf"])[0]))
         if path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "fast-sink"}
         if path[:3] != ["api", "ar", "nodes"]:
@@ -71,7 +79,9 @@ class SinkState:
         if method == "POST" and len(rest) == 2 and rest[1] == "heartbeat":
             if rest[0] in self.known:
                 self.heartbeats += 1
-                self.arrivals.append(time.time())
+                now = time.time()
+                self.arrivals.append(now)
+                self.stamps.append((now, rest[0], _timestamp(body)))
                 return 200, {"status": "success", "message": "heartbeat recorded"}
             self.known.add(rest[0])
             return 200, {"status": "success", "message": "node registered"}
@@ -88,6 +98,52 @@ class SinkState:
             return (200, {"node_id": rest[0]}) if rest[0] in self.known else \
                 (404, {"detail": "Node not found"})
         return 404, {"detail": "Not Found"}
+
+
+    def _ages(self, since: float, until: float) -> dict[str, float]:
+        """Seconds: ``arrived_*``, the age of each status that arrived in [since, until);
+        ``shown_*``, the age of the newest status here of each node that sent one then,
+        every 10 ms of it."""
+        arrived: list[float] = []
+        shown: list[float] = []
+        newest: dict[str, float] = {}
+        sending = {node for when, node, _ in self.stamps if since <= when < until}
+        at = since
+        for when, node, stamp in self.stamps:
+            if when >= until:
+                break
+            while at < when:
+                shown.extend(at - published for published in newest.values())
+                at += 0.01
+            if stamp and node in sending:
+                newest[node] = published = _epoch(stamp)
+                if when >= since:
+                    arrived.append(when - published)
+        while at < until and until != float("inf"):
+            shown.extend(at - published for published in newest.values())
+            at += 0.01
+        return {**_summary("arrived", arrived), **_summary("shown", shown)}
+
+
+def _timestamp(body: bytes) -> bytes:
+    at = body.find(b'"timestamp"')
+    start = body.find(b'"', body.find(b":", at) + 1) + 1
+    return body[start:body.find(b'"', start)] if at >= 0 else b""
+
+
+def _epoch(stamp: bytes) -> float:
+    text = stamp.decode()
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text
+                                  ).timestamp()
+
+
+def _summary(name: str, values: list[float]) -> dict[str, float]:
+    values.sort()
+    if not values:
+        return {f"{name}_count": 0}
+    return {f"{name}_count": len(values), f"{name}_mean": sum(values) / len(values),
+            f"{name}_p50": values[len(values) // 2],
+            f"{name}_p99": values[min(int(len(values) * 0.99), len(values) - 1)]}
 
 
 class SinkProtocol(asyncio.Protocol):
