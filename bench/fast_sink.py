@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _REASONS = {200: b"OK", 404: b"Not Found", 422: b"Unprocessable Entity"}
+MAX_WINDOW = 3600.0
+"""The longest window ``/_double/ages`` looks at (sampled every 10 ms)."""
 
 
 class SinkState:
@@ -69,8 +71,11 @@ class SinkState:
             remembered = list(self.arrivals)[-wanted:] if wanted else []
             return 200, {"after": self.heartbeats - len(remembered), "at": remembered}
         if path == ["_double", "ages"]:
-            return 200, self._ages(float(query.get("since", ["0"])[0]),
-                                   float(query.get("until", ["inf"])[0]))
+            since, until = (float(query.get(key, ["nan"])[0]) for key in ("since", "until"))
+            if not 0 < until - since <= MAX_WINDOW:
+                return 422, {"detail": "since and until: epoch seconds, until after since, "
+                                       f"at most {MAX_WINDOW:g} s apart"}
+            return 200, self._ages(since, until)
         if path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "fast-sink"}
         if path[:3] != ["api", "ar", "nodes"]:
@@ -99,7 +104,6 @@ class SinkState:
                 (404, {"detail": "Node not found"})
         return 404, {"detail": "Not Found"}
 
-
     def _ages(self, since: float, until: float) -> dict[str, float]:
         """Seconds: ``arrived_*``, the age of each status that arrived in [since, until);
         ``shown_*``, the age of the newest status here of each node that sent one then,
@@ -119,7 +123,7 @@ class SinkState:
                 newest[node] = published = _epoch(stamp)
                 if when >= since:
                     arrived.append(when - published)
-        while at < until and until != float("inf"):
+        while at < until:
             shown.extend(at - published for published in newest.values())
             at += 0.01
         return {**_summary("arrived", arrived), **_summary("shown", shown)}
