@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from yl_status.monitor_double import arrivals_after
+
 _REASONS = {200: b"OK", 404: b"Not Found", 422: b"Unprocessable Entity"}
 MAX_WINDOW = 3600.0
 """The longest window ``/_double/ages`` looks at (sampled every 10 ms)."""
@@ -35,7 +37,6 @@ class SinkState:
         self.known: set[str] = set()
         self.requests = 0
         self.heartbeats = 0
-        self.arrivals: deque[float] = deque(maxlen=keep)
         self.stamps: deque[tuple[float, str, bytes]] = deque(maxlen=keep)
         """(arrival, node, its ``timestamp`` as sent) of each heartbeat counted."""
         self.failure: int | None = None
@@ -67,9 +68,8 @@ class SinkState:
             return 200, {"requests": self.requests, "heartbeats": self.heartbeats,
                          "nodes": len(self.known)}
         if path == ["_double", "arrivals"]:
-            wanted = max(self.heartbeats - int(query.get("after", ["0"])[0]), 0)
-            remembered = list(self.arrivals)[-wanted:] if wanted else []
-            return 200, {"after": self.heartbeats - len(remembered), "at": remembered}
+            return arrivals_after(query.get("after", ["0"])[0], self.heartbeats,
+                                  [when for when, _, _ in self.stamps])
         if path == ["_double", "ages"]:
             since, until = (float(query.get(key, ["nan"])[0]) for key in ("since", "until"))
             if not 0 < until - since <= MAX_WINDOW:
@@ -84,9 +84,7 @@ class SinkState:
         if method == "POST" and len(rest) == 2 and rest[1] == "heartbeat":
             if rest[0] in self.known:
                 self.heartbeats += 1
-                now = time.time()
-                self.arrivals.append(now)
-                self.stamps.append((now, rest[0], _timestamp(body)))
+                self.stamps.append((time.time(), rest[0], _timestamp(body)))
                 return 200, {"status": "success", "message": "heartbeat recorded"}
             self.known.add(rest[0])
             return 200, {"status": "success", "message": "node registered"}

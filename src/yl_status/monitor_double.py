@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -149,6 +149,19 @@ def _node_of(target: str, raw: bytes) -> str:
         with contextlib.suppress(ValueError, AttributeError):
             return str(json.loads(raw).get("node_id"))
     return target
+
+
+def arrivals_after(after: str, total: int, remembered: Sequence[float]) -> tuple[int, Any]:
+    """``GET /_double/arrivals?after=N``: when each heartbeat counted after the first ``after``
+    arrived, as far as ``remembered`` (the latest arrival times, oldest first, of ``total``
+    counted) still goes; with the number of the first one given."""
+    try:
+        first = int(after)
+    except ValueError:
+        return 422, {"detail": f"after must be a whole number, not {after!r}"}
+    wanted = max(total - first, 0)
+    kept = list(remembered)[-wanted:] if wanted else []
+    return 200, {"after": total - len(kept), "at": kept}
 
 
 class MonitorDouble:
@@ -382,18 +395,6 @@ class MonitorDouble:
                 if not self._in_flight[key]:
                     del self._in_flight[key]
 
-    def _arrivals(self, after: str) -> tuple[int, Any, dict[str, str]]:
-        """When (this process's wall clock) each heartbeat recorded after the first ``after``
-        arrived, as far as the double still remembers them (``keep``)."""
-        try:
-            first = int(after)
-        except ValueError:
-            return 422, {"detail": f"after must be a whole number, not {after!r}"}, {}
-        wanted = max(self.heartbeat_total - first, 0)
-        remembered = list(self.heartbeats)[-wanted:] if wanted else []
-        return 200, {"after": self.heartbeat_total - len(remembered),
-                     "at": [h.at for h in remembered]}, {}
-
     def _route(self, method: str, target: str, raw: bytes, auth: str | None, now: float
                ) -> tuple[int, Any, dict[str, str]]:
         parts = urlsplit(target)
@@ -411,7 +412,9 @@ class MonitorDouble:
             return 200, {"requests": self.request_total, "heartbeats": self.heartbeat_total,
                          "nodes": len(self.nodes)}, {}
         if method == "GET" and path == ["_double", "arrivals"]:
-            return self._arrivals(parse_qs(parts.query).get("after", ["0"])[0])
+            code, body = arrivals_after(parse_qs(parts.query).get("after", ["0"])[0],
+                                        self.heartbeat_total, [h.at for h in self.heartbeats])
+            return code, body, {}
         if method == "GET" and path == ["api", "health"]:
             return 200, {"status": "healthy", "service": "yl-monitor", "version": "double"}, {}
         if path[:3] == ["api", "ar", "nodes"] and self.api != "v1":
