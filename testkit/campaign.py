@@ -616,7 +616,7 @@ class Campaign:
         connects = self._connects(offset)
         self._after_heal(report, connects)
         self._hang_detection(report)
-        self._lost_and_regressions(report, connects)
+        self._lost_and_regressions(report, connects, offset)
         return report
 
     def _blame(self, node_id: str, at: float) -> str:
@@ -713,9 +713,8 @@ class Campaign:
             return None
         return restart
 
-    def _lost_and_regressions(self, report: Report, connects: dict[str, list[float]]
-                              ) -> None:
-        clock_offset = time.time() - time.monotonic()
+    def _lost_and_regressions(self, report: Report, connects: dict[str, list[float]],
+                              clock_offset: float) -> None:
         for node_id, node in self.nodes.items():
             history = [(h.at - clock_offset, h) for h in self.double.history(node_id)]
             for down, up, kind in node.outages:
