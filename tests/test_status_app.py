@@ -214,6 +214,38 @@ def test_a_restored_ready_of_an_ended_session_does_not_resurrect(
     assert answer.get_json()["reason"] == "disconnected"
 
 
+@pytest.mark.parametrize("word", ["lost", "disconnected"])
+@pytest.mark.parametrize("state_first", [True, False], ids=["state first", "status first"])
+def test_a_status_app_started_after_a_node_ended_says_so_at_once(
+        client: FlaskClient, view: NodeView, word: str, state_first: bool) -> None:
+    """Started after a crash (or a clean stop), the view gets the retained copies in either
+    order: the status is the node's last word, not its return."""
+    copies = [("state", state(word)), ("status", status(4))]
+    for kind, payload in copies if state_first else copies[::-1]:
+        view.ingest(f"yl/ar/nodes/gui-1/{kind}", payload, retained=True)
+    answer = client.get("/health")
+    assert answer.status_code == 503
+    assert answer.get_json()["reason"] == word
+    assert client.get("/nodes/gui-1").get_json()["state"] == word
+    assert client.get("/status").get_json()["seq"] == 4
+    feed(view, "gui-1", "state", state("ready", session=OLDER))
+    feed(view, "gui-1", "status", status(1, session=OLDER))
+    assert client.get("/health").status_code == 200, "a new process, live, is up"
+
+
+def test_a_reconnected_status_app_takes_the_session_the_broker_kept_in_either_order(
+        client: FlaskClient, view: NodeView) -> None:
+    """The view knew one session; while it was away the node restarted: the retained status
+    of the new session may come before its retained state, and is not lost."""
+    feed(view, "gui-1", "state", state("ready", session=OLDER))
+    feed(view, "gui-1", "status", status(9, session=OLDER))
+    view.ingest("yl/ar/nodes/gui-1/status", status(2), retained=True)
+    view.ingest("yl/ar/nodes/gui-1/state", state("ready"), retained=True)
+    assert client.get("/health").status_code == 200
+    assert client.get("/status").get_json()["seq"] == 2
+    assert client.get("/nodes/gui-1").get_json()["session"] == SESSION
+
+
 def test_session_ids_never_order_sessions(client: FlaskClient, view: NodeView) -> None:
     """An earlier run with a clock years ahead (or a hand-made id) must not hide the next."""
     feed(view, "gui-1", "state", state("ready", session="zzzz"))

@@ -41,11 +41,12 @@ Step = tuple[str, str, "str | int", str]
                  ("A", "lost", 5, ()),
                  id="a status received apart from the states may predate the will"),
     pytest.param([("state", "A", "ready", "accept"), ("apart", "B", 1, "accept"),
-                  ("apart", "A", 3, "stale"), ("state", "A", "lost", "accept"),
+                  ("apart", "A", 3, "accept"), ("state", "A", "lost", "accept"),
                   ("apart", "B", 2, "accept"), ("state", "B", "ready", "accept"),
                   ("state", "A", "ready", "stale")],
                  ("B", "ready", 2, ("A",)),
-                 id="apart from the states, a new session's status runs ahead and ends nothing"),
+                 id="apart from the states, a new session's status runs ahead and ends nothing; "
+                    "one of the current session after it was no run ahead"),
     pytest.param([("state", "A", "ready", "accept"), ("state", "B", "ready", "accept"),
                   ("state", "A", "lost", "stale"), ("status", "A", 5, "stale"),
                   ("state", "A", "ready", "stale")],
@@ -63,6 +64,34 @@ Step = tuple[str, str, "str | int", str]
                  ("B", "lost", 1, ("A",)), id="a status of a new session supersedes"),
     pytest.param([("state", "A", "disconnected", "accept"), ("state", "A", "ready", "stale")],
                  ("A", "disconnected", -1, ("A",)), id="a session first seen ended"),
+    pytest.param([("retained", "A", "lost", "accept"), ("claim", "A", 7, "accept")],
+                 ("A", "lost", 7, ()), id="late observer: a retained status after a retained "
+                                          "lost is its newest word, not its return"),
+    pytest.param([("claim", "A", 7, "accept"), ("retained", "A", "lost", "accept")],
+                 ("A", "lost", 7, ()), id="late observer: the retained copies in the other "
+                                          "order tell the same"),
+    pytest.param([("state", "A", "ready", "accept"), ("state", "A", "lost", "accept"),
+                  ("claim", "A", 3, "accept"), ("status", "A", 4, "accept")],
+                 ("A", "ready", 4, ()), id="only a live word brings a lost session back"),
+    pytest.param([("state", "B", "ready", "accept"), ("claim", "A", 9, "stale"),
+                  ("retained", "B", "ready", "duplicate")],
+                 ("B", "ready", -1, ()),
+                 id="a retained status names no new session while one is current"),
+    pytest.param([("state", "B", "ready", "accept"), ("retained", "A", "ready", "accept"),
+                  ("state", "B", "ready", "accept"), ("state", "A", "ready", "stale")],
+                 ("B", "ready", -1, ("A",)),
+                 id="a retained state of an unknown session only sets the current one aside: "
+                    "a live word of it means the claim was an older save's"),
+    pytest.param([("state", "A", "ready", "accept"), ("retained", "B", "ready", "accept"),
+                  ("claim", "B", 2, "accept"), ("retained", "B", "lost", "accept")],
+                 ("B", "lost", 2, ()), id="a reconnected observer takes the newer session "
+                                          "the broker kept, and its end"),
+    pytest.param([("state", "A", "ready", "accept"), ("apart", "B", 1, "accept"),
+                  ("claim", "A", 2, "stale"), ("apart", "A", 3, "accept"),
+                  ("state", "B", "ready", "accept")],
+                 ("B", "ready", -1, ("A",)),
+                 id="apart: a newer live status of the current session drops the one held "
+                    "ahead (its state may never come)"),
 ])
 def test_node_truth_follows_arrival_order(steps: list[Step],
                                           final: tuple[object, ...]) -> None:
@@ -74,7 +103,8 @@ def test_node_truth_follows_arrival_order(steps: list[Step],
         else:
             before = node
             verdict, node = node.observe_status(session, int(value),
-                                                  in_order=kind == "status")
+                                                  in_order=kind != "apart",
+                                                  retained=kind == "claim")
             if verdict is not Verdict.ACCEPT:
                 assert node == before
         assert verdict.value == expected, (kind, session, value)

@@ -351,16 +351,17 @@ class Outbox:
                                                  committed)
                 elif message is not None:
                     changed = self._record_status(writes, node_id, mark, message, raw,
-                                                  received, result, committed)
+                                                  incoming.retained, received, result,
+                                                  committed)
                 if changed:
                     touched.add(node_id)
             writes.flush(db)
 
     def _record_status(self, writes: _StatusWrites, node_id: str, mark: NodeMark,
-                       message: StatusHead, raw: bytes, received: float,
+                       message: StatusHead, raw: bytes, retained: bool, received: float,
                        result: IngestResult, committed: list[_Committed]) -> bool:
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
-                                                   in_order=False)
+                                                   in_order=False, retained=retained)
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False

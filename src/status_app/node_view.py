@@ -43,6 +43,10 @@ class NodeRecord:
     history: NodeHistory = field(default_factory=NodeHistory)
     state_inferred: bool = False
     """``state`` was made from a status of a session whose own state was not seen yet."""
+    claim: tuple[StatusMessage, bytes, float] | None = None
+    """A retained status of a session that is not current (status, payload, when it was
+    published on the view's clock): taken if
+    that session's own state comes, as after a reconnect where a node restarted meanwhile."""
 
 
 HEALTH_WORDS: Final = ("ready", "disconnected", "lost", "stale", "not_responding", "unknown")
@@ -109,7 +113,7 @@ class NodeView:
                                         protocol.waited(expiry_left, protocol.STATE_EXPIRY))
             status = protocol.decode_status(payload, node_id=node_id)
             return self._take_status(node_id, status, payload, protocol.waited(
-                expiry_left, protocol.status_expiry(status.interval_s)))
+                expiry_left, protocol.status_expiry(status.interval_s)), retained)
         except ProtocolError as exc:
             with self._lock:
                 self._rejected[exc.reason] += 1
@@ -148,42 +152,55 @@ class NodeView:
             record.state_at = self.clock() - age
             self._note_state(record, state.state, record.state_at)
             self._accepted += 1
+            claim, record.claim = record.claim, None
+            if claim is not None and claim[0].session == state.session:
+                self._status_locked(record, claim[0], claim[1], self.clock() - claim[2],
+                                    retained=True)
             return True
 
-    def _take_status(self, node_id: str, status: StatusMessage, raw: bytes, age: float) -> bool:
+    def _take_status(self, node_id: str, status: StatusMessage, raw: bytes, age: float,
+                     retained: bool = False) -> bool:
         with self._lock:
             record = self._record(node_id)
             if record is None:
                 return False
-            verdict, record.truth = record.truth.observe_status(status.session, status.seq)
-            if verdict is not Verdict.ACCEPT:
-                self._stale += verdict is Verdict.STALE
-                return False
-            self._note_silence(record)
-            if record.state is None or record.state.session != status.session:
-                # A status of a session whose ``ready`` has not been seen (it may come later,
-                # or never: a retained copy replaced meanwhile): the session is ready, as
-                # ``NodeTruth`` says, until its own state says otherwise.
-                record.state = StateMessage(
-                    state=record.truth.state or "ready", session=status.session,
-                    since=status.timestamp, node_name=status.node_name,
-                    version=status.version, interval_s=status.interval_s)
-                record.state_inferred = True
-                record.state_at = self.clock() - age
-            elif record.truth.state is not None and record.truth.state != record.state.state:
-                record.state = replace(record.state, state=record.truth.state)
-                record.state_at = self.clock()
-            record.status = status
-            record.status_raw = raw
-            record.status_at = self.clock() - age
-            word: str = record.truth.state or "ready"
-            if word == "ready" and status.not_responding_since is not None:
-                word = "not_responding"
-            self._note_state(record, word, record.status_at)
-            record.history.sample(self._wall(record.status_at), status.resources.cpu_percent,
-                                  status.resources.memory_mb, status.gui)
-            self._accepted += 1
-            return True
+            return self._status_locked(record, status, raw, age, retained=retained)
+
+    def _status_locked(self, record: NodeRecord, status: StatusMessage, raw: bytes,
+                       age: float, *, retained: bool) -> bool:
+        verdict, record.truth = record.truth.observe_status(status.session, status.seq,
+                                                            retained=retained)
+        if verdict is not Verdict.ACCEPT:
+            self._stale += verdict is Verdict.STALE
+            if retained and status.session != record.truth.session and \
+                    status.session not in record.truth.ended:
+                record.claim = (status, raw, self.clock() - age)
+            return False
+        self._note_silence(record)
+        if record.state is None or record.state.session != status.session:
+            # A status of a session whose ``ready`` has not been seen (it may come later,
+            # or never: a retained copy replaced meanwhile): the session is ready, as
+            # ``NodeTruth`` says, until its own state says otherwise.
+            record.state = StateMessage(
+                state=record.truth.state or "ready", session=status.session,
+                since=status.timestamp, node_name=status.node_name,
+                version=status.version, interval_s=status.interval_s)
+            record.state_inferred = True
+            record.state_at = self.clock() - age
+        elif record.truth.state is not None and record.truth.state != record.state.state:
+            record.state = replace(record.state, state=record.truth.state)
+            record.state_at = self.clock()
+        record.status = status
+        record.status_raw = raw
+        record.status_at = self.clock() - age
+        word: str = record.truth.state or "ready"
+        if word == "ready" and status.not_responding_since is not None:
+            word = "not_responding"
+        self._note_state(record, word, record.status_at)
+        record.history.sample(self._wall(record.status_at), status.resources.cpu_percent,
+                              status.resources.memory_mb, status.gui)
+        self._accepted += 1
+        return True
 
     # --- history (under the lock) ---------------------------------------------------------
 

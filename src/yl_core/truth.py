@@ -57,14 +57,24 @@ class NodeTruth:
     back, whatever its id, its clock or a restored broker says.
 
     ``lost`` (the broker's last will) does not end a session: the same process may reconnect
-    (a network outage, a broker restart). It comes back with a live ``ready``, or a newer
-    status that arrived in order; a retained ``ready`` alone may be a broker's restored copy
-    and does not count.
+    (a network outage, a broker restart). It comes back only with a live message: a live
+    ``ready``, or a newer live status that arrived in order.
+
+    Retained copies (``retained=True``, sent on subscribe) are claims, not events: they come
+    per topic, in no order between a node's ``state`` and its ``status``, and may be a
+    broker's restored copy of an older save. A retained ``ready`` or status never brings a
+    ``lost`` session back. A retained status names no new session while one is current (the
+    retained ``state`` names the newest one). A retained ``state`` of a session not seen
+    before becomes current, but the session it replaces is only set aside, not ended: if a
+    live message of that session comes later, the claim was old and that session is current
+    again.
 
     Statuses received apart from the states (``in_order=False``: the bridge reads them on a
     session of their own) may run ahead of them: a status of a session the states have not
     reached yet is held as ``ahead`` (session, seq) and ends nothing; the states decide, in
-    their own order, when that session takes over.
+    their own order, when that session takes over. A newer live status of the current
+    session drops it: the status stream says that session spoke after the one held (whose
+    state may never come, when the broker lost what it had queued for the bridge).
     """
 
     session: str | None = None
@@ -89,28 +99,31 @@ class NodeTruth:
         seq = -1
         if ahead is not None and ahead[0] == session:
             seq, ahead = ahead[1], None
-        return Verdict.ACCEPT, NodeTruth(session, state, seq,
-                                         _bounded(self._superseded(), session, state), ahead)
+        ended = self.ended if retained else self._superseded()
+        return Verdict.ACCEPT, NodeTruth(session, state, seq, _bounded(ended, session, state),
+                                         ahead)
 
-    def observe_status(self, session: str, seq: int, *, in_order: bool = True
-                       ) -> tuple[Verdict, NodeTruth]:
+    def observe_status(self, session: str, seq: int, *, in_order: bool = True,
+                       retained: bool = False) -> tuple[Verdict, NodeTruth]:
         """``in_order``: statuses and states arrive in one ordered stream, as one MQTT
-        subscription gets them.
+        subscription gets them. ``retained``: a retained copy (a claim, see the class).
 
         A newer status of the current session counts even after it stopped or was lost (the
-        last ones may come after the state); in order, after ``lost``, it says the node is
-        back."""
+        last ones may come after the state); a live one in order after ``lost`` says the node
+        is back."""
         if session in self.ended and session != self.session:
             return Verdict.STALE, self
         if self.ahead is not None and session == self.ahead[0]:
             return _newer(seq, self.ahead[1], self, replace(self, ahead=(session, seq)))
         if session == self.session:
-            if self.ahead is not None:
+            if self.ahead is not None and retained:
                 return Verdict.STALE, self  # a later session's status came first
-            back = in_order and self.state == "lost"
-            return _newer(seq, self.seq, self,
-                          replace(self, state="ready" if back else self.state, seq=seq))
-        if not in_order:
+            back = in_order and not retained and self.state == "lost"
+            return _newer(seq, self.seq, self, replace(
+                self, state="ready" if back else self.state, seq=seq, ahead=None))
+        if retained and self.session is not None:
+            return Verdict.STALE, self  # a claim the current session's state does not back
+        if not in_order and not retained:
             return Verdict.ACCEPT, replace(self, ahead=(session, seq))
         # A node publishes ``ready`` before its first status; that one may still be on its way.
         return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded())
