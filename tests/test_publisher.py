@@ -500,3 +500,32 @@ def test_beat_refuses_a_bad_name_or_a_missing_period(
         publisher.beat("video", period=0.0)
     publisher.beat("video", period=0.5)
     assert publisher.gui_status()["video_stalled"] is False
+
+
+def test_a_wall_clock_stepped_back_never_stamps_a_status_before_its_session_began(
+        broker: DevBroker, publishers: list[StatusPublisher],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's own record is in time order: its first status no earlier than its session's
+    ``since``, each status no earlier than the one before, even when the wall clock steps
+    back (NTP) after the session began."""
+    from types import SimpleNamespace
+
+    from publisher import status_publisher
+    from yl_core import timestamps
+
+    publisher = StatusPublisher(make_config(broker))
+    def stepped() -> float:
+        return time.time() - 5.0
+
+    monkeypatch.setattr(status_publisher, "time", SimpleNamespace(
+        time=stepped, monotonic=time.monotonic, sleep=time.sleep))
+    monkeypatch.setattr(timestamps, "utc_now_iso",
+                        lambda: timestamps.iso_from_epoch(stepped()))
+    started(publishers, publisher)
+    wait_until(lambda: publisher.stats()["report_count"] >= 1, what="first status acked")
+    publisher.update_gui_status(video_running=True)
+    wait_until(lambda: publisher.stats()["report_count"] >= 2, what="second status acked")
+    state = retained(broker.host, broker.port, STATE)
+    status = retained(broker.host, broker.port, STATUS)
+    assert status["seq"] >= 2
+    assert status["timestamp"] == state["since"]

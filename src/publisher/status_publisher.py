@@ -91,7 +91,10 @@ class StatusPublisher:
         self.version = version
         self.interval = config.monitor.report_interval
         self.session = protocol.new_session_id()
-        self._since = timestamps.utc_now_iso()
+        self._stamped = time.time()
+        """The newest time stamped on a message of this session (statuses never go back in
+        time, nor before the session's ``since``, whatever the wall clock does)."""
+        self._since = timestamps.iso_from_epoch(self._stamped)
         self._topics = config.mqtt.topics
         self._min_gap = min_gap
         self._on_link_change = on_link_change
@@ -303,11 +306,12 @@ class StatusPublisher:
         with self._stats_lock:
             self._seq += 1
             seq = self._seq
+            self._stamped = stamp = max(time.time(), self._stamped)
             counters = ReporterCounters(self._report_count, self._error_count,
                                         self._last_report_time)
         return StatusMessage(
             node_id=self.node_id, node_name=self.config.monitor.node_name,
-            timestamp=timestamps.utc_now_iso(), status=node_status, version=self.version,
+            timestamp=timestamps.iso_from_epoch(stamp), status=node_status, version=self.version,
             uptime=self._resources.uptime(), resources=resources, gui=gui,
             reporter=counters, session=self.session, seq=seq, interval_s=self.interval,
             not_responding_since=self._not_responding_since, stalled_since=stalled,
