@@ -1,0 +1,309 @@
+"""The truth every observer tells of a node, checked against a reference model of the node's
+real life (Hypothesis stateful testing).
+
+The machine plays a node's processes (start, status, crash, clean stop, takeover by a second
+process), a broker (down and up again, keeping its retained messages, losing them, or restored
+from an older save) and observers that start at any moment: the status app's ``NodeView``
+(one subscription: a node's messages in the order the broker got them) and a bridge-like
+``NodeTruth`` that reads states and statuses on two sessions (``in_order=False``: the two
+streams interleave in any way). On subscribe each observer gets the retained copies in an
+order drawn by Hypothesis; deliveries are drawn one at a time.
+
+Checked at every step: an observer never shows a session ready after it received that
+session's end (``lost`` or ``disconnected``) and no live word of it since. Checked once an
+observer has everything the broker sent it: a process that is up is shown ready with its
+newest status; a node whose last session ended while the broker's retained state still says
+so is shown ended, for that reason.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+)
+
+from status_app import NodeView
+from yl_core.protocol import (
+    ReporterCounters,
+    Resources,
+    StateMessage,
+    StatusMessage,
+    Topics,
+    encode,
+)
+from yl_core.truth import NodeTruth
+
+NODE = "gui-1"
+TOPICS = Topics()
+ENDS = ("lost", "disconnected")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message as the broker has it: ``kind`` is ``state`` or ``status``; ``value`` the
+    state word or the seq."""
+
+    kind: str
+    session: str
+    value: str | int
+
+    def payload(self) -> bytes:
+        if self.kind == "state":
+            return encode(StateMessage(
+                state=self.value, session=self.session,  # type: ignore[arg-type]
+                since="2026-01-01T00:00:00.000Z", node_name="GUI", version="2.1",
+                interval_s=30.0))
+        assert isinstance(self.value, int)
+        return encode(StatusMessage(
+            node_id=NODE, node_name="GUI", timestamp="2026-01-01T00:00:00.000Z",
+            status="running", version="2.1", uptime=1.0,
+            resources=Resources(cpu_percent=1.0, memory_mb=100.0, threads=4), gui={},
+            reporter=ReporterCounters(self.value, 0, None), session=self.session,
+            seq=self.value, interval_s=30.0))
+
+
+@dataclass
+class Process:
+    session: str
+    seq: int = -1
+    connected: bool = False
+
+
+@dataclass
+class Observer:
+    """One observer: its streams of (message, retained) still to be delivered, and the
+    sessions whose end it received with no live word of them since."""
+
+    name: str
+    in_order: bool
+    view: NodeView | None = None
+    truth: NodeTruth = field(default_factory=NodeTruth)
+    streams: tuple[deque[tuple[Message, bool]], ...] = ()
+    ended_seen: set[str] = field(default_factory=set)
+
+    def stream_for(self, message: Message) -> deque[tuple[Message, bool]]:
+        return self.streams[0] if self.in_order or message.kind == "state" else self.streams[1]
+
+    def take(self, message: Message, retained: bool) -> None:
+        if self.view is not None:
+            self.view.ingest(TOPICS.state(NODE) if message.kind == "state"
+                             else TOPICS.status(NODE), message.payload(), retained=retained)
+        elif message.kind == "state":
+            _, self.truth = self.truth.observe_state(
+                message.session, message.value, retained=retained)  # type: ignore[arg-type]
+        else:
+            assert isinstance(message.value, int)
+            _, self.truth = self.truth.observe_status(message.session, message.value,
+                                                      in_order=False, retained=retained)
+        if message.kind == "state" and message.value in ENDS:
+            self.ended_seen.add(message.session)
+        elif not retained and not (message.kind == "state" and message.value in ENDS):
+            self.ended_seen.discard(message.session)
+
+    def shown(self) -> tuple[str | None, str | None, int | None]:
+        """(session, state, newest seq) the observer shows as current."""
+        if self.view is not None:
+            node = self.view.describe(NODE)
+            if node is None:
+                return None, None, None
+            return node["session"], node["state"], node["seq"]
+        session = self.truth.session
+        if session is None:
+            return None, None, None
+        newest = self.truth.newest_status
+        seq = newest[1] if newest is not None and newest[0] == session else None
+        return session, self.truth.state_of(session), seq
+
+    def health(self) -> str | None:
+        return None if self.view is None else self.view.health(NODE).reason
+
+    def idle(self) -> bool:
+        return not any(self.streams)
+
+
+class NodeLife(RuleBasedStateMachine):
+    """A node's real life, a broker and late observers; see the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.process: Process | None = None
+        self.sessions = 0
+        self.broker_up = True
+        self.retained: dict[str, Message] = {}
+        self.saves: list[dict[str, Message]] = []
+        self.observers: list[Observer] = []
+        self.last_session: str | None = None
+        self.last_end: Message | None = None
+
+    # --- the world ------------------------------------------------------------------------
+
+    def _publish(self, message: Message) -> None:
+        assert self.broker_up
+        self.retained[message.kind] = message
+        for observer in self.observers:
+            observer.stream_for(message).append((message, False))
+
+    def _birth(self, process: Process) -> None:
+        process.connected = True
+        process.seq += 1
+        self._publish(Message("state", process.session, "ready"))
+        self._publish(Message("status", process.session, process.seq))
+
+    def _subscribe(self, observer: Observer, order: list[int]) -> None:
+        copies = list(self.retained.values())
+        for index in order:
+            if index < len(copies):
+                observer.stream_for(copies[index]).append((copies[index], True))
+
+    @rule(name=st.text("abcdefghij0123456789", min_size=1, max_size=6))
+    def start(self, name: str) -> None:
+        """A process starts; if one is connected, it takes that one's place (the broker
+        publishes the replaced connection's will first)."""
+        self.sessions += 1
+        session = f"{name}-{self.sessions}"
+        old = self.process
+        if old is not None and old.connected and self.broker_up:
+            self._end(Message("state", old.session, "lost"))
+        self.process = Process(session)
+        self.last_session, self.last_end = session, None
+        if self.broker_up:
+            self._birth(self.process)
+
+    @precondition(lambda self: self.process is not None and self.process.connected)
+    @rule(flag_changes=st.integers(1, 3))
+    def status(self, flag_changes: int) -> None:
+        assert self.process is not None
+        for _ in range(flag_changes):
+            self.process.seq += 1
+            self._publish(Message("status", self.process.session, self.process.seq))
+
+    @precondition(lambda self: self.process is not None)
+    @rule(clean=st.booleans())
+    def process_ends(self, clean: bool) -> None:
+        """A clean stop publishes ``disconnected``; a crash makes the broker publish the
+        will. With the link down, neither reaches the broker."""
+        assert self.process is not None
+        process, self.process = self.process, None
+        if process.connected and self.broker_up:
+            self._end(Message("state", process.session, "disconnected" if clean else "lost"))
+
+    def _end(self, message: Message) -> None:
+        self._publish(message)
+        self.last_end = message
+
+    @precondition(lambda self: self.broker_up)
+    @rule(keep_retained=st.booleans(), save=st.booleans())
+    def broker_down(self, keep_retained: bool, save: bool) -> None:
+        """The broker stops: with its retained messages saved (SIGTERM) or not (``kill -9``
+        before a save). Observers lose what was queued for them; the bridge-like one keeps
+        it in its persistent session when the broker keeps its state."""
+        if save:
+            self.saves.append(dict(self.retained))
+        self.broker_up = False
+        if not keep_retained:
+            self.retained = {}
+        if self.process is not None:
+            self.process.connected = False
+        for observer in self.observers:
+            if observer.in_order or not keep_retained:
+                for stream in observer.streams:
+                    stream.clear()
+
+    @precondition(lambda self: not self.broker_up)
+    @rule(restore=st.integers(-1, 3), node_first=st.booleans(),
+          order=st.permutations([0, 1]))
+    def broker_up_again(self, restore: int, node_first: bool, order: list[int]) -> None:
+        """The broker is back, perhaps restored from an older save (``restore``); the node
+        and the observers connect again, in either order."""
+        if 0 <= restore < len(self.saves):
+            self.retained = dict(self.saves[restore])
+        self.broker_up = True
+        if node_first and self.process is not None:
+            self._birth(self.process)
+        for observer in self.observers:
+            self._subscribe(observer, order)
+        if not node_first and self.process is not None:
+            self._birth(self.process)
+
+    @precondition(lambda self: len(self.observers) < 4)
+    @rule(in_order=st.booleans(), order=st.permutations([0, 1]))
+    def observer_starts(self, in_order: bool, order: list[int]) -> None:
+        """An observer starts late: the status app (or ``watch``), or a bridge with a fresh
+        outbox."""
+        name = f"{'view' if in_order else 'bridge'}-{len(self.observers)}"
+        if in_order:
+            view = NodeView(clock=lambda: 1000.0, wall_clock=lambda: 1.8e9)
+            view.set_broker(True, "connected")
+            observer = Observer(name, True, view=view, streams=(deque(),))
+        else:
+            observer = Observer(name, False, streams=(deque(), deque()))
+        self.observers.append(observer)
+        if self.broker_up:
+            self._subscribe(observer, order)
+
+    @precondition(lambda self: any(not o.idle() for o in self.observers))
+    @rule(which=st.integers(0, 3), stream=st.integers(0, 1), count=st.integers(1, 3))
+    def deliver(self, which: int, stream: int, count: int) -> None:
+        """The next messages of one stream of one observer (MQTT keeps each stream's
+        order, not the order between a bridge's two sessions)."""
+        busy = [o for o in self.observers if not o.idle()]
+        observer = busy[which % len(busy)]
+        streams = [s for s in observer.streams if s]
+        chosen = streams[stream % len(streams)]
+        for _ in range(min(count, len(chosen))):
+            observer.take(*chosen.popleft())
+
+    @rule()
+    def deliver_everything(self) -> None:
+        for observer in self.observers:
+            while not observer.idle():
+                for stream in observer.streams:
+                    if stream:
+                        observer.take(*stream.popleft())
+
+    # --- what every observer must say -----------------------------------------------------
+
+    @invariant()
+    def no_session_shown_ready_after_its_end(self) -> None:
+        for observer in self.observers:
+            session, state, _ = observer.shown()
+            if session in observer.ended_seen:
+                assert state != "ready", (
+                    f"{observer.name} shows {session} ready after it received its end")
+
+    @invariant()
+    def an_observer_with_everything_tells_the_truth(self) -> None:
+        if not self.broker_up:
+            return
+        for observer in self.observers:
+            if not observer.idle():
+                continue
+            session, state, seq = observer.shown()
+            process = self.process
+            if process is not None and process.connected:
+                assert (session, state, seq) == (process.session, "ready", process.seq), (
+                    f"{observer.name} shows {(session, state, seq)} of a node up as "
+                    f"{(process.session, process.seq)}")
+                if observer.view is not None:
+                    assert observer.health() == "ready"
+            elif process is None and self.last_end is not None and \
+                    self.retained.get("state") == self.last_end:
+                end = self.last_end
+                assert (session, state) == (end.session, end.value), (
+                    f"{observer.name} shows {(session, state)} of a node whose session "
+                    f"{end.session} ended {end.value}")
+                if observer.view is not None:
+                    assert observer.health() == end.value
+
+
+NodeLife.TestCase.settings = settings(max_examples=400, stateful_step_count=40,
+                                      deadline=None)
+test_every_observer_tells_the_node_s_true_story = NodeLife.TestCase
