@@ -25,9 +25,9 @@ from yl_status.monitor_double import Heartbeat, MonitorDouble
 class BridgeProcess:
     def __init__(self, tmp_path: Path, broker: BrokerAddress, double: MonitorDouble, *,
                  outbox_url: str | None = None, instance: str | None = None,
-                 **monitor: Any) -> None:
+                 bridge: dict[str, Any] | None = None, **monitor: Any) -> None:
         """``outbox_url``: a PostgreSQL outbox shared with other instances (``instance``
-        names this one, its config and its log)."""
+        names this one, its config and its log); ``bridge``: more ``bridge`` keys."""
         self.metrics_port = free_port()
         name = "bridge" if instance is None else f"bridge-{instance}"
         self.instance = instance
@@ -38,7 +38,8 @@ class BridgeProcess:
                                     **monitor},
                            mqtt={"username": BRIDGE_USER, "password": BRIDGE_PASSWORD},
                            bridge={"outbox_path": str(tmp_path / "outbox.sqlite3"),
-                                   "metrics": f"127.0.0.1:{self.metrics_port}", **shared},
+                                   "metrics": f"127.0.0.1:{self.metrics_port}", **shared,
+                                   **(bridge or {})},
                            logging={"level": "INFO"})
         self.config_path = write_config(tmp_path / f"{name}.yaml", data)
         self.process: subprocess.Popen[bytes] | None = None

@@ -167,6 +167,34 @@ def test_a_monitor_that_forgot_its_nodes_still_records_the_next_transition(
     assert double.history("node-1")[-1].reason == "disconnected"
 
 
+def test_a_monitor_that_forgets_behind_a_kept_connection_shows_the_next_stop_within_a_look(
+        tmp_path: Path, broker: DevBroker) -> None:
+    """The monitor loses its nodes while the bridge's connection stays open (a restart
+    behind a keep-alive proxy, a database reset) and has no register route; the node then
+    stops. Its ``offline``, on the connection that stayed open, only registers it there: the
+    bridge's next look tells it again."""
+    double = MonitorDouble(register_route=False).start()
+    bridge = BridgeProcess(tmp_path, broker, double, look_interval=2,
+                           bridge={"http_concurrency": 1}).start()
+    try:
+        publisher = StatusPublisher(make_config(broker, "node-1")).start()
+        try:
+            wait_until(lambda: double.is_online("node-1"), timeout=10, what="node-1 online")
+            publisher.update_gui_status(last=True)
+            wait_until(lambda: last_gui(double, "node-1").get("last") is True and
+                       bridge.drained(), timeout=5, what="everything delivered")
+            double.forget(keep_connections=True)
+        finally:
+            publisher.stop()
+        wait_until(lambda: (double.node_view("node-1") or {}).get("status") == "offline",
+                   timeout=8, what="node-1 offline at the monitor that forgot it")
+        assert double.history("node-1")[-1].reason == "disconnected"
+        assert bridge.metric("yl_bridge_retold_total") == 1
+    finally:
+        assert bridge.stop() == 0
+        double.down()
+
+
 def test_a_node_refused_by_the_monitor_is_dropped_and_others_go_on(
         broker: DevBroker, double: MonitorDouble, bridge: BridgeProcess,
         publishers: list[StatusPublisher]) -> None:

@@ -20,6 +20,7 @@ from bridge.forwarder import Forwarder
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
 from tests.test_outbox import state, status, status_message
+from yl_core import timestamps
 from yl_core.config import Config, parse_config
 from yl_status.monitor_double import MonitorDouble
 
@@ -254,3 +255,70 @@ def test_workers_wait_quietly_while_a_probe_is_in_flight(
         watched = time.monotonic() - started
     used = (after.user - before.user) + (after.system - before.system)
     assert used < 0.5, f"{used:.2f} s of CPU in {watched:.2f} s"
+
+
+def _node_heartbeats(double: MonitorDouble, node: str) -> int:
+    return double.request_count(f"/api/ar/nodes/{node}/heartbeat")
+
+
+def _looks(double: MonitorDouble) -> int:
+    with double.lock:
+        return sum(1 for method, target, *_ in double.requests
+                   if method == "GET" and target == "/api/ar/nodes")
+
+
+@pytest.mark.parametrize("register_route", [True, False],
+                         ids=["register route", "no register route"])
+def test_a_monitor_that_forgets_and_keeps_the_connection_is_told_the_end_within_one_look(
+        tmp_path: Path, outbox: Outbox, register_route: bool) -> None:
+    """The monitor loses its nodes behind a proxy that keeps the bridge's connection open;
+    the node then stops: its ``offline`` registers it there and is not recorded. The next
+    look sees the node shown otherwise than told and tells it again, once."""
+    double = MonitorDouble(register_route=register_route).start()
+    try:
+        config = config_for(double.url, tmp_path, look_interval=1)
+        with forwarding(config, outbox) as forwarder:
+            forwarder.notify(outbox.record([state("ready"), status(1)])[1])
+            wait_until(lambda: double.is_online("n1") and outbox.depth() == (0, 0),
+                       timeout=10, what="n1 online")
+            double.forget(keep_connections=True)
+            forwarder.notify(outbox.record([status(2), state("lost")])[1])
+            wait_until(lambda: (double.node_view("n1") or {}).get("status") == "offline",
+                       timeout=10, what="n1 offline at the monitor that forgot it")
+            told = double.history("n1")[-1]
+            assert (told.reason, told.body["gui"]) == ("lost", {"seq": 2})
+            sent = _node_heartbeats(double, "n1")
+            looks = _looks(double)
+            wait_until(lambda: _looks(double) >= looks + 2, timeout=10, what="two more looks")
+            assert _node_heartbeats(double, "n1") == sent, "told again although shown right"
+            assert forwarder.metrics.registry.get_sample_value("yl_bridge_retold_total") == 1
+    finally:
+        double.down()
+
+
+@pytest.mark.parametrize("wrong", ["deleted", "shown offline"])
+def test_a_node_the_monitor_shows_otherwise_is_told_its_current_truth(
+        tmp_path: Path, outbox: Outbox, wrong: str) -> None:
+    """A node deleted in the monitor's UI, or shown offline there while it is up: told
+    again within one look, with its newest snapshot and the current time."""
+    double = MonitorDouble(register_route=False).start()
+    try:
+        config = config_for(double.url, tmp_path, look_interval=1)
+        with forwarding(config, outbox) as forwarder:
+            forwarder.notify(outbox.record([state("ready"), status(1), status(2)])[1])
+            wait_until(lambda: double.is_online("n1") and outbox.depth() == (0, 0),
+                       timeout=10, what="n1 online")
+            before, recorded = time.time(), len(double.history("n1"))
+            if wrong == "deleted":
+                double.forget(keep_connections=True, node_id="n1")
+            else:
+                with double.lock:
+                    double.nodes["n1"].status = "offline"
+            wait_until(lambda: double.is_online("n1") and
+                       len(double.history("n1")) > recorded,
+                       timeout=10, what="n1 told it is up again")
+            told = double.history("n1")[-1]
+            assert (told.reason, told.body["gui"]) == ("ready", {"seq": 2})
+            assert timestamps.epoch_from_iso(told.body["timestamp"]) >= before - 0.002
+    finally:
+        double.down()

@@ -50,7 +50,7 @@ def status(seq: int, session: str = A, node: str = "n1") -> Received:
 
 
 def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:
-    out = []
+    out: list[tuple[str, str | None, int]] = []
     while (item := outbox.next_item(node)) is not None:
         out.append((item.kind, item.state, item.seq))
         outbox.done(item)
@@ -422,6 +422,38 @@ def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) ->
     again = told_up(box)
     assert box.silent_nodes(again + 89.9) == []
     assert box.silent_nodes(again + 90.1) == ["n1"]
+
+
+WORDS = {"up": "online", "down": "offline"}
+
+
+def test_a_node_the_monitor_forgot_or_shows_otherwise_is_told_again_once(where: str) -> None:
+    """``reconcile``: the monitor's node list against what each node was told, as of when
+    the list was asked for; the retelling comes after everything queued, with the newest
+    snapshot."""
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready", node=n) for n in ("n1", "n2", "n3", "n4")] +
+               [status(1, node=n) for n in ("n1", "n2", "n3", "n4")])
+    for node in ("n1", "n2", "n3"):
+        told_up(box, node)
+    asked = time.monotonic()
+    box.record([state("lost", node="n3")])
+    drain(box, "n3")
+    box.mark_told("n3", "down")  # after the list was asked for: it cannot show it yet
+    shown = {"n1": "online", "n2": "unknown", "n3": "online", "n4": None}
+    assert sorted(box.reconcile(shown, WORDS, asked)) == ["n2"]
+    assert box.reconcile(shown, WORDS, asked) == [], "one retelling at a time"
+    box.record([status(2, node="n2")])
+    assert drain(box, "n2") == [("status", "ready", 2), ("retell", "ready", 2)]
+    assert box.reconcile({"n2": "online"}, WORDS, time.monotonic()) == ["n1", "n3"]
+    assert not box.marks["n1"].registered
+    retell = box.next_item("n3")
+    assert retell is not None
+    assert (retell.kind, retell.state, retell.seq) == ("retell", "lost", 1)
+    assert retell.payload == status(1, node="n3").payload
+    box.done(retell)
+    assert box.next_item("n3") is None
 
 
 @pytest.mark.parametrize("last", ["disconnected", "lost"])

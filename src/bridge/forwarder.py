@@ -11,7 +11,7 @@ the requests it needs and receives their answers. Every request about a node sta
 node's state as of the item it carries, with that item's time; to a monitor that knows the
 node, one request per item. **Looking** at the monitor (beside the node queue, one at a time):
 its node list, which says which API it serves (``monitor.profile: auto``), that it answers,
-and which nodes it knows. A look runs at start, every ``LOOK_EVERY``, and as the only probe
+and which nodes it knows. A look runs at start, every ``self._look_every``, and as the only probe
 while the monitor is failing: after an outage nothing is delivered until a look has said
 which nodes the monitor still knows (a monitor restarted without its table would take a
 known node's next heartbeat as its registration, and not record it). Failures pause
@@ -40,7 +40,7 @@ from bridge.monitor_client import (
     MonitorClient,
     MonitorConnection,
     Outcome,
-    listed_node_ids,
+    listed_nodes,
 )
 from bridge.outbox import Item, NodeMark, Outbox
 from yl_core import protocol, timestamps, truth
@@ -56,8 +56,6 @@ SILENCE_CHECK = 0.25
 INACTIVE_POLL = 0.1
 """How often a bridge that may not send (not active) looks again."""
 
-LOOK_EVERY = 30.0
-"""How often the monitor's node list is read again while all is well."""
 PROFILES = ("nodes-api", "v1")
 """The APIs ``monitor.profile: auto`` looks for, in this order."""
 LOOK: Final = object()
@@ -93,6 +91,11 @@ class Forwarder:
         self.metrics.api(self.profile)
         self._register_route: bool | None = None
         self._v1_refresh = config.monitor.v1_refresh
+        self._look_every = config.monitor.look_interval
+        """How often the monitor's node list is read again while all is well."""
+        self._look_started = 0.0
+        self._shown_otherwise: set[str] = set()
+        """Nodes the monitor showed otherwise than told at the last look (logged once)."""
         self._refresh: set[str] = set()
         """Nodes up at a v1 monitor due to be posted again (``monitor.v1_refresh``)."""
         self.breaker = Breaker(0.2, max(config.monitor.retry_delay, 0.5))
@@ -301,6 +304,7 @@ class Forwarder:
         it knows."""
         answer = Answer(Outcome.NOT_FOUND, None, "")
         for profile in PROFILES if self.profile is None else (self.profile,):
+            self._look_started = time.monotonic()
             answer = yield self.client.nodes_request(profile)
             if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
                 self._retry(answer)
@@ -313,7 +317,7 @@ class Forwarder:
             # It answers, but not with its node list: deliver without knowing which nodes it
             # knows (each unknown node is asked for, or registered, on its own).
             self.breaker.answered()
-            self._look_due = time.monotonic() + LOOK_EVERY
+            self._look_due = time.monotonic() + self._look_every
             return False
         problem = (f"monitor at {self._url} serves neither the nodes API (GET {NODES}) nor v1 "
                    f"(GET {V1_NODES}): {answer.reason}; check monitor.url")
@@ -334,18 +338,28 @@ class Forwarder:
             log.info("monitor at %s serves the %s API; using it", self._url, profile)
 
     def _know(self, answer: Answer) -> None:
-        """The monitor's node list: the nodes it knows from now on."""
+        """The monitor's node list: the nodes it knows from now on. On the nodes API, a node
+        it forgot, or shows otherwise than it was told, is told its current truth again."""
         self.breaker.answered()
-        self._look_due = time.monotonic() + LOOK_EVERY
-        listed = listed_node_ids(answer.body)
+        self._look_due = time.monotonic() + self._look_every
+        listed = listed_nodes(answer.body)
         if self.profile == "v1":
-            self._known = listed
+            self._known = None if listed is None else set(listed)
         if listed is None:
             log.warning("the monitor's node list (GET %s) has a shape not understood; each "
                         "node is looked up on its own", V1_NODES if self.profile == "v1"
                         else NODES)
         elif self.profile == "nodes-api":
-            self.outbox.know_only(listed)
+            words = {"up": self._values.online, "down": self._values.offline}
+            again = self.outbox.reconcile(listed, words, self._look_started)
+            for node in set(again) - self._shown_otherwise:
+                log.warning("monitor at %s %s node %s; telling it the node's current truth "
+                            "again", self._url, "shows otherwise than it was told of"
+                            if node in listed else "no longer lists", node)
+            self._shown_otherwise = set(again)
+            if again:
+                self.metrics.inc("retold", len(again))
+                self.notify(again)
 
     def _knows(self, node: str) -> bool:
         """Whether a v1 monitor lists ``node`` (True when it cannot be told)."""
@@ -396,7 +410,7 @@ class Forwarder:
             else:
                 self._tell(node, "down", body, sent=False)
             self.outbox.done(item)
-            return not self.outbox.defers_writes or item.kind == "silence"
+            return not self.outbox.defers_writes or item.kind in ("silence", "retell")
         known, asked = mark.registered, False
         if known and new_connection and item.kind != "status":
             # A monitor restarted without its table would take this heartbeat as the node's
@@ -454,8 +468,9 @@ class Forwarder:
             log.warning("monitor refused %s of node %s (%s); dropped, the node's queue goes on",
                         item.kind, node, answer.reason)
         self.outbox.done(item)
-        # A deferred write notifies the node again once it is on disk (a silence has none).
-        return not self.outbox.defers_writes or item.kind == "silence"
+        # A deferred write notifies the node again once it is on disk (a silence or a
+        # retelling has none).
+        return not self.outbox.defers_writes or item.kind in ("silence", "retell")
 
     def _tell(self, node: str, told: str, body: dict[str, Any], *, sent: bool) -> None:
         """The monitor now shows ``node`` as ``told`` (``up``/``down``); log each change (for
@@ -518,7 +533,7 @@ class Forwarder:
                                 if k in snapshot}
         body["node_id"] = item.node_id
         hung = snapshot.get("not_responding_since")
-        if item.kind != "silence":
+        if item.kind not in ("silence", "retell"):
             # As of the item, however long it waited (a silence is told by its own item); a
             # status with its session's state when it was taken: a later session may be
             # recorded already.
@@ -536,6 +551,8 @@ class Forwarder:
             # When it went stale.
             body["timestamp"] = timestamps.iso_from_epoch(
                 item.received + protocol.stale_after(interval))
+        elif item.kind == "retell":
+            body["timestamp"] = timestamps.utc_now_iso()
         elif item.kind == "state" or "timestamp" not in body:
             body["timestamp"] = timestamps.iso_from_epoch(item.received)
         if "node_name" not in body:

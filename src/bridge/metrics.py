@@ -35,6 +35,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "registered": ("Nodes registered at the monitor", ()),
     "refreshed": ("Heartbeats repeated for nodes that are up, for a v1 monitor whose own "
                   "process scan marks them offline (monitor.v1_refresh)", ()),
+    "retold": ("Nodes told their current truth again: the monitor no longer listed them, or "
+               "showed them otherwise than told (monitor.look_interval)", ()),
     "withdrawn": ("Wills withdrawn: a process dropped by its replaced rival's reconnect was "
                   "back within the takeover hold", ()),
     "outbox_errors": ("Outbox writes that failed (nothing was acknowledged)", ()),

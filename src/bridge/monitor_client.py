@@ -415,28 +415,40 @@ def encode_json(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-def listed_node_ids(body: Any) -> set[str] | None:
-    """The node ids in a monitor's node list: a list of ids or of node objects, possibly
-    wrapped as ``{"nodes": …}`` or keyed by id; None if the shape says nothing."""
+def listed_nodes(body: Any) -> dict[str, str | None] | None:
+    """The nodes in a monitor's node list with the status word it shows for each (None
+    where it shows none): a list of ids or of node objects, possibly wrapped as
+    ``{"nodes": …}`` or keyed by id; None if the shape says nothing."""
     if isinstance(body, dict):
         inner = body.get("nodes", body.get("data"))
         if inner is not None:
-            return listed_node_ids(inner)
+            return listed_nodes(inner)
         if all(isinstance(v, dict) for v in body.values()):
-            return {str(k) for k in body}
+            return {str(k): _shown_status(v) for k, v in body.items()}
         return None
     if not isinstance(body, list):
         return None
-    ids = set()
+    nodes: dict[str, str | None] = {}
     for entry in body:
         if isinstance(entry, str):
-            ids.add(entry)
+            nodes[entry] = None
         elif isinstance(entry, dict) and \
                 isinstance(found := entry.get("node_id", entry.get("id")), str):
-            ids.add(found)
+            nodes[found] = _shown_status(entry)
         else:
             return None
-    return ids
+    return nodes
+
+
+def _shown_status(entry: dict[str, Any]) -> str | None:
+    status = entry.get("status")
+    return status if isinstance(status, str) else None
+
+
+def listed_node_ids(body: Any) -> set[str] | None:
+    """The node ids in a monitor's node list (``listed_nodes``)."""
+    nodes = listed_nodes(body)
+    return None if nodes is None else set(nodes)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -24,10 +24,10 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from bridge.database import (
     SCHEMA_VERSION,
@@ -85,16 +85,27 @@ class NodeMark:
     silence_due: float | None = None
     """While the monitor is still to be told that the node fell silent: when it was last
     heard (wall clock; silences are counted from no earlier than ``Outbox.silence_from``)."""
+    told_at: float = 0.0
+    """When ``told`` last changed (monotonic)."""
+    retell: bool = False
+    """The monitor forgot the node, or shows it otherwise than it was told: it is to be told
+    the node's current truth again (``Outbox.reconcile``; kept in memory only: the next
+    look after a restart finds the same)."""
+
+
+ItemKind = Literal["state", "status", "silence", "retell"]
+"""A transition, the pending status, a silence (the node's newest status gone stale), or
+the node's current truth told again to a monitor that forgot it or shows it otherwise."""
 
 
 @dataclass(frozen=True)
 class Item:
     """One thing to deliver: a transition (``transition_id``), the pending status, or
-    (``silence``) the node's newest status, last heard at ``received`` and stale now.
+    (``silence``, ``retell``) the node's newest status, last heard at ``received``.
     ``state``: the transition's, or for a status its session's state when it was taken."""
 
     node_id: str
-    kind: str
+    kind: ItemKind
     session: str
     seq: int
     state: str | None
@@ -595,11 +606,14 @@ class Outbox:
                 if mark is None:
                     return None
                 silent = mark.silence_due
-                if not mark.transitions and (mark.pending is not None or silent is None):
+                if not mark.transitions and (mark.pending is not None or silent is None) and \
+                        (mark.pending is not None or not mark.retell):
                     return mark.pending
                 first = min(mark.transitions, default=-1)
             if first < 0 and silent is not None:
                 return self._silence_item(node_id, mark, silent)
+            if first < 0:
+                return self._retell_item(node_id, mark)
             row = self._read_transition(first)
             if row is not None:
                 lost = mark.lost
@@ -635,6 +649,23 @@ class Outbox:
         snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
         return Item(node_id, "silence", session, seq, "ready", snapshot, since)
 
+    def _retell_item(self, node_id: str, mark: NodeMark) -> Item:
+        """The node's current truth: its newest status, last heard at ``received`` (wall
+        clock), to tell a monitor that forgot the node or shows it otherwise."""
+        node = mark.truth
+        session, seq = node.newest_status or (node.session or "", -1)
+        row = self._read("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,))
+        snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
+        now, wall = time.monotonic(), time.time()
+        with self._marks_lock:
+            heard = mark.heard if self.silence_from is None or mark.heard is None \
+                else max(mark.heard, self.silence_from)
+            if heard is None:
+                heard = self.silence_from
+        received = wall if heard is None else wall - (now - heard)
+        return Item(node_id, "retell", session, seq, node.state_of(session), snapshot,
+                    received)
+
     def done(self, item: Item) -> None:
         """The item reached the monitor (or was refused for good): it is never handed out
         again, and is removed from disk at the next ``flush()``."""
@@ -643,6 +674,12 @@ class Outbox:
                 mark = self.marks.get(item.node_id)
                 if mark is not None and mark.silence_due == item.received:
                     mark.silence_due = None
+            return
+        if item.kind == "retell":
+            with self._marks_lock:
+                mark = self.marks.get(item.node_id)
+                if mark is not None:
+                    mark.retell = False
             return
         with self._marks_lock:
             delivered = self._done.setdefault(item.node_id, _Delivered())
@@ -671,14 +708,36 @@ class Outbox:
         ``flush()``); whether that is a change."""
         return self._update(node_id, "told", told)
 
-    def know_only(self, listed: set[str]) -> None:
+    def know_only(self, listed: Iterable[str]) -> None:
         """The monitor listed these nodes, and no others: every node's ``registered``
         follows."""
+        listed = set(listed)
         with self._marks_lock:
             changed = [(node, node in listed) for node, mark in self.marks.items()
                        if mark.registered != (node in listed)]
         for node, registered in changed:
             self.set_registered(node, registered)
+
+    def reconcile(self, shown: Mapping[str, str | None], words: Mapping[str, str],
+                  since: float) -> list[str]:
+        """The monitor's node list, asked for at ``since`` (monotonic): ``shown`` is the
+        status word it shows for each node it lists (None: it shows none); ``words`` the
+        word each ``told`` stands for there. Every node's ``registered`` follows the list.
+        A node told something before ``since`` that the monitor no longer lists, or shows
+        otherwise, is to be told its current truth again (once it has nothing else to
+        deliver): those nodes are returned."""
+        self.know_only(shown)
+        again: list[str] = []
+        with self._marks_lock:
+            for node, mark in self.marks.items():
+                if mark.told not in words or mark.told_at > since or mark.retell:
+                    continue
+                listed = node in shown
+                word = shown.get(node)
+                if not listed or (word is not None and word != words[mark.told]):
+                    mark.retell = True
+                    again.append(node)
+        return again
 
     def _update(self, node_id: str, column: str, value: Any) -> bool:
         with self._marks_lock:
@@ -689,6 +748,8 @@ class Outbox:
                 self._watch(node_id)
             if getattr(mark, column) == value:
                 return False
+            if column == "told":
+                mark.told_at = time.monotonic()
             setattr(mark, column, value)
             self._node_updates.setdefault(node_id, {})[column] = value
         self._changed()

@@ -75,6 +75,10 @@ class MonitorConfig:
     v1_refresh: float = 1.0
     """Seconds between heartbeats repeated for a node that is up at a v1 monitor (0: never);
     its own process scan marks a GUI it cannot see offline every 10 s."""
+    look_interval: float = 30.0
+    """Seconds between two reads of the monitor's node list while all is well: each read
+    also tells a node the monitor forgot, or shows otherwise than it was told, its current
+    truth again."""
     gui_hang_after: float = 5.0
     """Seconds without a turn of a watched main loop after which the GUI is not responding
     (where desktops call a window "Not Responding")."""
@@ -239,6 +243,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "status_values": (StatusValues, _STATUS_VALUES),
         "gui_hang_after": number(low=1, high=600),
         "v1_refresh": zero_or(number(low=0.2, high=3600)),
+        "look_interval": number(low=1, high=3600),
         "pipelines": periods(),
     }),
     "mqtt": (MqttConfig, {

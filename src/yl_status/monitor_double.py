@@ -331,12 +331,17 @@ class MonitorDouble:
         self.answering.set()
         self.drop_connections()
 
-    def forget(self) -> None:
-        """Lose every node, as a monitor restarted without its table (a restart also ends
-        every open connection)."""
+    def forget(self, *, keep_connections: bool = False, node_id: str | None = None) -> None:
+        """Lose every node (or ``node_id`` only), as a monitor restarted without its table:
+        a restart also ends every open connection, unless a proxy in front keeps them
+        (``keep_connections``; so does a node deleted in its UI or a database reset)."""
         with self.lock:
-            self.nodes.clear()
-        self.drop_connections()
+            if node_id is None:
+                self.nodes.clear()
+            else:
+                self.nodes.pop(node_id, None)
+        if not keep_connections:
+            self.drop_connections()
 
     def fail_with(self, code: int | None, retry_after: float | None = None) -> None:
         """Answer every request with ``code`` (None: behave again)."""
