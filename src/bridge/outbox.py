@@ -360,6 +360,11 @@ class Outbox:
                     changed = self._record_state(db, node_id, mark, message,
                                                  incoming.retained, received, result,
                                                  committed)
+                elif message is not None and mark.truth.state_of(message.session) in \
+                        truth_rules.TERMINAL_STATES:
+                    writes.flush(db)
+                    changed = self._record_last_words(db, node_id, mark, message, raw,
+                                                      incoming.retained, result)
                 elif message is not None:
                     changed = self._record_status(writes, node_id, mark, message, raw,
                                                   incoming.retained, received, result,
@@ -389,6 +394,28 @@ class Outbox:
             raw, received)))
         result.accepted += 1
         return True
+
+    def _record_last_words(self, db: Database, node_id: str, mark: NodeMark,
+                           message: StatusHead, raw: bytes, retained: bool,
+                           result: IngestResult) -> bool:
+        """A status of a session that has ended (``lost``, ``disconnected``): a retained
+        copy that came after its end, or one published before the will that the status
+        stream brought late. Nothing of a life goes to the monitor after its ``offline``: the
+        status becomes the snapshot of that end if it is still undelivered, else only the
+        node's newest snapshot (for a retelling)."""
+        verdict, truth = mark.truth.observe_status(message.session, message.seq,
+                                                   in_order=False, retained=retained)
+        if verdict is not Verdict.ACCEPT:
+            _count(result, verdict)
+            return False
+        mark.truth = truth
+        last = db.execute("SELECT id, session FROM transitions WHERE node_id = ? "
+                          "ORDER BY id DESC LIMIT 1", (node_id,)).fetchone()
+        if last is not None and last[1] == message.session:
+            db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, last[0]))
+        result.coalesced += 1
+        self._save_node(db, node_id, mark, raw)
+        return False
 
     def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
