@@ -424,6 +424,24 @@ def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) ->
     assert box.silent_nodes(again + 90.1) == ["n1"]
 
 
+def test_a_node_is_settled_only_while_nothing_newer_than_its_last_delivery_is_recorded(
+        where: str) -> None:
+    """What a v1 refresh (a heartbeat repeated for a node that is up) is judged by: never
+    while a newer word of the node (a hang, a will) is recorded but not delivered."""
+    box = Outbox(where)
+    box.record([state("ready"), status(1)])
+    assert not box.settled("n1")
+    told_up(box)
+    assert box.settled("n1")
+    box.record([status(2)])
+    assert not box.settled("n1"), "a status to deliver"
+    drain(box)
+    assert box.settled("n1")
+    box.record([state("lost")])
+    assert not box.settled("n1"), "a transition to deliver"
+    assert not box.settled("n2"), "a node never seen"
+
+
 WORDS = {"up": "online", "down": "offline"}
 
 

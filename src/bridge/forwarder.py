@@ -385,9 +385,11 @@ class Forwarder:
         self._refresh.discard(node)
         mark = self.outbox.mark(node)
         if item is None or mark is None:
-            if refresh and profile == "v1" and mark is not None and mark.told == "up":
+            if refresh and profile == "v1" and mark is not None and mark.told == "up" and \
+                    self.outbox.settled(node):
                 # 1.0.6's process scan marks a GUI it cannot see offline every 10 s, and only
-                # a heartbeat marks it online again: a node that is up is posted again.
+                # a heartbeat marks it online again: a node that is up, with nothing newer
+                # recorded (a hang, a will) than what made it so, is posted again.
                 answer = yield self.client.heartbeat_request(node, {})
                 if answer.outcome in (Outcome.RETRY, Outcome.NOT_ACTIVE):
                     return self._retry(answer)

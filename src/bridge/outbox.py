@@ -726,6 +726,15 @@ class Outbox:
                         mark.pending = None
         self._changed()
 
+    def settled(self, node_id: str) -> bool:
+        """Nothing of the node is recorded beyond what it was last told: no transition, no
+        status (being recorded or to deliver), no silence, no retelling pending."""
+        with self._marks_lock:
+            mark = self.marks.get(node_id)
+            return mark is not None and not mark.transitions and mark.pending is None and \
+                mark.pending_row is None and mark.silence_due is None and not mark.retell and \
+                node_id not in self._done and node_id not in self._flushing
+
     def set_registered(self, node_id: str, registered: bool) -> None:
         """Whether the monitor knows the node (written at the next ``flush()``)."""
         self._update(node_id, "registered", registered)
