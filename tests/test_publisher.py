@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from testkit.support import (
 from publisher import SessionTakenOverError, StatusPublisher
 from publisher.resources import ResourceSampler
 from yl_core import protocol
+from yl_core.config import parse_config
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -529,3 +531,45 @@ def test_a_wall_clock_stepped_back_never_stamps_a_status_before_its_session_bega
     status = retained(broker.host, broker.port, STATUS)
     assert status["seq"] >= 2
     assert status["timestamp"] == state["since"]
+
+
+def test_new_pipelines_while_the_heartbeat_thread_judges_them_lose_no_status() -> None:
+    """``beat()`` of a new pipeline adds it while the heartbeat thread builds a status and
+    judges the pipelines: neither may see the pipelines change under it (threads switched
+    as often as the interpreter allows, to make the race show)."""
+    names = [f"p{i}" for i in range(protocol.MAX_GUI_FLAGS - 4)]
+    failures: list[BaseException] = []
+
+    def add(publisher: StatusPublisher, start: threading.Barrier, done: threading.Event
+            ) -> None:
+        start.wait()
+        for name in names:
+            publisher.beat(name, period=1.0)
+            for _ in range(300):  # new pipelines spread over many rounds of the other side
+                publisher.beat(name)
+        done.set()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(40):
+            publisher = StatusPublisher(parse_config({}, "<test>"))
+            publisher._resources = ResourceSampler()
+            go, added = threading.Barrier(2), threading.Event()
+            adder = threading.Thread(target=add, args=(publisher, go, added))
+            adder.start()
+            go.wait()
+            try:
+                rounds = 0
+                while not added.is_set():
+                    publisher._judge()
+                    rounds += 1
+                    if rounds % 20 == 0:
+                        publisher._status_message()
+            except Exception as exc:  # noqa: BLE001
+                failures.append(exc)
+            adder.join()
+            assert set(publisher._status_message().gui) >= {f"{n}_stalled" for n in names}
+    finally:
+        sys.setswitchinterval(switch)
+    assert not failures, failures[:3]

@@ -14,9 +14,11 @@ only on paho's network thread (one connection, so one such thread, at a time). N
 is held while the other is taken, nor while publishing.
 
 Liveness of the application itself: ``loop_turned()`` (the application's main loop) and
-``beat(name)`` (any thread) only store a monotonic time, a single assignment each; the
-heartbeat thread alone judges them (``_judge``) and owns ``_hung``, ``_not_responding_since``
-and ``_stalled_since``, which the callers only read to wake it at once on a recovery.
+``beat(name)`` (any thread) only store a monotonic time, a single assignment each; the first
+``beat`` of a new pipeline adds it under ``_lock``, and the heartbeat thread reads the
+pipelines only under ``_lock``. The heartbeat thread alone judges them (``_judge``) and owns
+``_hung``, ``_not_responding_since`` and ``_stalled_since``, which the callers only read to
+wake it at once on a recovery.
 """
 
 from __future__ import annotations
@@ -301,7 +303,8 @@ class StatusPublisher:
             self._pending = False
             gui = dict(self._gui)
             node_status = self._node_status
-        for name in self._beats:
+            pipelines = list(self._beats)
+        for name in pipelines:
             gui[f"{name}_stalled"] = name in stalled
         with self._stats_lock:
             self._seq += 1
@@ -335,11 +338,11 @@ class StatusPublisher:
                 log.info("node %s: GUI responding again", self.node_id)
         if self._beats:
             with self._lock:
-                running = {name: self._gui.get(f"{name}_running") is True
-                           for name in self._beats}
+                beats = [(name, entry[0], entry[1], self._gui.get(f"{name}_running") is True)
+                         for name, entry in self._beats.items()]
             stalled: dict[str, str] = {}
-            for name, (last, period) in list(self._beats.items()):
-                if running[name] and now - last > STALL_FACTOR * period:
+            for name, last, period, running in beats:
+                if running and now - last > STALL_FACTOR * period:
                     stalled[name] = self._stalled_since.get(name) or \
                         timestamps.iso_from_epoch(wall - (now - last))
             if stalled.keys() != self._stalled_since.keys():
