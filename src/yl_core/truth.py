@@ -57,8 +57,9 @@ class NodeTruth:
     back, whatever its id, its clock or a restored broker says.
 
     ``lost`` (the broker's last will) does not end a session: the same process may reconnect
-    (a network outage, a broker restart). It comes back only with a live message: a live
-    ``ready``, or a newer live status that arrived in order.
+    (a network outage, a broker restart). It comes back only with a live word: a live
+    ``ready``, a newer live status that arrived in order, or, after a ``lost`` that came live
+    in order, any status newer than the newest before it (``live_end``).
 
     Retained copies (``retained=True``, sent on subscribe) are claims, not events: they come
     per topic, in no order between a node's ``state`` and its ``status``, and may be a
@@ -82,6 +83,13 @@ class NodeTruth:
     seq: int = -1
     ended: tuple[str, ...] = ()
     ahead: tuple[str, int] | None = None
+    aside: NodeTruth | None = None
+    """What was current before a retained ``state`` of another session: a retained state of
+    that session swaps them again; a live word of it makes it current for good."""
+    live_end: bool = False
+    """The current ``lost`` came live, in order: every status published before it came
+    before it, so a status newer than ``seq`` (even a retained copy, as an observer that
+    reconnected gets the node's birth) was published after it: the node is back."""
 
     def observe_state(self, session: str, state: State, *, retained: bool = False
                       ) -> tuple[Verdict, NodeTruth]:
@@ -94,14 +102,41 @@ class NodeTruth:
             if self.state == "lost" and state == "ready" and retained:
                 return Verdict.STALE, self
             return Verdict.ACCEPT, replace(self, state=state,
-                                           ended=_bounded(self.ended, session, state))
+                                           ended=_bounded(self.ended, session, state),
+                                           live_end=state == "lost" and not retained)
+        if self.aside is not None and session == self.aside.session:
+            return self._restore(self.aside.observe_state(session, state, retained=retained),
+                                 retained)
         ahead: tuple[str, int] | None = self.ahead
         seq = -1
         if ahead is not None and ahead[0] == session:
             seq, ahead = ahead[1], None
-        ended = self.ended if retained else self._superseded()
-        return Verdict.ACCEPT, NodeTruth(session, state, seq, _bounded(ended, session, state),
-                                         ahead)
+        if not retained:
+            return Verdict.ACCEPT, NodeTruth(
+                session, state, seq, _bounded(self._superseded(with_aside=True), session, state),
+                ahead, live_end=state == "lost")
+        aside = self.aside if self.session is None or self.session in self.ended else \
+            replace(self, aside=None, ahead=None)
+        return Verdict.ACCEPT, NodeTruth(session, state, seq,
+                                         _bounded(self.ended, session, state), ahead, aside)
+
+    def _restore(self, seen: tuple[Verdict, NodeTruth], retained: bool
+                 ) -> tuple[Verdict, NodeTruth]:
+        """A message of the session set aside, as that session's truth took it: a retained
+        one swaps the two claims; a live one makes it current and ends the claim."""
+        verdict, back = seen
+        if verdict is Verdict.STALE or (verdict is Verdict.DUPLICATE and retained):
+            return verdict, self
+        assert back.session is not None
+        ahead = self.ahead
+        if ahead is not None and ahead[0] == back.session:
+            back, ahead = replace(back, seq=max(back.seq, ahead[1])), None
+        if retained:
+            return Verdict.ACCEPT, replace(back, ahead=ahead,
+                                           aside=replace(self, aside=None, ahead=None))
+        ended = (*self._superseded(), *back.ended)
+        return Verdict.ACCEPT, replace(back, ahead=ahead, aside=None, ended=tuple(
+            dict.fromkeys(ended))[-MAX_ENDED_SESSIONS:])
 
     def observe_status(self, session: str, seq: int, *, in_order: bool = True,
                        retained: bool = False) -> tuple[Verdict, NodeTruth]:
@@ -113,20 +148,27 @@ class NodeTruth:
         is back."""
         if session in self.ended and session != self.session:
             return Verdict.STALE, self
+        if self.aside is not None and session == self.aside.session and \
+                session != self.session and (retained or in_order):
+            if retained:
+                return Verdict.STALE, self  # a claim of the session set aside
+            return self._restore(self.aside.observe_status(session, seq), retained)
         if self.ahead is not None and session == self.ahead[0]:
             return _newer(seq, self.ahead[1], self, replace(self, ahead=(session, seq)))
         if session == self.session:
             if self.ahead is not None and retained:
                 return Verdict.STALE, self  # a later session's status came first
-            back = in_order and not retained and self.state == "lost"
+            back = in_order and self.state == "lost" and (self.live_end or not retained)
             return _newer(seq, self.seq, self, replace(
-                self, state="ready" if back else self.state, seq=seq, ahead=None))
+                self, state="ready" if back else self.state, seq=seq, ahead=None,
+                live_end=self.live_end and not back))
         if retained and self.session is not None:
             return Verdict.STALE, self  # a claim the current session's state does not back
         if not in_order and not retained:
             return Verdict.ACCEPT, replace(self, ahead=(session, seq))
         # A node publishes ``ready`` before its first status; that one may still be on its way.
-        return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded())
+        return Verdict.ACCEPT, NodeTruth(session, "ready", seq,
+                                         self._superseded(with_aside=not retained))
 
     @property
     def newest_status(self) -> tuple[str, int] | None:
@@ -145,10 +187,15 @@ class NodeTruth:
             return "ready"
         return None
 
-    def _superseded(self) -> tuple[str, ...]:
-        if self.session is None or self.session in self.ended:
-            return self.ended
-        return (*self.ended, self.session)[-MAX_ENDED_SESSIONS:]
+    def _superseded(self, *, with_aside: bool = False) -> tuple[str, ...]:
+        """``ended`` with the current session (and the one set aside) added."""
+        ended = self.ended
+        if with_aside and self.aside is not None and self.aside.session is not None and \
+                self.aside.session not in ended:
+            ended = (*ended, self.aside.session)
+        if self.session is None or self.session in ended:
+            return ended[-MAX_ENDED_SESSIONS:]
+        return (*ended, self.session)[-MAX_ENDED_SESSIONS:]
 
 
 def _newer(seq: int, held: int, current: NodeTruth, accepted: NodeTruth
