@@ -95,6 +95,9 @@ def test_late_observers_show_a_node_that_ended_down_at_once_for_the_right_reason
                    timeout=10, what="node-1 offline at the monitor")
         assert [h.reason for h in double.history("node-1")] == [ended], \
             "a bridge with a fresh outbox told the monitor something else first"
+        last = retained(broker.host, broker.port, "yl/ar/nodes/node-1/status")
+        assert double.history("node-1")[0].body.get("gui") == last["gui"], \
+            "the offline carries the node's last status"
         seen_until = time.monotonic() + 1.0
         while time.monotonic() < seen_until:
             assert http_get(f"http://127.0.0.1:{port}/health")[0] == 503

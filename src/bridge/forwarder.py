@@ -45,6 +45,7 @@ from bridge.monitor_client import (
 from bridge.outbox import Item, NodeMark, Outbox
 from yl_core import protocol, timestamps, truth
 from yl_core.config import Config
+from yl_core.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ INACTIVE_POLL = 0.1
 
 PROFILES = ("nodes-api", "v1")
 """The APIs ``monitor.profile: auto`` looks for, in this order."""
+STAMP_SLACK = 60.0
+"""A node's request stamped this little before its previous one is stamped as that one."""
 LOOK: Final = object()
 """The job of looking at the monitor (``Forwarder._look``)."""
 
@@ -94,6 +97,8 @@ class Forwarder:
         self._look_every = config.monitor.look_interval
         """How often the monitor's node list is read again while all is well."""
         self._look_started = 0.0
+        self._stamped: dict[str, float] = {}
+        """The newest time stamped on a request about each node (``_in_time_order``)."""
         self._shown_otherwise: set[str] = set()
         """Nodes the monitor showed otherwise than told at the last look (logged once)."""
         self._refresh: set[str] = set()
@@ -528,6 +533,21 @@ class Forwarder:
         self.outbox.set_registered(node, True)
         self.metrics.inc("registered")
 
+    def _in_time_order(self, body: dict[str, Any], node: str) -> None:
+        """A node's requests go forward in time: a transition is stamped when the broker got
+        it, a status by the node, a moment before (its clock, the network); such a step back
+        is stamped as the request before it. A node whose clock is further off than
+        ``STAMP_SLACK`` is forwarded as it is (its skew is logged)."""
+        try:
+            stamp = timestamps.epoch_from_iso(str(body["timestamp"]))
+        except ProtocolError:
+            return
+        before = self._stamped.get(node, 0.0)
+        if before - STAMP_SLACK < stamp < before:
+            body["timestamp"] = timestamps.iso_from_epoch(before)
+            return
+        self._stamped[node] = stamp
+
     def _body(self, item: Item, mark: NodeMark | None) -> dict[str, Any]:
         # The snapshot was validated when it was recorded.
         snapshot: dict[str, Any] = decode_json(item.payload) if item.payload else {}
@@ -557,6 +577,7 @@ class Forwarder:
             body["timestamp"] = timestamps.utc_now_iso()
         elif item.kind == "state" or "timestamp" not in body:
             body["timestamp"] = timestamps.iso_from_epoch(item.received)
+        self._in_time_order(body, item.node_id)
         if "node_name" not in body:
             body["node_name"] = (mark.node_name if mark else "") or item.node_id
         return body

@@ -87,6 +87,8 @@ class NodeMark:
     heard (wall clock; silences are counted from no earlier than ``Outbox.silence_from``)."""
     told_at: float = 0.0
     """When ``told`` last changed (monotonic)."""
+    held: int | None = None
+    """The node's session ended; nothing of it is handed out before ``release(held)``."""
     retell: bool = False
     """The monitor forgot the node, or shows it otherwise than it was told: it is to be told
     the node's current truth again (``Outbox.reconcile``; kept in memory only: the next
@@ -126,6 +128,9 @@ class _Committed(NamedTuple):
     """A transition added."""
     dropped: Iterable[int] = ()
     """Transitions dropped with it."""
+    ends: bool = False
+    """``added`` ends its session: held with the batch's ``hold``."""
+    node_id: str = ""
 
 
 class _Deliveries(NamedTuple):
@@ -156,6 +161,8 @@ class IngestResult:
     dropped: int = 0
     too_many_nodes: int = 0
     withdrawn: int = 0
+    ended: list[str] = field(default_factory=list)
+    """Nodes whose session ended (``lost``, ``disconnected``) in this batch."""
 
 
 class Outbox:
@@ -188,6 +195,8 @@ class Outbox:
         """(earliest time the node may be silent, node): a heap with at most one entry per
         node (those in ``_watched``), checked lazily."""
         self._watched: set[str] = set()
+        self._held: dict[str, int] = {}
+        """Nodes held until a barrier (``record(hold=…)``, ``release``)."""
         self.silence_from: float | None = None
         """Since when (monotonic) the bridge's broker sessions are connected and caught up
         with what the broker kept for them; None while they are not. No node is judged
@@ -291,11 +300,14 @@ class Outbox:
 
     # --- writing (the writer thread) -----------------------------------------------------
 
-    def record(self, batch: Iterable[Received], *,
-               flush: bool = False) -> tuple[IngestResult, set[str]]:
+    def record(self, batch: Iterable[Received], *, flush: bool = False,
+               hold: int | None = None) -> tuple[IngestResult, set[str]]:
         """Record a batch of valid, checked messages in one committed transaction; returns
         counts and the nodes to notify: those touched and (with ``flush``, whose writes go in
         the same transaction) those whose deliveries were written and have a next item.
+        ``hold``: a node whose session ends in this batch is handed out again only after
+        ``release(hold)`` (its last statuses may still be on their way on another session:
+        they become the end's snapshot).
 
         What forwarders send (a mark's ``pending`` and ``transitions``) changes only after the
         commit, so nothing uncommitted is ever sent; the rest of a mark (read for the body
@@ -334,6 +346,9 @@ class Outbox:
                     else:
                         change.mark.transitions.add(change.added)
                         change.mark.transitions.difference_update(change.dropped)
+                        if change.ends and hold is not None:
+                            change.mark.held = hold
+                            self._held[change.node_id] = hold
         if deliveries is not None:
             touched |= self._written(deliveries)
         return result, touched
@@ -463,7 +478,11 @@ class Outbox:
             counts_from > received else None
         self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, None)
-        committed.append(_Committed(mark, added=added, dropped=[*dropped, *withdrawn]))
+        ends = message.state in truth_rules.TERMINAL_STATES
+        if ends:
+            result.ended.append(node_id)
+        committed.append(_Committed(mark, added=added, dropped=[*dropped, *withdrawn],
+                                    ends=ends, node_id=node_id))
         result.accepted += 1
         return True
 
@@ -630,7 +649,7 @@ class Outbox:
                 if node_id in self._done or node_id in self._flushing:
                     return None
                 mark = self.marks.get(node_id)
-                if mark is None:
+                if mark is None or mark.held is not None:
                     return None
                 silent = mark.silence_due
                 if not mark.transitions and (mark.pending is not None or silent is None) and \
@@ -725,6 +744,17 @@ class Outbox:
                             (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
                         mark.pending = None
         self._changed()
+
+    def release(self, upto: int) -> set[str]:
+        """End the hold of every node held with a number up to ``upto``; returns them."""
+        with self._marks_lock:
+            released = {node for node, number in self._held.items() if number <= upto}
+            for node in released:
+                del self._held[node]
+                mark = self.marks.get(node)
+                if mark is not None:
+                    mark.held = None
+        return released
 
     def settled(self, node_id: str) -> bool:
         """Nothing of the node is recorded beyond what it was last told: no transition, no

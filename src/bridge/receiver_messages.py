@@ -7,8 +7,9 @@ class pickled there would not be found by the bridge.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from bridge.incoming import Received
 from yl_core.config import LoggingConfig
@@ -54,7 +55,16 @@ class Stop:
     timeout: float
 
 
-ToChild = Allow | Ack | Reconnect | Stop
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Say ``Passed(number)`` once everything the broker routed to the status session before
+    it took this request has been passed on (a SUBSCRIBE to the session's sentinel topic: its
+    SUBACK follows what the broker had sent on the connection before it)."""
+
+    number: int
+
+
+ToChild = Allow | Ack | Reconnect | Stop | Barrier
 
 # --- the child to the bridge ----------------------------------------------------------------
 
@@ -73,4 +83,16 @@ class SessionEvent:
     what: Literal["up", "caught_up", "down", "alive", "stopped"]
 
 
-FromChild = Batch | SessionEvent
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """Barrier ``number``: every status received before it came in a ``Batch`` before this.
+    ``EVERY_BARRIER``: the session caught up with what the broker kept for it, retained
+    copies included (every barrier asked for before is passed)."""
+
+    number: int
+
+
+EVERY_BARRIER: Final = sys.maxsize
+
+
+FromChild = Batch | SessionEvent | Passed

@@ -29,6 +29,7 @@ from bridge.incoming import Received, StatusHead
 from bridge.lease import Lease
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import NotActiveError, Outbox, OutboxError
+from bridge.receiver_messages import Passed
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from bridge.status_receiver import StatusReceiver
 from yl_core import protocol, timestamps
@@ -62,6 +63,10 @@ FLUSH_RETRY = 0.5
 """A failed write of deliveries is tried again this soon."""
 CLOCK_SKEW_LIMIT = 60.0
 """A node whose clock is further than this from the bridge's is logged (once)."""
+BARRIER_WAIT = 1.0
+"""The longest a node whose session ended waits for the status session's barrier (its last
+statuses, on their way on the other session, become the end's snapshot) before its end is
+delivered all the same."""
 
 
 class Acknowledger(Protocol):
@@ -122,7 +127,12 @@ class Bridge:
         self.metrics = metrics or Metrics()
         self.lease = lease
         self._allow: Callable[[], bool] | None = None if lease is None else lease.valid
-        self._incoming: queue.Queue[Received | list[Received] | str | None] = queue.Queue()
+        self._incoming: queue.Queue[Received | list[Received] | Passed | str | None] = \
+            queue.Queue()
+        self._barrier = 0
+        self._barrier_due: dict[int, float] = {}
+        """Barriers asked of the status session and when their nodes are released anyway
+        (the writer's own)."""
         self._flush_requested = threading.Event()
         location, key = (config.bridge.outbox_url, "bridge.outbox_url") \
             if config.bridge.outbox_url else (config.bridge.outbox_path, "bridge.outbox_path")
@@ -178,7 +188,8 @@ class Bridge:
             self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
             None if lease is None else lease.valid_until,
             on_caught_up=lambda caught_up: self._session("statuses", caught_up),
-            in_thread=config.bridge.status_receiver == "thread")
+            in_thread=config.bridge.status_receiver == "thread",
+            on_passed=lambda number: self._incoming.put(Passed(number)))
         self._acknowledgers["statuses"] = self.statuses
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
@@ -359,8 +370,9 @@ class Bridge:
         reported = ""
         while True:
             self._writer_tick = time.monotonic()
-            timeout = TICK if flush_due is None else \
-                min(max(flush_due - time.monotonic(), 0.0), TICK)
+            due = [d for d in (flush_due, min(self._barrier_due.values(), default=None))
+                   if d is not None]
+            timeout = min(max(min(due) - time.monotonic(), 0.0), TICK) if due else TICK
             try:
                 batch = [self._incoming.get(timeout=timeout)]
             except queue.Empty:
@@ -371,11 +383,14 @@ class Bridge:
                 except queue.Empty:
                     break
             messages: list[Received] = []
+            passed = 0
             for entry in batch:
                 if isinstance(entry, Received):
                     messages.append(entry)
                 elif isinstance(entry, list):
                     messages.extend(entry)
+                elif isinstance(entry, Passed):
+                    passed = max(passed, entry.number)
             stopping = None in batch
             if FLUSH in batch and flush_due is None:
                 flush_due = time.monotonic() + FLUSH_DELAY
@@ -417,8 +432,22 @@ class Bridge:
             else:
                 if failed and self.outbox.last_error is None:
                     log.info("outbox writes work again")
+            self._release(passed)
             if stopping:
                 return
+
+    def _release(self, passed: int) -> None:
+        """Hand out again the nodes held for barriers passed, or waited for long enough."""
+        if not self._barrier_due:
+            return
+        now = time.monotonic()
+        upto = max([min(passed, self._barrier),
+                    *(n for n, due in self._barrier_due.items() if due <= now)])
+        if upto <= 0:
+            return
+        for number in [n for n in self._barrier_due if n <= upto]:
+            del self._barrier_due[number]
+        self.forwarder.notify(self.outbox.release(upto))
 
     def _record(self, messages: list[Received], *, flush: bool = False) -> None:
         valid: list[Received] = []
@@ -440,7 +469,14 @@ class Bridge:
                     self._note_clock(checked.node_id, m.sent - checked.message.timestamp)
         for kind, count in received.items():
             self.metrics.inc("received", count, kind=kind)
-        result, touched = self.outbox.record(valid, flush=flush)
+        hold = self._barrier + 1
+        result, touched = self.outbox.record(valid, flush=flush, hold=hold)
+        if result.ended:
+            # Their last statuses may still be on their way on the status session.
+            self._barrier = hold
+            self._barrier_due[hold] = time.monotonic() + BARRIER_WAIT
+            # Not connected: released when the session has caught up, or after the wait.
+            self.statuses.barrier(hold)
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")
         self.metrics.inc("duplicates", result.duplicates)

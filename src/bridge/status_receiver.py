@@ -30,10 +30,13 @@ import paho.mqtt.client as mqtt
 
 from bridge.incoming import Received
 from bridge.receiver_messages import (
+    EVERY_BARRIER,
     Ack,
     Allow,
+    Barrier,
     Batch,
     FromChild,
+    Passed,
     Reconnect,
     SessionEvent,
     Setup,
@@ -68,17 +71,20 @@ class StatusReceiver:
                  logging_config: LoggingConfig,
                  allowed_until: Callable[[], float] | None = None,
                  on_caught_up: Callable[[bool], None] | None = None,
-                 in_thread: bool = False) -> None:
+                 in_thread: bool = False,
+                 on_passed: Callable[[int], None] | None = None) -> None:
         """``allowed_until``: until when (``time.monotonic()``) the child may connect; asked
         before it is started, and passed on to it every ``ALLOW_EVERY``. ``on_caught_up``:
         called with True once the session has caught up with what the broker kept for it
         (after each connect), with False when it is down. ``in_thread``: run the session
-        on a thread of this process instead of a child process."""
+        on a thread of this process instead of a child process. ``on_passed``: called with
+        each barrier number passed (``barrier``), after the statuses received before it."""
         self._in_thread = in_thread
         self._setup = Setup(options, topics, qos, logging_config, allowed_until is not None)
         self._allowed_until = allowed_until
         self._on_messages = on_messages
         self._on_caught_up = on_caught_up or (lambda _caught_up: None)
+        self._on_passed = on_passed or (lambda _number: None)
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | _ChildThread | None = None
         self._send_lock = threading.Lock()
@@ -105,6 +111,14 @@ class StatusReceiver:
     def reconnect(self, reason: str) -> None:
         self._send(Reconnect(reason))
 
+    def barrier(self, number: int) -> bool:
+        """Ask for ``on_passed(number)`` once the statuses the broker had routed to the
+        session by now have been passed on; False if the child cannot be asked (it is not
+        running or not connected: nothing is on its way)."""
+        if not self._connected:
+            return False
+        return self._send(Barrier(number))
+
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._stopping.set()
@@ -124,13 +138,17 @@ class StatusReceiver:
                 self._conn.close()
                 self._conn = None
 
-    def _send(self, command: ToChild) -> None:
+    def _send(self, command: ToChild) -> bool:
+        """Whether the command went to a running child."""
         with self._send_lock:
             if self._conn is None:
-                return
+                return False
             # A child that is gone gets started again by the supervisor.
-            with contextlib.suppress(OSError):
+            try:
                 self._conn.send(command)
+            except OSError:
+                return False
+            return True
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
@@ -218,6 +236,8 @@ class StatusReceiver:
                     self._on_messages(message.messages)
                 except Exception:
                     log.exception("passing received statuses on failed")
+            elif isinstance(message, Passed):
+                self._on_passed(message.number)
             elif message.what == "up":
                 self._connected = True
                 self.problem = ""
@@ -277,8 +297,14 @@ class _Child:
         self.topics = topics
         self.qos = qos
         self.send_lock = threading.Lock()
-        self.buffer: list[Received] = []
+        self.buffer: list[Received | Passed] = []
         self.buffer_lock = threading.Lock()
+        self.barriers: dict[int, int] = {}
+        """Barrier number by the message id of its SUBSCRIBE (under ``buffer_lock``)."""
+        self.sentinel = bridge_sentinel_topic(options.client_id)
+        self.caught_up = False
+        """The session has caught up since it connected, retained copies included: before
+        that, a barrier is passed by the end of that round (``Passed(EVERY_BARRIER)``)."""
         self.pending = threading.Event()
         self.stopping = False
         self.stopped = threading.Event()
@@ -287,9 +313,9 @@ class _Child:
         self.refresh = RetainedRefresh(topics.all_nodes,
                                        bridge_sentinel_topic(options.client_id),
                                        name="yl-bridge-statuses-refresh",
-                                       on_round=lambda: self._send(SessionEvent("caught_up")))
+                                       on_round=self._caught_up)
         self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
-                         on_down=self._on_down, on_subscribe=self.refresh.subscribed,
+                         on_down=self._on_down, on_subscribe=self._on_subscribe,
                          name="yl-bridge-statuses", allow=self._allowed if gated else None)
 
     def _allowed(self) -> bool:
@@ -317,6 +343,8 @@ class _Child:
                     self._acknowledge(command.connection, command.messages)
                 elif isinstance(command, Reconnect):
                     self.link.reconnect(command.reason)
+                elif isinstance(command, Barrier):
+                    self._barrier(command.number)
                 else:
                     self.link.stop(command.timeout)
                     self.stopping = True
@@ -339,7 +367,43 @@ class _Child:
         for mid, qos in messages:
             client.ack(mid, qos)
 
+    def _caught_up(self) -> None:
+        """The retained round is over: after what it brought, every barrier is passed."""
+        with self.buffer_lock:
+            self.caught_up = True
+            self.buffer.append(Passed(EVERY_BARRIER))
+        self.pending.set()
+        self._send(SessionEvent("caught_up"))
+
+    def _barrier(self, number: int) -> None:
+        current = self.current
+        with self.buffer_lock:
+            if current is not None and not self.caught_up:
+                return  # passed when the session has caught up
+            mid = None
+            if current is not None:
+                result, mid = current[0].subscribe(self.sentinel, qos=0)
+                if result != mqtt.MQTT_ERR_SUCCESS:
+                    mid = None
+            if mid is None:
+                self.buffer.append(Passed(number))  # not connected: nothing on its way
+            else:
+                self.barriers[mid] = number
+        self.pending.set()
+
+    def _on_subscribe(self, client: mqtt.Client, mid: int) -> None:
+        with self.buffer_lock:
+            number = self.barriers.pop(mid, None)
+            if number is not None:
+                self.buffer.append(Passed(number))
+        if number is None:
+            self.refresh.subscribed(client, mid)
+        else:
+            self.pending.set()
+
     def _on_connect(self, client: mqtt.Client, session_present: bool) -> None:
+        with self.buffer_lock:
+            self.caught_up = False
         self.connections += 1
         self.current = (client, self.connections)
         subscribe_without_retained(client, self.topics.all_statuses, self.qos)
@@ -361,6 +425,10 @@ class _Child:
     def _on_down(self, event: LinkDown) -> None:
         self.refresh.down()
         self.current = None
+        with self.buffer_lock:
+            self.buffer.extend(Passed(n) for n in self.barriers.values())
+            self.barriers.clear()
+        self.pending.set()
         self._send(SessionEvent("down"))
 
     def _say_alive(self) -> None:
@@ -374,8 +442,17 @@ class _Child:
             self.pending.clear()
             with self.buffer_lock:
                 batch, self.buffer = self.buffer, []
-            if batch:
-                self._send(Batch([m.checked_by(self.topics) for m in batch]))
+            received: list[Received] = []
+            for entry in batch:
+                if isinstance(entry, Received):
+                    received.append(entry.checked_by(self.topics))
+                    continue
+                if received:
+                    self._send(Batch(received))
+                    received = []
+                self._send(entry)
+            if received:
+                self._send(Batch(received))
             if self.stopping:
                 return
 
