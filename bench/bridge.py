@@ -10,7 +10,8 @@ Measures, in one run:
    newest status is delivered in the end;
 3. state change -> monitor latency (p50, p99) at 100 nodes, each ``ready`` of a new session;
 4. crash -> monitor latency: ``kill -9`` of a real node process until its ``offline`` reaches
-   the monitor (p50, p99 over ``--kills``), and the takeover gaps the bridge relies on;
+   the monitor (p50, p99 over ``--kills``), and the takeover gaps the bridge relies on; with
+   ``--flood RATE``, while other nodes' statuses come at that rate (and the bridge's CPU);
 5. bridge RSS with 10,000 nodes known;
 6. one request's path: the forwarder's (an asyncio protocol) against asyncio streams (its
    previous design), a blocking socket per worker thread and ``http.client``, alone and
@@ -492,6 +493,16 @@ def arrival(sink: MonitorDouble, node: str, since: float, reason: str) -> float 
     return None
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    """CPU seconds of a process and its children (the bridge's status receiver)."""
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def percentiles(samples: list[float]) -> str:
     samples = sorted(samples)
     return (f"p50 {statistics.median(samples):.1f}  p99 "
@@ -523,10 +534,39 @@ def latency(changes: int) -> None:
     print(f"   {percentiles(samples)}   requests per delivered item {per_item:.3f}")
 
 
-def crash_latency(kills: int) -> None:
+@contextlib.contextmanager
+def flooding(rig: Rig, rate: float, count: int = 300) -> Iterator[None]:
+    """Statuses of ``count`` other nodes at ``rate`` a second while the block runs."""
+    if rate <= 0:
+        yield
+        return
+    stop = threading.Event()
+    nodes = [f"flood-{i:03d}" for i in range(count)]
+
+    def run() -> None:
+        began, sent = time.monotonic(), 0
+        while not stop.is_set():
+            for node in nodes:
+                rig.publisher.status(node)
+            sent += len(nodes)
+            ahead = sent / rate - (time.monotonic() - began)
+            if ahead > 0:
+                stop.wait(ahead)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def crash_latency(kills: int, flood: float = 0.0) -> None:
     """``kill -9`` of real node processes (``yl-status node``, defaults): from the kill to
-    the ``offline`` at the monitor. Then takeovers (a second process with a node's id):
-    the gaps the bridge's ``TAKEOVER_HOLD`` relies on, measured at the broker."""
+    the ``offline`` at the monitor, while other nodes' statuses come at ``flood`` a second.
+    Then takeovers (a second process with a node's id): the gaps the bridge's
+    ``TAKEOVER_HOLD`` relies on, measured at the broker."""
     with tempfile.TemporaryDirectory() as name, watched_rig(Path(name)) as (rig, sink):
         nodes = [f"crash-{i}" for i in range(5)]
         rig.broker.add_users(dict.fromkeys(nodes, NODE_PASSWORD))
@@ -540,19 +580,31 @@ def crash_latency(kills: int) -> None:
 
         requests, items = sink.request_total, rig.forwarded()
         samples: list[float] = []
-        for i in range(kills):
-            node = nodes[i % len(nodes)]
-            process = start(node)
-            began = time.time()
-            wait(f"{node} online", lambda n=node, t=began: arrival(sink, n, t, "ready"), 30)
-            killed = time.time()
-            process.kill()
-            process.wait()
-            got = wait(f"{node} offline", lambda n=node, t=killed: arrival(sink, n, t, "lost"),
-                       10)
-            samples.append((got - killed) * 1000)
-        wait("outbox drained", rig.drained, 30)
+        cpu = psutil.Process(rig.bridge.pid)
+        cpu_before = _cpu_seconds(cpu)
+        flood_began = time.monotonic()
+        with flooding(rig, flood):
+            for i in range(kills):
+                node = nodes[i % len(nodes)]
+                process = start(node)
+                began = time.time()
+                wait(f"{node} online", lambda n=node, t=began: arrival(sink, n, t, "ready"),
+                     30)
+                killed = time.time()
+                process.kill()
+                process.wait()
+                got = wait(f"{node} offline",
+                           lambda n=node, t=killed: arrival(sink, n, t, "lost"), 10)
+                samples.append((got - killed) * 1000)
+        flood_seconds = time.monotonic() - flood_began
+        bridge_cpu = (_cpu_seconds(cpu) - cpu_before) / flood_seconds * 100
+        wait("outbox drained", rig.drained, 60)
         per_item = (sink.request_total - requests) / max(rig.forwarded() - items, 1.0)
+        if flood > 0:
+            print(f"4. crash -> monitor latency while other nodes' statuses come at "
+                  f"{flood:.0f}/s: {percentiles(samples)} ms over {kills} kills; the bridge's "
+                  f"processes used {bridge_cpu:.0f} % of a core")
+            return
         recorder = Recorder(rig.broker.host, rig.broker.port, username="bench-recorder",
                             topics=(protocol.Topics().all_states,)).start()
         handover: list[float] = []
@@ -798,6 +850,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--flood", type=float, default=0.0,
+                        help="in the crash scenario, other nodes' statuses a second during "
+                             "the kills (e.g. 3000; the takeovers are then left out)")
     parser.add_argument("--only", choices=["rate", "ingest", "latency", "crash", "rss", "http",
                                                 "receiver"])
     parser.add_argument("--requests", type=int, default=8000,
@@ -820,7 +875,7 @@ def main() -> None:
     if args.only in (None, "latency"):
         latency(args.changes)
     if args.only in (None, "crash"):
-        crash_latency(args.kills)
+        crash_latency(args.kills, args.flood)
     if args.only in (None, "rss"):
         rss_10k()
     if args.only in (None, "http"):

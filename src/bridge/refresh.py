@@ -89,6 +89,16 @@ class RetainedRefresh:
         if self._on_round is not None:
             self._on_round()
 
+    def hurry(self) -> None:
+        """Start the round due now, without waiting for the session to go quiet: for a
+        session whose order between queued messages and retained copies does not matter
+        (statuses: the newest seq wins)."""
+        with self._lock:
+            client = self._client
+            if self._due and client is not None and self._sentinel_mid is None:
+                self._due = False
+                self._begin(client)
+
     def down(self) -> None:
         with self._lock:
             self._client = None

@@ -378,8 +378,11 @@ class _Child:
     def _barrier(self, number: int) -> None:
         current = self.current
         with self.buffer_lock:
-            if current is not None and not self.caught_up:
-                return  # passed when the session has caught up
+            hurry = current is not None and not self.caught_up
+        if hurry:
+            self.refresh.hurry()  # its end passes every barrier
+            return
+        with self.buffer_lock:
             mid = None
             if current is not None:
                 result, mid = current[0].subscribe(self.sentinel, qos=0)
