@@ -442,6 +442,32 @@ def test_a_node_is_settled_only_while_nothing_newer_than_its_last_delivery_is_re
     assert not box.settled("n2"), "a node never seen"
 
 
+def test_a_status_of_a_life_that_ended_is_its_end_s_snapshot_never_a_status_after_it(
+        where: str) -> None:
+    """A status the status session brings after the node's end: folded into the end while
+    that is undelivered; after it went out, the end is told once more, with it."""
+    box = Outbox(where)
+    box.record([state("ready"), status(1)])
+    drain(box)
+    result, _ = box.record([state("lost")], hold=7)
+    assert result.ended == ["n1"]
+    assert box.next_item("n1") is None, "held until the status session's barrier"
+    box.record([status(2)])
+    assert box.release(7) == {"n1"}
+    end = box.next_item("n1")
+    assert end is not None
+    assert (end.kind, end.state, end.payload) == ("state", "lost", status(2).payload)
+    box.done(end)
+    assert box.next_item("n1") is None
+    box.record([status(3)])
+    again = box.next_item("n1")
+    assert again is not None
+    assert (again.kind, again.state, again.payload) == ("state", "lost", status(3).payload)
+    box.done(again)
+    box.record([status(3)])
+    assert box.next_item("n1") is None, "a duplicate says nothing more"
+
+
 WORDS = {"up": "online", "down": "offline"}
 
 

@@ -379,7 +379,8 @@ class Outbox:
                         truth_rules.TERMINAL_STATES:
                     writes.flush(db)
                     changed = self._record_last_words(db, node_id, mark, message, raw,
-                                                      incoming.retained, result)
+                                                      incoming.retained, received, result,
+                                                      committed)
                 elif message is not None:
                     changed = self._record_status(writes, node_id, mark, message, raw,
                                                   incoming.retained, received, result,
@@ -411,13 +412,15 @@ class Outbox:
         return True
 
     def _record_last_words(self, db: Database, node_id: str, mark: NodeMark,
-                           message: StatusHead, raw: bytes, retained: bool,
-                           result: IngestResult) -> bool:
+                           message: StatusHead, raw: bytes, retained: bool, received: float,
+                           result: IngestResult, committed: list[_Committed]) -> bool:
         """A status of a session that has ended (``lost``, ``disconnected``): a retained
         copy that came after its end, or one published before the will that the status
-        stream brought late. Nothing of a life goes to the monitor after its ``offline``: the
-        status becomes the snapshot of that end if it is still undelivered, else only the
-        node's newest snapshot (for a retelling)."""
+        session brought late. Nothing of a life goes to the monitor after its ``offline``
+        but that ``offline``: the status becomes the snapshot of the end while the end is
+        undelivered (the node is held for that, see ``record(hold=…)``); if the end went out
+        before it came (the barrier is a best effort while the status session's window is
+        full), the end is told once more, with it."""
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
                                                    in_order=False, retained=retained)
         if verdict is not Verdict.ACCEPT:
@@ -426,11 +429,20 @@ class Outbox:
         mark.truth = truth
         last = db.execute("SELECT id, session FROM transitions WHERE node_id = ? "
                           "ORDER BY id DESC LIMIT 1", (node_id,)).fetchone()
+        self._save_node(db, node_id, mark, raw)
+        result.coalesced += 1
         if last is not None and last[1] == message.session:
             db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, last[0]))
-        result.coalesced += 1
-        self._save_node(db, node_id, mark, raw)
-        return False
+            return False
+        state = truth.state_of(message.session)
+        if state is None:
+            return False
+        added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
+                               "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                               (node_id, message.session, state, raw, received)
+                               ).fetchone()[0])
+        committed.append(_Committed(mark, added=added, node_id=node_id))
+        return True
 
     def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
