@@ -417,10 +417,10 @@ class Outbox:
         """A status of a session that has ended (``lost``, ``disconnected``): a retained
         copy that came after its end, or one published before the will that the status
         session brought late. Nothing of a life goes to the monitor after its ``offline``
-        but that ``offline``: the status becomes the snapshot of the end while the end is
-        undelivered (the node is held for that, see ``record(hold=…)``); if the end went out
-        before it came (the barrier is a best effort while the status session's window is
-        full), the end is told once more, with it."""
+        but that ``offline``: the status becomes the snapshot of the end while the end has not
+        been handed out (the node is held for that, see ``record(hold=…)``, or the end is in
+        this very batch); otherwise (the barrier is a best effort while the status session's
+        window is full) the end is told once more, with it."""
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
                                                    in_order=False, retained=retained)
         if verdict is not Verdict.ACCEPT:
@@ -431,7 +431,10 @@ class Outbox:
                           "ORDER BY id DESC LIMIT 1", (node_id,)).fetchone()
         self._save_node(db, node_id, mark, raw)
         result.coalesced += 1
-        if last is not None and last[1] == message.session:
+        unsent = last is not None and last[1] == message.session and (
+            mark.held is not None or any(c.added == last[0] for c in committed))
+        if unsent:
+            # Not handed out yet: held, or recorded in this very batch.
             db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, last[0]))
             return False
         state = truth.state_of(message.session)
