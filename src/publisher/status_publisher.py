@@ -222,11 +222,15 @@ class StatusPublisher:
             raise ValueError(f"period of pipeline {name!r} must be 0.05 to 3600 s, "
                              f"not {period!r}")
         with self._lock:
-            if name not in self._beats:
+            added = name not in self._beats
+            if added:
                 self._check_new_flags({f"{name}_stalled": False})
                 self._gui[f"{name}_stalled"] = False
             entry = self._beats[name] = [time.monotonic(), float(period)]
             self._watch_every = min(self._watch_every, max(period / 2, 0.05))
+            was_pending, self._pending = self._pending, self._pending or added
+        if added and not was_pending:
+            self._wake.set()  # a new flag is a change: the next status says it at once
         return entry
 
     def set_error(self, failed: bool = True) -> None:
