@@ -667,8 +667,8 @@ class Outbox:
                 if mark is None or mark.held is not None:
                     return None
                 silent = mark.silence_due
-                if not mark.transitions and (mark.pending is not None or silent is None) and \
-                        (mark.pending is not None or not mark.retell):
+                if not mark.transitions and \
+                        (mark.pending is not None or (silent is None and not mark.retell)):
                     return mark.pending
                 first = min(mark.transitions, default=-1)
             if first < 0 and silent is not None:
@@ -704,19 +704,21 @@ class Outbox:
 
     def _silence_item(self, node_id: str, mark: NodeMark, since: float) -> Item:
         """The node's newest status, last heard at ``since`` (wall clock) and stale now."""
+        session, seq, snapshot = self._newest_status(node_id, mark)
+        return Item(node_id, "silence", session, seq, "ready", snapshot, since)
+
+    def _newest_status(self, node_id: str, mark: NodeMark
+                       ) -> tuple[str, int, bytes | None]:
+        """(session, seq, payload) of the node's newest status, from its row."""
         node = mark.truth
         session, seq = node.newest_status or (node.session or "", -1)
         row = self._read("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,))
-        snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
-        return Item(node_id, "silence", session, seq, "ready", snapshot, since)
+        return session, seq, bytes(row[0]) if row is not None and row[0] is not None else None
 
     def _retell_item(self, node_id: str, mark: NodeMark) -> Item:
         """The node's current truth: its newest status, last heard at ``received`` (wall
         clock), to tell a monitor that forgot the node or shows it otherwise."""
-        node = mark.truth
-        session, seq = node.newest_status or (node.session or "", -1)
-        row = self._read("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,))
-        snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
+        session, seq, snapshot = self._newest_status(node_id, mark)
         now, wall = time.monotonic(), time.time()
         with self._marks_lock:
             heard = mark.heard if self.silence_from is None or mark.heard is None \
@@ -724,7 +726,7 @@ class Outbox:
             if heard is None:
                 heard = self.silence_from
         received = wall if heard is None else wall - (now - heard)
-        return Item(node_id, "retell", session, seq, node.state_of(session), snapshot,
+        return Item(node_id, "retell", session, seq, mark.truth.state_of(session), snapshot,
                     received)
 
     def done(self, item: Item) -> None:
