@@ -1,5 +1,6 @@
 """The reference is kept true by the code: docs/reference.md's configuration table against
-the config schema, its metrics table against the bridge's registry."""
+the config schema, its metrics table against the bridge's registry, the health words of
+README, the reference and the live page against ``truth.Health``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bridge.metrics import COUNTERS, GAUGES
+from bridge.outbox import told_word
 from yl_core.checks import DROPPED
 from yl_core.config import schema_defaults
+from yl_core.truth import Health
+from yl_status.watch import STYLES
+
+STYLES_ORDER = [str(health) for health in STYLES]
+"""``watch`` and the live page count the words in one order: problems first."""
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
+STATIC = Path(__file__).resolve().parent.parent / "src" / "status_app" / "static"
 
 
 def table(heading: str) -> list[list[str]]:
@@ -64,3 +74,35 @@ def test_every_metric_is_documented_once() -> None:
         {f"yl_bridge_{name}" for name in GAUGES} | \
         {"yl_bridge_monitor_api", "yl_bridge_delivery_lag_seconds"}
     assert set(names) == expected
+
+
+def backticked_words(text: str, start: str, end: str) -> set[str]:
+    """The plain words in backticks between ``start`` and ``end`` in ``text``."""
+    span = text[text.index(start):]
+    span = span[:span.index(end) + len(end)]
+    return set(re.findall(r"`([a-z_]+)`", span))
+
+
+def test_the_health_words_of_readme_the_reference_and_the_page_are_the_type() -> None:
+    words = {str(health) for health in Health}
+    readme = (REFERENCE.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert backticked_words(readme, "A node's health is one of", "; `online`") == \
+        words | {"online"}
+    reference = REFERENCE.read_text(encoding="utf-8")
+    assert backticked_words(reference, "the reason is one of", "(`ready` for up)") == words
+    assert backticked_words(reference, "`GET /health`", "\n") >= words - {"ready"}
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    listed = re.search(r"const HEALTHS = \[([^\]]*)\]", page)
+    assert listed is not None
+    assert re.findall(r'"([a-z_]+)"', listed.group(1)) == list(STYLES_ORDER)
+    for name in ("index.html", "node.html"):
+        styled = set(re.findall(r"--([a-z_]+):", (STATIC / name).read_text(encoding="utf-8")))
+        assert styled >= words - {"unknown"}, name
+
+
+def test_the_words_are_read_back_only_as_the_type() -> None:
+    assert backticked_words("A `ready` `a.b` `not_responding` Z `lost`", "A", "Z") == \
+        {"ready", "not_responding"}
+    assert told_word("up") == "up"
+    with pytest.raises(ValueError, match="'told' is 'online'"):
+        told_word("online")

@@ -7,6 +7,7 @@ from flask.testing import FlaskClient
 from status_app import NodeView
 from status_app.node_history import MAX_TRANSITIONS, SAMPLES, NodeHistory
 from tests.test_status_app import OLDER, Clock, client, clock, feed, state, status, view
+from yl_core.truth import Health
 
 __all__ = ["client", "clock", "view"]  # fixtures
 
@@ -105,7 +106,7 @@ def test_history_is_bounded() -> None:
     for minute in range(SAMPLES + 100):
         history.sample(minute * 60.0, float(minute), 1.0, {"a": True})
     for i in range(MAX_TRANSITIONS + 10):
-        history.state(float(i), "ready" if i % 2 else "lost")
+        history.state(float(i), Health.READY if i % 2 else Health.LOST)
     exported = history.export(now=(SAMPLES + 99) * 60.0)
     assert len(exported["samples"]["at"]) == SAMPLES
     assert exported["samples"]["cpu_percent"][0] == 100.0

@@ -14,7 +14,7 @@ from testkit.support import incoming, received
 
 from bridge.database import Database, open_database
 from bridge.incoming import Received
-from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError
+from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError, Told
 from yl_core.protocol import (
     ReporterCounters,
     Resources,
@@ -468,7 +468,7 @@ def test_a_status_of_a_life_that_ended_is_its_end_s_snapshot_never_a_status_afte
     assert box.next_item("n1") is None, "a duplicate says nothing more"
 
 
-WORDS = {"up": "online", "down": "offline"}
+WORDS: dict[Told, str] = {"up": "online", "down": "offline"}
 
 
 def test_a_node_the_monitor_forgot_or_shows_otherwise_is_told_again_once(where: str) -> None:

@@ -124,7 +124,8 @@ def test_health_without_the_broker_is_503_broker_unreachable(client: FlaskClient
     view.set_broker(False, "connection refused")
     response = client.get("/health")
     assert response.status_code == 503
-    assert response.get_json()["reason"] == "broker unreachable"
+    body = response.get_json()
+    assert (body["reason"], body["detail"]) == ("unknown", "broker unreachable: connection refused")
 
 
 def test_status_returns_the_snapshot_as_published(client: FlaskClient, view: NodeView) -> None:

@@ -42,7 +42,7 @@ from bridge.monitor_client import (
     Outcome,
     listed_nodes,
 )
-from bridge.outbox import Item, NodeMark, Outbox
+from bridge.outbox import Item, NodeMark, Outbox, Told
 from yl_core import protocol, timestamps, truth
 from yl_core.config import Config
 from yl_core.errors import ProtocolError
@@ -355,7 +355,7 @@ class Forwarder:
                         "node is looked up on its own", V1_NODES if self.profile == "v1"
                         else NODES)
         elif self.profile == "nodes-api":
-            words = {"up": self._values.online, "down": self._values.offline}
+            words: dict[Told, str] = {"up": self._values.online, "down": self._values.offline}
             again = self.outbox.reconcile(listed, words, self._look_started)
             for node in set(again) - self._shown_otherwise:
                 log.warning("monitor at %s %s node %s; telling it the node's current truth "
@@ -479,7 +479,7 @@ class Forwarder:
         # retelling has none).
         return not self.outbox.defers_writes or item.kind in ("silence", "retell")
 
-    def _tell(self, node: str, told: str, body: dict[str, Any], *, sent: bool) -> None:
+    def _tell(self, node: str, told: Told, body: dict[str, Any], *, sent: bool) -> None:
         """The monitor now shows ``node`` as ``told`` (``up``/``down``); log each change (for
         a v1 monitor, which cannot be told, once per outage)."""
         if self.outbox.mark_told(node, told):
@@ -567,7 +567,7 @@ class Forwarder:
                                      mark.interval_s if mark else None,
                                      not_responding_since=hung)
         body["status"] = self._values.online if verdict.up else self._values.offline
-        body["reason"] = verdict.reason
+        body["reason"] = verdict.reason.value
         interval = mark.interval_s if mark else None
         if item.kind == "silence" and interval is not None:
             # When it went stale.

@@ -41,7 +41,7 @@ from bridge.database import (
 from bridge.incoming import Received, StatusHead
 from yl_core import truth as truth_rules
 from yl_core.protocol import StateMessage, stale_after
-from yl_core.truth import NodeTruth, Verdict
+from yl_core.truth import Health, NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class NodeMark:
     """The monitor knows the node: a heartbeat for it is recorded, not taken as its
     registration."""
     interval_s: float | None = None
-    told: str = ""
+    told: Told = ""
     """What the monitor was last told of the node: ``up``, ``down`` (empty: nothing)."""
     lost_at: float | None = None
     """When (wall clock) the newest ``lost`` was taken."""
@@ -93,6 +93,19 @@ class NodeMark:
     """The monitor forgot the node, or shows it otherwise than it was told: it is to be told
     the node's current truth again (``Outbox.reconcile``; kept in memory only: the next
     look after a restart finds the same)."""
+
+
+Told = Literal["", "up", "down"]
+"""What the monitor was last told of a node (``""``: nothing yet), as the outbox keeps it."""
+TOLD_WORDS: tuple[Told, ...] = ("", "up", "down")
+
+
+def told_word(value: object) -> Told:
+    """A ``told`` read back from the outbox's database."""
+    for word in TOLD_WORDS:
+        if value == word:
+            return word
+    raise ValueError(f"outbox: a node's 'told' is {value!r}, not one of {TOLD_WORDS}")
 
 
 ItemKind = Literal["state", "status", "silence", "retell"]
@@ -247,7 +260,7 @@ class Outbox:
             updates = self._node_updates.get(node_id, {})
             marks[node_id] = mark = NodeMark(
                 truth, name, bool(updates.get("registered", registered)), interval,
-                str(updates.get("told", told)))
+                told_word(updates.get("told", told)))
             old = self.marks.get(node_id)
             if old is not None:  # what this term saw, kept across a reload
                 mark.heard, mark.silence_due = old.heard, old.silence_due
@@ -572,7 +585,7 @@ class Outbox:
                 session = newest[0] if newest else mark.truth.session
                 state = None if session is None else mark.truth.state_of(session)
                 verdict = truth_rules.liveness(state, now - heard, mark.interval_s)
-                if verdict.reason == "stale" and mark.told == "up" and \
+                if verdict.reason is Health.STALE and mark.told == "up" and \
                         mark.pending is None and not mark.transitions:
                     mark.silence_due = time.time() - (now - heard)
                     found.append(node_id)
@@ -786,7 +799,7 @@ class Outbox:
         """Whether the monitor knows the node (written at the next ``flush()``)."""
         self._update(node_id, "registered", registered)
 
-    def mark_told(self, node_id: str, told: str) -> bool:
+    def mark_told(self, node_id: str, told: Told) -> bool:
         """What the monitor now shows of the node: ``up`` or ``down`` (written at the next
         ``flush()``); whether that is a change."""
         return self._update(node_id, "told", told)
@@ -801,7 +814,7 @@ class Outbox:
         for node, registered in changed:
             self.set_registered(node, registered)
 
-    def reconcile(self, shown: Mapping[str, str | None], words: Mapping[str, str],
+    def reconcile(self, shown: Mapping[str, str | None], words: Mapping[Told, str],
                   since: float) -> list[str]:
         """The monitor's node list, asked for at ``since`` (monotonic): ``shown`` is the
         status word it shows for each node it lists (None: it shows none); ``words`` the
@@ -859,7 +872,7 @@ class Outbox:
                             found.told, pending_row=found.pending_row,
                             heard=found.heard)
 
-    def nodes_told(self, word: str) -> list[str]:
+    def nodes_told(self, word: Told) -> list[str]:
         """The nodes the monitor was last told are ``word`` (``up``, ``down``)."""
         with self._marks_lock:
             return [node for node, mark in self.marks.items() if mark.told == word]

@@ -3,8 +3,7 @@
 Kept in the status app's memory and filled from what it sees on the broker (it starts empty;
 nothing is read back after a restart).
 
-- Timeline: every change between ``ready``, ``disconnected``, ``lost``, ``stale`` and
-  ``not_responding``, with its
+- Timeline: every change of the node's ``truth.Health`` (``unknown`` aside), with its
   wall-clock time; at most ``MAX_TRANSITIONS`` per node, older than ``WINDOW`` dropped.
 - Samples: one per minute (the newest status of that minute): CPU %, memory MB and up to
   ``MAX_FLAGS`` boolean GUI flags, for ``WINDOW`` (1,440 minutes) in typed arrays that grow
@@ -19,12 +18,13 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final
 
+from yl_core.truth import Health
+
 WINDOW: Final = 24 * 3600.0
 SAMPLE_EVERY: Final = 60.0
 SAMPLES: Final = int(WINDOW // SAMPLE_EVERY)
 MAX_TRANSITIONS: Final = 2000
 MAX_FLAGS: Final = 32
-DOWN: Final = frozenset({"disconnected", "lost", "stale", "not_responding"})
 
 
 class NodeHistory:
@@ -33,7 +33,7 @@ class NodeHistory:
     __slots__ = ("_cpu", "_flags", "_mem", "_next", "_size", "_t", "flag_names", "timeline")
 
     def __init__(self) -> None:
-        self.timeline: deque[tuple[float, str]] = deque(maxlen=MAX_TRANSITIONS)
+        self.timeline: deque[tuple[float, Health]] = deque(maxlen=MAX_TRANSITIONS)
         self.flag_names: list[str] = []
         self._t = array("d")
         self._cpu = array("f")
@@ -44,7 +44,7 @@ class NodeHistory:
 
     # --- recording ------------------------------------------------------------------------
 
-    def state(self, at: float, word: str) -> None:
+    def state(self, at: float, word: Health) -> None:
         """The node is ``word`` from ``at`` on (a repeat of the current word is no change)."""
         if self.timeline and self.timeline[-1][1] == word:
             return
@@ -82,25 +82,26 @@ class NodeHistory:
 
     # --- reading --------------------------------------------------------------------------
 
-    def current(self) -> tuple[float, str] | None:
+    def current(self) -> tuple[float, Health] | None:
         return self.timeline[-1] if self.timeline else None
 
     def down_since(self) -> float | None:
-        """When the node last went down (into any of ``DOWN``), if it is down now."""
+        """When the node last went down (into a word that is ``Health.down``), if it is down
+        now."""
         since = None
         for at, word in reversed(self.timeline):
-            if word not in DOWN:
+            if not word.down:
                 break
             since = at
         return since
 
     def flaps(self, now: float, within: float = 3600.0) -> int:
         """How many times the node went down within the last ``within`` seconds."""
-        count, before = 0, None
+        count, before = 0, False
         for at, word in self.timeline:
-            if at >= now - within and word in DOWN and before not in DOWN:
+            if at >= now - within and word.down and not before:
                 count += 1
-            before = word
+            before = word.down
         return count
 
     def export(self, now: float) -> dict[str, Any]:

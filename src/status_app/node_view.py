@@ -20,7 +20,7 @@ from status_app.node_history import NodeHistory
 from yl_core import protocol, timestamps, truth
 from yl_core.errors import ProtocolError
 from yl_core.protocol import StateMessage, StatusMessage, Topics
-from yl_core.truth import Liveness, NodeTruth, Verdict
+from yl_core.truth import Health, Liveness, NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,11 @@ class NodeRecord:
     that session's own state comes, as after a reconnect where a node restarted meanwhile."""
 
 
-HEALTH_WORDS: Final = ("ready", "disconnected", "lost", "stale", "not_responding", "unknown")
-"""A node's ``health`` in ``/nodes``, the page and ``watch``: the words of ``truth.liveness``
-(``ready`` is up; the others say why a node is down; a broker the view cannot reach makes
-every node ``unknown``). ``online``/``offline`` are the monitor's words, sent to it only."""
+BROKER_UNREACHABLE: Final = "broker unreachable"
+"""The view's own condition, not a node's: while it cannot reach the broker, every node's
+health is ``unknown`` and the detail says why. A node's ``health`` in ``/nodes``, the page and
+``watch`` is a ``truth.Health``; ``online``/``offline`` are the monitor's words, sent to it
+only."""
 
 
 def problems_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,9 +61,9 @@ def problems_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     first; then nodes never seen up; then the rest by id (``/nodes`` answers in this order,
     and the live page keeps it)."""
     def key(node: dict[str, Any]) -> tuple[int, float, str]:
-        if node["health"] == "ready":
+        if node["health"] == Health.READY:
             return 2, 0.0, node["node_id"]
-        if node["health"] == "unknown" and node.get("down_for_s") is None:
+        if node["health"] == Health.UNKNOWN and node.get("down_for_s") is None:
             return 1, 0.0, node["node_id"]
         return 0, -(node.get("down_for_s") or 0.0), node["node_id"]
     return sorted(nodes, key=key)
@@ -150,7 +151,7 @@ class NodeView:
             record.state = state
             record.state_inferred = False
             record.state_at = self.clock() - age
-            self._note_state(record, state.state, record.state_at)
+            self._note_state(record, Health(state.state), record.state_at)
             self._accepted += 1
             claim, record.claim = record.claim, None
             if claim is not None and claim[0].session == state.session:
@@ -193,9 +194,9 @@ class NodeView:
         record.status = status
         record.status_raw = raw
         record.status_at = self.clock() - age
-        word: str = record.truth.state or "ready"
-        if word == "ready" and status.not_responding_since is not None:
-            word = "not_responding"
+        word = Health(record.truth.state or "ready")
+        if word is Health.READY and status.not_responding_since is not None:
+            word = Health.NOT_RESPONDING
         self._note_state(record, word, record.status_at)
         record.history.sample(self._wall(record.status_at), status.resources.cpu_percent,
                               status.resources.memory_mb, status.gui)
@@ -221,10 +222,10 @@ class NodeView:
         from then until now."""
         silent = self._silent_since(record)
         current = record.history.current()
-        if silent is not None and current is not None and current[1] == "ready":
-            record.history.state(self._wall(silent), "stale")
+        if silent is not None and current is not None and current[1] is Health.READY:
+            record.history.state(self._wall(silent), Health.STALE)
 
-    def _note_state(self, record: NodeRecord, word: str, at: float) -> None:
+    def _note_state(self, record: NodeRecord, word: Health, at: float) -> None:
         record.history.state(self._wall(at), word)
 
     def _clear(self, node_id: str, kind: str) -> bool:
@@ -246,10 +247,10 @@ class NodeView:
         with self._lock:
             connected, why = self._broker
             if not connected:
-                return Liveness(False, "broker unreachable", why)
+                return Liveness(False, Health.UNKNOWN, f"{BROKER_UNREACHABLE}: {why}")
             record = self._nodes.get(node_id)
             if record is None or (record.state is None and record.status is None):
-                return Liveness(False, "unknown", f"nothing seen from node {node_id!r}")
+                return Liveness(False, Health.UNKNOWN, f"nothing seen from node {node_id!r}")
             return self._liveness(record)
 
     def _liveness(self, record: NodeRecord) -> Liveness:
@@ -259,7 +260,7 @@ class NodeView:
             now - record.status_at if status else None,
             status.interval_s if status else None,
             not_responding_since=status.not_responding_since if status else None)
-        if record.state is not None and verdict.reason in truth.TERMINAL_STATES:
+        if record.state is not None and verdict.reason in (Health.LOST, Health.DISCONNECTED):
             seen = timestamps.iso_from_epoch(self.wall_clock() - (now - record.state_at))
             return Liveness(False, verdict.reason, f"node {verdict.reason} since {seen}")
         return verdict
@@ -302,14 +303,13 @@ class NodeView:
     def _describe(self, record: NodeRecord, health: Liveness) -> dict[str, Any]:
         now, wall = self.clock(), self.wall_clock()
         status = record.status
-        word = health.reason if health.reason in HEALTH_WORDS else "unknown"
         age = round(now - record.status_at, 3) if status is not None else None
         down_since = self._down_since(record, health)
         return {
             "node_id": record.node_id,
             "node_name": (status.node_name if status else None) or
                          (record.state.node_name if record.state else ""),
-            "health": word,
+            "health": health.reason,
             "reason": health.reason,
             "state": record.state.state if record.state else None,
             "state_since": record.state.since if record.state else None,
@@ -339,7 +339,7 @@ class NodeView:
             return None
         silent = self._silent_since(record)
         current = record.history.current()
-        if silent is not None and (current is None or current[1] == "ready"):
+        if silent is not None and (current is None or current[1] is Health.READY):
             return self._wall(silent)
         return record.history.down_since()
 
@@ -354,9 +354,9 @@ class NodeView:
             exported = record.history.export(wall)
             since = self._down_since(record, health)
             timeline = exported["timeline"]
-            if health.reason == "stale" and since is not None and \
-                    (not timeline or timeline[-1]["state"] != "stale"):
-                timeline.append({"at": since, "state": "stale"})
+            if health.reason is Health.STALE and since is not None and \
+                    (not timeline or timeline[-1]["state"] is not Health.STALE):
+                timeline.append({"at": since, "state": Health.STALE})
             for entry in timeline:
                 entry["time"] = timestamps.iso_from_epoch(entry["at"])
             return {"node_id": node_id, "now": wall, "health": self._describe(record, health),

@@ -213,14 +213,39 @@ def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, .
     return (*ended, session)[-MAX_ENDED_SESSIONS:]
 
 
+class Health(str, Enum):
+    """The words for a node's health, everywhere they are spoken: the status app's
+    endpoints and page, ``watch``, the bridge's requests to the monitor, its metrics and the
+    docs. Only ``READY`` is up."""
+
+    READY = "ready"
+    DISCONNECTED = "disconnected"
+    """Stopped cleanly."""
+    LOST = "lost"
+    """Its will: the connection dropped without a goodbye."""
+    STALE = "stale"
+    """No fresh status: quiet for more than ``EXPIRY_FACTOR`` report intervals."""
+    NOT_RESPONDING = "not_responding"
+    """Connected and reporting, but its GUI's main loop does not turn."""
+    UNKNOWN = "unknown"
+    """Nothing known: no state, or nothing seen (an observer that cannot reach the broker
+    knows nothing either; that is its own condition, not the node's)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def down(self) -> bool:
+        """Known to be down (``UNKNOWN`` is neither up nor known to be down)."""
+        return self not in (Health.READY, Health.UNKNOWN)
+
+
 @dataclass(frozen=True)
 class Liveness:
-    """Whether a node is up, and if not, why: ``ready``, ``disconnected``, ``lost``,
-    ``stale`` (no fresh status), ``not_responding`` (its GUI is hung) or ``unknown`` (no
-    state)."""
+    """Whether a node is up, and if not, why (``reason``) and in words (``detail``)."""
 
     up: bool
-    reason: str
+    reason: Health
     detail: str = ""
 
 
@@ -234,16 +259,19 @@ def liveness(state: State | None, status_age: float | None, interval_s: float | 
     A ``lost`` counts at once. When a second process takes a node id over, the broker
     publishes the first one's will a moment before the newcomer's ``ready``: the node was
     offline for that moment, and says so."""
-    if state in TERMINAL_STATES:
-        return Liveness(False, str(state))
+    if state == "disconnected":
+        return Liveness(False, Health.DISCONNECTED)
+    if state == "lost":
+        return Liveness(False, Health.LOST)
     if status_age is None:
-        return Liveness(False, "stale", "no status received")
+        return Liveness(False, Health.STALE, "no status received")
     limit = None if interval_s is None else stale_after(interval_s)
     if limit is not None and status_age > limit:
-        return Liveness(False, "stale", f"last status {status_age:.1f} s ago (limit {limit:g} s)")
+        return Liveness(False, Health.STALE,
+                        f"last status {status_age:.1f} s ago (limit {limit:g} s)")
     if state is None:
-        return Liveness(False, "unknown", "no state received")
+        return Liveness(False, Health.UNKNOWN, "no state received")
     if not_responding_since is not None:
-        return Liveness(False, "not_responding",
+        return Liveness(False, Health.NOT_RESPONDING,
                         f"GUI not responding since {not_responding_since}")
-    return Liveness(True, "ready")
+    return Liveness(True, Health.READY)

@@ -19,11 +19,14 @@ from rich.text import Text
 from status_app.node_view import NodeView, problems_first
 from status_app.subscriber import ViewSubscriber
 from yl_core.config import Config
+from yl_core.truth import Health
 
 REFRESH = 1.0
-STYLES = {"ready": "bold green", "lost": "bold red", "stale": "bold yellow",
-          "not_responding": "bold magenta",
-          "disconnected": "bold bright_black", "unknown": "bright_black"}
+STYLES: dict[Health, str] = {
+    Health.LOST: "bold red", Health.NOT_RESPONDING: "bold magenta",
+    Health.STALE: "bold yellow", Health.DISCONNECTED: "bold bright_black",
+    Health.UNKNOWN: "bright_black", Health.READY: "bold green"}
+"""Each health word's style, in the order the summary counts them: problems first."""
 
 
 def _span(seconds: float) -> str:
@@ -43,9 +46,9 @@ def render(view: NodeView, *, rows: int | None = None) -> Group:
     nodes = problems_first(view.describe_all())
     counts = Counter(n["health"] for n in nodes)
     summary = Text(f"{len(nodes)} node(s)  ")
-    for health in ("lost", "not_responding", "stale", "disconnected", "unknown", "ready"):
+    for health, style in STYLES.items():
         if counts[health]:
-            summary.append(f"{counts[health]} {health}  ", style=STYLES[health])
+            summary.append(f"{counts[health]} {health}  ", style=style)
     connected, why = view.broker
     summary.append("broker: " + ("connected" if connected else f"unreachable ({why})"),
                    style="green" if connected else "bold red")
@@ -69,13 +72,13 @@ def _cells(node: dict[str, Any]) -> list[Any]:
         name.append(f"  {node['node_name']}", style="bright_black")
     down = []
     if node.get("down_for_s") is not None:
-        what = "not responding" if node["health"] == "not_responding" else "down"
+        what = "not responding" if node["health"] == Health.NOT_RESPONDING else "down"
         down.append(f"{what} {_span(node['down_for_s'])}")
     if node.get("flaps_1h"):
         down.append(f"flapped {node['flaps_1h']}x /h")
     flags = " ".join(key for key, value in (node.get("gui") or {}).items() if value is True)
     resources = node.get("resources") or {}
-    return [name, Text(node["health"], style=STYLES.get(node["health"], "")),
+    return [name, Text(str(node["health"]), style=STYLES.get(node["health"], "")),
             Text(", ".join(down), style="red" if down else ""), _ago(node.get("status_age_s")),
             flags, f"{resources['cpu_percent']:.1f} %" if resources else "-",
             f"{resources['memory_mb']:.0f} MB" if resources else "-"]
