@@ -251,10 +251,9 @@ class Bridge:
         if self._watchdog.is_alive():
             self._watchdog.join(TICK + 0.5)
         depth = self.outbox.depth()
-        if self.lease is not None:
-            # The writer is the only thread that writes the outbox: flush here only once
-            # it has ended.
-            self.outbox.close(flush=not fenced and not self._writer.is_alive())
+        # The writer is the only thread that writes the outbox: flush here only once it
+        # has ended.
+        self.outbox.close(flush=not fenced and not self._writer.is_alive())
         log.info("bridge stopped; outbox keeps %d transition(s) and %d status(es)", *depth)
 
     def _farewell(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo:

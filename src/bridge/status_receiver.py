@@ -316,7 +316,8 @@ class _Child:
                                        on_round=self._caught_up)
         self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
                          on_down=self._on_down, on_subscribe=self._on_subscribe,
-                         name="yl-bridge-statuses", allow=self._allowed if gated else None)
+                         name="yl-bridge-statuses-link",
+                         allow=self._allowed if gated else None)
 
     def _allowed(self) -> bool:
         return time.monotonic() < self.allowed_until

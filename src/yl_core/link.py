@@ -162,7 +162,8 @@ class Link:
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        with self._lock:
+            return self._connected
 
     @property
     def fatal(self) -> LinkDown | None:
@@ -347,7 +348,8 @@ class Link:
                 log.warning("%s: final message not sent: %s", self._name, exc)
             except Exception:
                 log.exception("%s: final message failed", self._name)
-        self._connected = False
+        with self._lock:
+            self._connected = False
         try:
             client.disconnect()
         except Exception:
@@ -417,9 +419,8 @@ class Link:
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                            reason_code: ReasonCode, properties: Any) -> None:
         try:
-            was_connected = self._connected
             with self._lock:
-                self._connected = False
+                was_connected, self._connected = self._connected, False
             self._dropped = True
             self._wake.set()
             refused, self._refused = self._refused, False
