@@ -114,6 +114,7 @@ class Received:
     payload: bytes
     retain: bool
     at: float
+    qos: int = 0
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -147,7 +148,7 @@ class Recorder:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain),
-                                          time.monotonic()))
+                                          time.monotonic(), msg.qos))
 
     def start(self) -> Recorder:
         self.client.connect(self.host, self.port, 30)

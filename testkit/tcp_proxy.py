@@ -13,7 +13,8 @@ from yl_status.dev_broker import free_port
 class PartitionProxy:
     """Forwards 127.0.0.1:``port`` to ``target``. ``partition()`` holds every byte in both
     directions (connections stay open, as across a real partition, and new ones are
-    accepted but get nothing through); ``heal()`` delivers what was held and goes on."""
+    accepted but get nothing through); ``heal()`` delivers what was held and goes on; ``cut()``
+    drops the connections open now."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -37,6 +38,17 @@ class PartitionProxy:
 
     def heal(self) -> None:
         self._open.set()
+
+    def cut(self) -> None:
+        """Close every connection open now, on both sides, as a dropped network does (new
+        ones are forwarded as before)."""
+        with self._lock:
+            cut, self._sockets = self._sockets, []
+        for sock in cut:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -85,7 +97,7 @@ class PartitionProxy:
                     if not data:
                         return
                     peer[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select() on a socket cut meanwhile
             return
         finally:
             for sock in (a, b):

@@ -124,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
         double = self.server.double
         if double.hanging.is_set():
             # A black hole: the request is read, never answered and never applied.
+            with double.lock:
+                double.held += 1
             double.answering.wait()
             self.close_connection = True
             return
@@ -199,6 +201,8 @@ class MonitorDouble:
         self.heartbeat_total = 0
         self._in_flight: dict[str, int] = {}
         self._in_flight_total = 0
+        self.held = 0
+        """Requests read while hanging (``hang``), never answered."""
         self.peak_in_flight = 0
         """Most requests handled at once, and most at once for one node."""
         self.peak_in_flight_one_node = 0
