@@ -4,6 +4,8 @@
 #                   the bridge, the status app and a simulated GUI node (Ctrl-C stops it)
 #   ./run.sh test   lint, type-check and the whole test suite
 #   ./run.sh setup  only install what is missing (mosquitto, Chromium, PostgreSQL, the venv)
+#   ./run.sh mutate mutation testing of yl_core.truth, yl_core.protocol and the outbox's
+#                   decisions against their tests (mutmut; names of mutants to run may follow)
 # Each command first installs whatever this machine lacks.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -64,6 +66,18 @@ case "${1:-}" in
     shift
     exec "$VENV/bin/python" -m yl_status.demo "$@"
     ;;
+  mutate)
+    setup browser
+    shift
+    "$VENV/bin/python" -m pip install -q -e '.[mutation]'
+    if [ $# -eq 0 ]; then
+      set -- 'yl_core.truth*' 'yl_core.protocol*' 'bridge.outbox.xǁOutboxǁrecord__*' \
+        'bridge.outbox.xǁOutboxǁnext_item*' 'bridge.outbox.xǁOutboxǁdone*' \
+        'bridge.outbox.xǁOutboxǁsilent_nodes*'
+    fi
+    "$VENV/bin/mutmut" run "$@" || true
+    exec "$VENV/bin/mutmut" results
+    ;;
   test)
     setup browser
     shift
@@ -72,7 +86,7 @@ case "${1:-}" in
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)
-    sed -n '2,7p' "$0" >&2
+    sed -n '2,9p' "$0" >&2
     exit 2
     ;;
 esac

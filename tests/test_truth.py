@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from yl_core import protocol
-from yl_core.truth import MAX_ENDED_SESSIONS, NodeTruth, Verdict, liveness
+from yl_core.truth import (
+    MAX_ENDED_SESSIONS,
+    TAKEOVER_HOLD,
+    TAKEOVER_WINDOW,
+    NodeTruth,
+    Verdict,
+    liveness,
+    lost_counts_from,
+)
 
 Step = tuple[str, str, "str | int", str]
 """(kind, session, state or seq, expected verdict)."""
@@ -155,3 +163,123 @@ def test_a_hung_gui_is_down_only_while_the_session_is_otherwise_up() -> None:
     assert liveness("lost", 1.0, 10.0, not_responding_since=since).reason == "lost"
     assert liveness("ready", 99.0, 10.0, not_responding_since=since).reason == "stale"
     assert liveness("ready", 1.0, 10.0, not_responding_since=None).up
+
+
+def run(steps: list[tuple[str, str, str | int]]) -> tuple[list[str], NodeTruth]:
+    """Feed ``steps`` (kind, session, state or seq) to a new truth: the verdicts and the
+    truth at the end. ``status`` is live and in order, ``claim`` a retained status,
+    ``apart`` a live status read apart from the states, ``default`` a status with no
+    keyword given."""
+    node, verdicts = NodeTruth(), []
+    for kind, session, value in steps:
+        if kind in ("state", "retained"):
+            verdict, node = node.observe_state(session, value,  # type: ignore[arg-type]
+                                                 retained=kind == "retained")
+        elif kind == "default":
+            verdict, node = node.observe_status(session, int(value))
+        else:
+            verdict, node = node.observe_status(session, int(value), in_order=kind != "apart",
+                                                  retained=kind == "claim")
+        verdicts.append(verdict.value)
+    return verdicts, node
+
+
+A_READY = NodeTruth("A", "ready", 1)
+"""Session A, ``ready``, with its status 1 (set aside in several cases below)."""
+
+
+@pytest.mark.parametrize(("steps", "verdicts", "final"), [
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("state", "A", "lost")],
+                 ["accept"] * 3, NodeTruth("A", "lost", 1, live_end=True),
+                 id="a live lost is a live end"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("state", "A", "lost"),
+                  ("claim", "A", 2)], ["accept"] * 4, NodeTruth("A", "ready", 2),
+                 id="after a live end, a newer status, even retained, is the node back"),
+    pytest.param([("retained", "A", "lost"), ("claim", "A", 2), ("default", "A", 3)],
+                 ["accept"] * 3, NodeTruth("A", "ready", 3),
+                 id="a retained lost is no live end; a status given no keyword is live"),
+    pytest.param([("state", "A", "ready"), ("state", "B", "lost")], ["accept"] * 2,
+                 NodeTruth("B", "lost", -1, ("A",), live_end=True),
+                 id="a new session's live lost is a live end"),
+    pytest.param([("state", "A", "disconnected"), ("state", "B", "ready")], ["accept"] * 2,
+                 NodeTruth("B", "ready", -1, ("A",)), id="an ended session stays ended"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready")],
+                 ["accept"] * 3, NodeTruth("B", "ready", -1, aside=A_READY),
+                 id="a retained state of an unknown session sets the current one aside"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("status", "A", 2), ("claim", "A", 3)], ["accept"] * 5,
+                 NodeTruth("A", "ready", 3, ("B",)),
+                 id="a live status of the session set aside makes it current for good"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("claim", "A", 3)], ["accept"] * 3 + ["stale"],
+                 NodeTruth("B", "ready", -1, aside=A_READY),
+                 id="a retained status of the session set aside is only a claim"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("retained", "A", "lost")], ["accept"] * 4,
+                 NodeTruth("A", "lost", 1, aside=NodeTruth("B", "ready")),
+                 id="a retained state of the session set aside swaps the two claims"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("retained", "A", "ready")], ["accept"] * 3 + ["duplicate"],
+                 NodeTruth("B", "ready", -1, aside=A_READY),
+                 id="a retained repeat of the aside session's state changes nothing"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("apart", "A", 3), ("state", "A", "ready")], ["accept"] * 5,
+                 NodeTruth("A", "ready", 3, ("B",)),
+                 id="the session set aside comes back with the status it had run ahead"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("apart", "A", 3), ("retained", "A", "lost")], ["accept"] * 5,
+                 NodeTruth("A", "lost", 3, aside=NodeTruth("B", "ready")),
+                 id="swapped back by a claim, with the status it had run ahead"),
+    pytest.param([("state", "A", "ready"), ("apart", "B", 1), ("retained", "C", "ready"),
+                  ("state", "A", "lost")], ["accept"] * 4,
+                 NodeTruth("A", "lost", -1, ("C",), ("B", 1), live_end=True),
+                 id="a live word of the session set aside keeps another one ahead"),
+    pytest.param([("state", "A", "ready"), ("retained", "B", "ready"),
+                  ("retained", "C", "ready")], ["accept"] * 3,
+                 NodeTruth("C", "ready", -1, aside=NodeTruth("B", "ready")),
+                 id="a third claim sets the second aside"),
+    pytest.param([("state", "A", "ready"), ("retained", "B", "ready"), ("apart", "D", 1),
+                  ("retained", "C", "ready")], ["accept"] * 4,
+                 NodeTruth("C", "ready", -1, ahead=("D", 1), aside=NodeTruth("B", "ready")),
+                 id="what is set aside holds nothing ahead"),
+    pytest.param([("state", "A", "disconnected"), ("retained", "C", "ready")], ["accept"] * 2,
+                 NodeTruth("C", "ready", -1, ("A",)),
+                 id="an ended session is not set aside"),
+    pytest.param([("state", "A", "ready"), ("retained", "B", "disconnected")], ["accept"] * 2,
+                 NodeTruth("B", "disconnected", -1, ("B",), aside=NodeTruth("A", "ready")),
+                 id="a retained stop of an unknown session ends it"),
+    pytest.param([("state", "A", "ready"), ("apart", "B", 1), ("apart", "B", 2),
+                  ("state", "C", "ready")], ["accept"] * 4,
+                 NodeTruth("C", "ready", -1, ("A",), ("B", 2)),
+                 id="apart: a new session's state keeps another session's status ahead"),
+    pytest.param([("state", "A", "ready"), ("retained", "B", "ready"), ("state", "C", "ready")],
+                 ["accept"] * 3, NodeTruth("C", "ready", -1, ("A", "B")),
+                 id="a live state of a new session ends the current one and the one aside"),
+    pytest.param([("state", "A", "ready"), ("retained", "B", "ready"), ("status", "C", 1)],
+                 ["accept"] * 3, NodeTruth("C", "ready", 1, ("A", "B")),
+                 id="a live status of a new session ends the current one and the one aside"),
+])
+def test_node_truth_whole(steps: list[tuple[str, str, str | int]], verdicts: list[str],
+                          final: NodeTruth) -> None:
+    """Every field of the truth, not only the current session's."""
+    assert run(steps) == (verdicts, final)
+
+
+def test_liveness_says_why_in_words() -> None:
+    assert liveness("ready", None, 10.0).detail == "no status received"
+    assert liveness("ready", 30.25, 10.0).detail == "last status 30.2 s ago (limit 30 s)"
+    assert liveness(None, 1.0, 10.0).detail == "no state received"
+    assert liveness("ready", 30.0, 10.0).up, "a status exactly three intervals old is fresh"
+
+
+@pytest.mark.parametrize(("lost_at", "replaced_at", "counts_from"), [
+    (1000.0, None, 1000.0),
+    (1000.0, 1000.0, 1000.0 + TAKEOVER_HOLD),
+    (1000.5, 1000.0, 1000.5 + TAKEOVER_HOLD),
+    (1000.0 + TAKEOVER_WINDOW, 1000.0, 1000.0 + TAKEOVER_WINDOW + TAKEOVER_HOLD),
+    (1000.0 + TAKEOVER_WINDOW + 0.01, 1000.0, 1000.0 + TAKEOVER_WINDOW + 0.01),
+    (999.5, 1000.0, 999.5),
+])
+def test_a_lost_waits_only_within_the_takeover_window(
+        lost_at: float, replaced_at: float | None, counts_from: float) -> None:
+    assert lost_counts_from(lost_at, replaced_at) == counts_from

@@ -200,11 +200,9 @@ class NodeTruth:
 
 def _newer(seq: int, held: int, current: NodeTruth, accepted: NodeTruth
            ) -> tuple[Verdict, NodeTruth]:
-    if seq == held:
-        return Verdict.DUPLICATE, current
-    if seq < held:
-        return Verdict.STALE, current
-    return Verdict.ACCEPT, accepted
+    if seq > held:
+        return Verdict.ACCEPT, accepted
+    return Verdict.DUPLICATE if seq == held else Verdict.STALE, current
 
 
 def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, ...]:
