@@ -105,8 +105,8 @@ class NodeTruth:
                                            ended=_bounded(self.ended, session, state),
                                            live_end=state == "lost" and not retained)
         if self.aside is not None and session == self.aside.session:
-            return self._restore(self.aside.observe_state(session, state, retained=retained),
-                                 retained)
+            seen = self.aside.observe_state(session, state, retained=retained)
+            return self._swapped(seen) if retained else self._back(seen)
         ahead: tuple[str, int] | None = self.ahead
         seq = -1
         if ahead is not None and ahead[0] == session:
@@ -120,23 +120,32 @@ class NodeTruth:
         return Verdict.ACCEPT, NodeTruth(session, state, seq,
                                          _bounded(self.ended, session, state), ahead, aside)
 
-    def _restore(self, seen: tuple[Verdict, NodeTruth], retained: bool
-                 ) -> tuple[Verdict, NodeTruth]:
-        """A message of the session set aside, as that session's truth took it: a retained
-        one swaps the two claims; a live one makes it current and ends the claim."""
+    def _swapped(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
+        """A retained message of the session set aside, as that session's truth took it:
+        the two claims swap (a repeat changes nothing)."""
         verdict, back = seen
-        if verdict is Verdict.STALE or (verdict is Verdict.DUPLICATE and retained):
+        if verdict is not Verdict.ACCEPT:
             return verdict, self
-        assert back.session is not None
-        ahead = self.ahead
-        if ahead is not None and ahead[0] == back.session:
-            back, ahead = replace(back, seq=max(back.seq, ahead[1])), None
-        if retained:
-            return Verdict.ACCEPT, replace(back, ahead=ahead,
-                                           aside=replace(self, aside=None, ahead=None))
+        back, ahead = self._with_ahead(back)
+        return verdict, replace(back, ahead=ahead, aside=replace(self, aside=None, ahead=None))
+
+    def _back(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
+        """A live message of the session set aside, as that session's truth took it: that
+        session is current (its truth holds nothing aside), the claim over."""
+        verdict, back = seen
+        if verdict is Verdict.STALE:
+            return verdict, self
+        back, ahead = self._with_ahead(back)
         ended = (*self._superseded(), *back.ended)
-        return Verdict.ACCEPT, replace(back, ahead=ahead, aside=None, ended=tuple(
+        return Verdict.ACCEPT, replace(back, ahead=ahead, ended=tuple(
             dict.fromkeys(ended))[-MAX_ENDED_SESSIONS:])
+
+    def _with_ahead(self, back: NodeTruth) -> tuple[NodeTruth, tuple[str, int] | None]:
+        """``back`` with the status held ahead if it is of ``back``'s session (which then
+        holds nothing ahead), and what stays ahead."""
+        if self.ahead is not None and self.ahead[0] == back.session:
+            return replace(back, seq=max(back.seq, self.ahead[1])), None
+        return back, self.ahead
 
     def observe_status(self, session: str, seq: int, *, in_order: bool = True,
                        retained: bool = False) -> tuple[Verdict, NodeTruth]:
@@ -152,7 +161,7 @@ class NodeTruth:
                 session != self.session and (retained or in_order):
             if retained:
                 return Verdict.STALE, self  # a claim of the session set aside
-            return self._restore(self.aside.observe_status(session, seq), retained)
+            return self._back(self.aside.observe_status(session, seq))
         if self.ahead is not None and session == self.ahead[0]:
             return _newer(seq, self.ahead[1], self, replace(self, ahead=(session, seq)))
         if session == self.session:
