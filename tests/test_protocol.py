@@ -197,3 +197,91 @@ def test_the_wait_at_the_broker_counts_whole_seconds_and_never_a_boundary_crosse
     assert protocol.waited(expiry - 5, expiry) == 4.0
     assert protocol.waited(None, expiry) == 0.0
     assert protocol.waited(expiry + 1, expiry) == 0.0
+
+
+LONG_KEY = "-" + "k" * 99
+FLAGS = {f"f{i}": True for i in range(protocol.MAX_GUI_FLAGS)}
+STALLED = {f"p{i}": "2026-01-01T00:00:00.000Z" for i in range(protocol.MAX_GUI_FLAGS)}
+
+
+@pytest.mark.parametrize(("overrides", "reason", "message"), [
+    ({"gui": {**FLAGS, "one_more": True}}, "schema", "field 'gui' has more than 32 flags"),
+    ({"gui": {"1st": True}}, "schema", "gui flag name '1st' is not an identifier"),
+    ({"gui": {LONG_KEY: True}}, "schema",
+     f"gui flag name {LONG_KEY[:70]!r} is not an identifier"),
+    ({"gui": {"a": [1]}}, "schema", "field 'a' must be str or int or float or bool or null, "
+                                     "not list"),
+    ({"gui": []}, "schema", "field 'gui' must be dict, not list"),
+    ({"status": "fine"}, "schema", "field 'status' must be one of running, error"),
+    ({"seq": 2**53}, "schema", "field 'seq' must be in [0, 2**53)"),
+    ({"seq": -1}, "schema", "field 'seq' must be in [0, 2**53)"),
+    ({"stalled_since": {**STALLED, "p99": "2026-01-01T00:00:00.000Z"}}, "schema",
+     "field 'stalled_since' has more than 32 entries"),
+    ({"stalled_since": {LONG_KEY: "2026-01-01T00:00:00.000Z"}}, "schema",
+     f"pipeline name {LONG_KEY[:70]!r} is not an identifier"),
+    ({"reporter": {"last_report_time": 5}}, "schema",
+     "field 'last_report_time' must be str or null, not int"),
+])
+def test_a_bad_status_is_refused_naming_what_is_wrong(
+        overrides: dict[str, object], reason: str, message: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        decode_status(raw(status(**overrides)))
+    assert (refused.value.reason, str(refused.value)) == (reason, message)
+
+
+def test_a_status_of_another_node_than_its_topic_is_refused() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        decode_status(raw(status()), node_id="node-2")
+    assert (refused.value.reason, str(refused.value)) == (
+        "node_id", "payload node_id 'node-1' does not match the topic's 'node-2'")
+
+
+def test_a_non_standard_json_constant_is_refused_by_name() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        decode_status(b'{"v": NaN}')
+    assert str(refused.value) == "payload is not valid JSON: non-standard JSON constant NaN"
+
+
+def test_a_status_at_the_limits_and_without_its_optional_fields_is_taken() -> None:
+    full = decode_status(raw(status(gui=FLAGS, stalled_since=STALLED, seq=2**53 - 1)))
+    assert (len(full.gui), len(full.stalled_since), full.seq) == (32, 32, 2**53 - 1)
+    bare = status()
+    for key in ("reporter", "node_name", "version", "stalled_since"):
+        bare.pop(key, None)
+    taken = decode_status(raw(bare))
+    assert (taken.reporter, taken.node_name, taken.version, taken.stalled_since) == (
+        ReporterCounters(0, 0, None), "", "", {})
+    no_time = status(reporter={"report_count": 2, "error_count": 1})
+    assert decode_status(raw(no_time)).reporter == ReporterCounters(2, 1, None)
+
+
+def test_a_session_id_is_24_hex_digits_and_new_each_time() -> None:
+    first, second = protocol.new_session_id(), protocol.new_session_id()
+    assert re.fullmatch(r"[0-9a-f]{24}", first)
+    assert first != second
+
+
+def test_a_bridge_speaks_of_itself_on_topics_and_payloads_of_its_own() -> None:
+    assert protocol.bridge_state_topic("br-1") == "yl/ar/bridges/br-1/state"
+    assert protocol.bridge_instance_topic("br-1", "a") == "yl/ar/bridges/br-1/instances/a"
+    assert protocol.bridge_sentinel_topic("br-1") == "yl/ar/bridges/br-1/sentinel"
+    for topic in (protocol.bridge_state_topic, protocol.bridge_sentinel_topic):
+        with pytest.raises(ProtocolError):
+            topic("a/b")
+    with pytest.raises(ProtocolError):
+        protocol.bridge_instance_topic("br-1", "#")
+    ready = StateMessage(state="ready", session="s1", since="2026-01-01T00:00:00.000Z",
+                         node_name="bridge é", version="1", interval_s=30.0)
+    state = protocol.encode_bridge_state(ready, role="active", instance="a")
+    assert b"\\u" not in state, "text as UTF-8, not escaped"
+    assert json.loads(state) == {**ready.to_dict(), "role": "active", "instance": "a"}
+    assert decode_state(state) == ready
+    assert protocol.encode_bridge_instance("a", "standby", "2026-01-01T00:00:00.000Z") == (
+        b'{"v":1,"instance":"a","role":"standby","since":"2026-01-01T00:00:00.000Z"}')
+
+
+@pytest.mark.parametrize(("name", "valid"), [
+    ("video_running", True), ("_x", True), ("a" * 64, True), ("a" * 65, False),
+    ("1st", False), ("a-b", False), ("", False), (5, False), (None, False)])
+def test_a_flag_name_is_an_identifier(name: object, valid: bool) -> None:
+    assert protocol.is_valid_flag_name(name) is valid

@@ -391,9 +391,7 @@ def decode_state(payload: bytes) -> StateMessage:
     )
 
 
-def _check_gui(value: object) -> dict[str, GuiValue]:
-    if not isinstance(value, dict):
-        raise ProtocolError("schema", "field 'gui' must be an object")
+def _check_gui(value: dict[str, Any]) -> dict[str, GuiValue]:
     if len(value) > MAX_GUI_FLAGS:
         raise ProtocolError("schema", f"field 'gui' has more than {MAX_GUI_FLAGS} flags")
     for key in value:
