@@ -14,13 +14,14 @@ from testkit.support import incoming, received
 
 from bridge.database import Database, open_database
 from bridge.incoming import Received
-from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Outbox, OutboxError, Told
+from bridge.outbox import MAX_TRANSITIONS_PER_NODE, Item, Outbox, OutboxError, Told
 from yl_core.protocol import (
     ReporterCounters,
     Resources,
     StateMessage,
     StatusMessage,
 )
+from yl_core.truth import TAKEOVER_HOLD
 
 A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"
@@ -349,7 +350,7 @@ def test_a_failed_commit_leaves_memory_as_on_disk(where: str) -> None:
     batch: list[Entry] = [status(1, A), state("lost", A), state("ready", B), status(1, B)]
     with pytest.raises(OutboxError, match="disk is full"):
         box.record(batch)
-    assert box.last_error is not None
+    assert box.last_error == "OperationalError: database or disk is full"
     mark = box.mark("n1")
     assert mark is not None
     assert (mark.truth.session, mark.truth.state, mark.truth.ended) == (A, "ready", ())
@@ -562,3 +563,177 @@ def test_memory_for_silences_is_one_entry_per_node(where: str) -> None:
     for seq in range(40, 80):
         box.record([status(seq, node=f"n{i}") for i in range(5)])
     assert len(box._silence) == 5
+
+
+def test_deliveries_are_written_only_with_a_flush(where: str) -> None:
+    box = Outbox(where, on_change=lambda: None)
+    box.record([state("ready"), status(1)])
+    drain(box)
+    box.record([status(2)])
+    other = Outbox(where)
+    try:
+        assert other.depth() == (1, 1), "delivered, but not written before a flush"
+        box.flush()
+        other.close()
+        other = Outbox(where)
+        assert other.depth() == (0, 1)
+    finally:
+        other.close()
+        box.close()
+
+
+class _CommitBug(_CommitFails):
+    def commit(self) -> None:
+        self.real.execute("ROLLBACK")
+        raise RuntimeError("a bug, not the database")
+
+
+def test_an_error_that_is_not_the_databases_is_raised_as_it_is(where: str) -> None:
+    box = Outbox(where)
+    real = box._db
+    assert real is not None
+    box._db = _CommitBug(real)  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="a bug, not the database"):
+        box.record([state("ready")])
+    assert box.last_error == "RuntimeError: a bug, not the database"
+    box._db = real
+    box.close()
+
+
+def test_only_a_node_whose_session_ended_is_held(where: str) -> None:
+    box = Outbox(where)
+    box.record([state("ready")], hold=1)
+    item = box.next_item("n1")
+    assert item is not None
+    assert item.state == "ready"
+    box.done(item)
+    box.record([state("lost")], hold=2)
+    assert box.next_item("n1") is None
+    assert box.release(2) == {"n1"}
+    lost = box.next_item("n1")
+    assert lost is not None
+    assert lost.state == "lost"
+    box.close()
+
+
+def test_a_transition_is_done_at_once_and_carries_when_the_broker_got_it(where: str) -> None:
+    box = Outbox(where)
+    ready = state("ready")
+    box.record([ready])
+    item = box.next_item("n1")
+    assert item is not None
+    assert (item.received, item.counts_from) == (ready.received, 0.0)
+    box.done(item)
+    assert box.depth() == (0, 0)
+    box.close()
+
+
+def test_a_lost_just_after_a_takeover_counts_only_after_the_hold(where: str) -> None:
+    box = Outbox(where)
+    at = time.time() - 5.0
+
+    def at_time(word: str, session: str, offset: float) -> Received:
+        message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
+                               since="2026-01-01T00:00:00.000Z", node_name="GUI",
+                               version="1", interval_s=30.0)
+        return incoming("n1", message, at + offset)
+
+    box.record([at_time("ready", A, 0.0), at_time("lost", A, 1.0), at_time("ready", B, 1.001),
+                at_time("lost", B, 1.5)])
+    items = drain_items(box)
+    assert [(i.state, i.counts_from) for i in items] == [
+        ("ready", 0.0), ("lost", 0.0), ("ready", 0.0), ("lost", at + 1.5 + TAKEOVER_HOLD)]
+    box.close()
+
+
+def drain_items(box: Outbox, node: str = "n1") -> list[Item]:
+    out = []
+    while (item := box.next_item(node)) is not None:
+        out.append(item)
+        box.done(item)
+    return out
+
+
+def test_a_transition_gone_from_disk_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    box.record([state("ready"), status(1)])
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM transitions")
+    item = box.next_item("n1")
+    assert item is not None
+    assert (item.kind, item.seq) == ("status", 1)
+    box.close()
+
+
+def test_silence_is_judged_by_liveness_s_rule_at_its_exact_limit(where: str) -> None:
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready"), status(1)])
+    spoke = told_up(box)
+    assert box.silent_nodes() == []
+    assert box.silent_nodes(spoke + 90.0) == [], "three intervals old is not stale yet"
+    assert box.silent_nodes(spoke + 90.001) == ["n1"]
+    silence = box.next_item("n1")
+    assert silence is not None
+    assert abs(silence.received - (time.time() - 90.001)) < 5.0, "last heard, wall clock"
+    box.close()
+
+
+def test_a_node_heard_again_does_not_hold_up_the_silence_of_another(where: str) -> None:
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready", node="n1"), status(1, node="n1")])
+    box.record([state("ready", node="n2"), status(1, node="n2")])
+    told_up(box, "n1")
+    quiet = told_up(box, "n2")
+    assert box.silent_nodes(quiet) == []
+    box.record([status(2, node="n1")])
+    told_up(box, "n1")
+    assert box.silent_nodes(quiet + 90.1) == ["n2"]
+    box.close()
+
+
+def test_a_newer_silence_outlives_the_delivery_of_an_older_one(where: str) -> None:
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready"), status(1)])
+    spoke = told_up(box)
+    assert box.silent_nodes(spoke + 90.1) == ["n1"]
+    old = box.next_item("n1")
+    assert old is not None
+    assert old.kind == "silence"
+    box.record([status(2)])
+    newer = box.next_item("n1")
+    assert newer is not None
+    assert newer.kind == "status"
+    box.done(newer)
+    heard = box.marks["n1"].heard
+    assert heard is not None
+    assert box.silent_nodes(heard + 90.1) == ["n1"]
+    box.done(old)
+    again = box.next_item("n1")
+    assert again is not None
+    assert (again.kind, again.seq) == ("silence", 2)
+    box.close()
+
+
+def test_a_node_without_a_known_interval_is_not_judged_and_others_are(tmp_path: Path) -> None:
+    """Rows written before the interval was kept have none: such a node is not judged until
+    a status says its interval."""
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    for node in ("n0", "n1"):
+        box.record([state("ready", node=node), status(1, node=node)])
+        told_up(box, node)
+    box.flush()
+    box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE nodes SET interval_s = NULL WHERE node_id = 'n0'")
+    box = Outbox(path)
+    box.caught_up(0.0)
+    assert box.silent_nodes(time.monotonic() + 1000) == ["n1"]
+    box.record([status(2, node="n0")])
+    heard = told_up(box, "n0")
+    assert box.silent_nodes(heard + 90.1) == ["n0"]
+    box.close()

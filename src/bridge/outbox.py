@@ -569,7 +569,7 @@ class Outbox:
             since = self.silence_from
             if since is None:
                 return found
-            while self._silence and self._silence[0][0] <= now:
+            while self._silence and self._silence[0][0] < now:
                 _, node_id = heapq.heappop(self._silence)
                 mark = self.marks.get(node_id)
                 if mark is None or mark.interval_s is None:
@@ -577,7 +577,7 @@ class Outbox:
                     continue
                 heard = since if mark.heard is None else max(mark.heard, since)
                 silent_at = heard + stale_after(mark.interval_s)
-                if silent_at > now:
+                if silent_at >= now:  # not older than the limit yet (liveness's rule)
                     heapq.heappush(self._silence, (silent_at, node_id))
                     continue
                 self._watched.discard(node_id)
@@ -683,11 +683,10 @@ class Outbox:
                 if not mark.transitions and \
                         (mark.pending is not None or (silent is None and not mark.retell)):
                     return mark.pending
-                first = min(mark.transitions, default=-1)
-            if first < 0 and silent is not None:
-                return self._silence_item(node_id, mark, silent)
-            if first < 0:
-                return self._retell_item(node_id, mark)
+                first = min(mark.transitions, default=None)
+            if first is None:
+                return self._retell_item(node_id, mark) if silent is None else \
+                    self._silence_item(node_id, mark, silent)
             row = self._read_transition(first)
             if row is not None:
                 lost = mark.lost
