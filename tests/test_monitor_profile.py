@@ -203,3 +203,24 @@ def test_the_bridge_logs_each_change_of_what_the_monitor_shows_once(
                         "node n1 is down (not_responding): a v1 monitor cannot be told "
                         "offline; it finds out by its own process scan",
                         "node n1 is online at the monitor (ready)"]
+
+
+def test_v1_that_knows_no_nodes_at_all_is_told_of_once_with_the_likely_cause_and_fix(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """YL-monitor 1.0.6 as committed: its nodes.yaml does not load, it lists no node and
+    answers every heartbeat 200 without storing it."""
+    double = MonitorDouble(api="v1", known=()).start()
+    try:
+        with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
+            for node in ("n1", "n2"):
+                forwarder.notify(outbox.record([status(1, node=node)])[1])
+                wait_until(lambda: outbox.depth() == (0, 0), timeout=5, what="handled")
+            assert forwarder.unknown_nodes == {"n1", "n2"}
+        said = [r.getMessage() for r in caplog.records if "knows no nodes" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "nodes.yaml did not load" in said[0]
+        assert "write 'host: 0.0.0.0'" in said[0]
+        assert not [r for r in caplog.records if "does not know node" in r.getMessage()]
+        assert v1_posts(double, "n1") == 0
+    finally:
+        double.down()

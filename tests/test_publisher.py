@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import sys
 import threading
@@ -26,7 +27,7 @@ from testkit.support import (
 from publisher import SessionTakenOverError, StatusPublisher
 from publisher.resources import ResourceSampler
 from yl_core import protocol
-from yl_core.config import parse_config
+from yl_core.config import load_config, parse_config
 from yl_status.dev_broker import DevBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -573,3 +574,54 @@ def test_new_pipelines_while_the_heartbeat_thread_judges_them_lose_no_status() -
     finally:
         sys.setswitchinterval(switch)
     assert not failures, failures[:3]
+
+
+def test_a_gui_beside_an_original_config_without_a_login_gets_one_error_naming_it(
+        tmp_path: Path, broker: DevBroker, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Started as upstream starts it (``cd user; python main.py``), with upstream's
+    ``config/monitor_config.yaml`` (no ``mqtt:`` section, so no login): the lookup says which
+    file it read and why, the layout warning says the login is missing, and the broker's
+    refusals come to one error line naming the file and the keys to add."""
+    folder = tmp_path / "user"
+    (folder / "config").mkdir(parents=True)
+    original = folder / "config" / "monitor_config.yaml"
+    original.write_text("monitor:\n  url: http://127.0.0.1:5500\n  node_id: node-1\n"
+                        "  report_interval: 30\nlocal_server:\n  port: 5502\n"
+                        "logging:\n  file: logs/user_gui_monitor.log\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("YL_STATUS_CONFIG", raising=False)
+    monkeypatch.setenv("YL_MQTT_HOST", broker.host)
+    monkeypatch.setenv("YL_MQTT_PORT", str(broker.port))
+    caplog.set_level(logging.INFO)
+    config = load_config()
+    publisher = StatusPublisher(config).start()
+    try:
+        wait_until(lambda: publisher._link._failures >= 3, timeout=20,
+                   what="three refused attempts")
+    finally:
+        publisher.stop()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (logging.INFO, f"config file {original}: found under the working directory "
+                          "($YL_STATUS_CONFIG is not set)") in said
+    layout = [m for level, m in said if "original layout" in m]
+    assert len(layout) == 1
+    assert "no broker login" in layout[0]
+    assert "not by a GUI that embeds the publisher" in layout[0]
+    errors = [m for level, m in said if level >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "user 'node-1' without a password" in errors[0]
+    assert f"add mqtt.username and mqtt.password to {original} (or set $YL_STATUS_CONFIG" \
+        in errors[0]
+
+
+def test_without_any_config_file_the_lookup_says_where_it_looked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("YL_STATUS_CONFIG", raising=False)
+    config = load_config()
+    assert config.source == "<defaults>"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(tmp_path / "config" / "monitor_config.yaml") in m and
+               "built-in defaults (broker localhost:1883, no login)" in m for m in warned), warned

@@ -91,6 +91,8 @@ class Forwarder:
         """The nodes a v1 monitor lists (None: its list was not understood)."""
         self.unknown_nodes: set[str] = set()
         """Nodes a v1 monitor does not list: it would answer 200 and store nothing."""
+        self._said_knows_none = False
+        """A v1 monitor that knows no nodes at all was said to (once, until it knows one)."""
         self.metrics.api(self.profile)
         self._register_route: bool | None = None
         self._v1_refresh = config.monitor.v1_refresh
@@ -350,6 +352,8 @@ class Forwarder:
         listed = listed_nodes(answer.body)
         if self.profile == "v1":
             self._known = None if listed is None else set(listed)
+            if self._known:
+                self._said_knows_none = False
         if listed is None:
             log.warning("the monitor's node list (GET %s) has a shape not understood; each "
                         "node is looked up on its own", V1_NODES if self.profile == "v1"
@@ -373,8 +377,18 @@ class Forwarder:
             return True
         if node not in self.unknown_nodes:
             self.unknown_nodes.add(node)
-            log.warning("monitor at %s does not know node %s: it would answer 200 and store "
-                        "nothing; add the node to the monitor's node list", self._url, node)
+            if self._known:
+                log.warning("monitor at %s does not know node %s: it would answer 200 and "
+                            "store nothing; add the node to the monitor's node list",
+                            self._url, node)
+            elif not self._said_knows_none:
+                self._said_knows_none = True
+                log.warning(
+                    "monitor at %s knows no nodes at all, so it would answer 200 and store "
+                    "nothing (node %s): its nodes.yaml did not load. YL-monitor 1.0.6 ships "
+                    "'host:0.0.0.0' without a space after the colon, which YAML cannot read; "
+                    "write 'host: 0.0.0.0' in both of its nodes.yaml files, add the node, and "
+                    "restart the monitor", self._url, node)
         return False
 
     # --- one node's delivery ----------------------------------------------------------------

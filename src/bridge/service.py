@@ -168,7 +168,8 @@ class Bridge:
                                        on_round=lambda: self._session("states", True))
         username, password = config.bridge_login()
         self.link = Link(
-            options_from_config(config.mqtt, client_id, **persistent, username=username,
+            options_from_config(config.mqtt, client_id, source=config.source, **persistent,
+                                username=username,
                                 password=password,
                                 will=Will(self._state_topic, self._state("lost"))),
             on_connect=self._on_connect_states,
@@ -182,7 +183,7 @@ class Bridge:
         self._acknowledgers: dict[str, Acknowledger] = {"states": self._link_acks}
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, protocol.bridge_status_identity(client_id),
-                                **persistent,
+                                source=config.source, **persistent,
                                 username=protocol.bridge_status_identity(username),
                                 password=password),
             self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,

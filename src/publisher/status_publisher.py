@@ -138,7 +138,7 @@ class StatusPublisher:
         will = Will(self._topics.state(self.node_id), encode(self._state_message("lost")),
                     expiry=protocol.STATE_EXPIRY)
         self._link = Link(
-            options_from_config(config.mqtt, self.node_id,
+            options_from_config(config.mqtt, self.node_id, source=config.source,
                                 username=username or config.mqtt.username or self.node_id,
                                 will=will),
             on_connect=self._handle_connect,

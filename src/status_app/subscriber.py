@@ -29,7 +29,8 @@ class ViewSubscriber:
         username, password = login if login is not None else config.viewer_login()
         client_id = username or f"{name}-{secrets.token_hex(4)}"
         self._link = Link(
-            options_from_config(config.mqtt, client_id, username=username, password=password),
+            options_from_config(config.mqtt, client_id, source=config.source, username=username,
+                                password=password),
             on_connect=self._on_connect,
             on_message=self._on_message,
             on_down=self._on_down,

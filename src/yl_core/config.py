@@ -387,14 +387,23 @@ def find_config(cwd: Path | None = None, *, env: Mapping[str, str] | None = None
     """The config file to use when none is named: ``$YL_STATUS_CONFIG``, else
     ``config/monitor_config.yaml`` under the working directory, else next to the package;
     None if there is none (the defaults apply)."""
+    return _found_config(cwd, env)[0]
+
+
+def _found_config(cwd: Path | None, env: Mapping[str, str] | None
+                  ) -> tuple[Path | None, str]:
+    """``find_config``'s answer and why, in words."""
     explicit = (os.environ if env is None else env).get(ENV_CONFIG_PATH)
     if explicit:
-        return Path(explicit)
-    for base in (cwd or Path.cwd(), Path(__file__).resolve().parent.parent):
+        return Path(explicit), f"named by ${ENV_CONFIG_PATH}"
+    places = ((cwd or Path.cwd(), "under the working directory"),
+              (Path(__file__).resolve().parent.parent, "next to the package"))
+    for base, where in places:
         candidate = base / CONFIG_NAME
         if candidate.is_file():
-            return candidate
-    return None
+            return candidate, f"found {where} (${ENV_CONFIG_PATH} is not set)"
+    looked = " and ".join(str(base / CONFIG_NAME) for base, _ in places)
+    return None, f"${ENV_CONFIG_PATH} is not set and there is no {looked}"
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *,
@@ -406,7 +415,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     """
     environ = os.environ if env is None else env
     if path is None:
-        path = find_config(env=environ)
+        path, why = _found_config(None, environ)
+        if path is None:
+            log.warning("no config file: %s; using the built-in defaults (broker %s:%d, no "
+                        "login)", why, MqttConfig.host, MqttConfig.port)
+        else:
+            log.info("config file %s: %s", path, why)
     original = False
     if path is None:
         config = Config()
@@ -435,9 +449,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
 def _warn_original_layout(config: Config, path: Path) -> None:
     """The original ``monitor_config.yaml`` (``monitor:`` and ``local_server:``, neither
     ``mqtt:`` nor ``bridge:``) is read as is; say what it does not say."""
-    where = f"logging.file is {config.logging.file}" if config.logging.file else \
+    login = "" if config.mqtt.password else (
+        "; it gives no broker login: a broker with anonymous access off (the project's) "
+        "refuses it until mqtt.username and mqtt.password are added")
+    where = (f"logging.file ({config.logging.file}) is written by the yl-status services, "
+             "not by a GUI that embeds the publisher") if config.logging.file else \
         "logging.file is not set"
-    log.warning("%s has the original layout (no mqtt: section): the broker is %s:%d, and "
+    log.warning("%s has the original layout (no mqtt: section): the broker is %s:%d%s; "
                 "relative paths are taken from the file's folder %s (%s), not from the "
-                "working directory", path, config.mqtt.host, config.mqtt.port,
+                "working directory", path, config.mqtt.host, config.mqtt.port, login,
                 path.resolve().parent, where)

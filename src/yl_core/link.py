@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from yl_core.config import MqttConfig, TlsConfig
+from yl_core.config import ENV_CONFIG_PATH, MqttConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,16 @@ class LinkOptions:
     backoff_initial: float = 0.25
     backoff_max: float = 30.0
     connect_timeout: float = 5.0
+    login_source: str | None = None
+    """Where the login was configured (a config file, ``<defaults>``): named when the broker
+    refuses a connection that has no password."""
 
 
-def options_from_config(mqtt_config: MqttConfig, client_id: str, **overrides: Any) -> LinkOptions:
+def options_from_config(mqtt_config: MqttConfig, client_id: str, *, source: str | None = None,
+                        **overrides: Any) -> LinkOptions:
+    """``source``: the config's ``source``, named if the broker refuses a missing login."""
     values: dict[str, Any] = {
+        "login_source": source,
         "client_id": client_id,
         "host": mqtt_config.host,
         "port": mqtt_config.port,
@@ -103,6 +109,16 @@ _ANONYMOUS_REFUSED = frozenset({130, 134, 135})
 """CONNACK reasons mosquitto gives a client without a username when anonymous access is off
 (protocol error with ``use_username_as_clientid``, bad user name or password, not
 authorized)."""
+
+
+def _login_hint(source: str | None) -> str:
+    keys = "mqtt.username and mqtt.password"
+    if source is None:
+        return f"configure a login ({keys})"
+    if source.startswith("<"):
+        return (f"no config file was read ({source}): write one with {keys}, and name it "
+                f"with -c or ${ENV_CONFIG_PATH}")
+    return f"add {keys} to {source} (or set ${ENV_CONFIG_PATH} to a file that has them)"
 
 
 def _describe(code: Any) -> str:
@@ -369,10 +385,10 @@ class Link:
                     pair.close()
                 setattr(client, attr, None)
 
-    def _note_failure(self, message: str) -> None:
+    def _note_failure(self, message: str, *, level: int = logging.WARNING) -> None:
         self._failures += 1
         if message != self._last_failure:
-            log.warning("%s: %s (retrying with backoff)", self._name, message)
+            log.log(level, "%s: %s (retrying with backoff)", self._name, message)
             self._last_failure = message
         else:
             log.debug("%s: %s (attempt %d)", self._name, message, self._failures)
@@ -388,12 +404,17 @@ class Link:
             if reason_code.is_failure:
                 fatal = reason_code.value in _FATAL_CONNACK
                 why = _describe(reason_code)
-                if self.options.username is None and reason_code.value in _ANONYMOUS_REFUSED:
+                no_login = not self.options.password and \
+                    reason_code.value in _ANONYMOUS_REFUSED
+                if no_login:
                     # mosquitto refuses a login without a username in several ways (130,
                     # 134, 135, depending on its settings); say what it means here.
-                    why = (f"the broker refused a connection without a username ({why}): "
-                           "anonymous access is off; configure a login")
-                self._note_failure(f"broker refused connection: {why}")
+                    who = "a connection without a username" if self.options.username is None \
+                        else f"user {self.options.username!r} without a password"
+                    why = (f"the broker refused {who} ({why}): anonymous access is off; "
+                           f"{_login_hint(self.options.login_source)}")
+                self._note_failure(f"broker refused connection: {why}",
+                                   level=logging.ERROR if no_login else logging.WARNING)
                 self._refused = True
                 self._notify_down(LinkDown(f"refused: {why}", fatal))
                 self._dropped = True
