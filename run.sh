@@ -23,6 +23,8 @@ setup() {
     # PostgreSQL's server, for the active/standby bridge tests (each starts its own).
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgresql)
     [ -x /usr/sbin/ejabberdctl ] || need_apt+=(ejabberd)   # a clustered MQTT 5 broker
+    command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifying the units
+    command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)   # the stock-host test's namespace
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} with apt-get" >&2

@@ -52,7 +52,7 @@ def running_broker(workdir: Path, users: dict[str, str], acl: str = TEST_ACL,
                    settings: dict[str, str] | None = None) -> Iterator[DevBroker]:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         raise BrokerMissingError("mosquitto is not installed (.ci/run installs it)")
-    instance = DevBroker(workdir, users=users, message_size_limit=TEST_MESSAGE_LIMIT,
+    instance = DevBroker(workdir, users=users, max_packet_size=TEST_MESSAGE_LIMIT,
                          extra_acl=acl, settings=settings)
     instance.start()
     try:

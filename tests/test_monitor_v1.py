@@ -5,8 +5,10 @@ the share of time the GUI is shown online is measured for each way of starting i
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from testkit.bridge_process import BridgeProcess
 from testkit.support import config_dict, start_process, stop_process, wait_until, write_config
 
 from yl_status.dev_broker import DevBroker
-from yl_status.monitor_double import MonitorDouble, process_scan
+from yl_status.monitor_double import MonitorDouble, looks_like_the_gui, process_scan
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +46,19 @@ def gui_like(tmp_path: Path, *, seen: bool) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], cwd=cwd)
 
 
+@pytest.fixture
+def neutral_path() -> Iterator[Path]:
+    """A folder whose path the scan cannot mistake for the GUI's (a test's own folder is
+    named after the test, ``..._gui_...``, and under a login named ``user`` it would hold
+    ``python``, ``user`` and ``gui`` in the node's command line)."""
+    folder = Path(tempfile.mkdtemp(prefix="yl-v1-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def share_online(tmp_path: Path, broker: DevBroker, double: MonitorDouble, *, refresh: float,
                  seen: bool) -> float:
+    assert not looks_like_the_gui([sys.executable, str(tmp_path)]), tmp_path
     gui = gui_like(tmp_path, seen=seen)
     bridge = BridgeProcess(tmp_path, broker, double, profile="v1", v1_refresh=refresh).start()
     node = start_process(["node", "-c", str(write_config(tmp_path / "node.yaml", config_dict(
@@ -64,18 +77,18 @@ def share_online(tmp_path: Path, broker: DevBroker, double: MonitorDouble, *, re
 
 
 def test_a_gui_the_scan_cannot_see_flaps_without_the_refresh(
-        tmp_path: Path, broker: DevBroker, v1_double: MonitorDouble) -> None:
-    assert share_online(tmp_path, broker, v1_double, refresh=0, seen=False) < 0.5
+        neutral_path: Path, broker: DevBroker, v1_double: MonitorDouble) -> None:
+    assert share_online(neutral_path, broker, v1_double, refresh=0, seen=False) < 0.5
 
 
 def test_the_refresh_keeps_a_gui_the_scan_cannot_see_online(
-        tmp_path: Path, broker: DevBroker, v1_double: MonitorDouble) -> None:
-    assert share_online(tmp_path, broker, v1_double, refresh=0.2, seen=False) >= 0.75
+        neutral_path: Path, broker: DevBroker, v1_double: MonitorDouble) -> None:
+    assert share_online(neutral_path, broker, v1_double, refresh=0.2, seen=False) >= 0.75
 
 
 def test_a_gui_started_from_the_repository_root_is_seen_and_stays_online(
-        tmp_path: Path, broker: DevBroker, v1_double: MonitorDouble) -> None:
-    assert share_online(tmp_path, broker, v1_double, refresh=0, seen=True) >= 0.95
+        neutral_path: Path, broker: DevBroker, v1_double: MonitorDouble) -> None:
+    assert share_online(neutral_path, broker, v1_double, refresh=0, seen=True) >= 0.95
 
 
 def test_a_node_that_is_down_is_never_posted(
@@ -98,3 +111,19 @@ def test_a_node_that_is_down_is_never_posted(
     finally:
         stop_process(node)
         assert bridge.stop() == 0
+
+
+@pytest.mark.parametrize(("cmdline", "counted"), [
+    (["python", "user/main.py"], True),
+    (["/usr/bin/python3", "/srv/ar/user/main.py", "--fullscreen"], True),
+    (["python", "main.py"], False),
+    (["/opt/yl-status/.venv/bin/python", "/opt/yl-status/.venv/bin/yl-status", "node",
+      "--node-id", "user-gui"], True),
+    (["/opt/yl-status/.venv/bin/python", "/opt/yl-status/.venv/bin/yl-status", "serve", "-c",
+      "/etc/yl-status/user-gui.yaml"], True),
+    (["/opt/yl-status/.venv/bin/python", "/opt/yl-status/.venv/bin/yl-status", "bridge", "-c",
+      "/etc/yl-status/yl-status.yaml"], False),
+])
+def test_the_scan_counts_what_1_0_6_counts_as_the_gui(cmdline: list[str],
+                                                       counted: bool) -> None:
+    assert looks_like_the_gui(cmdline) is counted

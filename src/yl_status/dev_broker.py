@@ -1,8 +1,9 @@
 """A local mosquitto started with the project's own configuration.
 
-Used by the tests, the benchmarks and the demo: ``mosquitto/mosquitto.conf`` is rendered with
-a free port and a private folder for the password file, ACL, persistence and log; nothing
-else is changed, so what is tested is what is shipped.
+Used by the tests, the benchmarks and the demo: ``mosquitto/mosquitto.conf``, with
+``mosquitto/conf.d/yl-status.conf`` in place of its ``include_dir``, is rendered with a free
+port and a private folder for the password file, ACL, persistence and log; nothing else is
+changed, so what is tested is what is shipped.
 """
 
 from __future__ import annotations
@@ -51,15 +52,28 @@ def password_line(username: str, password: str, iterations: int = 101) -> str:
             f"{base64.b64encode(digest).decode()}")
 
 
+def inline_includes(template: str, config_dir: Path = BROKER_CONFIG_DIR) -> str:
+    """The standalone config with its ``include_dir`` replaced by the shipped ``conf.d``
+    files' text (what mosquitto reads, in its order)."""
+    out: list[str] = []
+    for line in template.splitlines():
+        words = line.split()
+        if words[:1] == ["include_dir"]:
+            out.extend(path.read_text() for path in sorted((config_dir / "conf.d").glob("*.conf")))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def render_config(template: str, *, port: int, workdir: Path,
-                  message_size_limit: int | None = None,
+                  max_packet_size: int | None = None,
                   settings: Mapping[str, str] | None = None) -> str:
-    """Point the project's broker config at ``workdir`` and ``port``; keep everything else
-    but ``settings`` (e.g. a broker left at mosquitto's defaults)."""
+    """Point the project's broker config (its includes inlined) at ``workdir`` and ``port``;
+    keep everything else but ``settings`` (e.g. a broker left at mosquitto's defaults)."""
     settings = dict(settings or {})
     out = []
     replaced: set[str] = set()
-    for original in template.splitlines():
+    for original in inline_includes(template).splitlines():
         line = original
         words = line.split()
         key = words[0] if words and not line.startswith("#") else ""
@@ -73,8 +87,8 @@ def render_config(template: str, *, port: int, workdir: Path,
             line = f"persistence_location {workdir}/"
         elif key == "log_dest":
             line = f"log_dest file {workdir / 'mosquitto.log'}"
-        elif key == "message_size_limit" and message_size_limit is not None:
-            line = f"message_size_limit {message_size_limit}"
+        elif key == "max_packet_size" and max_packet_size is not None:
+            line = f"max_packet_size {max_packet_size}"
         elif key in settings:
             line = f"{key} {settings.pop(key)}"
         replaced.add(key)
@@ -106,7 +120,7 @@ class DevBroker:
     """A mosquitto process on a free loopback port with the project's config."""
 
     def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None,
-                 port: int | None = None, message_size_limit: int | None = None,
+                 port: int | None = None, max_packet_size: int | None = None,
                  extra_acl: str = "", tls_certs: Path | None = None,
                  settings: Mapping[str, str] | None = None) -> None:
         """``tls_certs``: a folder with ``ca.crt``, ``broker.crt`` and ``broker.key``; adds the
@@ -121,7 +135,7 @@ class DevBroker:
         template = (BROKER_CONFIG_DIR / "mosquitto.conf").read_text()
         self.config_path = self.workdir / "mosquitto.conf"
         rendered = render_config(template, port=self.port, workdir=self.workdir,
-                                 message_size_limit=message_size_limit, settings=settings)
+                                 max_packet_size=max_packet_size, settings=settings)
         self.tls_port: int | None = None
         if tls_certs is not None:
             self.tls_port = free_port()

@@ -529,14 +529,20 @@ class MonitorDouble:
                 "metadata": node.metadata}
 
 
-def process_scan(pattern: str = "user/main.py") -> Callable[[], bool]:
-    """1.0.6's check of its host: is a process running whose command line has ``pattern``
+def looks_like_the_gui(cmdline: Sequence[str], pattern: str = "user/main.py") -> bool:
+    """What 1.0.6's scan counts as the GUI: a command line that holds ``pattern``
     (``python user/main.py`` started from the repository root; ``cd user; python main.py``
-    is not seen)."""
+    is not seen), or that holds ``python``, ``user`` and ``gui`` anywhere (a
+    ``yl-status node --node-id user-gui`` too)."""
+    line = " ".join(cmdline)
+    return pattern in line or all(word in line for word in ("python", "user", "gui"))
+
+
+def process_scan(pattern: str = "user/main.py") -> Callable[[], bool]:
+    """1.0.6's check of its host: is a process running that ``looks_like_the_gui``."""
     def seen() -> bool:
         for process in psutil.process_iter(["cmdline"]):
-            cmdline = process.info.get("cmdline") or []
-            if any(pattern in part for part in cmdline):
+            if looks_like_the_gui(process.info.get("cmdline") or [], pattern):
                 return True
         return False
     return seen
