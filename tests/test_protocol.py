@@ -285,3 +285,144 @@ def test_a_bridge_speaks_of_itself_on_topics_and_payloads_of_its_own() -> None:
     ("1st", False), ("a-b", False), ("", False), (5, False), (None, False)])
 def test_a_flag_name_is_an_identifier(name: object, valid: bool) -> None:
     assert protocol.is_valid_flag_name(name) is valid
+
+
+def state_data(**overrides: object) -> dict[str, object]:
+    data: dict[str, object] = StateMessage(
+        state="ready", session="0000000001-aa", since="2026-01-01T00:00:00.000Z",
+        node_name="GUI", version="1.0", interval_s=30.0, node_type="gui").to_dict()
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.parametrize(("payload", "reason", "message"), [
+    (raw(state_data(state="gone")), "schema",
+     "field 'state' must be one of ready, disconnected, lost"),
+    (raw(state_data(v=2)), "version", "unsupported protocol version 2"),
+    (raw({k: v for k, v in state_data().items() if k != "since"}), "schema",
+     "missing field 'since'"),
+    (raw(state_data(session="a b")), "schema",
+     "field 'session' must be 1-64 characters of A-Z a-z 0-9 _ -"),
+    (raw(state_data(session="s" * 65)), "schema",
+     "field 'session' must be 1-64 characters of A-Z a-z 0-9 _ -"),
+    (raw(state_data(interval_s=0)), "schema", "field 'interval_s' must be in (0, 86400]"),
+    (raw(state_data(interval_s=86400.5)), "schema", "field 'interval_s' must be in (0, 86400]"),
+    (raw(state_data(node_name="n" * 257)), "schema",
+     "field 'node_name' is longer than 256 characters"),
+    (raw(state_data(interval_s=12345.5)).replace(b"12345.5", b"1e400"), "schema",
+     "field 'interval_s' must be finite"),
+    (b"[1]", "schema", "payload must be a JSON object, not list"),
+    (b"null", "schema", "payload must be a JSON object, not NoneType"),
+    (b"\xff", "json", "payload is not UTF-8: invalid start byte"),
+    (b"[" * 60_000, "json", "payload is nested too deeply"),
+    (b"{", "json", "payload is not valid JSON: Expecting property name enclosed in double "
+                   "quotes: line 1 column 2 (char 1)"),
+    (b" " * (protocol.MAX_PAYLOAD_BYTES + 1), "too_large",
+     f"payload of {protocol.MAX_PAYLOAD_BYTES + 1} bytes exceeds {protocol.MAX_PAYLOAD_BYTES}"),
+])
+def test_a_bad_state_is_refused_naming_what_is_wrong(payload: bytes, reason: str,
+                                                     message: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        decode_state(payload)
+    assert (refused.value.reason, str(refused.value)) == (reason, message)
+
+
+def test_a_state_at_the_limits_and_without_its_optional_fields_is_taken() -> None:
+    full = state_data(interval_s=86400, node_name="n" * 256, session="s" * 64, node_type="x")
+    taken = decode_state(raw(full))
+    assert (taken.interval_s, len(taken.node_name), taken.node_type) == (86400.0, 256, "x")
+    assert decode_state(raw(state_data(interval_s=0.5))).interval_s == 0.5
+    bare = state_data()
+    for key in ("node_name", "version", "node_type"):
+        bare.pop(key)
+    taken = decode_state(raw(bare))
+    assert (taken.node_name, taken.version, taken.node_type) == ("", "", protocol.NODE_TYPE)
+    assert protocol.load_json(b" " * (protocol.MAX_PAYLOAD_BYTES - 2) + b"{}") == {}
+
+
+def test_messages_go_out_as_compact_utf_8_and_come_back_the_same() -> None:
+    message = StatusMessage(
+        node_id="node-1", node_name="Régie", timestamp="2026-01-01T00:00:00.000Z",
+        status="running", version="1.0", uptime=12.5,
+        resources=Resources(cpu_percent=1.5, memory_mb=100.0, threads=7), gui={"a": True},
+        reporter=ReporterCounters(3, 2, "2026-01-01T00:00:00.000Z"), session="s1", seq=4,
+        interval_s=30.0)
+    payload = encode(message)
+    assert "Régie".encode() in payload
+    assert b", " not in payload
+    assert b": " not in payload
+    assert decode_status(payload) == message
+    state = StateMessage(state="lost", session="s1", since="2026-01-01T00:00:00.000Z",
+                         node_name="Régie", version="1", interval_s=30.0, node_type="gui-x")
+    assert decode_state(encode(state)) == state
+    bridge_state = protocol.encode_bridge_state(state, role="active", instance="a")
+    assert b", " not in bridge_state
+    assert "Régie".encode() in bridge_state
+    with pytest.raises(ValueError, match="Out of range float"):
+        encode(StatusMessage(**{**message.__dict__, "uptime": float("nan")}))
+    with pytest.raises(ValueError, match="Out of range float"):
+        protocol.encode_bridge_state(
+            StateMessage(**{**state.__dict__, "interval_s": float("inf")}),
+            role="active", instance="a")
+
+
+def test_a_message_too_large_to_send_is_refused_before_it_goes_out() -> None:
+    big = StatusMessage(
+        node_id="node-1", node_name="GUI", timestamp="2026-01-01T00:00:00.000Z",
+        status="running", version="1.0", uptime=1.0, resources=Resources(1.0, 1.0, 1),
+        gui={f"f{i}": "x" * 3000 for i in range(30)},
+        reporter=ReporterCounters(0, 0, None), session="s1", seq=1, interval_s=30.0)
+    with pytest.raises(ProtocolError) as refused:
+        encode(big)
+    size = len(json.dumps(big.to_dict(), separators=(",", ":")))
+    assert (refused.value.reason, str(refused.value)) == (
+        "too_large", f"payload of {size} bytes exceeds {protocol.MAX_PAYLOAD_BYTES}")
+
+
+@pytest.mark.parametrize(("root", "valid"), [
+    ("yl/ar/nodes", True), ("", False), ("a//b", False), ("a/+/b", False), ("a/#", False),
+    ("a/x+y", False), ("a/x#y", False)])
+def test_a_topic_root_is_plain_levels(root: str, valid: bool) -> None:
+    if valid:
+        assert Topics(root).root == root
+        return
+    with pytest.raises(ProtocolError) as refused:
+        Topics(root)
+    assert (refused.value.reason, str(refused.value)) == ("topic",
+                                                           f"invalid topic root {root!r}")
+
+
+def test_a_foreign_topic_is_refused_naming_it_shortened() -> None:
+    long_topic = "x/" + "y" * 200
+    with pytest.raises(ProtocolError) as refused:
+        Topics().parse(long_topic)
+    assert (refused.value.reason, str(refused.value)) == (
+        "topic", f"topic {long_topic[:120]!r} is not under 'yl/ar/nodes'")
+    unknown = "yl/ar/nodes/n1/" + "z" * 200
+    with pytest.raises(ProtocolError) as refused:
+        Topics().parse(unknown)
+    assert (refused.value.reason, str(refused.value)) == (
+        "topic", f"unknown topic {unknown[:120]!r}")
+
+
+def test_an_invalid_node_id_is_refused_with_the_rule() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        protocol.check_node_id("a b")
+    assert (refused.value.reason, str(refused.value)) == (
+        "node_id", "invalid node id 'a b': 1-64 characters of A-Z a-z 0-9 _ -, starting with "
+                   "a letter or digit")
+
+
+@pytest.mark.parametrize(("remaining", "expiry", "waited"), [
+    (None, 90, 0.0), (90, 90, 0.0), (89, 90, 0.0), (88, 90, 1.0), (0, 90, 89.0),
+    (-1, 90, 0.0), (91, 90, 0.0)])
+def test_how_long_a_message_waited_is_read_from_its_expiry(
+        remaining: int | None, expiry: float, waited: float) -> None:
+    assert protocol.waited(remaining, expiry) == waited
+
+
+def test_a_status_expires_after_three_intervals_and_never_before_a_second() -> None:
+    assert protocol.status_expiry(30.0) == 90
+    assert protocol.status_expiry(0.1) == 1
+    assert protocol.status_expiry(0.4) == 1
+    assert protocol.status_expiry(0.5) == 2
