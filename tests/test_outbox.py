@@ -501,15 +501,18 @@ def test_a_node_the_monitor_forgot_or_shows_otherwise_is_told_again_once(where: 
     assert box.next_item("n3") is None
 
 
+@pytest.mark.parametrize("told", ["down", "up"])
 @pytest.mark.parametrize("last", ["disconnected", "lost"])
-def test_a_node_that_said_it_is_down_never_falls_silent(where: str, last: str) -> None:
+def test_a_node_that_said_it_is_down_never_falls_silent(where: str, last: str,
+                                                        told: Told) -> None:
+    """Whatever the monitor was last told: a silence is judged from the node's session."""
     box = Outbox(where)
     box.caught_up(0.0)
     box.record([state("ready"), status(1)])
     heard = told_up(box)
     box.record([state(last)])
     drain(box)
-    box.mark_told("n1", "down")
+    box.mark_told("n1", told)
     assert box.silent_nodes(heard + 1000) == []
 
 
@@ -680,6 +683,19 @@ def test_silence_is_judged_by_liveness_s_rule_at_its_exact_limit(where: str) -> 
     box.close()
 
 
+def test_a_node_heard_again_is_judged_from_then_up_to_the_exact_limit(where: str) -> None:
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready"), status(1)])
+    told_up(box)
+    assert box.silent_nodes() == []
+    box.record([status(2)])
+    again = told_up(box)
+    assert box.silent_nodes(again + 90.0) == []
+    assert box.silent_nodes(again + 90.001) == ["n1"]
+    box.close()
+
+
 def test_a_node_heard_again_does_not_hold_up_the_silence_of_another(where: str) -> None:
     box = Outbox(where)
     box.caught_up(0.0)
@@ -687,7 +703,8 @@ def test_a_node_heard_again_does_not_hold_up_the_silence_of_another(where: str) 
     box.record([state("ready", node="n2"), status(1, node="n2")])
     told_up(box, "n1")
     quiet = told_up(box, "n2")
-    assert box.silent_nodes(quiet) == []
+    for later in (0.0, 10.0, 20.0):  # the forwarder looks every second or so
+        assert box.silent_nodes(quiet + later) == []
     box.record([status(2, node="n1")])
     told_up(box, "n1")
     assert box.silent_nodes(quiet + 90.1) == ["n2"]
