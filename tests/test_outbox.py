@@ -754,3 +754,21 @@ def test_a_node_without_a_known_interval_is_not_judged_and_others_are(tmp_path: 
     heard = told_up(box, "n0")
     assert box.silent_nodes(heard + 90.1) == ["n0"]
     box.close()
+
+
+def test_a_new_session_whose_state_has_not_come_falls_silent_as_itself(where: str) -> None:
+    """A status read apart from the states names a session before its ``ready`` comes (which
+    may never come, when the broker lost it): that session's silence is judged, not the
+    ended one's before it."""
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready", A), status(1, A)])
+    told_up(box)
+    box.record([state("lost", A)])
+    drain(box)
+    box.mark_told("n1", "down")
+    box.record([status(1, B)])
+    heard = told_up(box)
+    assert box.marks["n1"].truth.newest_status == (B, 1)
+    assert box.silent_nodes(heard + 90.1) == ["n1"]
+    box.close()

@@ -426,3 +426,16 @@ def test_a_status_expires_after_three_intervals_and_never_before_a_second() -> N
     assert protocol.status_expiry(0.1) == 1
     assert protocol.status_expiry(0.4) == 1
     assert protocol.status_expiry(0.5) == 2
+
+
+def test_a_message_of_exactly_the_largest_size_goes_out() -> None:
+    def sized(pad: int) -> StatusMessage:
+        return StatusMessage(
+            node_id="node-1", node_name="GUI", timestamp="2026-01-01T00:00:00.000Z",
+            status="running", version="1.0", uptime=1.0, resources=Resources(1.0, 1.0, 1),
+            gui={"note": "x" * pad}, reporter=ReporterCounters(0, 0, None), session="s1",
+            seq=1, interval_s=30.0)
+    base = len(encode(sized(0)))
+    assert len(encode(sized(protocol.MAX_PAYLOAD_BYTES - base))) == protocol.MAX_PAYLOAD_BYTES
+    with pytest.raises(ProtocolError):
+        encode(sized(protocol.MAX_PAYLOAD_BYTES - base + 1))

@@ -109,7 +109,7 @@ class Topics:
 
     def __post_init__(self) -> None:
         parts = self.root.split("/")
-        if not self.root or any(not p or p in ("+", "#") or "+" in p or "#" in p for p in parts):
+        if not self.root or any(not p or "+" in p or "#" in p for p in parts):
             raise ProtocolError("topic", f"invalid topic root {self.root!r}")
 
     def state(self, node_id: str) -> str:
@@ -331,13 +331,22 @@ def _load_json_strictly(payload: bytes) -> Any:
         raise ProtocolError("json", f"payload is not valid JSON: {str(exc)[:120]}") from exc
 
 
-def _get(data: Mapping[str, Any], key: str, kinds: tuple[type, ...], *,
-         required: bool = True, default: Any = None) -> Any:
+def _get(data: Mapping[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
+    """The field ``key``, which must be there, of one of ``kinds``."""
     if key not in data:
-        if required:
-            raise ProtocolError("schema", f"missing field {key!r}")
+        raise ProtocolError("schema", f"missing field {key!r}")
+    return _checked(key, data[key], kinds)
+
+
+def _optional(data: Mapping[str, Any], key: str, kinds: tuple[type, ...],
+              default: Any = None) -> Any:
+    """The field ``key`` if it is there (of one of ``kinds``), else ``default``."""
+    if key not in data:
         return default
-    value = data[key]
+    return _checked(key, data[key], kinds)
+
+
+def _checked(key: str, value: Any, kinds: tuple[type, ...]) -> Any:
     if not is_kind(value, kinds):
         raise ProtocolError("schema", f"field {key!r} must be {_names(kinds)}, "
                                       f"not {type(value).__name__}")
@@ -384,10 +393,10 @@ def decode_state(payload: bytes) -> StateMessage:
         state=state,
         session=_check_session(data),
         since=since,
-        node_name=_get(data, "node_name", (str,), required=False, default=""),
-        version=_get(data, "version", (str,), required=False, default=""),
+        node_name=_optional(data, "node_name", (str,), ""),
+        version=_optional(data, "version", (str,), ""),
         interval_s=_check_interval(data),
-        node_type=_get(data, "node_type", (str,), required=False, default=NODE_TYPE),
+        node_type=_optional(data, "node_type", (str,), NODE_TYPE),
     )
 
 
@@ -425,14 +434,14 @@ def status_from_data(data: dict[str, Any], *, node_id: str | None = None) -> Sta
     epoch_from_iso(timestamp)
     uptime = _get(data, "uptime", (int, float))
     resources = _get(data, "resources", (dict,))
-    reporter = _get(data, "reporter", (dict,), required=False, default={})
-    last_report = _get(reporter, "last_report_time", (str, type(None)), required=False)
+    reporter = _optional(data, "reporter", (dict,), {})
+    last_report = _optional(reporter, "last_report_time", (str, type(None)))
     return StatusMessage(
         node_id=body_id,
-        node_name=_get(data, "node_name", (str,), required=False, default=""),
+        node_name=_optional(data, "node_name", (str,), ""),
         timestamp=timestamp,
         status=status,
-        version=_get(data, "version", (str,), required=False, default=""),
+        version=_optional(data, "version", (str,), ""),
         uptime=float(uptime),
         resources=Resources(
             cpu_percent=float(_get(resources, "cpu_percent", (int, float))),
@@ -441,17 +450,16 @@ def status_from_data(data: dict[str, Any], *, node_id: str | None = None) -> Sta
         ),
         gui=_check_gui(_get(data, "gui", (dict,))),
         reporter=ReporterCounters(
-            report_count=_get(reporter, "report_count", (int,), required=False, default=0),
-            error_count=_get(reporter, "error_count", (int,), required=False, default=0),
+            report_count=_optional(reporter, "report_count", (int,), 0),
+            error_count=_optional(reporter, "error_count", (int,), 0),
             last_report_time=last_report,
         ),
         session=_check_session(data),
         seq=seq,
         interval_s=_check_interval(data),
-        not_responding_since=_check_since(_get(data, "not_responding_since", (str, type(None)),
-                                               required=False)),
-        stalled_since=_check_stalled(_get(data, "stalled_since", (dict,), required=False,
-                                          default={})),
+        not_responding_since=_check_since(_optional(data, "not_responding_since",
+                                                    (str, type(None)))),
+        stalled_since=_check_stalled(_optional(data, "stalled_since", (dict,), {})),
     )
 
 
