@@ -1,9 +1,10 @@
 """ARCHITECTURE.md kept true where a test can check it: the threads each component starts
 are the ones its table names, each name used once in a process; a stopped bridge has
-closed its outbox."""
+closed its outbox; ``Link.connected`` is written only under the link's lock."""
 
 from __future__ import annotations
 
+import ast
 import re
 import threading
 from collections import Counter
@@ -88,3 +89,40 @@ def test_one_process_with_bridge_node_and_app_starts_the_documented_threads(
         double.down()
     wal = Path(config.bridge.outbox_path + "-wal")
     assert not wal.exists(), "the outbox is still open after the bridge stopped"
+
+
+def assignments_outside(path: Path, attribute: str, lock: str) -> list[int]:
+    """Lines of ``path`` that assign ``self.<attribute>`` outside a ``with self.<lock>:``
+    (``__init__`` aside: nothing else holds the object yet)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[int] = []
+
+    def visit(node: ast.AST, locked: bool) -> None:
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            return
+        if isinstance(node, ast.With):
+            locked = locked or any(
+                isinstance(item.context_expr, ast.Attribute) and item.context_expr.attr == lock
+                for item in node.items)
+        if isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for part in ast.walk(target):
+                    if isinstance(part, ast.Attribute) and part.attr == attribute and \
+                            not locked:
+                        found.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, locked)
+
+    visit(tree, False)
+    return found
+
+
+def test_link_connected_is_written_only_under_its_lock(tmp_path: Path) -> None:
+    link = Path(__file__).resolve().parent.parent / "src" / "yl_core" / "link.py"
+    assert assignments_outside(link, "_connected", "_lock") == []
+    sample = tmp_path / "sample.py"
+    sample.write_text("class L:\n    def f(self):\n        self._connected = True\n"
+                      "    def g(self):\n        with self._lock:\n"
+                      "            self._connected = False\n")
+    assert assignments_outside(sample, "_connected", "_lock") == [3]
