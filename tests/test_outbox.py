@@ -772,3 +772,16 @@ def test_a_new_session_whose_state_has_not_come_falls_silent_as_itself(where: st
     assert box.marks["n1"].truth.newest_status == (B, 1)
     assert box.silent_nodes(heard + 90.1) == ["n1"]
     box.close()
+
+
+def test_a_node_that_only_said_ready_falls_silent_too(where: str) -> None:
+    box = Outbox(where)
+    box.caught_up(0.0)
+    box.record([state("ready")])
+    heard = told_up(box)
+    assert box.marks["n1"].truth.newest_status is None
+    assert box.silent_nodes(heard + 90.1) == ["n1"]
+    silence = box.next_item("n1")
+    assert silence is not None
+    assert (silence.kind, silence.seq, silence.payload) == ("silence", -1, None)
+    box.close()
