@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import psutil
 import yaml
 
+from testkit.support import wait_until
 from yl_status.dev_broker import BROKER_CONFIG_DIR
 from yl_status.monitor_double import MonitorDouble
 
@@ -51,17 +51,6 @@ def sh(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         raise NotAsDocumentedError(f"{' '.join(map(str, args))}: exit {done.returncode}: "
                               f"{done.stderr.strip() or done.stdout.strip()}")
     return done
-
-
-def wait_for(what: str, check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise NotAsDocumentedError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def listening(port: int) -> bool:
@@ -120,7 +109,8 @@ def start_broker(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(config)], stdout=out,
                                   stderr=subprocess.STDOUT)
-    wait_for("the broker listening on 1883", lambda: listening(1883) or broker.poll())
+    wait_until(lambda: listening(1883) or broker.poll(), timeout=20,
+               what="the broker listening on 1883")
     if broker.poll() is not None:
         raise NotAsDocumentedError(f"mosquitto exited {broker.returncode}: {log.read_text()}")
     return broker
@@ -162,17 +152,21 @@ def main() -> int:
             with open(work / f"{command}.log", "wb") as out:
                 processes.append(subprocess.Popen([yl_status, command, "-c", settings],
                                                   stdout=out, stderr=subprocess.STDOUT))
-        wait_for("the node online at the monitor", lambda: double.is_online("node-1"))
-        seen["health_up"] = wait_for("/health 200", lambda: health()[0] == 200 and health())
+        wait_until(lambda: double.is_online("node-1"), timeout=20,
+                   what="the node online at the monitor")
+        seen["health_up"] = wait_until(lambda: health()[0] == 200 and health(), timeout=20,
+                                       what="/health 200")
         node = processes[-1]
         node.send_signal(signal.SIGKILL)
         node.wait(5)
-        wait_for("the node offline at the monitor", lambda: not double.is_online("node-1"))
+        wait_until(lambda: not double.is_online("node-1"), timeout=20,
+                   what="the node offline at the monitor")
         seen["monitor_reason"] = double.history("node-1")[-1].reason
-        seen["health_down"] = wait_for("/health 503", lambda: health()[0] == 503 and health())
+        seen["health_down"] = wait_until(lambda: health()[0] == 503 and health(), timeout=20,
+                                         what="/health 503")
         seen["broker_log"] = (Path("/var/log/mosquitto/mosquitto.log").read_text()
                               if mode == "stock" else broker_log.read_text())
-    except NotAsDocumentedError as exc:
+    except (NotAsDocumentedError, AssertionError) as exc:
         seen["error"] = str(exc)
     finally:
         for process in reversed(processes):
