@@ -403,11 +403,17 @@ def told_up(box: Outbox, node: str = "n1") -> float:
     return heard
 
 
-def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) -> None:
+def watched(where: str) -> tuple[Outbox, float]:
+    """An outbox whose sessions are caught up, and node ``n1`` ready with status 1, delivered
+    and shown up; and when ``n1`` was last heard."""
     box = Outbox(where)
     box.caught_up(0.0)
     box.record([state("ready"), status(1)])
-    spoke = told_up(box)
+    return box, told_up(box)
+
+
+def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) -> None:
+    box, spoke = watched(where)
     assert box.silent_nodes(spoke + 89.9) == []
     assert box.silent_nodes(spoke + 90.1) == ["n1"]
     assert box.silent_nodes(spoke + 200) == []
@@ -519,10 +525,7 @@ def test_a_node_that_said_it_is_down_never_falls_silent(where: str, last: str,
 def test_undelivered_work_is_not_a_silence(where: str) -> None:
     """A status still to deliver says for itself that it is stale (the forwarder judges its
     age); no second word about the same silence follows it."""
-    box = Outbox(where)
-    box.caught_up(0.0)
-    box.record([state("ready"), status(1)])
-    spoke = told_up(box)
+    box, spoke = watched(where)
     box.record([status(2)])
     assert box.silent_nodes(spoke + 1000) == []
     assert drain(box) == [("status", "ready", 2)]
@@ -670,10 +673,7 @@ def test_a_transition_gone_from_disk_is_skipped(tmp_path: Path) -> None:
 
 
 def test_silence_is_judged_by_liveness_s_rule_at_its_exact_limit(where: str) -> None:
-    box = Outbox(where)
-    box.caught_up(0.0)
-    box.record([state("ready"), status(1)])
-    spoke = told_up(box)
+    box, spoke = watched(where)
     assert box.silent_nodes() == []
     assert box.silent_nodes(spoke + 90.0) == [], "three intervals old is not stale yet"
     assert box.silent_nodes(spoke + 90.001) == ["n1"]
@@ -712,10 +712,7 @@ def test_a_node_heard_again_does_not_hold_up_the_silence_of_another(where: str) 
 
 
 def test_a_newer_silence_outlives_the_delivery_of_an_older_one(where: str) -> None:
-    box = Outbox(where)
-    box.caught_up(0.0)
-    box.record([state("ready"), status(1)])
-    spoke = told_up(box)
+    box, spoke = watched(where)
     assert box.silent_nodes(spoke + 90.1) == ["n1"]
     old = box.next_item("n1")
     assert old is not None
