@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 import yaml
 
-from testkit.support import wait_until
+from testkit.support import stop_process, wait_until
 from yl_status.dev_broker import BROKER_CONFIG_DIR
 from yl_status.monitor_double import MonitorDouble
 
@@ -170,12 +170,7 @@ def main() -> int:
         seen["error"] = str(exc)
     finally:
         for process in reversed(processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_process(process)
         double.down()
     print(json.dumps(seen))
     return 1 if "error" in seen else 0
