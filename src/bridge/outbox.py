@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from bridge.database import (
     SCHEMA_VERSION,
@@ -97,7 +97,7 @@ class NodeMark:
 
 Told = Literal["", "up", "down"]
 """What the monitor was last told of a node (``""``: nothing yet), as the outbox keeps it."""
-TOLD_WORDS: tuple[Told, ...] = ("", "up", "down")
+TOLD_WORDS: tuple[Told, ...] = get_args(Told)
 
 
 def told_word(value: object) -> Told:
