@@ -77,10 +77,11 @@ class Batch:
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
     """``up`` (connected), ``caught_up`` (with what the broker kept for the session,
-    retained copies included), ``down``, ``alive`` (said every second whatever else),
+    retained copies included), ``missed`` (statuses may have been missed: the retained ones
+    are read again), ``down``, ``alive`` (said every second whatever else),
     ``stopped``."""
 
-    what: Literal["up", "caught_up", "down", "alive", "stopped"]
+    what: Literal["up", "caught_up", "missed", "down", "alive", "stopped"]
 
 
 @dataclass(frozen=True, slots=True)

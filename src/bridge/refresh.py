@@ -13,6 +13,13 @@ The round starts once the session has caught up with what the broker kept for it
 received for ``IDLE`` seconds, or ``LATEST`` seconds after the connect): retained copies
 sent earlier would overtake the queued messages they follow, and a state's transitions
 must arrive in order.
+
+A connected session can lose messages too: when it falls behind by more than the broker's
+queue (an overload), mosquitto drops what comes next for it, and a node whose newest status
+was dropped would keep an older one at the monitor until it reports again. A session that
+may have missed something (``missed``: the status receiver calls it for a gap in a node's
+``seq``, or for a status that waited ``BEHIND`` seconds at the broker) has one more round
+once nothing has been missed for ``AFTER_MISS`` seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ IDLE = 0.5
 """A session that has received nothing for this long has caught up with its backlog."""
 LATEST = 10.0
 """The round starts at the latest this long after the connect."""
+BEHIND = 2.0
+"""A session whose messages waited this long at the broker was far behind: its queue there may
+have overflowed."""
+AFTER_MISS = 1.0
+"""A round for messages missed starts at the latest this long after the last one missed."""
 
 
 def subscribe_without_retained(client: mqtt.Client, topic: str, qos: int) -> None:
@@ -55,7 +67,8 @@ class RetainedRefresh:
         self._client: mqtt.Client | None = None
         self._sentinel_mid: int | None = None
         self._due = False
-        self._connected_at = 0.0
+        self._start_by = 0.0
+        """When the round due starts even if messages still come (``time.monotonic()``)."""
         self._last_message = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
@@ -72,8 +85,22 @@ class RetainedRefresh:
     def connected(self, client: mqtt.Client) -> None:
         with self._lock:
             self._client = client
-            self._connected_at = self._last_message = time.monotonic()
+            self._last_message = time.monotonic()
+            self._start_by = self._last_message + LATEST
             self._due = True
+
+    def missed(self) -> bool:
+        """Messages were lost on the way to the session: read every retained copy once more
+        when nothing has been missed for ``AFTER_MISS`` (or the session is idle). True if
+        this asks for a round; False if the session is down or one is asked for already
+        (a later miss still puts its start back)."""
+        with self._lock:
+            if self._client is None:
+                return False
+            asked = not self._due
+            self._due = True
+            self._start_by = max(self._start_by, time.monotonic() + AFTER_MISS)
+            return asked
 
     def received(self) -> None:
         self._last_message = time.monotonic()
@@ -88,16 +115,6 @@ class RetainedRefresh:
         log.debug("retained copies of %s read again (round %d)", self.topic, self.rounds)
         if self._on_round is not None:
             self._on_round()
-
-    def hurry(self) -> None:
-        """Start the round due now, without waiting for the session to go quiet: for a
-        session whose order between queued messages and retained copies does not matter
-        (statuses: the newest seq wins)."""
-        with self._lock:
-            client = self._client
-            if self._due and client is not None and self._sentinel_mid is None:
-                self._due = False
-                self._begin(client)
 
     def down(self) -> None:
         with self._lock:
@@ -117,7 +134,7 @@ class RetainedRefresh:
                 client = self._client
                 due = self._due and client is not None and \
                     self._sentinel_mid is None and \
-                    (now - self._last_message >= IDLE or now - self._connected_at >= LATEST)
+                    (now - self._last_message >= IDLE or now >= self._start_by)
                 if due and client is not None:
                     self._due = False
                     self._begin(client)

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 
 import paho.mqtt.client as mqtt
 
-from bridge.incoming import Received
+from bridge.incoming import Received, StatusHead
 from bridge.receiver_messages import (
     EVERY_BARRIER,
     Ack,
@@ -43,7 +43,7 @@ from bridge.receiver_messages import (
     Stop,
     ToChild,
 )
-from bridge.refresh import RetainedRefresh, subscribe_without_retained
+from bridge.refresh import BEHIND, RetainedRefresh, subscribe_without_retained
 from yl_core.config import LoggingConfig
 from yl_core.link import Link, LinkDown, LinkOptions
 from yl_core.protocol import Topics, bridge_sentinel_topic
@@ -72,19 +72,23 @@ class StatusReceiver:
                  allowed_until: Callable[[], float] | None = None,
                  on_caught_up: Callable[[bool], None] | None = None,
                  in_thread: bool = False,
-                 on_passed: Callable[[int], None] | None = None) -> None:
+                 on_passed: Callable[[int], None] | None = None,
+                 on_missed: Callable[[], None] | None = None) -> None:
         """``allowed_until``: until when (``time.monotonic()``) the child may connect; asked
         before it is started, and passed on to it every ``ALLOW_EVERY``. ``on_caught_up``:
         called with True once the session has caught up with what the broker kept for it
         (after each connect), with False when it is down. ``in_thread``: run the session
         on a thread of this process instead of a child process. ``on_passed``: called with
-        each barrier number passed (``barrier``), after the statuses received before it."""
+        each barrier number passed (``barrier``), after the statuses received before it.
+        ``on_missed``: called when the session may have missed statuses and asks for the
+        retained ones again."""
         self._in_thread = in_thread
         self._setup = Setup(options, topics, qos, logging_config, allowed_until is not None)
         self._allowed_until = allowed_until
         self._on_messages = on_messages
         self._on_caught_up = on_caught_up or (lambda _caught_up: None)
         self._on_passed = on_passed or (lambda _number: None)
+        self._on_missed = on_missed or (lambda: None)
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | _ChildThread | None = None
         self._send_lock = threading.Lock()
@@ -114,7 +118,8 @@ class StatusReceiver:
     def barrier(self, number: int) -> bool:
         """Ask for ``on_passed(number)`` once the statuses the broker had routed to the
         session by now have been passed on; False if the child cannot be asked (it is not
-        running or not connected: nothing is on its way)."""
+        running or not connected: the end of the next connection's first retained round
+        passes every barrier, ``EVERY_BARRIER``)."""
         if not self._connected:
             return False
         return self._send(Barrier(number))
@@ -243,6 +248,8 @@ class StatusReceiver:
                 self.problem = ""
             elif message.what == "caught_up":
                 self._on_caught_up(True)
+            elif message.what == "missed":
+                self._on_missed()
             elif message.what == "down":
                 self._connected = False
                 self._on_caught_up(False)
@@ -302,6 +309,9 @@ class _Child:
         self.barriers: dict[int, int] = {}
         """Barrier number by the message id of its SUBSCRIBE (under ``buffer_lock``)."""
         self.sentinel = bridge_sentinel_topic(options.client_id)
+        self.newest: dict[str, tuple[str, int]] = {}
+        """Each node's newest live status seen (session, seq), for ``_check_for_loss``
+        (sender thread only)."""
         self.caught_up = False
         """The session has caught up since it connected, retained copies included: before
         that, a barrier is passed by the end of that round (``Passed(EVERY_BARRIER)``)."""
@@ -369,31 +379,57 @@ class _Child:
             client.ack(mid, qos)
 
     def _caught_up(self) -> None:
-        """The retained round is over: after what it brought, every barrier is passed."""
+        """A retained round is over. The first after a connect passes every barrier asked
+        for before it; a later one (for statuses missed) changes nothing of that."""
         with self.buffer_lock:
+            if self.caught_up:
+                return
             self.caught_up = True
             self.buffer.append(Passed(EVERY_BARRIER))
         self.pending.set()
         self._send(SessionEvent("caught_up"))
 
+    def _check_for_loss(self, entry: Received) -> None:
+        """Whether statuses may have been dropped on the way: a live status more than one
+        ``seq`` past the node's newest of its session (the ones between were dropped or
+        expired), or one that waited at the broker ``BEHIND`` seconds or more (the session
+        was far behind: the broker's queue for it may have overflowed, the newest of some
+        nodes with it). Either way the retained statuses are read again once the session
+        has caught up."""
+        checked = entry.checked
+        head = None if checked is None else checked.message
+        if entry.retained or checked is None or checked.node_id is None or \
+                not isinstance(head, StatusHead):
+            return
+        node = checked.node_id
+        newest = self.newest.get(node)
+        gap = newest is not None and newest[0] == head.session and head.seq > newest[1] + 1
+        if newest is None or newest[0] != head.session or head.seq > newest[1]:
+            self.newest[node] = (head.session, head.seq)
+        behind = entry.received - entry.sent
+        if (gap or behind >= BEHIND) and self.refresh.missed():
+            if gap:
+                assert newest is not None
+                log.warning("statuses were dropped on the way to the bridge (%s: seq %d after "
+                            "%d); reading the retained statuses again", node, head.seq,
+                            newest[1])
+            else:
+                log.warning("the status session is %.0f s behind the broker, whose queue for "
+                            "it may overflow; reading the retained statuses again once it has "
+                            "caught up", behind)
+            self._send(SessionEvent("missed"))
+
     def _barrier(self, number: int) -> None:
         current = self.current
         with self.buffer_lock:
-            hurry = current is not None and not self.caught_up
-        if hurry:
-            self.refresh.hurry()  # its end passes every barrier
-            return
-        with self.buffer_lock:
-            mid = None
-            if current is not None:
-                result, mid = current[0].subscribe(self.sentinel, qos=0)
-                if result != mqtt.MQTT_ERR_SUCCESS:
-                    mid = None
-            if mid is None:
-                self.buffer.append(Passed(number))  # not connected: nothing on its way
-            else:
+            if current is None or not self.caught_up:
+                # Passed by the end of this or the next connection's first retained round,
+                # which starts once the backlog has come (a SUBACK would overtake what the
+                # broker still queues behind its in-flight window).
+                return
+            result, mid = current[0].subscribe(self.sentinel, qos=0)
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:  # else it is going down
                 self.barriers[mid] = number
-        self.pending.set()
 
     def _on_subscribe(self, client: mqtt.Client, mid: int) -> None:
         with self.buffer_lock:
@@ -430,9 +466,9 @@ class _Child:
         self.refresh.down()
         self.current = None
         with self.buffer_lock:
-            self.buffer.extend(Passed(n) for n in self.barriers.values())
+            # What the broker had routed to the session before these barriers comes on the
+            # next connection, before the end of its first retained round passes them.
             self.barriers.clear()
-        self.pending.set()
         self._send(SessionEvent("down"))
 
     def _say_alive(self) -> None:
@@ -449,7 +485,9 @@ class _Child:
             received: list[Received] = []
             for entry in batch:
                 if isinstance(entry, Received):
-                    received.append(entry.checked_by(self.topics))
+                    checked = entry.checked_by(self.topics)
+                    self._check_for_loss(checked)
+                    received.append(checked)
                     continue
                 if received:
                     self._send(Batch(received))
