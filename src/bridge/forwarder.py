@@ -481,6 +481,7 @@ class Forwarder:
         self.breaker.delivered()
         if answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
+            self.outbox.mark_stamped(node, self._stamped.get(node, 0.0))
             up = body["status"] == self._values.online
             self._tell(node, "up" if up else "down", body, sent=True)
         else:
@@ -550,13 +551,16 @@ class Forwarder:
     def _in_time_order(self, body: dict[str, Any], node: str) -> None:
         """A node's requests go forward in time: a transition is stamped when the broker got
         it, a status by the node, a moment before (its clock, the network); such a step back
-        is stamped as the request before it. A node whose clock is further off than
+        is stamped as the request before it, whichever bridge instance sent that one (the
+        outbox keeps the newest the monitor took). A node whose clock is further off than
         ``STAMP_SLACK`` is forwarded as it is (its skew is logged)."""
         try:
             stamp = timestamps.epoch_from_iso(str(body["timestamp"]))
         except ProtocolError:
             return
-        before = self._stamped.get(node, 0.0)
+        before = self._stamped.get(node)
+        if before is None:
+            before = self._stamped[node] = self.outbox.stamped(node)
         if before - STAMP_SLACK < stamp < before:
             body["timestamp"] = timestamps.iso_from_epoch(before)
             return
