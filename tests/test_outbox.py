@@ -127,8 +127,30 @@ def test_session_ids_do_not_order_sessions(where: str) -> None:
     mark = box.mark("n1")
     assert mark is not None
     assert (mark.truth.session, mark.truth.state, mark.truth.seq) == ("0000", "ready", 1)
+    drain(box)
     late, _ = box.record([state("ready", "zzzz"), status(8, "zzzz")])
     assert late.stale == 2
+
+
+def test_a_status_of_an_earlier_life_after_the_next_ready_is_that_lifes_last_word(
+        where: str) -> None:
+    """The state session brought a life's end and the next life's start before the status
+    session brought that life's last statuses (a takeover, a restart): while the end is
+    still to be handed out, the newest of them becomes its snapshot; once it went out, they
+    are stale (nothing of a life after its ``offline``, nor after the next ``ready``)."""
+    box = Outbox(where)
+    box.record([state("ready", A), status(1, A)])
+    assert drain(box) == [("state", "ready", -1), ("status", "ready", 1)]
+    box.record([state("lost", A), state("ready", B)], hold=1)
+    result, _ = box.record([status(3, A), status(2, A), status(1, B)])
+    assert (result.coalesced, result.stale) == (1, 1)
+    box.release(1)
+    items = drain_items(box)
+    assert [(i.kind, i.state, i.session) for i in items] == [
+        ("state", "lost", A), ("state", "ready", B), ("status", "ready", B)]
+    assert b'"seq":3' in (items[0].payload or b"")
+    late, _ = box.record([status(4, A)])
+    assert (late.accepted, late.stale, late.coalesced) == (0, 1, 0)
 
 
 def test_a_restored_ready_of_an_ended_session_is_stale(where: str) -> None:

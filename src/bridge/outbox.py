@@ -38,6 +38,7 @@ from bridge.database import (
     open_database,
     redact,
 )
+from bridge.fast_json import decode_json
 from bridge.incoming import Received, StatusHead
 from yl_core import truth as truth_rules
 from yl_core.protocol import StateMessage, stale_after
@@ -87,6 +88,9 @@ class NodeMark:
     heard (wall clock; silences are counted from no earlier than ``Outbox.silence_from``)."""
     told_at: float = 0.0
     """When ``told`` last changed (monotonic)."""
+    stamped: float = 0.0
+    """The newest ``timestamp`` (epoch seconds) of a request about the node that the monitor
+    took, kept across restarts and takeovers: a node's requests go forward in time."""
     held: int | None = None
     """The node's session ended; nothing of it is handed out before ``release(held)``."""
     retell: bool = False
@@ -201,8 +205,8 @@ class Outbox:
         self._done: dict[str, _Delivered] = {}
         self._flushing: dict[str, _Delivered] = {}
         self._node_updates: dict[str, dict[str, Any]] = {}
-        """Per node, columns of ``nodes`` set by the forwarder (``registered``, ``told``),
-        written at the next ``flush()``."""
+        """Per node, columns of ``nodes`` set by the forwarder (``registered``, ``told``,
+        ``stamped``), written at the next ``flush()``."""
         self._marks_behind = False
         self._silence: list[tuple[float, str]] = []
         """(earliest time the node may be silent, node): a heap with at most one entry per
@@ -245,9 +249,9 @@ class Outbox:
         marks: dict[str, NodeMark] = {}
         assert self._db is not None
         for node_id, name, session, seq, state, state_session, registered, ended, interval, \
-                ahead_session, ahead_seq, told in self._db.execute(
+                ahead_session, ahead_seq, told, stamped in self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
-                    " ended, interval_s, ahead_session, ahead_seq, told FROM nodes"):
+                    " ended, interval_s, ahead_session, ahead_seq, told, stamped FROM nodes"):
             # Rows written before schema 2 kept the status and the state session apart and
             # took the greater id for the newer; the other one is over.
             current = max(filter(None, (session, state_session)), default=None)
@@ -260,7 +264,8 @@ class Outbox:
             updates = self._node_updates.get(node_id, {})
             marks[node_id] = mark = NodeMark(
                 truth, name, bool(updates.get("registered", registered)), interval,
-                told_word(updates.get("told", told)))
+                told_word(updates.get("told", told)),
+                stamped=float(updates.get("stamped", stamped) or 0.0))
             old = self.marks.get(node_id)
             if old is not None:  # what this term saw, kept across a reload
                 mark.heard, mark.silence_due = old.heard, old.silence_due
@@ -394,6 +399,11 @@ class Outbox:
                     changed = self._record_last_words(db, node_id, mark, message, raw,
                                                       incoming.retained, received, result,
                                                       committed)
+                elif message is not None and message.session != mark.truth.session and \
+                        message.session in mark.truth.ended:
+                    writes.flush(db)
+                    changed = self._record_words_of_the_past(db, node_id, mark, message, raw,
+                                                             result)
                 elif message is not None:
                     changed = self._record_status(writes, node_id, mark, message, raw,
                                                   incoming.retained, received, result,
@@ -459,6 +469,27 @@ class Outbox:
                                ).fetchone()[0])
         committed.append(_Committed(mark, added=added, node_id=node_id))
         return True
+
+    def _record_words_of_the_past(self, db: Database, node_id: str, mark: NodeMark,
+                                  message: StatusHead, raw: bytes,
+                                  result: IngestResult) -> bool:
+        """A status of an earlier life, which ended before the current one began: one the
+        status session brought after the state session had brought both the end and the
+        next life's start (a takeover, a restart: the two catch up apart). It becomes the
+        snapshot of that end if the end is still to be handed out and carries an older one;
+        otherwise it is stale (nothing of a life goes to the monitor after its ``offline``,
+        nor after the next life's ``ready``)."""
+        row = db.execute("SELECT id, snapshot FROM transitions WHERE node_id = ? AND "
+                         "session = ? ORDER BY id DESC LIMIT 1",
+                         (node_id, message.session)).fetchone()
+        unsent = row is not None and row[0] in mark.transitions and (
+            mark.held is not None or row[0] != min(mark.transitions))
+        if not unsent or _seq_of(row[1]) >= message.seq:
+            result.stale += 1
+            return False
+        db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, row[0]))
+        result.coalesced += 1
+        return False
 
     def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
@@ -638,7 +669,7 @@ class Outbox:
                        "pending_received = NULL WHERE node_id = ? AND pending_session = ? AND "
                        "pending_seq = ?",
                        [(node, s, q) for node, d in done.items() for s, q in d.statuses])
-        for column in ("registered", "told"):
+        for column in ("registered", "told", "stamped"):
             db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
                            [(_column_value(u[column]), node)
                             for node, u in deliveries.updates.items() if column in u])
@@ -803,6 +834,19 @@ class Outbox:
         ``flush()``); whether that is a change."""
         return self._update(node_id, "told", told)
 
+    def stamped(self, node_id: str) -> float:
+        """The newest ``timestamp`` of a request about the node the monitor took (0.0:
+        none)."""
+        with self._marks_lock:
+            mark = self.marks.get(node_id)
+            return 0.0 if mark is None else mark.stamped
+
+    def mark_stamped(self, node_id: str, stamp: float) -> None:
+        """The monitor took a request about the node stamped ``stamp`` (written at the next
+        ``flush()``; an older stamp changes nothing)."""
+        if stamp > self.stamped(node_id):
+            self._update(node_id, "stamped", stamp)
+
     def know_only(self, listed: Iterable[str]) -> None:
         """The monitor listed these nodes, and no others: every node's ``registered``
         follows."""
@@ -925,6 +969,14 @@ class _StatusWrites:
         if self.nodes:
             db.executemany(_SAVE_NODE, list(self.nodes.values()))
             self.nodes.clear()
+
+
+def _seq_of(snapshot: bytes | None) -> int:
+    """The ``seq`` of a recorded snapshot (-1: none). Snapshots were checked when recorded."""
+    if not snapshot:
+        return -1
+    seq = decode_json(bytes(snapshot)).get("seq")
+    return seq if isinstance(seq, int) else -1
 
 
 def _column_value(value: Any) -> Any:

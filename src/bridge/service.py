@@ -66,7 +66,11 @@ CLOCK_SKEW_LIMIT = 60.0
 BARRIER_WAIT = 1.0
 """The longest a node whose session ended waits for the status session's barrier (its last
 statuses, on their way on the other session, become the end's snapshot) before its end is
-delivered all the same."""
+delivered all the same, while that session is connected and caught up."""
+BARRIER_WAIT_DOWN = 10.0
+"""The same while the status session is not (yet) connected and caught up: after a restart
+or a takeover, the state session may connect first, and the statuses the broker queued for
+the other come only once it has (the end of its first retained round passes the barrier)."""
 
 
 class Acknowledger(Protocol):
@@ -130,7 +134,7 @@ class Bridge:
         self._incoming: queue.Queue[Received | list[Received] | Passed | str | None] = \
             queue.Queue()
         self._barrier = 0
-        self._barrier_due: dict[int, float] = {}
+        self._barrier_asked: dict[int, float] = {}
         """Barriers asked of the status session and when their nodes are released anyway
         (the writer's own)."""
         self._flush_requested = threading.Event()
@@ -190,7 +194,8 @@ class Bridge:
             None if lease is None else lease.valid_until,
             on_caught_up=lambda caught_up: self._session("statuses", caught_up),
             in_thread=config.bridge.status_receiver == "thread",
-            on_passed=lambda number: self._incoming.put(Passed(number)))
+            on_passed=lambda number: self._incoming.put(Passed(number)),
+            on_missed=lambda: self.metrics.inc("retained_rereads"))
         self._acknowledgers["statuses"] = self.statuses
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
@@ -285,6 +290,7 @@ class Bridge:
                             "forwarding paused")
         return {"ok": not problems, "problem": "; ".join(problems),
                 "broker_connected": self.connected,
+                "caught_up": self.caught_up,
                 "monitor_reachable": self.forwarder.reachable,
                 "monitor_problem": self.forwarder.last_problem,
                 "monitor_api": self.forwarder.profile,
@@ -292,6 +298,13 @@ class Bridge:
                 "outbox_ok": outbox_error is None, "outbox_problem": outbox_error or "",
                 "outbox_transitions": transitions, "outbox_statuses": statuses,
                 "nodes_known": self.outbox.known_nodes()}
+
+    @property
+    def caught_up(self) -> bool:
+        """Both broker sessions have caught up with what the broker kept for them, retained
+        copies included, since they last connected."""
+        with self._caught_up_lock:
+            return all(self._caught_up.values())
 
     def _stalled(self, limit: float | None = None) -> list[str]:
         limit = STALL_LIMIT if limit is None else limit
@@ -370,8 +383,7 @@ class Bridge:
         reported = ""
         while True:
             self._writer_tick = time.monotonic()
-            due = [d for d in (flush_due, min(self._barrier_due.values(), default=None))
-                   if d is not None]
+            due = [d for d in (flush_due, self._barrier_due()) if d is not None]
             timeout = min(max(min(due) - time.monotonic(), 0.0), TICK) if due else TICK
             try:
                 batch = [self._incoming.get(timeout=timeout)]
@@ -436,18 +448,31 @@ class Bridge:
             if stopping:
                 return
 
+    def _barrier_wait(self) -> float:
+        with self._caught_up_lock:
+            return BARRIER_WAIT if self._caught_up["statuses"] else BARRIER_WAIT_DOWN
+
+    def _barrier_due(self) -> float | None:
+        """When the oldest barrier asked for has been waited for long enough."""
+        if not self._barrier_asked:
+            return None
+        return min(self._barrier_asked.values()) + self._barrier_wait()
+
     def _release(self, passed: int) -> None:
         """Hand out again the nodes held for barriers passed, or waited for long enough."""
-        if not self._barrier_due:
+        if not self._barrier_asked:
             return
-        now = time.monotonic()
+        waited = time.monotonic() - self._barrier_wait()
         upto = max([min(passed, self._barrier),
-                    *(n for n, due in self._barrier_due.items() if due <= now)])
+                    *(n for n, asked in self._barrier_asked.items() if asked <= waited)])
         if upto <= 0:
             return
-        for number in [n for n in self._barrier_due if n <= upto]:
-            del self._barrier_due[number]
-        self.forwarder.notify(self.outbox.release(upto))
+        for number in [n for n in self._barrier_asked if n <= upto]:
+            del self._barrier_asked[number]
+        released = self.outbox.release(upto)
+        log.debug("nodes held up to barrier %d released (%s): %s", upto,
+                  "passed" if passed >= upto else "waited for", ", ".join(sorted(released)))
+        self.forwarder.notify(released)
 
     def _record(self, messages: list[Received], *, flush: bool = False) -> None:
         valid: list[Received] = []
@@ -474,8 +499,9 @@ class Bridge:
         if result.ended:
             # Their last statuses may still be on their way on the status session.
             self._barrier = hold
-            self._barrier_due[hold] = time.monotonic() + BARRIER_WAIT
-            # Not connected: released when the session has caught up, or after the wait.
+            self._barrier_asked[hold] = time.monotonic()
+            log.debug("sessions ended (%s): held for barrier %d", ", ".join(result.ended), hold)
+            # Not connected: passed when the session has caught up, or waited for.
             self.statuses.barrier(hold)
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")
