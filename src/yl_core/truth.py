@@ -68,7 +68,13 @@ class NodeTruth:
     retained ``state`` names the newest one). A retained ``state`` of a session not seen
     before becomes current, but the session it replaces is only set aside, not ended: if a
     live message of that session comes later, the claim was old and that session is current
-    again.
+    again. A live word of the session set aside makes it current, and the claim ends, unless
+    that claim is a session whose process has not spoken live either (``claim``; its will is
+    the broker's word, not its own): that one is set aside in turn. Two processes with one node id drop each other's connection until the
+    older one sees its rival and yields (mosquitto 2.0 does not tell a replaced connection
+    why); an observer that reconnected meanwhile may hold the newer one's ``ready`` only as a
+    retained copy when the older one's reconnect speaks live, and the newer one's own live
+    ``ready`` that follows must still count.
 
     Statuses received apart from the states (``in_order=False``: the bridge reads them on a
     session of their own) may run ahead of them: a status of a session the states have not
@@ -90,6 +96,9 @@ class NodeTruth:
     """The current ``lost`` came live, in order: every status published before it came
     before it, so a status newer than ``seq`` (even a retained copy, as an observer that
     reconnected gets the node's birth) was published after it: the node is back."""
+    claim: bool = False
+    """The current session is known only from retained copies and its will (a claim, see
+    above): its own process has not spoken live."""
 
     def observe_state(self, session: str, state: State, *, retained: bool = False
                       ) -> tuple[Verdict, NodeTruth]:
@@ -103,7 +112,8 @@ class NodeTruth:
                 return Verdict.STALE, self
             return Verdict.ACCEPT, replace(self, state=state,
                                            ended=_bounded(self.ended, session, state),
-                                           live_end=state == "lost" and not retained)
+                                           live_end=state == "lost" and not retained,
+                                           claim=self.claim and (retained or state == "lost"))
         if self.aside is not None and session == self.aside.session:
             seen = self.aside.observe_state(session, state, retained=retained)
             return self._swapped(seen) if retained else self._back(seen)
@@ -118,7 +128,8 @@ class NodeTruth:
         aside = self.aside if self.session is None or self.session in self.ended else \
             replace(self, aside=None, ahead=None)
         return Verdict.ACCEPT, NodeTruth(session, state, seq,
-                                         _bounded(self.ended, session, state), ahead, aside)
+                                         _bounded(self.ended, session, state), ahead, aside,
+                                         claim=True)
 
     def _swapped(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A retained message of the session set aside, as that session's truth took it:
@@ -131,13 +142,18 @@ class NodeTruth:
 
     def _back(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A live message of the session set aside, as that session's truth took it: that
-        session is current (its truth holds nothing aside), the claim over."""
+        session is current; the claim is over, or set aside in turn while no live word of
+        its own has come (``claim``)."""
         verdict, back = seen
         if verdict is Verdict.STALE:
             return verdict, self
         back, ahead = self._with_ahead(back)
-        ended = (*self._superseded(), *back.ended)
-        return Verdict.ACCEPT, replace(back, ahead=ahead, ended=tuple(
+        if self.claim:
+            ended = (*self.ended, *back.ended)
+            aside: NodeTruth | None = replace(self, aside=None, ahead=None)
+        else:
+            ended, aside = (*self._superseded(), *back.ended), None
+        return Verdict.ACCEPT, replace(back, ahead=ahead, aside=aside, claim=False, ended=tuple(
             dict.fromkeys(ended))[-MAX_ENDED_SESSIONS:])
 
     def _with_ahead(self, back: NodeTruth) -> tuple[NodeTruth, tuple[str, int] | None]:
@@ -170,14 +186,15 @@ class NodeTruth:
             back = in_order and self.state == "lost" and (self.live_end or not retained)
             return _newer(seq, self.seq, self, replace(
                 self, state="ready" if back else self.state, seq=seq, ahead=None,
-                live_end=self.live_end and not back))
+                live_end=self.live_end and not back, claim=self.claim and retained))
         if retained and self.session is not None:
             return Verdict.STALE, self  # a claim the current session's state does not back
         if not in_order and not retained:
             return Verdict.ACCEPT, replace(self, ahead=(session, seq))
         # A node publishes ``ready`` before its first status; that one may still be on its way.
         return Verdict.ACCEPT, NodeTruth(session, "ready", seq,
-                                         self._superseded(with_aside=not retained))
+                                         self._superseded(with_aside=not retained),
+                                         claim=retained)
 
     @property
     def newest_status(self) -> tuple[str, int] | None:
