@@ -16,6 +16,11 @@ project's config and the YL-monitor double, under a seeded random schedule of fa
 - a node's GUI: its main loop blocked while its process and network go on (SIGUSR1 to
   ``yl-status node --hang-seconds``): it must be shown down within ``GUI_HANG_AFTER`` + 1 s
   and up again within 1 s after the hang.
+- observers restarted: the status app (kill -9 and start), and the bridge with a fresh
+  outbox (kill -9, its SQLite outbox deleted, start: it knows nothing but what the broker
+  keeps);
+- the monitor forgetting its nodes while it keeps its connections open (a restart behind a
+  keep-alive proxy, a database reset).
 
 A truth oracle knows each node's real state at every instant (up: its process runs and is
 not frozen) and samples what the monitor (``is_online``) and the status app (``/nodes``)
@@ -31,6 +36,19 @@ say four times a second. It reports, per fault kind:
 - the longest time the monitor or the status app stayed wrong after a fault healed (a fault
   on a node whose link was down is held to ``SILENCE_DETECTION`` from the restart instead,
   and left out of that figure).
+
+A third truth is the broker's: what a late subscriber to the state and status topics learns
+(a node is up while its newest state is ``ready`` and its newest status of that session does
+not say its GUI stopped responding). Two more rules hold against it:
+
+- every observer (the monitor, the status app) agrees with the broker within
+  ``AGREE_WITHIN`` of any heal, and after that any disagreement ends within it (a monitor
+  that forgot its nodes: within the bridge's look period more); the longest disagreement
+  is reported per fault kind. Not after a broker kill: a node that died while the broker
+  was down leaves a retained ``ready`` that only its silence refutes;
+- backwards: each node's heartbeats reach the monitor in non-decreasing ``timestamp``
+  order (must be 0), except across a bridge restarted with a fresh outbox, which has no
+  memory of what it sent.
 
 Run: .venv/bin/python -m bench.campaign [--seed S] [--minutes M] [--nodes N]
 [--no-register-route] [--failover]
@@ -56,14 +74,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psutil
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.forwarder import STAMP_SLACK
 from testkit.postgres import PostgresServer, running_postgres
 from testkit.support import fill_disk
+from yl_core import timestamps
+from yl_core.errors import ProtocolError
 from yl_core.protocol import stale_after
 from yl_status.dev_broker import DevBroker, free_port
-from yl_status.monitor_double import MonitorDouble
+from yl_status.monitor_double import Heartbeat, MonitorDouble
 
 PASSWORD = "campaign-secret"
 KEEPALIVE = 2
@@ -89,14 +112,19 @@ SILENCE_DETECTION = stale_after(REPORT_INTERVAL) + 2.0
 """A node that stops while its link is down (it has not connected again since the broker
 restarted) sends no will and no ``disconnected``: only its silence tells, ``stale_after`` its
 report interval from when the bridge is back (give or take the bridge's own reconnect)."""
+AGREE_WITHIN = 3.0
+"""Observers agree with the broker's truth this soon after a heal (and any later change)."""
+LOOK_INTERVAL = 5.0
+"""The campaign's bridges read the monitor's node list this often (``monitor.look_interval``)."""
+OBSERVER = "campaign-observer"
 RESTART_SLACK = 30.0
 """A heartbeat may arrive this long after its process was replaced (a backlog)."""
 KINDS = ("node_kill", "node_freeze", "node_stop", "node_takeover", "node_skew",
-         "bridge_kill", "bridge_freeze", "receiver_freeze", "broker_kill",
-         "monitor_500", "monitor_404", "monitor_hang", "monitor_forget", "disk_full",
-         "gui_hang", "database_restart")
-"""Every fault kind; ``database_restart`` only with ``failover``, ``disk_full`` only
-without (the outbox is PostgreSQL's then)."""
+         "bridge_kill", "bridge_freeze", "receiver_freeze", "bridge_fresh", "app_restart",
+         "broker_kill", "monitor_500", "monitor_404", "monitor_hang", "monitor_forget",
+         "monitor_amnesia", "disk_full", "gui_hang", "database_restart")
+"""Every fault kind; ``database_restart`` only with ``failover``, ``disk_full`` and
+``bridge_fresh`` only without (the outbox is PostgreSQL's then)."""
 
 
 def get_json(url: str, timeout: float = 1.0) -> Any:
@@ -147,6 +175,9 @@ class Report:
     details: list[str] = field(default_factory=list)
     detection: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     """The longest time a fault took to be shown (checked for ``gui_hang``)."""
+    backwards: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    disagree: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    """The longest an observer disagreed with the broker's truth after a heal."""
 
     @property
     def total_lost(self) -> int:
@@ -156,6 +187,10 @@ class Report:
     def total_regressions(self) -> int:
         return sum(self.regressions.values())
 
+    @property
+    def total_backwards(self) -> int:
+        return sum(self.backwards.values())
+
     def worst_after_heal(self, kind: str | None = None) -> float:
         values = [v for k, v in self.after_heal.items() if kind in (None, k)]
         return max(values, default=0.0)
@@ -163,28 +198,115 @@ class Report:
     def bound(self, kind: str) -> float:
         if kind == "gui_hang":
             return HANG_HEALED + SAMPLE
+        if kind == "monitor_amnesia":
+            return HEALED_WITHIN + LOOK_INTERVAL
         return HEALED_WITHIN + (2 * KEEPALIVE if kind in ("node_freeze", "broker_kill") else 0)
 
+    def agree_bound(self, kind: str) -> float:
+        """``AGREE_WITHIN``; after a monitor's amnesia, the bridge's look period more; after a
+        takeover, as long as the wrong state may last (``bound``): the two processes drop
+        each other's connection until the older one sees its rival, as long as their
+        reconnect back-offs take, and the broker's truth flips with each connect while the
+        observers follow the newer process."""
+        if kind == "node_takeover":
+            return self.bound(kind)
+        return AGREE_WITHIN + SAMPLE + (LOOK_INTERVAL if kind == "monitor_amnesia" else 0.0)
+
     def table(self) -> str:
-        rows = [("fault", "events", "lost", "regress", "wrong s (mon)", "wrong s (app)",
-                 "after heal s", "bound s")]
+        rows = [("fault", "events", "lost", "regress", "back", "wrong s (mon)", "wrong s (app)",
+                 "after heal s", "bound s", "disagree s", "bound s")]
         for kind in KINDS:
             if self.events.get(kind):
+                agree = "-" if kind == "broker_kill" else f"{self.disagree.get(kind, 0.0):.1f}"
                 rows.append((kind, str(self.events[kind]), str(self.lost.get(kind, 0)),
                              str(self.regressions.get(kind, 0)),
+                             str(self.backwards.get(kind, 0)),
                              f"{self.wrong_monitor.get(kind, 0.0):.1f}",
                              f"{self.wrong_app.get(kind, 0.0):.1f}",
                              f"{self.after_heal.get(kind, 0.0):.1f}",
-                             f"{self.bound(kind):g}"))
+                             f"{self.bound(kind):g}", agree, f"{self.agree_bound(kind):g}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         for kind, seconds in self.detection.items():
             lines.append(f"{kind}: shown down at most {seconds:.1f} s after it began "
                          f"(bound {HANG_DETECTION + SAMPLE:g} s)")
         lines.append(f"seed {self.seed}, {self.nodes} nodes, {self.seconds:.0f} s: "
-                     f"{self.total_lost} lost, {self.total_regressions} regressions, longest "
-                     f"wrong state after a heal {self.worst_after_heal():.1f} s")
+                     f"{self.total_lost} lost, {self.total_regressions} regressions, "
+                     f"{self.total_backwards} backwards, longest wrong state after a heal "
+                     f"{self.worst_after_heal():.1f} s, longest disagreement with the broker "
+                     f"{max(self.disagree.values(), default=0.0):.1f} s")
         return "\n".join(lines)
+
+
+Sample = tuple[bool, bool | None, bool | None, bool | None]
+"""One node at one instant: really up; shown up by the monitor, by the status app (None: no
+answer), by the broker (None: it says nothing)."""
+
+
+class BrokerTruth:
+    """What a subscriber to every node's state and status learns from the broker (retained
+    copies on each connect, then live messages): the broker's truth of each node."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, tuple[str, str]] = {}
+        """Each node's newest state: (session, word)."""
+        self._hung: dict[str, tuple[str, bool]] = {}
+        """Each node's newest status: (session, whether it says the GUI does not respond)."""
+        self._connected = False
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username,
+                                   protocol=mqtt.MQTTv5)
+        self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(1, 1)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._host, self._port = host, port
+
+    def start(self) -> BrokerTruth:
+        self._client.connect_async(self._host, self._port, keepalive=5)
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def up(self, node_id: str) -> bool | None:
+        """None while the broker cannot be asked, or says nothing of the node."""
+        with self._lock:
+            state = self._states.get(node_id)
+            if not self._connected or state is None:
+                return None
+            hung = self._hung.get(node_id)
+            return state[1] == "ready" and not (hung is not None and hung == (state[0], True))
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object,
+                    reason: Any, _properties: object = None) -> None:
+        if not reason.is_failure:
+            client.subscribe([("yl/ar/nodes/+/state", 1), ("yl/ar/nodes/+/status", 1)])
+            with self._lock:
+                self._connected = True
+
+    def _on_disconnect(self, *_args: object) -> None:
+        with self._lock:
+            self._connected = False
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object,
+                    message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) != 5 or not message.payload:
+            return
+        try:
+            data = json.loads(message.payload)
+            with self._lock:
+                if parts[4] == "state":
+                    self._states[parts[3]] = (str(data["session"]), str(data["state"]))
+                else:
+                    self._hung[parts[3]] = (str(data["session"]),
+                                            data.get("not_responding_since") is not None)
+        except (ValueError, KeyError, TypeError):
+            return
 
 
 class Campaign:
@@ -195,15 +317,18 @@ class Campaign:
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.postgres = postgres
-        excluded = {"disk_full"} if postgres is not None else {"database_restart"}
+        excluded = {"disk_full", "bridge_fresh"} if postgres is not None else \
+            {"database_restart"}
         kinds = tuple(k for k in kinds if k not in excluded)
         self.kinds = kinds
         self.seed = seed
         self.node_ids = [f"camp-{i:03d}" for i in range(nodes)]
         users = dict.fromkeys(self.node_ids, PASSWORD)
         users.update({"yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD,
-                      "yl-viewer": PASSWORD})
-        self.broker = DevBroker(workdir / "broker", users=users)
+                      "yl-viewer": PASSWORD, OBSERVER: PASSWORD})
+        self.broker = DevBroker(workdir / "broker", users=users,
+                                extra_acl=f"user {OBSERVER}\ntopic read yl/ar/nodes/#\n")
+        self.broker_truth = BrokerTruth(self.broker.host, self.broker.port, OBSERVER, PASSWORD)
         self.double = MonitorDouble(check_interval=30.0, register_route=register_route)
         self.nodes = {n: Node(n) for n in self.node_ids}
         self.events: list[Event] = []
@@ -217,7 +342,8 @@ class Campaign:
         self.outbox_dir.mkdir(parents=True)
         self.tmpfs = os.geteuid() == 0 and "disk_full" in kinds
         self.serve_port = free_port()
-        self.samples: list[tuple[float, dict[str, tuple[bool, bool | None, bool | None]]]] = []
+        self.serve_config: Path | None = None
+        self.samples: list[tuple[float, dict[str, Sample]]] = []
         self.details_later: list[str] = []
         """Problems of the campaign itself, reported with its findings."""
         self.broker_starts: list[float] = []
@@ -258,19 +384,25 @@ class Campaign:
                 {"outbox_url": self.postgres.url, "instance": name}
             self.bridge_configs[name] = self.config(
                 f"bridge-{name}", mqtt={"username": "yl-bridge", "keepalive": 5},
+                monitor={"look_interval": LOOK_INTERVAL},
                 bridge={"outbox_path": str(self.outbox_dir / "outbox.sqlite3"),
                         "metrics": f"127.0.0.1:{port}", **shared})
             self.start_bridge(name)
             if self.postgres is not None:
                 self.wait(f"instance {name} answering", partial(self.answering, name), 30)
-        serve = self.config("serve", local_server={"port": self.serve_port,
-                                                   "mqtt_username": "yl-viewer",
-                                                   "mqtt_password": PASSWORD})
-        self.serve = self.spawn(["serve", "-c", str(serve)], "serve.log")
+        self.serve_config = self.config("serve", local_server={"port": self.serve_port,
+                                                               "mqtt_username": "yl-viewer",
+                                                               "mqtt_password": PASSWORD})
+        self.start_serve()
+        self.broker_truth.start()
         for node_id in self.node_ids:
             self.start_node(node_id, "start")
         self.wait("every node online", lambda: all(self.double.is_online(n)
                                                    for n in self.node_ids), 60)
+
+    def start_serve(self) -> None:
+        assert self.serve_config is not None
+        self.serve = self.spawn(["serve", "-c", str(self.serve_config)], "serve.log")
 
     def start_bridge(self, name: str) -> None:
         self.bridges[name] = self.spawn(["bridge", "-c", str(self.bridge_configs[name])],
@@ -345,8 +477,9 @@ class Campaign:
             now = time.monotonic()
             with self.lock:
                 truth = {n: node.up for n, node in self.nodes.items()}
-            view: dict[str, tuple[bool, bool | None, bool | None]] = {
-                n: (truth[n], self.double.is_online(n), app.get(n)) for n in truth}
+            view: dict[str, Sample] = {
+                n: (truth[n], self.double.is_online(n), app.get(n), self.broker_truth.up(n))
+                for n in truth}
             self.samples.append((now, view))
 
     # --- faults ---------------------------------------------------------------------------
@@ -457,6 +590,37 @@ class Campaign:
         self.start_bridge(name)
         self._record("bridge_kill", start, time.monotonic())
 
+    def fault_bridge_fresh(self) -> None:
+        """The bridge killed and started again on a new, empty outbox: an observer that
+        starts late and knows only what the broker keeps."""
+        if self.postgres is not None:
+            return
+        name = self.active_bridge
+        start = time.monotonic()
+        self.bridges[name].kill()
+        self.bridges[name].wait()
+        for path in self.outbox_dir.glob("outbox.sqlite3*"):
+            path.unlink()
+        self.start_bridge(name)
+        self._record("bridge_fresh", start, time.monotonic())
+
+    def fault_app_restart(self) -> None:
+        """The status app killed -9 and started again: it reads the broker afresh. Its
+        worker processes go with it, as systemd ends a unit's control group."""
+        start = time.monotonic()
+        if self.serve is not None:
+            workers: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                workers = psutil.Process(self.serve.pid).children(recursive=True)
+            self.serve.kill()
+            self.serve.wait()
+            for worker in workers:
+                with contextlib.suppress(psutil.Error):
+                    worker.kill()
+            psutil.wait_procs(workers, timeout=5)
+        self.start_serve()
+        self._record("app_restart", start, time.monotonic())
+
     def _freeze(self, kind: str, pid: int) -> None:
         start = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
@@ -516,6 +680,13 @@ class Campaign:
         start = time.monotonic()
         self.double.forget()
         self._record("monitor_forget", start, start)
+
+    def fault_monitor_amnesia(self) -> None:
+        """The monitor forgets every node and keeps its connections open: only the bridge's
+        next look at its node list (or a node's next heartbeat) tells."""
+        start = time.monotonic()
+        self.double.forget(keep_connections=True)
+        self._record("monitor_amnesia", start, start)
 
     def fault_database_restart(self) -> None:
         if self.postgres is None:
@@ -615,6 +786,7 @@ class Campaign:
         self._wrong_seconds(report)
         connects = self._connects(offset)
         self._after_heal(report, connects)
+        self._agreement(report)
         self._hang_detection(report)
         self._lost_and_regressions(report, connects, offset)
         return report
@@ -628,7 +800,7 @@ class Campaign:
 
     def _wrong_seconds(self, report: Report) -> None:
         for at, view in self.samples:
-            for node_id, (truth, monitor, app) in view.items():
+            for node_id, (truth, monitor, app, _broker) in view.items():
                 if monitor != truth:
                     report.wrong_monitor[self._blame(node_id, at)] += SAMPLE
                 if app is not None and app != truth:
@@ -662,6 +834,44 @@ class Campaign:
             if lag > bound:
                 report.details.append(f"{event.kind} at {event.start:.1f}: wrong for "
                                       f"{lag:.1f} s after it healed")
+
+    def _agreement(self, report: Report) -> None:
+        """After each heal (until the next fault on the same nodes), the longest spell in
+        which the monitor or the status app said otherwise than the broker."""
+        for index, event in enumerate(self.events):
+            if event.healed is None or event.kind in ("end", "broker_kill"):
+                continue
+            nodes = set(event.nodes)
+            end = min((e.start for e in self.events[index + 1:]
+                       if e.start > event.healed and nodes & set(e.nodes)),
+                      default=float("inf"))
+            since: dict[tuple[str, int], float] = {}
+            longest = 0.0
+            last = event.healed
+            for at, view in self.samples:
+                if at < event.healed:
+                    continue
+                if at >= end:
+                    break
+                last = at
+                for node_id in event.nodes:
+                    broker = view[node_id][3]
+                    for side in (1, 2):
+                        shown = view[node_id][side]
+                        if broker is None or shown is None:
+                            continue
+                        key = (node_id, side)
+                        if shown != broker:
+                            since.setdefault(key, at)
+                        elif key in since:
+                            longest = max(longest, at - since.pop(key))
+            for began in since.values():
+                longest = max(longest, last + SAMPLE - began)
+            report.disagree[event.kind] = max(report.disagree[event.kind], longest)
+            if longest > report.agree_bound(event.kind):
+                report.details.append(f"{event.kind} at {event.start:.1f}: an observer "
+                                      f"disagreed with the broker for {longest:.1f} s after "
+                                      "it healed")
 
     def _hang_detection(self, report: Report) -> None:
         """Each GUI hang is shown down, at the monitor and in the status app, within
@@ -739,6 +949,7 @@ class Campaign:
                     report.lost[kind] += 1
                     report.details.append(f"{node_id}: start at {started:.1f} ({kind}) never "
                                           "shown online")
+            self._backwards(report, node_id, history)
             starts = [s for s, _ in node.starts]
             previous: tuple[float, float] | None = None
             for at, h in history:
@@ -751,6 +962,28 @@ class Campaign:
                     report.details.append(f"{node_id}: uptime {uptime} after {previous[1]} "
                                           f"at {at:.1f} with no restart between")
                 previous = (at, uptime)
+
+    def _backwards(self, report: Report, node_id: str,
+                   history: list[tuple[float, Heartbeat]]) -> None:
+        """Each node's heartbeats go forward in time, except across a bridge started on a
+        fresh outbox, and for a clock far off (``node_skew``: forwarded as it is)."""
+        fresh = [e.start for e in self.events if e.kind == "bridge_fresh"]
+        newest: tuple[float, float] | None = None
+        for at, heartbeat in history:
+            try:
+                stamp = timestamps.epoch_from_iso(str(heartbeat.body.get("timestamp")))
+            except ProtocolError:
+                continue
+            if abs(stamp - heartbeat.at) > STAMP_SLACK:
+                continue
+            if newest is not None and any(newest[0] <= f <= at for f in fresh):
+                newest = None
+            if newest is not None and stamp < newest[1]:
+                report.backwards[self._blame(node_id, at)] += 1
+                report.details.append(f"{node_id}: a heartbeat stamped {stamp:.3f} after one "
+                                      f"stamped {newest[1]:.3f}, at {at:.1f}")
+            if newest is None or stamp >= newest[1]:
+                newest = (at, stamp)
 
     def close(self) -> None:
         for node in self.nodes.values():
@@ -769,6 +1002,7 @@ class Campaign:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        self.broker_truth.stop()
         self.double.answer_again()
         self.double.down()
         self.broker.stop()
