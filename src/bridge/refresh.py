@@ -9,10 +9,12 @@ every connect, subscribes to its topics once more at QoS 0 next to its QoS 1 sub
 (which asks for no retained copies of its own), and ends that extra subscription when the
 SUBACK of a later one says every copy has been sent.
 
-The round starts once the session has caught up with what the broker kept for it (nothing
-received for ``IDLE`` seconds, or ``LATEST`` seconds after the connect): retained copies
-sent earlier would overtake the queued messages they follow, and a state's transitions
-must arrive in order.
+The round starts once the session has caught up with what the broker kept for it: nothing
+received for ``IDLE`` seconds, a live message that did not wait at the broker (``live``:
+the broker sends a session's messages in order, so what it queued before has come; a busy
+fleet is never idle), or ``LATEST`` seconds after the connect. Retained copies sent earlier
+would overtake the queued messages they follow, and a state's transitions must arrive in
+order.
 
 A connected session can lose messages too: when it falls behind by more than the broker's
 queue (an overload), mosquitto drops what comes next for it, and a node whose newest status
@@ -67,6 +69,8 @@ class RetainedRefresh:
         self._client: mqtt.Client | None = None
         self._sentinel_mid: int | None = None
         self._due = False
+        self._for_connect = False
+        """The round due is the connect's (``live`` may start it)."""
         self._start_by = 0.0
         """When the round due starts even if messages still come (``time.monotonic()``)."""
         self._last_message = 0.0
@@ -87,7 +91,14 @@ class RetainedRefresh:
             self._client = client
             self._last_message = time.monotonic()
             self._start_by = self._last_message + LATEST
-            self._due = True
+            self._due = self._for_connect = True
+
+    def live(self) -> None:
+        """A live message came that did not wait at the broker: the connect's round may
+        start (what the broker queued for the session before it has come)."""
+        if self._due and self._for_connect:
+            with self._lock:
+                self._start_by = min(self._start_by, time.monotonic())
 
     def missed(self) -> bool:
         """Messages were lost on the way to the session: read every retained copy once more
@@ -98,7 +109,8 @@ class RetainedRefresh:
             if self._client is None:
                 return False
             asked = not self._due
-            self._due = True
+            if asked:
+                self._due, self._for_connect = True, False
             self._start_by = max(self._start_by, time.monotonic() + AFTER_MISS)
             return asked
 

@@ -407,6 +407,8 @@ class _Child:
         if newest is None or newest[0] != head.session or head.seq > newest[1]:
             self.newest[node] = (head.session, head.seq)
         behind = entry.received - entry.sent
+        if behind < 1.0:
+            self.refresh.live()
         if (gap or behind >= BEHIND) and self.refresh.missed():
             if gap:
                 assert newest is not None
