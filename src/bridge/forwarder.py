@@ -481,7 +481,6 @@ class Forwarder:
         self.breaker.delivered()
         if answer.outcome is Outcome.DELIVERED:
             self.metrics.delivered(item.kind, max(time.time() - item.received, 0.0))
-            self.outbox.mark_stamped(node, self._stamped.get(node, 0.0))
             up = body["status"] == self._values.online
             self._tell(node, "up" if up else "down", body, sent=True)
         else:
@@ -489,7 +488,8 @@ class Forwarder:
             self.metrics.inc("rejected", reason=reason)
             log.warning("monitor refused %s of node %s (%s); dropped, the node's queue goes on",
                         item.kind, node, answer.reason)
-        self.outbox.done(item)
+        self.outbox.done(item, self._stamped.get(node, 0.0)
+                         if answer.outcome is Outcome.DELIVERED else 0.0)
         # A deferred write notifies the node again once it is on disk (a silence or a
         # retelling has none).
         return not self.outbox.defers_writes or item.kind in ("silence", "retell")

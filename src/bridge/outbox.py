@@ -163,10 +163,13 @@ class _Delivered:
 
     transitions: set[int] = field(default_factory=set)
     statuses: set[tuple[str, int]] = field(default_factory=set)
+    stamped: float = 0.0
+    """The newest ``timestamp`` the monitor took among them."""
 
     def merge(self, other: _Delivered) -> None:
         self.transitions |= other.transitions
         self.statuses |= other.statuses
+        self.stamped = max(self.stamped, other.stamped)
 
 
 @dataclass
@@ -205,8 +208,8 @@ class Outbox:
         self._done: dict[str, _Delivered] = {}
         self._flushing: dict[str, _Delivered] = {}
         self._node_updates: dict[str, dict[str, Any]] = {}
-        """Per node, columns of ``nodes`` set by the forwarder (``registered``, ``told``,
-        ``stamped``), written at the next ``flush()``."""
+        """Per node, columns of ``nodes`` set by the forwarder (``registered``, ``told``),
+        written at the next ``flush()``."""
         self._marks_behind = False
         self._silence: list[tuple[float, str]] = []
         """(earliest time the node may be silent, node): a heap with at most one entry per
@@ -264,12 +267,12 @@ class Outbox:
             updates = self._node_updates.get(node_id, {})
             marks[node_id] = mark = NodeMark(
                 truth, name, bool(updates.get("registered", registered)), interval,
-                told_word(updates.get("told", told)),
-                stamped=float(updates.get("stamped", stamped) or 0.0))
+                told_word(updates.get("told", told)), stamped=float(stamped or 0.0))
             old = self.marks.get(node_id)
             if old is not None:  # what this term saw, kept across a reload
                 mark.heard, mark.silence_due = old.heard, old.silence_due
                 mark.lost_at, mark.replaced_at = old.lost_at, old.replaced_at
+                mark.stamped = max(mark.stamped, old.stamped)
             self._watch(node_id)
         # Delivered but not yet written (when reloading after a failed write): not pending.
         delivered: dict[str, _Delivered] = {}
@@ -666,10 +669,14 @@ class Outbox:
         db.executemany("DELETE FROM transitions WHERE id = ?",
                        [(t,) for d in done.values() for t in d.transitions])
         db.executemany("UPDATE nodes SET pending_session = NULL, pending_seq = NULL, "
-                       "pending_received = NULL WHERE node_id = ? AND pending_session = ? AND "
-                       "pending_seq = ?",
-                       [(node, s, q) for node, d in done.items() for s, q in d.statuses])
-        for column in ("registered", "told", "stamped"):
+                       "pending_received = NULL, stamped = ? WHERE node_id = ? AND "
+                       "pending_session = ? AND pending_seq = ?",
+                       [(d.stamped, node, s, q) for node, d in done.items()
+                        for s, q in d.statuses])
+        # A status replaced meanwhile leaves the stamp to its successor's delivery.
+        db.executemany("UPDATE nodes SET stamped = ? WHERE node_id = ?",
+                       [(d.stamped, node) for node, d in done.items() if d.transitions])
+        for column in ("registered", "told"):
             db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
                            [(_column_value(u[column]), node)
                             for node, u in deliveries.updates.items() if column in u])
@@ -772,9 +779,11 @@ class Outbox:
         return Item(node_id, "retell", session, seq, mark.truth.state_of(session), snapshot,
                     received)
 
-    def done(self, item: Item) -> None:
+    def done(self, item: Item, stamped: float = 0.0) -> None:
         """The item reached the monitor (or was refused for good): it is never handed out
-        again, and is removed from disk at the next ``flush()``."""
+        again, and is removed from disk at the next ``flush()``. ``stamped``: the
+        ``timestamp`` (epoch seconds) of the request the monitor took, kept as the node's
+        newest (``stamped``) if it is."""
         if item.kind == "silence":
             with self._marks_lock:
                 mark = self.marks.get(item.node_id)
@@ -790,6 +799,9 @@ class Outbox:
         with self._marks_lock:
             delivered = self._done.setdefault(item.node_id, _Delivered())
             mark = self.marks.get(item.node_id)
+            if mark is not None and stamped > mark.stamped:
+                mark.stamped = stamped
+            delivered.stamped = max(delivered.stamped, mark.stamped if mark else stamped)
             if item.transition_id is not None:
                 delivered.transitions.add(item.transition_id)
                 if mark is not None:
@@ -840,12 +852,6 @@ class Outbox:
         with self._marks_lock:
             mark = self.marks.get(node_id)
             return 0.0 if mark is None else mark.stamped
-
-    def mark_stamped(self, node_id: str, stamp: float) -> None:
-        """The monitor took a request about the node stamped ``stamp`` (written at the next
-        ``flush()``; an older stamp changes nothing)."""
-        if stamp > self.stamped(node_id):
-            self._update(node_id, "stamped", stamp)
 
     def know_only(self, listed: Iterable[str]) -> None:
         """The monitor listed these nodes, and no others: every node's ``registered``
