@@ -70,11 +70,12 @@ class NodeTruth:
     live message of that session comes later, the claim was old and that session is current
     again. A live word of the session set aside makes it current, and the claim ends, unless
     that claim is a session whose process has not spoken live either (``claim``; its will is
-    the broker's word, not its own): that one is set aside in turn. Two processes with one node id drop each other's connection until the
-    older one sees its rival and yields (mosquitto 2.0 does not tell a replaced connection
-    why); an observer that reconnected meanwhile may hold the newer one's ``ready`` only as a
-    retained copy when the older one's reconnect speaks live, and the newer one's own live
-    ``ready`` that follows must still count.
+    the broker's word, not its own): that one is set aside in turn. Two processes with one
+    node id drop each other's connection until the older one sees its rival and yields
+    (mosquitto 2.0 does not tell a replaced connection why); an observer that reconnected
+    meanwhile may hold the newer one's ``ready`` only as a retained copy when the older
+    one's reconnect speaks live, and the newer one's own live ``ready`` that follows must
+    still count.
 
     Statuses received apart from the states (``in_order=False``: the bridge reads them on a
     session of their own) may run ahead of them: a status of a session the states have not
