@@ -17,12 +17,19 @@ Measures, in one run:
    previous design), a blocking socket per worker thread and ``http.client``, alone and
    beside a busy thread;
 7. the status receiver in a child process against a thread of the bridge's process: the
-   heartbeats a second each sustains (``bench.capacity``'s steps) and the CPU per heartbeat.
+   heartbeats a second each sustains (``bench.capacity``'s steps) and the CPU per heartbeat;
+8. a GUI-like load: 500 nodes, 2 retained statuses a second each with their message expiry,
+   into the monitor double: the bridge's CPU per forwarded heartbeat, and as a ratio to the
+   double's CPU per request (``--gui-rate`` sets the total rate).
+
+With ``--baseline REF`` each scenario chosen runs with the bridge of git revision ``REF``
+(its ``src/`` by ``PYTHONPATH``; everything else is this tree's) and with this tree's,
+interleaved ``--rounds`` times, and a table sets the figures side by side with their ratio.
 
 Requests per delivered item (every request the bridge sends, against the items it delivers)
 are printed beside the forwarding rate and the latencies.
 
-Run: .venv/bin/python -m bench.bridge [--seconds S]
+Run: .venv/bin/python -m bench.bridge [--seconds S] [--only NAME ...] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -55,6 +63,8 @@ from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
 
 PASSWORD = "bench-secret"
+BRIDGE_SRC: Path | None = None
+"""The bridge's ``src/`` when it is not this tree's (``--baseline``); set per run by main."""
 
 
 def get(url: str) -> Any:
@@ -80,8 +90,10 @@ class Rig:
 
     def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4,
                  outbox_url: str | None = None,
-                 bridge_options: dict[str, Any] | None = None, fast_sink: bool = False) -> None:
-        """``fast_sink``: ``bench.fast_sink`` instead of the monitor double (no delay)."""
+                 bridge_options: dict[str, Any] | None = None, fast_sink: bool = False,
+                 gui_like: bool = False) -> None:
+        """``fast_sink``: ``bench.fast_sink`` instead of the monitor double (no delay);
+        ``gui_like``: the publisher sends statuses retained, with their message expiry."""
         self.tmp = tmp
         self.broker = DevBroker(tmp / "broker", users={
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD,
@@ -107,10 +119,14 @@ class Rig:
             "logging": {"level": "WARNING"},
         }
         (tmp / "bridge.yaml").write_text(yaml.safe_dump(config))
+        env = None if BRIDGE_SRC is None else \
+            {**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, (str(BRIDGE_SRC), os.environ.get("PYTHONPATH"))))}
         self.bridge = subprocess.Popen([sys.executable, "-m", "yl_status", "bridge", "-c",
-                                        str(tmp / "bridge.yaml")])
+                                        str(tmp / "bridge.yaml")], env=env)
         wait("bridge", lambda: get(f"http://127.0.0.1:{self.metrics_port}/healthz")["ok"])
-        self.publisher = RawPublisher(self.broker.port, "bench-pub", PASSWORD)
+        self.publisher = RawPublisher(self.broker.port, "bench-pub", PASSWORD,
+                                      retain=gui_like, expiry=gui_like)
 
     def metrics(self) -> dict[str, float]:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -188,7 +204,7 @@ def shown_age(sink_url: str, since: float, until: float) -> str:
 
 
 def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float = 0.0,
-                    fast_sink: bool = False) -> None:
+                    fast_sink: bool = False) -> dict[str, float]:
     """Drain: nodes' newest statuses wait in the outbox (the monitor answered 503) and the
     bridge forwards them with nothing else going on, as the loop does. Steady state: 500
     nodes stream statuses at a fraction of the loop's rate while the bridge forwards."""
@@ -265,6 +281,11 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
     print(f"   (steady state: the simulated nodes, mosquitto, the bridge, its status receiver "
           f"and the sink share {psutil.cpu_count()} cores)")
     print(f"   requests per delivered item in the steady state: {per_item:.3f}")
+    figures = {f"forwarding, drain / POST loop ({sink})": drain / loop}
+    for offered, rate, _age in steady:
+        figures[f"forwarding, steady at {offered / loop:.1f} x loop / loop ({sink})"] = \
+            rate / loop
+    return figures
 
 
 def ingest(seconds: float) -> None:
@@ -418,7 +439,7 @@ def flooding(rig: Rig, rate: float, count: int = 300) -> Iterator[None]:
         thread.join(10)
 
 
-def crash_latency(kills: int, flood: float = 0.0) -> None:
+def crash_latency(kills: int, flood: float = 0.0) -> dict[str, float]:
     """``kill -9`` of real node processes (``yl-status node``, defaults): from the kill to
     the ``offline`` at the monitor, while other nodes' statuses come at ``flood`` a second.
     Then takeovers (a second process with a node's id): the gaps the bridge's
@@ -456,11 +477,19 @@ def crash_latency(kills: int, flood: float = 0.0) -> None:
         bridge_cpu = (_cpu_seconds(cpu) - cpu_before) / flood_seconds * 100
         wait("outbox drained", rig.drained, 60)
         per_item = (sink.request_total - requests) / max(rig.forwarded() - items, 1.0)
+        ordered = sorted(samples)
+        beside = f", beside {flood:.0f}/s" if flood > 0 else ""
+        figures = {f"crash -> offline p50 ms{beside}": statistics.median(ordered),
+                   f"crash -> offline p99 ms{beside}":
+                       ordered[min(int(len(ordered) * 0.99), len(ordered) - 1)],
+                   f"crash -> offline max ms{beside}": ordered[-1],
+                   f"crash, requests per delivered item{beside}": per_item}
         if flood > 0:
+            figures[f"crash, bridge's % of a core{beside}"] = bridge_cpu
             print(f"4. crash -> monitor latency while other nodes' statuses come at "
                   f"{flood:.0f}/s: {percentiles(samples)} ms over {kills} kills; the bridge's "
                   f"processes used {bridge_cpu:.0f} % of a core")
-            return
+            return figures
         recorder = Recorder(rig.broker.host, rig.broker.port, username="bench-recorder",
                             topics=(protocol.Topics().all_states,)).start()
         handover: list[float] = []
@@ -506,6 +535,7 @@ def crash_latency(kills: int, flood: float = 0.0) -> None:
           f"{percentiles(kicks) if kicks else 'never'} (TAKEOVER_WINDOW is 2000),")
     print(f"   back {percentiles(blips) if blips else '-'} later (TAKEOVER_HOLD is 750); "
           f"{len(kicks)} of 10 takeovers")
+    return figures
 
 
 def rss_10k() -> None:
@@ -701,6 +731,119 @@ def receiver_side_by_side(seconds: float) -> None:
         print(f"   process/thread sustained rate: {process['sustained'] / thread['sustained']:.2f}")
 
 
+GUI_NODES = 500
+
+
+def gui_like(seconds: float, rate: float = 1000.0) -> dict[str, float]:
+    """``GUI_NODES`` nodes sending ``rate`` statuses a second in all, retained, with their
+    message expiry, as GUIs do, into the monitor double (a process of its own): the CPU the
+    bridge's processes use per forwarded heartbeat, against the double's per request."""
+    with tempfile.TemporaryDirectory() as name:
+        rig = Rig(Path(name), gui_like=True)
+        try:
+            nodes = [f"gui-{i:03d}" for i in range(GUI_NODES)]
+            for node in nodes:
+                rig.publisher.state(node, "ready")
+                rig.publisher.status(node)
+            wait("nodes online", rig.drained, 120)
+            stop = threading.Event()
+
+            def feed() -> None:
+                began, sent = time.monotonic(), 0
+                while not stop.is_set():
+                    for node in nodes:
+                        rig.publisher.status(node)
+                        sent += 1
+                        if sent % 50 == 0:
+                            ahead = sent / rate - (time.monotonic() - began)
+                            if ahead > 0:
+                                stop.wait(ahead)
+                    if stop.is_set():
+                        return
+
+            feeder = threading.Thread(target=feed, daemon=True)
+            feeder.start()
+            try:
+                time.sleep(2.0)  # warm-up: the measured window starts in the steady state
+                bridge, sink = psutil.Process(rig.bridge.pid), psutil.Process(rig.sink.pid)
+                bridge_cpu, sink_cpu = _cpu_seconds(bridge), _cpu_seconds(sink)
+                forwarded, requests = rig.forwarded(), get(rig.sink_url + "/_double/stats")[
+                    "requests"]
+                began = time.monotonic()
+                time.sleep(seconds)
+                elapsed = time.monotonic() - began
+                bridge_cpu = _cpu_seconds(bridge) - bridge_cpu
+                sink_cpu = _cpu_seconds(sink) - sink_cpu
+                forwarded = rig.forwarded() - forwarded
+                requests = get(rig.sink_url + "/_double/stats")["requests"] - requests
+            finally:
+                stop.set()
+                feeder.join(10)
+        finally:
+            rig.close()
+    per_heartbeat = bridge_cpu / max(forwarded, 1.0) * 1e6
+    per_request = sink_cpu / max(requests, 1) * 1e6
+    print(f"8. GUI-like load: {GUI_NODES} nodes, {rate:.0f} retained statuses/s with expiry, "
+          f"into the monitor double, {elapsed:.0f} s:")
+    print(f"   forwarded {forwarded / elapsed:.0f}/s; the bridge's processes "
+          f"{per_heartbeat:.0f} us of CPU per heartbeat ({bridge_cpu / elapsed * 100:.0f} % "
+          f"of a core), the double {per_request:.0f} us per request; ratio "
+          f"{per_heartbeat / per_request:.2f}")
+    return {f"GUI-like {rate:.0f}/s: bridge CPU us per heartbeat": per_heartbeat,
+            f"GUI-like {rate:.0f}/s: bridge / double CPU per request":
+                per_heartbeat / per_request}
+
+
+def baseline_src(ref: str, into: Path) -> Path:
+    """The ``src/`` of git revision ``ref``, extracted into ``into``."""
+    archive = subprocess.run(["git", "archive", ref, "src"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def side_by_side(results: dict[str, list[dict[str, float]]]) -> None:
+    """Each figure's median per bridge over the rounds, and the ratio now / before."""
+    labels = list(results)
+    print(f"side by side ({', '.join(labels)}; medians of "
+          f"{len(results[labels[0]])} rounds; ratio {labels[-1]} / {labels[0]}):")
+    names = list(dict.fromkeys(n for runs in results.values() for run in runs for n in run))
+    width = max(len(n) for n in names)
+    for name in names:
+        values = [statistics.median([run[name] for run in runs if name in run] or [0.0])
+                  for runs in results.values()]
+        ratio = values[-1] / values[0] if values[0] else float("nan")
+        print(f"   {name:{width}s}  " + "  ".join(f"{v:9.3f}" for v in values) +
+              f"  ratio {ratio:.2f}")
+
+
+def run_scenarios(args: argparse.Namespace) -> dict[str, float]:
+    only = set(args.only or ["rate", "ingest", "latency", "crash", "rss", "http", "receiver",
+                             "gui"])
+    figures: dict[str, float] = {}
+    if "rate" in only:
+        if args.sink in ("fast", "both"):
+            figures |= forwarding_rate(args.seconds, fast_sink=True)
+        if args.sink in ("double", "both"):
+            for delay in args.sink_delay or [0.0, 0.001]:
+                figures |= forwarding_rate(args.seconds, sink_delay=delay)
+    if "ingest" in only:
+        ingest(args.seconds)
+    if "latency" in only:
+        latency(args.changes)
+    if "crash" in only:
+        figures |= crash_latency(args.kills, args.flood)
+    if "rss" in only:
+        rss_10k()
+    if "http" in only:
+        http_paths(args.requests)
+    if "receiver" in only:
+        receiver_side_by_side(5.0)
+    if "gui" in only:
+        figures |= gui_like(args.seconds, args.gui_rate)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -709,8 +852,9 @@ def main() -> None:
     parser.add_argument("--flood", type=float, default=0.0,
                         help="in the crash scenario, other nodes' statuses a second during "
                              "the kills (e.g. 3000; the takeovers are then left out)")
-    parser.add_argument("--only", choices=["rate", "ingest", "latency", "crash", "rss", "http",
-                                                "receiver"])
+    parser.add_argument("--only", action="append",
+                        choices=["rate", "ingest", "latency", "crash", "rss", "http",
+                                 "receiver", "gui"], help="a scenario to run (repeatable)")
     parser.add_argument("--requests", type=int, default=8000,
                         help="requests per variant in the http scenario")
     parser.add_argument("--sink-delay", type=float, action="append",
@@ -719,25 +863,27 @@ def main() -> None:
     parser.add_argument("--sink", choices=["fast", "double", "both"], default="both",
                         help="the rate scenario's sink: bench.fast_sink, the monitor double "
                              "(at each --sink-delay), or both (default)")
+    parser.add_argument("--gui-rate", type=float, default=1000.0,
+                        help="statuses a second in all in the GUI-like scenario")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run each scenario with the bridge of this git revision")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --baseline: rounds of both, interleaved")
     args = parser.parse_args()
-    if args.only in (None, "rate"):
-        if args.sink in ("fast", "both"):
-            forwarding_rate(args.seconds, fast_sink=True)
-        if args.sink in ("double", "both"):
-            for delay in args.sink_delay or [0.0, 0.001]:
-                forwarding_rate(args.seconds, sink_delay=delay)
-    if args.only in (None, "ingest"):
-        ingest(args.seconds)
-    if args.only in (None, "latency"):
-        latency(args.changes)
-    if args.only in (None, "crash"):
-        crash_latency(args.kills, args.flood)
-    if args.only in (None, "rss"):
-        rss_10k()
-    if args.only in (None, "http"):
-        http_paths(args.requests)
-    if args.only in (None, "receiver"):
-        receiver_side_by_side(5.0)
+    global BRIDGE_SRC
+    if args.baseline is None:
+        run_scenarios(args)
+        return
+    with tempfile.TemporaryDirectory() as name:
+        bridges = {args.baseline: baseline_src(args.baseline, Path(name)), "now": None}
+        results: dict[str, list[dict[str, float]]] = {label: [] for label in bridges}
+        for round_number in range(1, args.rounds + 1):
+            for label, src in bridges.items():
+                print(f"--- round {round_number}, bridge {label} ---", flush=True)
+                BRIDGE_SRC = src
+                results[label].append(run_scenarios(args))
+        BRIDGE_SRC = None
+    side_by_side(results)
 
 
 if __name__ == "__main__":
