@@ -241,7 +241,7 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
                     if ahead > 0:
                         time.sleep(ahead)
 
-            steady: list[tuple[float, float, str]] = []
+            steady: list[tuple[float, float, float, str]] = []
             requests_before = get(rig.sink_url + "/_double/stats")["requests"]
             items_before = rig.forwarded()
             for fraction in (0.6, 0.9, 1.0, 1.2):
@@ -253,7 +253,7 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
                 start_count, started, wall = rig.forwarded(), time.monotonic(), time.time()
                 time.sleep(seconds)
                 rate = (rig.forwarded() - start_count) / (time.monotonic() - started)
-                steady.append((baseline * fraction, rate,
+                steady.append((fraction, baseline * fraction, rate,
                                shown_age(rig.sink_url, wall, time.time()) if fast_sink else ""))
                 stop.set()
                 feeder.join()
@@ -272,7 +272,7 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
           "   (ratios against the higher)")
     print(f"   bridge draining {nodes_count} nodes' backlog, alone:            {drain:8.0f}"
           f"   ratio {drain / loop:.2f}")
-    for offered, rate, age in steady:
+    for _fraction, offered, rate, age in steady:
         print(f"   bridge steady state, 500 nodes publishing {offered:5.0f}/s: {rate:8.0f}"
               f"   ratio {rate / loop:.2f}{age}")
     if fast_sink:
@@ -282,9 +282,8 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
           f"and the sink share {psutil.cpu_count()} cores)")
     print(f"   requests per delivered item in the steady state: {per_item:.3f}")
     figures = {f"forwarding, drain / POST loop ({sink})": drain / loop}
-    for offered, rate, _age in steady:
-        figures[f"forwarding, steady at {offered / loop:.1f} x loop / loop ({sink})"] = \
-            rate / loop
+    for fraction, _offered, rate, _age in steady:
+        figures[f"forwarding, steady at {fraction:.1f} x loop / loop ({sink})"] = rate / loop
     return figures
 
 
