@@ -804,3 +804,34 @@ def test_a_node_that_only_said_ready_falls_silent_too(where: str) -> None:
     assert silence is not None
     assert (silence.kind, silence.seq, silence.payload) == ("silence", -1, None)
     box.close()
+
+
+def test_the_newest_stamp_the_monitor_took_is_kept_across_a_reopen(where: str) -> None:
+    """``done(item, stamped)``: the node's newest request time, never lowered by an older
+    one, written with the delivery (of a status or a transition) and read back on open, so
+    that a node's requests go forward in time across a restart or a takeover."""
+    box = Outbox(where)
+    box.record([state("ready"), status(1)])
+    for item, stamp in ((box.next_item("n1"), None), (box.next_item("n1"), 200.0)):
+        assert item is not None
+        if stamp is None:
+            box.done(item)
+            assert box.stamped("n1") == 0.0, "no stamp given, none kept"
+        else:
+            box.done(item, stamp)
+    assert box.stamped("n1") == 200.0
+    box.record([status(2)])
+    older = box.next_item("n1")
+    assert older is not None
+    box.done(older, 150.0)
+    assert box.stamped("n1") == 200.0
+    box.close()
+    box = Outbox(where)
+    assert box.stamped("n1") == 200.0
+    box.record([state("lost")])
+    end = box.next_item("n1")
+    assert end is not None and end.state == "lost"
+    box.done(end, 300.0)
+    box.close()
+    assert Outbox(where).stamped("n1") == 300.0
+    assert Outbox(where).stamped("unknown") == 0.0

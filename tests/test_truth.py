@@ -101,6 +101,20 @@ Step = tuple[str, str, "str | int", str]
                     "newer process, known by its retained ready, is dropped by the older one's "
                     "reconnect and comes back; the older one yields"),
     pytest.param([("state", "A", "ready", "accept"), ("retained", "B", "ready", "accept"),
+                  ("state", "B", "lost", "accept"), ("state", "B", "ready", "accept"),
+                  ("state", "A", "ready", "accept")],
+                 ("A", "ready", -1, ("B",)),
+                 id="a claim whose process spoke live (a ready, not its will) is no claim: "
+                    "the live word of the session set aside ends it"),
+    pytest.param([("retained", "A", "ready", "accept"), ("retained", "B", "ready", "accept"),
+                  ("state", "A", "lost", "accept"), ("state", "B", "ready", "accept")],
+                 ("B", "ready", -1, ("A",)),
+                 id="a session brought back by a live word is no claim, even by its will"),
+    pytest.param([("claim", "A", 3, "accept"), ("retained", "B", "ready", "accept"),
+                  ("retained", "A", "lost", "accept"), ("state", "B", "ready", "accept")],
+                 ("B", "ready", -1, ()),
+                 id="a session known from a retained status alone is a claim: set aside"),
+    pytest.param([("state", "A", "ready", "accept"), ("retained", "B", "ready", "accept"),
                   ("claim", "B", 2, "accept"), ("retained", "B", "lost", "accept")],
                  ("B", "lost", 2, ()), id="a reconnected observer takes the newer session "
                                           "the broker kept, and its end"),
