@@ -830,7 +830,8 @@ def test_the_newest_stamp_the_monitor_took_is_kept_across_a_reopen(where: str) -
     assert box.stamped("n1") == 200.0
     box.record([state("lost")])
     end = box.next_item("n1")
-    assert end is not None and end.state == "lost"
+    assert end is not None
+    assert end.state == "lost"
     box.done(end, 300.0)
     box.close()
     assert Outbox(where).stamped("n1") == 300.0
