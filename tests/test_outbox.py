@@ -834,5 +834,9 @@ def test_the_newest_stamp_the_monitor_took_is_kept_across_a_reopen(where: str) -
     assert end.state == "lost"
     box.done(end, 300.0)
     box.close()
-    assert Outbox(where).stamped("n1") == 300.0
-    assert Outbox(where).stamped("unknown") == 0.0
+    box = Outbox(where)
+    try:
+        assert box.stamped("n1") == 300.0
+        assert box.stamped("unknown") == 0.0
+    finally:
+        box.close()
