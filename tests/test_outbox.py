@@ -153,6 +153,21 @@ def test_a_status_of_an_earlier_life_after_the_next_ready_is_that_lifes_last_wor
     assert (late.accepted, late.stale, late.coalesced) == (0, 1, 0)
 
 
+def test_a_status_of_an_earlier_life_in_the_batch_of_its_end_and_the_next_ready(
+        where: str) -> None:
+    """The same when the end, the next life's ``ready`` and the late status come in one
+    batch: the end recorded in that batch has not been handed out either."""
+    box = Outbox(where)
+    box.record([state("ready", A), status(1, A)])
+    drain(box)
+    result, _ = box.record([state("lost", A), state("ready", B), status(3, A)])
+    assert (result.coalesced, result.stale) == (1, 0)
+    items = drain_items(box)
+    assert [(i.kind, i.state, i.session) for i in items] == [
+        ("state", "lost", A), ("state", "ready", B)]
+    assert b'"seq":3' in (items[0].payload or b"")
+
+
 def test_a_restored_ready_of_an_ended_session_is_stale(where: str) -> None:
     """A broker killed before its next save restarts with the older retained ``ready``."""
     box = Outbox(where)

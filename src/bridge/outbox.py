@@ -406,7 +406,7 @@ class Outbox:
                         message.session in mark.truth.ended:
                     writes.flush(db)
                     changed = self._record_words_of_the_past(db, node_id, mark, message, raw,
-                                                             result)
+                                                             result, committed)
                 elif message is not None:
                     changed = self._record_status(writes, node_id, mark, message, raw,
                                                   incoming.retained, received, result,
@@ -444,9 +444,8 @@ class Outbox:
         copy that came after its end, or one published before the will that the status
         session brought late. Nothing of a life goes to the monitor after its ``offline``
         but that ``offline``: the status becomes the snapshot of the end while the end has not
-        been handed out (the node is held for that, see ``record(hold=…)``, or the end is in
-        this very batch); otherwise (the barrier is a best effort while the status session's
-        window is full) the end is told once more, with it."""
+        been handed out (``_not_handed_out``); otherwise (the barrier is a best effort while
+        the status session's window is full) the end is told once more, with it."""
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
                                                    in_order=False, retained=retained)
         if verdict is not Verdict.ACCEPT:
@@ -457,10 +456,8 @@ class Outbox:
                           "ORDER BY id DESC LIMIT 1", (node_id,)).fetchone()
         self._save_node(db, node_id, mark, raw)
         result.coalesced += 1
-        unsent = last is not None and last[1] == message.session and (
-            mark.held is not None or any(c.added == last[0] for c in committed))
-        if unsent:
-            # Not handed out yet: held, or recorded in this very batch.
+        if last is not None and last[1] == message.session and \
+                _not_handed_out(mark, last[0], committed):
             db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, last[0]))
             return False
         state = truth.state_of(message.session)
@@ -475,19 +472,18 @@ class Outbox:
 
     def _record_words_of_the_past(self, db: Database, node_id: str, mark: NodeMark,
                                   message: StatusHead, raw: bytes,
-                                  result: IngestResult) -> bool:
+                                  result: IngestResult, committed: list[_Committed]) -> bool:
         """A status of an earlier life, which ended before the current one began: one the
         status session brought after the state session had brought both the end and the
         next life's start (a takeover, a restart: the two catch up apart). It becomes the
-        snapshot of that end if the end is still to be handed out and carries an older one;
-        otherwise it is stale (nothing of a life goes to the monitor after its ``offline``,
-        nor after the next life's ``ready``)."""
+        snapshot of that end if the end is not handed out yet (``_not_handed_out``) and
+        carries an older one; otherwise it is stale (nothing of a life goes to the monitor
+        after its ``offline``, nor after the next life's ``ready``)."""
         row = db.execute("SELECT id, snapshot FROM transitions WHERE node_id = ? AND "
                          "session = ? ORDER BY id DESC LIMIT 1",
                          (node_id, message.session)).fetchone()
-        unsent = row is not None and row[0] in mark.transitions and (
-            mark.held is not None or row[0] != min(mark.transitions))
-        if not unsent or _seq_of(row[1]) >= message.seq:
+        if row is None or not _not_handed_out(mark, row[0], committed) or \
+                _seq_of(row[1]) >= message.seq:
             result.stale += 1
             return False
         db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, row[0]))
@@ -975,6 +971,17 @@ class _StatusWrites:
         if self.nodes:
             db.executemany(_SAVE_NODE, list(self.nodes.values()))
             self.nodes.clear()
+
+
+def _not_handed_out(mark: NodeMark, transition_id: int, committed: list[_Committed]) -> bool:
+    """The node's transition ``transition_id`` has not been handed out to a forwarder: it
+    was recorded in this very batch, or the node is held (``record(hold=…)``), or it waits
+    behind an older transition of the node (a node's transitions go out oldest first, one
+    at a time)."""
+    if any(c.added == transition_id for c in committed):
+        return True
+    return transition_id in mark.transitions and (
+        mark.held is not None or transition_id != min(mark.transitions))
 
 
 def _seq_of(snapshot: bytes | None) -> int:
