@@ -79,7 +79,7 @@ import psutil
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.forwarder import STAMP_SLACK
+from bridge.delivery import STAMP_SLACK
 from testkit.postgres import PostgresServer, running_postgres
 from testkit.support import fill_disk
 from yl_core import timestamps

@@ -145,9 +145,8 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
     config = parse_config({"bridge": {"outbox_url": url, "instance": "a", "metrics": ""},
                            "logging": {"level": "WARNING"}}, str(tmp_path / "bridge.yaml"))
     bridge = Bridge(config, lease=a)
-    bridge._acknowledgers["states"] = _NoAcks()
-    writer = threading.Thread(target=bridge._write_loop, name="test-writer")
-    writer.start()
+    bridge.writer.acknowledgers["states"] = _NoAcks()
+    bridge.writer.start()
     try:
         b.step()
 
@@ -166,15 +165,14 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
             # The takeover ended a's database sessions: a write fails on its connection
             # first; the broker redelivers, and the next write, on a new connection, is
             # refused for its epoch.
-            bridge._incoming.put(message)
+            bridge.writer.put(message)
             return a.role == STANDBY
 
         wait_until(a_gave_up, timeout=10, interval=0.2, what="a gives the lease up")
     finally:
-        bridge._incoming.put(None)
-        writer.join(5)
+        bridge.writer.stop(5)
         bridge.outbox.close(flush=False)
-    assert not writer.is_alive()
+    assert not bridge.writer.alive
 
 
 def test_a_write_cut_at_any_moment_fails_alone_and_loses_nothing_acknowledged(

@@ -38,7 +38,7 @@ def v1_posts(double: MonitorDouble, node: str) -> int:
 def test_auto_finds_the_api_the_monitor_serves_and_says_so_once(
         tmp_path: Path, outbox: Outbox, api: str, caplog: pytest.LogCaptureFixture) -> None:
     double = MonitorDouble(api=api, known=("n1",)).start()
-    caplog.set_level(logging.INFO, logger="bridge.forwarder")
+    caplog.set_level(logging.INFO, logger="bridge")
     try:
         with forwarding(config_for(double.url, tmp_path), outbox) as forwarder:
             for seq in (1, 2, 3):
@@ -185,7 +185,7 @@ def test_a_hung_gui_is_offline_not_responding_or_for_v1_not_posted(
 def test_the_bridge_logs_each_change_of_what_the_monitor_shows_once(
         tmp_path: Path, outbox: Outbox, api: str, caplog: pytest.LogCaptureFixture) -> None:
     double = MonitorDouble(api=api, known=("n1",)).start()
-    caplog.set_level(logging.INFO, logger="bridge.forwarder")
+    caplog.set_level(logging.INFO, logger="bridge")
     try:
         with forwarding(config_for(double.url, tmp_path, profile=api), outbox) as forwarder:
             for entry in (status(1), status(2), hung(3, "2026-01-01T00:00:05.000Z"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -451,9 +452,9 @@ def watched(where: str) -> tuple[Outbox, float]:
 
 def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) -> None:
     box, spoke = watched(where)
-    assert box.silent_nodes(spoke + 89.9) == []
-    assert box.silent_nodes(spoke + 90.1) == ["n1"]
-    assert box.silent_nodes(spoke + 200) == []
+    assert box.record_silences(spoke + 89.9) == []
+    assert box.record_silences(spoke + 90.1) == ["n1"]
+    assert box.record_silences(spoke + 200) == []
     silence = box.next_item("n1")
     assert silence is not None
     assert (silence.kind, silence.state, silence.seq) == ("silence", "ready", 1)
@@ -461,11 +462,11 @@ def test_a_ready_node_silent_for_three_intervals_is_reported_once(where: str) ->
     box.done(silence)
     box.mark_told("n1", "down")
     assert box.next_item("n1") is None
-    assert box.silent_nodes(spoke + 300) == []
+    assert box.record_silences(spoke + 300) == []
     box.record([status(2)])
     again = told_up(box)
-    assert box.silent_nodes(again + 89.9) == []
-    assert box.silent_nodes(again + 90.1) == ["n1"]
+    assert box.record_silences(again + 89.9) == []
+    assert box.record_silences(again + 90.1) == ["n1"]
 
 
 def test_a_node_is_settled_only_while_nothing_newer_than_its_last_delivery_is_recorded(
@@ -556,7 +557,7 @@ def test_a_node_that_said_it_is_down_never_falls_silent(where: str, last: str,
     box.record([state(last)])
     drain(box)
     box.mark_told("n1", told)
-    assert box.silent_nodes(heard + 1000) == []
+    assert box.record_silences(heard + 1000) == []
 
 
 def test_undelivered_work_is_not_a_silence(where: str) -> None:
@@ -564,7 +565,7 @@ def test_undelivered_work_is_not_a_silence(where: str) -> None:
     age); no second word about the same silence follows it."""
     box, spoke = watched(where)
     box.record([status(2)])
-    assert box.silent_nodes(spoke + 1000) == []
+    assert box.record_silences(spoke + 1000) == []
     assert drain(box) == [("status", "ready", 2)]
 
 
@@ -572,14 +573,14 @@ def test_no_silence_while_the_broker_sessions_are_not_caught_up(where: str) -> N
     box = Outbox(where)
     box.record([state("ready"), status(1)])
     spoke = told_up(box)
-    assert box.silent_nodes(spoke + 1000) == []
+    assert box.record_silences(spoke + 1000) == []
     box.caught_up(spoke + 500)
-    assert box.silent_nodes(spoke + 589) == []
+    assert box.record_silences(spoke + 589) == []
     box.caught_up(None)
-    assert box.silent_nodes(spoke + 1000) == []
+    assert box.record_silences(spoke + 1000) == []
     box.caught_up(spoke + 2000)
-    assert box.silent_nodes(spoke + 2089) == []
-    assert box.silent_nodes(spoke + 2091) == ["n1"]
+    assert box.record_silences(spoke + 2089) == []
+    assert box.record_silences(spoke + 2091) == ["n1"]
 
 
 def test_a_new_term_counts_silences_from_its_own_start(where: str) -> None:
@@ -593,10 +594,10 @@ def test_a_new_term_counts_silences_from_its_own_start(where: str) -> None:
     assert box.marks["n1"].told == "up"
     assert box.marks["n1"].heard is None
     caught_up = time.monotonic() + 1000
-    assert box.silent_nodes(caught_up) == []
+    assert box.record_silences(caught_up) == []
     box.caught_up(caught_up)
-    assert box.silent_nodes(caught_up + 89) == []
-    assert box.silent_nodes(caught_up + 91) == ["n1"]
+    assert box.record_silences(caught_up + 89) == []
+    assert box.record_silences(caught_up + 91) == ["n1"]
 
 
 def test_memory_for_silences_is_one_entry_per_node(where: str) -> None:
@@ -711,9 +712,9 @@ def test_a_transition_gone_from_disk_is_skipped(tmp_path: Path) -> None:
 
 def test_silence_is_judged_by_liveness_s_rule_at_its_exact_limit(where: str) -> None:
     box, spoke = watched(where)
-    assert box.silent_nodes() == []
-    assert box.silent_nodes(spoke + 90.0) == [], "three intervals old is not stale yet"
-    assert box.silent_nodes(spoke + 90.001) == ["n1"]
+    assert box.record_silences() == []
+    assert box.record_silences(spoke + 90.0) == [], "three intervals old is not stale yet"
+    assert box.record_silences(spoke + 90.001) == ["n1"]
     silence = box.next_item("n1")
     assert silence is not None
     assert abs(silence.received - (time.time() - 90.001)) < 5.0, "last heard, wall clock"
@@ -725,11 +726,11 @@ def test_a_node_heard_again_is_judged_from_then_up_to_the_exact_limit(where: str
     box.caught_up(0.0)
     box.record([state("ready"), status(1)])
     told_up(box)
-    assert box.silent_nodes() == []
+    assert box.record_silences() == []
     box.record([status(2)])
     again = told_up(box)
-    assert box.silent_nodes(again + 90.0) == []
-    assert box.silent_nodes(again + 90.001) == ["n1"]
+    assert box.record_silences(again + 90.0) == []
+    assert box.record_silences(again + 90.001) == ["n1"]
     box.close()
 
 
@@ -741,31 +742,70 @@ def test_a_node_heard_again_does_not_hold_up_the_silence_of_another(where: str) 
     told_up(box, "n1")
     quiet = told_up(box, "n2")
     for later in (0.0, 10.0, 20.0):  # the forwarder looks every second or so
-        assert box.silent_nodes(quiet + later) == []
+        assert box.record_silences(quiet + later) == []
     box.record([status(2, node="n1")])
     told_up(box, "n1")
-    assert box.silent_nodes(quiet + 90.1) == ["n2"]
+    assert box.record_silences(quiet + 90.1) == ["n2"]
     box.close()
 
 
-def test_a_newer_silence_outlives_the_delivery_of_an_older_one(where: str) -> None:
+def test_a_silence_comes_before_what_the_node_said_after_it(where: str) -> None:
+    """A silence is a fact of the node's story: when the node speaks again before the
+    silence reached the monitor, the monitor is told both, in the order they happened, the
+    silence with the status that went stale."""
     box, spoke = watched(where)
-    assert box.silent_nodes(spoke + 90.1) == ["n1"]
-    old = box.next_item("n1")
-    assert old is not None
-    assert old.kind == "silence"
+    assert box.record_silences(spoke + 90.1) == ["n1"]
     box.record([status(2)])
-    newer = box.next_item("n1")
-    assert newer is not None
-    assert newer.kind == "status"
-    box.done(newer)
+    silence = box.next_item("n1")
+    assert silence is not None
+    assert (silence.kind, silence.payload) == ("silence", status(1).payload)
+    assert box.done(silence) is False, "no deferred writes: written at once"
+    box.mark_told("n1", "down")
+    after = box.next_item("n1")
+    assert after is not None
+    assert (after.kind, after.seq) == ("status", 2)
+    box.done(after)
+    box.mark_told("n1", "up")
     heard = box.marks["n1"].heard
     assert heard is not None
-    assert box.silent_nodes(heard + 90.1) == ["n1"]
-    box.done(old)
+    assert box.record_silences(heard + 90.1) == ["n1"]
     again = box.next_item("n1")
     assert again is not None
-    assert (again.kind, again.seq) == ("silence", 2)
+    assert (again.kind, again.payload) == ("silence", status(2).payload)
+    box.close()
+
+
+def test_a_silence_recorded_outlives_a_restart_until_it_is_delivered(where: str) -> None:
+    box, spoke = watched(where)
+    assert box.record_silences(spoke + 90.1) == ["n1"]
+    box.close()
+    box = Outbox(where)
+    silence = box.next_item("n1")
+    assert silence is not None
+    assert (silence.kind, silence.payload) == ("silence", status(1).payload)
+    assert silence.status_age == math.inf
+    assert silence.stamp == silence.received + 90.0, "stamped when it went stale"
+    box.done(silence)
+    box.mark_told("n1", "down")
+    box.close()
+    box = Outbox(where)
+    assert box.next_item("n1") is None
+    assert box.marks["n1"].silent is None
+    box.close()
+
+
+def test_a_failed_write_of_a_silence_keeps_it_to_record_again(where: str) -> None:
+    box, spoke = watched(where)
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise OSError("disk full")
+
+    real, box._db.executemany = box._db.executemany, refuse  # type: ignore[union-attr,method-assign]
+    with pytest.raises(OutboxError, match="disk full"):
+        box.record_silences(spoke + 90.1)
+    box._db.executemany = real  # type: ignore[union-attr,method-assign]
+    assert box.next_item("n1") is None
+    assert box.record_silences(spoke + 90.2) == ["n1"]
     box.close()
 
 
@@ -783,10 +823,10 @@ def test_a_node_without_a_known_interval_is_not_judged_and_others_are(tmp_path: 
         db.execute("UPDATE nodes SET interval_s = NULL WHERE node_id = 'n0'")
     box = Outbox(path)
     box.caught_up(0.0)
-    assert box.silent_nodes(time.monotonic() + 1000) == ["n1"]
+    assert box.record_silences(time.monotonic() + 1000) == ["n1"]
     box.record([status(2, node="n0")])
     heard = told_up(box, "n0")
-    assert box.silent_nodes(heard + 90.1) == ["n0"]
+    assert box.record_silences(heard + 90.1) == ["n0"]
     box.close()
 
 
@@ -804,7 +844,7 @@ def test_a_new_session_whose_state_has_not_come_falls_silent_as_itself(where: st
     box.record([status(1, B)])
     heard = told_up(box)
     assert box.marks["n1"].truth.newest_status == (B, 1)
-    assert box.silent_nodes(heard + 90.1) == ["n1"]
+    assert box.record_silences(heard + 90.1) == ["n1"]
     box.close()
 
 
@@ -814,7 +854,7 @@ def test_a_node_that_only_said_ready_falls_silent_too(where: str) -> None:
     box.record([state("ready")])
     heard = told_up(box)
     assert box.marks["n1"].truth.newest_status is None
-    assert box.silent_nodes(heard + 90.1) == ["n1"]
+    assert box.record_silences(heard + 90.1) == ["n1"]
     silence = box.next_item("n1")
     assert silence is not None
     assert (silence.kind, silence.seq, silence.payload) == ("silence", -1, None)

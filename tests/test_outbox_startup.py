@@ -108,7 +108,7 @@ def test_an_outbox_of_schema_2_counts_its_ready_nodes_as_told_up(tmp_path: Path)
     try:
         assert (box.marks["up-1"].told, box.marks["gone-1"].told) == ("up", "")
         box.caught_up(0.0)
-        assert box.silent_nodes(time.monotonic() + 91) == ["up-1"]
+        assert box.record_silences(time.monotonic() + 91) == ["up-1"]
     finally:
         box.close()
 

@@ -7,7 +7,6 @@ its first connection, with its payload, QoS and retain flag."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,10 +106,9 @@ def test_messages_are_acknowledged_only_after_their_commit_in_arrival_order(
     bridge = Bridge(config)
     sent: dict[tuple[str, int], Received] = {}
     checker = CommitChecker(read, sent)
-    bridge._acknowledgers = {"states": checker.for_session("states"),
+    bridge.writer.acknowledgers = {"states": checker.for_session("states"),
                              "statuses": checker.for_session("statuses")}
-    writer = threading.Thread(target=bridge._write_loop, name="test-writer")
-    writer.start()
+    bridge.writer.start()
     order: list[tuple[str, int, int]] = []
     mids = {"states": 0, "statuses": 0}
 
@@ -126,16 +124,15 @@ def test_messages_are_acknowledged_only_after_their_commit_in_arrival_order(
         for seq in range(1, 31):
             for node in NODES:
                 if seq == 1:
-                    bridge._incoming.put(numbered(state("ready", A, node), "states"))
+                    bridge.writer.put(numbered(state("ready", A, node), "states"))
                 batch = [numbered(status(seq, A, node), "statuses")]
                 if seq % 10 == 0:
                     batch.append(numbered(status(seq, B, node), "statuses"))
-                bridge._incoming.put(batch)
+                bridge.writer.put(batch)
         wait_until(lambda: len(checker.acked) == len(order), timeout=20,
                    what="every message acknowledged")
     finally:
-        bridge._incoming.put(None)
-        writer.join(10)
+        bridge.writer.stop(10)
         bridge.outbox.close()
     assert checker.problems == []
     for session in ("states", "statuses"):

@@ -20,7 +20,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -74,6 +74,11 @@ class Answer:
             return decode_json(self.raw)
         except ValueError:
             return self.raw[:200].decode(errors="replace")
+
+
+Dialogue = Generator[bytes, Answer, bool]
+"""One job's talk with the monitor: yields requests, receives their answers; returns whether
+the node has more to deliver (``delivery``, ``monitor_view``)."""
 
 
 class MonitorClient:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +42,7 @@ from bridge.database import (
 from bridge.fast_json import decode_json
 from bridge.incoming import Received, StatusHead
 from yl_core import truth as truth_rules
-from yl_core.protocol import StateMessage, stale_after
+from yl_core.protocol import STATES, State, StateMessage, stale_after
 from yl_core.truth import Health, NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ class NodeMark:
     heard: float | None = None
     """When this outbox last took a message of the node (monotonic); None: not since it
     opened. Never read from disk: a term counts silences from its own start."""
-    silence_due: float | None = None
-    """While the monitor is still to be told that the node fell silent: when it was last
-    heard (wall clock; silences are counted from no earlier than ``Outbox.silence_from``)."""
+    silent: float | None = None
+    """The node fell silent after it was last heard at this time (wall clock): a fact of its
+    story, recorded (``nodes.silent_since``) and not yet delivered. Recorded only while
+    nothing of the node waits, so it comes before anything recorded after it."""
     told_at: float = 0.0
     """When ``told`` last changed (monotonic)."""
     stamped: float = 0.0
@@ -112,27 +114,42 @@ def told_word(value: object) -> Told:
     raise ValueError(f"outbox: a node's 'told' is {value!r}, not one of {TOLD_WORDS}")
 
 
+def state_word(value: object) -> State:
+    """A transition's ``state`` read back from the outbox's database."""
+    for word in get_args(State):
+        if value == word:
+            return word  # type: ignore[no-any-return]
+    raise ValueError(f"outbox: a transition's 'state' is {value!r}, not one of {STATES}")
+
+
 ItemKind = Literal["state", "status", "silence", "retell"]
-"""A transition, the pending status, a silence (the node's newest status gone stale), or
-the node's current truth told again to a monitor that forgot it or shows it otherwise."""
+"""A transition, the pending status, a silence (the node's newest status gone stale, as
+recorded), or the node's current truth told again to a monitor that forgot it or shows it
+otherwise."""
 
 
 @dataclass(frozen=True)
 class Item:
     """One thing to deliver: a transition (``transition_id``), the pending status, or
     (``silence``, ``retell``) the node's newest status, last heard at ``received``.
-    ``state``: the transition's, or for a status its session's state when it was taken."""
+
+    Every item states the node as of itself: ``state`` (the transition's, or its session's
+    when the status was taken), ``status_age`` (how old the node's newest status was then;
+    ``inf``: stale) and ``stamp`` (the time it states the node at, wall clock; None: a
+    status's own ``timestamp``)."""
 
     node_id: str
     kind: ItemKind
     session: str
     seq: int
-    state: str | None
+    state: State | None
     payload: bytes | None
     received: float
     transition_id: int | None = None
     counts_from: float = 0.0
     """Not to be sent before this (wall clock): a ``lost`` its session may yet withdraw."""
+    status_age: float = 0.0
+    stamp: float | None = None
 
 
 class _Committed(NamedTuple):
@@ -163,12 +180,16 @@ class _Delivered:
 
     transitions: set[int] = field(default_factory=set)
     statuses: set[tuple[str, int]] = field(default_factory=set)
+    silence: float | None = None
+    """The ``silent_since`` of the silence delivered."""
     stamped: float = 0.0
     """The newest ``timestamp`` the monitor took among them."""
 
     def merge(self, other: _Delivered) -> None:
         self.transitions |= other.transitions
         self.statuses |= other.statuses
+        if other.silence is not None:
+            self.silence = other.silence
         self.stamped = max(self.stamped, other.stamped)
 
 
@@ -251,10 +272,16 @@ class Outbox:
         """Rebuild every mark from disk (at start, and after a failed write)."""
         marks: dict[str, NodeMark] = {}
         assert self._db is not None
+        delivered: dict[str, _Delivered] = {}
+        for done in (self._done, self._flushing):
+            for node_id, items in done.items():
+                delivered.setdefault(node_id, _Delivered()).merge(items)
+        nothing = _Delivered()
         for node_id, name, session, seq, state, state_session, registered, ended, interval, \
-                ahead_session, ahead_seq, told, stamped in self._db.execute(
+                ahead_session, ahead_seq, told, stamped, silent in self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
-                    " ended, interval_s, ahead_session, ahead_seq, told, stamped FROM nodes"):
+                    " ended, interval_s, ahead_session, ahead_seq, told, stamped, silent_since "
+                    "FROM nodes"):
             # Rows written before schema 2 kept the status and the state session apart and
             # took the greater id for the newer; the other one is over.
             current = max(filter(None, (session, state_session)), default=None)
@@ -268,18 +295,15 @@ class Outbox:
             marks[node_id] = mark = NodeMark(
                 truth, name, bool(updates.get("registered", registered)), interval,
                 told_word(updates.get("told", told)), stamped=float(stamped or 0.0))
+            if silent is not None and delivered.get(node_id, nothing).silence != silent:
+                mark.silent = float(silent)
             old = self.marks.get(node_id)
             if old is not None:  # what this term saw, kept across a reload
-                mark.heard, mark.silence_due = old.heard, old.silence_due
+                mark.heard = old.heard
                 mark.lost_at, mark.replaced_at = old.lost_at, old.replaced_at
                 mark.stamped = max(mark.stamped, old.stamped)
             self._watch(node_id)
         # Delivered but not yet written (when reloading after a failed write): not pending.
-        delivered: dict[str, _Delivered] = {}
-        for done in (self._done, self._flushing):
-            for node_id, items in done.items():
-                delivered.setdefault(node_id, _Delivered()).merge(items)
-        nothing = _Delivered()
         for node_id, session, seq, payload, received in self._db.execute(
                 "SELECT node_id, pending_session, pending_seq, snapshot, pending_received "
                 "FROM nodes WHERE pending_session IS NOT NULL"):
@@ -570,11 +594,11 @@ class Outbox:
     def _heard(self, node_id: str, mark: NodeMark, sent: float) -> None:
         """The node spoke at ``sent`` (wall clock, when the broker got it)."""
         now = time.monotonic()
-        mark.heard, mark.silence_due = now - min(max(time.time() - sent, 0.0), now), None
+        mark.heard = now - min(max(time.time() - sent, 0.0), now)
         self._watch(node_id)
 
     def _watch(self, node_id: str) -> None:
-        """Make sure ``silent_nodes`` looks at the node (one heap entry per node)."""
+        """Make sure ``record_silences`` looks at the node (one heap entry per node)."""
         if node_id not in self._watched:
             self._watched.add(node_id)
             heapq.heappush(self._silence, (0.0, node_id))
@@ -585,20 +609,29 @@ class Outbox:
         with self._marks_lock:
             self.silence_from = at
 
-    def silent_nodes(self, now: float | None = None) -> list[str]:
-        """Nodes the monitor was last told are up whose current session is ``ready`` but
-        whose newest message is older than ``stale_after`` their report interval (counted
-        from no earlier than ``silence_from``): the monitor is to be told they are stale.
+    def next_silence_check(self) -> float | None:
+        """When (monotonic) ``record_silences`` has something to look at next; None: not
+        while the broker sessions are not caught up, or no node is watched."""
+        with self._marks_lock:
+            if self.silence_from is None or not self._silence:
+                return None
+            return self._silence[0][0]
+
+    def record_silences(self, now: float | None = None) -> list[str]:
+        """Record, as a fact of each node's story, that a node fell silent: the monitor was
+        last told it is up, its current session is ``ready``, nothing of it waits, and its
+        newest message is older than ``stale_after`` its report interval (counted from no
+        earlier than ``silence_from``). Returns the nodes recorded (each silence once).
 
         Neither a will nor ``disconnected`` reaches the broker when a node stops while its
         link is down (a broker restart); its retained ``ready`` and last status would keep it
-        online at the monitor for good. Each silence is reported once."""
+        online at the monitor for good. The writer's thread only."""
         now = time.monotonic() if now is None else now
-        found: list[str] = []
+        found: dict[str, float] = {}
         with self._marks_lock:
             since = self.silence_from
             if since is None:
-                return found
+                return []
             while self._silence and self._silence[0][0] < now:
                 _, node_id = heapq.heappop(self._silence)
                 mark = self.marks.get(node_id)
@@ -616,10 +649,36 @@ class Outbox:
                 state = None if session is None else mark.truth.state_of(session)
                 verdict = truth_rules.liveness(state, now - heard, mark.interval_s)
                 if verdict.reason is Health.STALE and mark.told == "up" and \
-                        mark.pending is None and not mark.transitions:
-                    mark.silence_due = time.time() - (now - heard)
-                    found.append(node_id)
-        return found
+                        mark.pending is None and mark.pending_row is None and \
+                        not mark.transitions and mark.silent is None:
+                    found[node_id] = time.time() - (now - heard)
+        if not found:
+            return []
+        with self._write_lock:
+            db = self._db
+            assert db is not None
+            try:
+                with db.pipeline():
+                    db.begin()
+                    db.executemany("UPDATE nodes SET silent_since = ?, silent_snapshot = "
+                                   "snapshot WHERE node_id = ?",
+                                   [(heard, node) for node, heard in found.items()])
+                    db.commit()
+            except BaseException as exc:
+                with self._marks_lock:
+                    for node_id in found:
+                        self._watch(node_id)
+                self._failed(exc)
+                if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
+                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
+                raise
+            self.last_error = None
+            with self._marks_lock:
+                for node_id, heard in found.items():
+                    mark = self.marks.get(node_id)
+                    if mark is not None:
+                        mark.silent = heard
+        return list(found)
 
     @staticmethod
     def _save_node(db: Database, node_id: str, mark: NodeMark,
@@ -664,6 +723,10 @@ class Outbox:
         done = deliveries.done
         db.executemany("DELETE FROM transitions WHERE id = ?",
                        [(t,) for d in done.values() for t in d.transitions])
+        db.executemany("UPDATE nodes SET silent_since = NULL, silent_snapshot = NULL "
+                       "WHERE node_id = ? AND silent_since = ?",
+                       [(node, d.silence) for node, d in done.items()
+                        if d.silence is not None])
         db.executemany("UPDATE nodes SET pending_session = NULL, pending_seq = NULL, "
                        "pending_received = NULL, stamped = ? WHERE node_id = ? AND "
                        "pending_session = ? AND pending_seq = ?",
@@ -671,7 +734,8 @@ class Outbox:
                         for s, q in d.statuses])
         # A status replaced meanwhile leaves the stamp to its successor's delivery.
         db.executemany("UPDATE nodes SET stamped = ? WHERE node_id = ?",
-                       [(d.stamped, node) for node, d in done.items() if d.transitions])
+                       [(d.stamped, node) for node, d in done.items()
+                        if d.transitions or d.silence is not None])
         for column in ("registered", "told"):
             db.executemany(f"UPDATE nodes SET {column} = ? WHERE node_id = ?",  # noqa: S608
                            [(_column_value(u[column]), node)
@@ -696,12 +760,13 @@ class Outbox:
             return {node for node in deliveries.done
                     if (mark := marks.get(node)) is not None and
                     (mark.pending is not None or mark.transitions or
-                     mark.silence_due is not None)}
+                     mark.silent is not None)}
 
     # --- delivery (forwarder threads) -----------------------------------------------------
 
     def next_item(self, node_id: str) -> Item | None:
-        """The node's oldest undelivered transition, else its pending status.
+        """The node's oldest undelivered fact: its silence, else its oldest transition, else
+        its pending status (else its truth to tell again, ``reconcile``).
 
         None also while the node's last delivery is not yet on disk: a crash may then only
         repeat the newest message a node had delivered, never an older one after it.
@@ -713,19 +778,21 @@ class Outbox:
                 mark = self.marks.get(node_id)
                 if mark is None or mark.held is not None:
                     return None
-                silent = mark.silence_due
-                if not mark.transitions and \
-                        (mark.pending is not None or (silent is None and not mark.retell)):
+                silent = mark.silent
+                if silent is None and not mark.transitions and \
+                        (mark.pending is not None or not mark.retell):
                     return mark.pending
                 first = min(mark.transitions, default=None)
+            if silent is not None:
+                return self._silence_item(node_id, mark, silent)
             if first is None:
-                return self._retell_item(node_id, mark) if silent is None else \
-                    self._silence_item(node_id, mark, silent)
+                return self._retell_item(node_id, mark)
             row = self._read_transition(first)
             if row is not None:
                 lost = mark.lost
-                return Item(node_id, "state", row[0], -1, row[1], row[2], row[3], first,
-                            lost[1] if lost is not None and lost[0] == first else 0.0)
+                return Item(node_id, "state", row[0], -1, state_word(row[1]), row[2], row[3],
+                            first, lost[1] if lost is not None and lost[0] == first else 0.0,
+                            stamp=row[3])
             with self._marks_lock:  # dropped meanwhile (too many transitions)
                 mark.transitions.discard(first)
 
@@ -749,9 +816,16 @@ class Outbox:
         return None
 
     def _silence_item(self, node_id: str, mark: NodeMark, since: float) -> Item:
-        """The node's newest status, last heard at ``since`` (wall clock) and stale now."""
-        session, seq, snapshot = self._newest_status(node_id, mark)
-        return Item(node_id, "silence", session, seq, "ready", snapshot, since)
+        """The silence recorded: the node's newest status then, last heard at ``since``
+        (wall clock), stale from ``stale_after`` its interval later."""
+        node = mark.truth
+        session, seq = node.newest_status or (node.session or "", -1)
+        row = self._read("SELECT silent_snapshot FROM nodes WHERE node_id = ?", (node_id,))
+        snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
+        interval = mark.interval_s
+        return Item(node_id, "silence", session, seq, "ready", snapshot, since,
+                    status_age=math.inf,
+                    stamp=since + (0.0 if interval is None else stale_after(interval)))
 
     def _newest_status(self, node_id: str, mark: NodeMark
                        ) -> tuple[str, int, bytes | None]:
@@ -773,32 +847,31 @@ class Outbox:
                 heard = self.silence_from
         received = wall if heard is None else wall - (now - heard)
         return Item(node_id, "retell", session, seq, mark.truth.state_of(session), snapshot,
-                    received)
+                    received, status_age=max(wall - received, 0.0), stamp=wall)
 
-    def done(self, item: Item, stamped: float = 0.0) -> None:
+    def done(self, item: Item, stamped: float = 0.0) -> bool:
         """The item reached the monitor (or was refused for good): it is never handed out
         again, and is removed from disk at the next ``flush()``. ``stamped``: the
         ``timestamp`` (epoch seconds) of the request the monitor took, kept as the node's
-        newest (``stamped``) if it is."""
-        if item.kind == "silence":
-            with self._marks_lock:
-                mark = self.marks.get(item.node_id)
-                if mark is not None and mark.silence_due == item.received:
-                    mark.silence_due = None
-            return
+        newest (``stamped``) if it is. Returns whether the node's next item waits for that
+        write (``defers_writes``; the writer notifies the node once it is on disk)."""
         if item.kind == "retell":
             with self._marks_lock:
                 mark = self.marks.get(item.node_id)
                 if mark is not None:
                     mark.retell = False
-            return
+            return False
         with self._marks_lock:
             delivered = self._done.setdefault(item.node_id, _Delivered())
             mark = self.marks.get(item.node_id)
             if mark is not None and stamped > mark.stamped:
                 mark.stamped = stamped
             delivered.stamped = max(delivered.stamped, mark.stamped if mark else stamped)
-            if item.transition_id is not None:
+            if item.kind == "silence":
+                delivered.silence = item.received
+                if mark is not None and mark.silent == item.received:
+                    mark.silent = None
+            elif item.transition_id is not None:
                 delivered.transitions.add(item.transition_id)
                 if mark is not None:
                     mark.transitions.discard(item.transition_id)
@@ -812,6 +885,7 @@ class Outbox:
                             (mark.pending.session, mark.pending.seq) == (item.session, item.seq):
                         mark.pending = None
         self._changed()
+        return self.defers_writes
 
     def release(self, upto: int) -> set[str]:
         """End the hold of every node held with a number up to ``upto``; returns them."""
@@ -830,7 +904,7 @@ class Outbox:
         with self._marks_lock:
             mark = self.marks.get(node_id)
             return mark is not None and not mark.transitions and mark.pending is None and \
-                mark.pending_row is None and mark.silence_due is None and not mark.retell and \
+                mark.pending_row is None and mark.silent is None and not mark.retell and \
                 node_id not in self._done and node_id not in self._flushing
 
     def set_registered(self, node_id: str, registered: bool) -> None:

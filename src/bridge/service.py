@@ -7,31 +7,32 @@ outage can overflow only the status queue, whose newest message per node comes b
 retained message anyway. The status session runs in a child process (``status_receiver``).
 
 Threads: paho's network thread (and the status receiver's reader) only queue incoming
-messages; the outbox writer records them in batches and acknowledges them (in arrival order)
-once committed; the forwarder delivers from the outbox. One shutdown path: ``stop()``, which
-the signal handler triggers by setting an event.
+messages; the outbox writer (``writer``) records them in batches and acknowledges them (in
+arrival order) once committed; the forwarder (``forwarder``) delivers from the outbox. This
+module puts them together and watches them. One shutdown path: ``stop()``, which the signal
+handler triggers by setting an event.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from bridge.database import session_names
 from bridge.forwarder import Forwarder
-from bridge.incoming import Received, StatusHead
+from bridge.incoming import Received
 from bridge.lease import Lease
 from bridge.metrics import Metrics, MetricsServer
-from bridge.outbox import NotActiveError, Outbox, OutboxError
+from bridge.outbox import Outbox, OutboxError
 from bridge.receiver_messages import Passed
 from bridge.refresh import RetainedRefresh, subscribe_without_retained
 from bridge.status_receiver import StatusReceiver
+from bridge.writer import Acknowledger, LinkAcknowledger, OutboxWriter
 from yl_core import protocol, timestamps
 from yl_core.config import Config
 from yl_core.errors import ConfigError
@@ -42,78 +43,17 @@ from yl_core.version import PACKAGE_VERSION
 log = logging.getLogger(__name__)
 
 BRIDGE_NODE_TYPE = "yl-bridge"
-MAX_BATCH = 1000
 IN_FLIGHT = 1000
 """Unacknowledged messages the broker may send each of the bridge's sessions at once (MQTT
 5 Receive Maximum). A message is acknowledged once its batch is committed, so this window
 over the time from the broker to the commit bounds the rate the bridge can take in: with
 mosquitto's own limit (20) an outbox's commit latency, not the CPU, was the ceiling."""
-FLUSH = "flush"
-"""Queued to wake the writer when deliveries are waiting to be written."""
-FLUSH_DELAY = 0.002
-"""Deliveries are written in batches at most this long after the first; a node's next item
-waits for its previous delivery to be written."""
 STALL_LIMIT = 10.0
 """A thread that has not gone round its loop for this long is reported as stalled."""
 HANG_LIMIT = 60.0
 """A thread stalled this long is taken as hung: the bridge stops with an error, and its
 service manager starts it again (nothing acknowledged is lost)."""
 TICK = 1.0
-FLUSH_RETRY = 0.5
-"""A failed write of deliveries is tried again this soon."""
-CLOCK_SKEW_LIMIT = 60.0
-"""A node whose clock is further than this from the bridge's is logged (once)."""
-BARRIER_WAIT = 1.0
-"""The longest a node whose session ended waits for the status session's barrier (its last
-statuses, on their way on the other session, become the end's snapshot) before its end is
-delivered all the same, while that session is connected and caught up."""
-BARRIER_WAIT_DOWN = 10.0
-"""The same while the status session is not (yet) connected and caught up: after a restart
-or a takeover, the state session may connect first, and the statuses the broker queued for
-the other come only once it has (the end of its first retained round passes the barrier)."""
-
-
-class Acknowledger(Protocol):
-    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None: ...
-
-
-class _LinkAcknowledger:
-    """Acknowledges the state session's messages, on the connection they came over only."""
-
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.current: tuple[mqtt.Client, int] | None = None
-        self.connections = 0
-
-    def connected(self, client: mqtt.Client) -> None:
-        self.connections += 1
-        self.current = (client, self.connections)
-
-    def number(self, client: mqtt.Client) -> int:
-        current = self.current
-        return current[1] if current is not None and current[0] is client else 0
-
-    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
-        current = self.current
-        client = self.link.client
-        if current is None or current[1] != connection or current[0] is not client:
-            return
-        for mid, qos in messages:
-            current[0].ack(mid, qos)
-
-
-class RejectLog:
-    """Logs the first few rejections of each reason, then one in a thousand."""
-
-    def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-
-    def __call__(self, reason: str, topic: str, message: str) -> None:
-        count = self._counts.get(reason, 0) + 1
-        self._counts[reason] = count
-        if count <= 10 or count % 1000 == 0:
-            log.warning("rejected message reason=%s topic=%r count=%d: %s", reason,
-                        topic[:120], count, message)
 
 
 class Bridge:
@@ -131,13 +71,6 @@ class Bridge:
         self.metrics = metrics or Metrics()
         self.lease = lease
         self._allow: Callable[[], bool] | None = None if lease is None else lease.valid
-        self._incoming: queue.Queue[Received | list[Received] | Passed | str | None] = \
-            queue.Queue()
-        self._barrier = 0
-        self._barrier_asked: dict[int, float] = {}
-        """Barriers asked of the status session and when their nodes are released anyway
-        (the writer's own)."""
-        self._flush_requested = threading.Event()
         location, key = (config.bridge.outbox_url, "bridge.outbox_url") \
             if config.bridge.outbox_url else (config.bridge.outbox_path, "bridge.outbox_path")
         try:
@@ -149,10 +82,6 @@ class Bridge:
             raise ConfigError(str(exc), key=key, source=config.source) from exc
         self.forwarder = Forwarder(config, self.outbox, self.metrics, may_send=self._allow,
                                    instance=None if lease is None else lease.instance)
-        self._reject_log = RejectLog()
-        self._writer = threading.Thread(target=self._write_loop, name="yl-bridge-outbox",
-                                        daemon=True)
-        self._writer_tick = time.monotonic()
         self.stopping = threading.Event()
         """Set to stop the service (by a signal, or by the watchdog with ``failure``)."""
         self.failure: str | None = None
@@ -183,8 +112,13 @@ class Bridge:
             name="yl-bridge-states",
             allow=self._allow,
         )
-        self._link_acks = _LinkAcknowledger(self.link)
-        self._acknowledgers: dict[str, Acknowledger] = {"states": self._link_acks}
+        self._link_acks = LinkAcknowledger(self.link)
+        acknowledgers: dict[str, Acknowledger] = {"states": self._link_acks}
+        self.writer = OutboxWriter(self.outbox, self.metrics, self.topics,
+                                   max_nodes=config.bridge.max_nodes,
+                                   notify=self.forwarder.notify, sessions=self,
+                                   acknowledgers=acknowledgers,
+                                   give_up=None if lease is None else lease.give_up)
         self.statuses = StatusReceiver(
             options_from_config(config.mqtt, protocol.bridge_status_identity(client_id),
                                 source=config.source, **persistent,
@@ -194,15 +128,13 @@ class Bridge:
             None if lease is None else lease.valid_until,
             on_caught_up=lambda caught_up: self._session("statuses", caught_up),
             in_thread=config.bridge.status_receiver == "thread",
-            on_passed=lambda number: self._incoming.put(Passed(number)),
+            on_passed=lambda number: self.writer.put(Passed(number)),
             on_missed=lambda: self.metrics.inc("retained_rereads"))
-        self._acknowledgers["statuses"] = self.statuses
+        acknowledgers["statuses"] = self.statuses
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health,
                                                 source=config.source)
-        self._skew: dict[str, float] = {}
-        self._skew_reported: set[str] = set()
         if lease is None:
             self.metrics.gauge("active", lambda: 1.0)
         self.metrics.gauge("outbox_transitions", lambda: self.outbox.depth()[0])
@@ -212,7 +144,10 @@ class Bridge:
         self.metrics.gauge("broker_connected", lambda: float(self.connected))
         self.metrics.gauge("outbox_ok", lambda: float(self.outbox.last_error is None))
         self.metrics.gauge("max_clock_skew_seconds",
-                           lambda: max(map(abs, list(self._skew.values())), default=0.0))
+                           lambda: max(map(abs, list(self.writer.skew.values())), default=0.0))
+
+    def _request_flush(self) -> None:
+        self.writer.request_flush()
 
     def _state(self, state: protocol.State) -> bytes:
         message = StateMessage(
@@ -227,7 +162,7 @@ class Bridge:
     def start(self) -> Bridge:
         if self.metrics_server is not None:
             self.metrics_server.start()
-        self._writer.start()
+        self.writer.start()
         self.forwarder.start()
         self.refresh.start()
         self.link.start()
@@ -249,8 +184,7 @@ class Bridge:
         self.statuses.stop(min(1.5, timeout / 3))
         self.link.stop(min(1.5, timeout / 3), farewell=None if fenced else self._farewell)
         self.refresh.stop()
-        self._incoming.put(None)
-        self._writer.join(max(min(1.0, deadline - time.monotonic()), 0.0))
+        self.writer.stop(max(min(1.0, deadline - time.monotonic()), 0.0))
         self.forwarder.stop(max(deadline - time.monotonic() - 0.3, 0.0))
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -259,7 +193,7 @@ class Bridge:
         depth = self.outbox.depth()
         # The writer is the only thread that writes the outbox: flush here only once it
         # has ended.
-        self.outbox.close(flush=not fenced and not self._writer.is_alive())
+        self.outbox.close(flush=not fenced and not self.writer.alive)
         log.info("bridge stopped; outbox keeps %d transition(s) and %d status(es)", *depth)
 
     def _farewell(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo:
@@ -310,7 +244,7 @@ class Bridge:
         limit = STALL_LIMIT if limit is None else limit
         now = time.monotonic()
         found = []
-        for name, alive, tick in (("outbox writer", self._writer.is_alive(), self._writer_tick),
+        for name, alive, tick in (("outbox writer", self.writer.alive, self.writer.tick),
                                   ("forwarder", self.forwarder.alive, self.forwarder.tick)):
             if not alive:
                 if not self.stopping.is_set():
@@ -341,13 +275,13 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self.refresh.received()
-        self._incoming.put(Received(
+        self.writer.put(Received(
             "states", self._link_acks.number(client), message.mid, message.qos, message.topic,
             bytes(message.payload), time.time(), bool(message.retain),
             getattr(message.properties, "MessageExpiryInterval", None)))
 
     def _on_statuses(self, batch: list[Received]) -> None:
-        self._incoming.put(batch)
+        self.writer.put(batch)
 
     def _on_down(self, event: LinkDown) -> None:
         self.refresh.down()
@@ -367,167 +301,15 @@ class Bridge:
             elif before and not after:
                 self.outbox.caught_up(None)
 
-    # --- outbox writer --------------------------------------------------------------------
+    # --- what the writer asks of the sessions (``writer.Sessions``) -------------------------
 
-    def _request_flush(self) -> None:
-        if not self._flush_requested.is_set():
-            self._flush_requested.set()
-            self._incoming.put(FLUSH)
+    def barrier(self, number: int) -> None:
+        self.statuses.barrier(number)
 
-    def _write_loop(self) -> None:
-        """The only thread that writes the outbox: incoming batches at once (they are
-        acknowledged after the commit), deliveries within ``FLUSH_DELAY`` (losing those in a
-        crash only means sending them again), or with the next batch if that comes first:
-        one transaction for both."""
-        flush_due: float | None = None
-        reported = ""
-        while True:
-            self._writer_tick = time.monotonic()
-            due = [d for d in (flush_due, self._barrier_due()) if d is not None]
-            timeout = min(max(min(due) - time.monotonic(), 0.0), TICK) if due else TICK
-            try:
-                batch = [self._incoming.get(timeout=timeout)]
-            except queue.Empty:
-                batch = []
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._incoming.get_nowait())
-                except queue.Empty:
-                    break
-            messages: list[Received] = []
-            passed = 0
-            for entry in batch:
-                if isinstance(entry, Received):
-                    messages.append(entry)
-                elif isinstance(entry, list):
-                    messages.extend(entry)
-                elif isinstance(entry, Passed):
-                    passed = max(passed, entry.number)
-            stopping = None in batch
-            if FLUSH in batch and flush_due is None:
-                flush_due = time.monotonic() + FLUSH_DELAY
-            failed = self.outbox.last_error is not None
-            flushing = False
-            try:
-                if flush_due is not None and \
-                        (messages or stopping or time.monotonic() >= flush_due):
-                    flushing = True
-                    flush_due = None
-                    self._flush_requested.clear()
-                if messages:
-                    self._record(messages, flush=flushing)
-                elif flushing:
-                    self.forwarder.notify(self.outbox.flush())
-            except NotActiveError as exc:
-                if not failed or str(exc) != reported:
-                    reported = str(exc)
-                    log.error("%s", exc)  # noqa: TRY400
-                if self.lease is not None:
-                    self.lease.give_up("the outbox refused a write: the lease was taken over")
-                if stopping:
-                    return
-                continue
-            except Exception as exc:
-                self.metrics.inc("outbox_errors")
-                if not isinstance(exc, OutboxError):
-                    log.exception("outbox write failed")
-                elif not failed or str(exc) != reported:
-                    reported = str(exc)
-                    log.error("%s; retrying (nothing unwritten is acknowledged)", exc)  # noqa: TRY400
-                if flushing:
-                    # The nodes delivered to wait for this write: try it again soon.
-                    flush_due = time.monotonic() + FLUSH_RETRY
-                if messages and not stopping:
-                    # The broker redelivers unacknowledged messages only on a new connection.
-                    self.link.reconnect("outbox write failed")
-                    self.statuses.reconnect("outbox write failed")
-            else:
-                if failed and self.outbox.last_error is None:
-                    log.info("outbox writes work again")
-            self._release(passed)
-            if stopping:
-                return
-
-    def _barrier_wait(self) -> float:
+    def status_session_caught_up(self) -> bool:
         with self._caught_up_lock:
-            return BARRIER_WAIT if self._caught_up["statuses"] else BARRIER_WAIT_DOWN
+            return self._caught_up["statuses"]
 
-    def _barrier_due(self) -> float | None:
-        """When the oldest barrier asked for has been waited for long enough."""
-        if not self._barrier_asked:
-            return None
-        return min(self._barrier_asked.values()) + self._barrier_wait()
-
-    def _release(self, passed: int) -> None:
-        """Hand out again the nodes held for barriers passed, or waited for long enough."""
-        if not self._barrier_asked:
-            return
-        waited = time.monotonic() - self._barrier_wait()
-        upto = max([min(passed, self._barrier),
-                    *(n for n, asked in self._barrier_asked.items() if asked <= waited)])
-        if upto <= 0:
-            return
-        for number in [n for n in self._barrier_asked if n <= upto]:
-            del self._barrier_asked[number]
-        released = self.outbox.release(upto)
-        log.debug("nodes held up to barrier %d released (%s): %s", upto,
-                  "passed" if passed >= upto else "waited for", ", ".join(sorted(released)))
-        self.forwarder.notify(released)
-
-    def _record(self, messages: list[Received], *, flush: bool = False) -> None:
-        valid: list[Received] = []
-        received: dict[str, int] = {}
-        for message in messages:
-            m = message.checked_by(self.topics)
-            checked = m.checked
-            assert checked is not None
-            if checked.kind == "rebirth":
-                continue
-            if checked.kind is not None:
-                received[checked.kind] = received.get(checked.kind, 0) + 1
-            if checked.reason is not None:
-                self.metrics.inc("rejected", reason=checked.reason)
-                self._reject_log(checked.reason, m.topic, checked.detail)
-            elif checked.message is not None and checked.node_id is not None:
-                valid.append(m)
-                if isinstance(checked.message, StatusHead) and not m.retained:
-                    self._note_clock(checked.node_id, m.sent - checked.message.timestamp)
-        for kind, count in received.items():
-            self.metrics.inc("received", count, kind=kind)
-        hold = self._barrier + 1
-        result, touched = self.outbox.record(valid, flush=flush, hold=hold)
-        if result.ended:
-            # Their last statuses may still be on their way on the status session.
-            self._barrier = hold
-            self._barrier_asked[hold] = time.monotonic()
-            log.debug("sessions ended (%s): held for barrier %d", ", ".join(result.ended), hold)
-            # Not connected: passed when the session has caught up, or waited for.
-            self.statuses.barrier(hold)
-        self.metrics.inc("coalesced", result.coalesced)
-        self.metrics.inc("rejected", result.stale, reason="stale")
-        self.metrics.inc("duplicates", result.duplicates)
-        self.metrics.inc("withdrawn", result.withdrawn)
-        self.metrics.inc("dropped", result.dropped, reason="transition_cap")
-        self.metrics.inc("dropped", result.too_many_nodes, reason="too_many_nodes")
-        if result.too_many_nodes:
-            log.error("outbox: %d message(s) from new nodes dropped: more than %d nodes",
-                      result.too_many_nodes, self.config.bridge.max_nodes)
-        acks: dict[tuple[str, int], list[tuple[int, int]]] = {}
-        for m in messages:
-            if m.qos > 0:
-                acks.setdefault((m.session, m.connection), []).append((m.mid, m.qos))
-        for (session, connection), pairs in acks.items():
-            self._acknowledgers[session].acknowledge(connection, pairs)
-        self.forwarder.notify(touched)
-
-    def _note_clock(self, node_id: str, skew: float) -> None:
-        """Remember how far the node's clock is from ours; its timestamps are forwarded as
-        they are, and nothing is ordered by them."""
-        if node_id not in self._skew and len(self._skew) >= self.config.bridge.max_nodes:
-            return
-        self._skew[node_id] = skew
-        if abs(skew) > CLOCK_SKEW_LIMIT and node_id not in self._skew_reported:
-            self._skew_reported.add(node_id)
-            self.metrics.inc("clock_skew_reports")
-            log.warning("node %s: its clock is %+.0f s from the bridge's; its timestamps are "
-                        "forwarded as they are", node_id, -skew)
+    def reconnect(self, reason: str) -> None:
+        self.link.reconnect(reason)
+        self.statuses.reconnect(reason)
