@@ -75,6 +75,8 @@ class RetainedRefresh:
         """When the round due starts even if messages still come (``time.monotonic()``)."""
         self._last_message = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set when a round becomes due or is stopped: the watch sleeps until then."""
         self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
 
     def start(self) -> RetainedRefresh:
@@ -83,6 +85,7 @@ class RetainedRefresh:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(1.0)
 
@@ -92,6 +95,7 @@ class RetainedRefresh:
             self._last_message = time.monotonic()
             self._start_by = self._last_message + LATEST
             self._due = self._for_connect = True
+        self._wake.set()
 
     def live(self) -> None:
         """A live message came that did not wait at the broker: the connect's round may
@@ -99,6 +103,7 @@ class RetainedRefresh:
         if self._due and self._for_connect:
             with self._lock:
                 self._start_by = min(self._start_by, time.monotonic())
+            self._wake.set()
 
     def missed(self) -> bool:
         """Messages were lost on the way to the session: read every retained copy once more
@@ -112,7 +117,9 @@ class RetainedRefresh:
             if asked:
                 self._due, self._for_connect = True, False
             self._start_by = max(self._start_by, time.monotonic() + AFTER_MISS)
-            return asked
+        if asked:
+            self._wake.set()
+        return asked
 
     def received(self) -> None:
         self._last_message = time.monotonic()
@@ -140,13 +147,25 @@ class RetainedRefresh:
         self._sentinel_mid = client.subscribe(self.sentinel, qos=0)[1]
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.1):
+        """Sleep until a round is due (``_wake``); then until it may start: at ``start_by``,
+        or once nothing has come for ``IDLE`` (looked at every ``IDLE / 5`` while it
+        waits)."""
+        wait: float | None = None
+        while True:
+            self._wake.wait(wait)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             now = time.monotonic()
             with self._lock:
                 client = self._client
-                due = self._due and client is not None and \
-                    self._sentinel_mid is None and \
-                    (now - self._last_message >= IDLE or now >= self._start_by)
-                if due and client is not None:
+                if not self._due or client is None:
+                    wait = None
+                    continue
+                if self._sentinel_mid is None and \
+                        (now - self._last_message >= IDLE or now >= self._start_by):
                     self._due = False
                     self._begin(client)
+                    wait = None
+                    continue
+                wait = max(min(self._start_by - now, IDLE / 5), 0.01)

@@ -222,12 +222,15 @@ class StatusReceiver:
     def _read(self, conn: Connection) -> None:
         heard = time.monotonic()
         told = float("-inf")
+        # Without a lease there is nothing to tell: wake for the child's words (at least
+        # every ALIVE_EVERY), and look for a hang when they stop.
+        every = ALLOW_EVERY if self._allowed_until is not None else HANG_TIMEOUT / 4
         while True:
             if self._allowed_until is not None and time.monotonic() - told >= ALLOW_EVERY:
                 told = time.monotonic()
                 self._send(Allow(self._allowed_until()))
             try:
-                if not conn.poll(ALLOW_EVERY):
+                if not conn.poll(every):
                     if time.monotonic() - heard > HANG_TIMEOUT:
                         self._replace_hung()
                         return
