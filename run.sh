@@ -4,6 +4,8 @@
 #                   the bridge, the status app and a simulated GUI node (Ctrl-C stops it)
 #   ./run.sh test   lint, type-check and the whole test suite
 #   ./run.sh setup  only install what is missing (mosquitto, Chromium, PostgreSQL, the venv)
+#   ./run.sh bench [NAME ARGS...]  a benchmark (bench/NAME.py, default bridge) with the
+#                   profiler the benches use (py-spy)
 #   ./run.sh mutate mutation testing of yl_core.truth, yl_core.protocol and the outbox's
 #                   decisions against their tests (mutmut; names of mutants to run may follow)
 # Each command first installs whatever this machine lacks.
@@ -68,6 +70,14 @@ case "${1:-}" in
     shift
     exec "$VENV/bin/python" -m yl_status.demo "$@"
     ;;
+  bench)
+    setup
+    shift
+    "$VENV/bin/python" -m pip install -q -e '.[bench]'
+    name=${1:-bridge}
+    shift || true
+    exec "$VENV/bin/python" -m "bench.$name" "$@"
+    ;;
   mutate)
     setup browser
     shift
@@ -75,7 +85,7 @@ case "${1:-}" in
     if [ $# -eq 0 ]; then
       set -- 'yl_core.truth*' 'yl_core.protocol*' 'bridge.outbox.xǁOutboxǁrecord__*' \
         'bridge.outbox.xǁOutboxǁnext_item*' 'bridge.outbox.xǁOutboxǁdone*' \
-        'bridge.outbox.xǁOutboxǁsilent_nodes*'
+        'bridge.outbox.xǁOutboxǁrecord_silences*'
     fi
     "$VENV/bin/mutmut" run "$@" || true
     echo "run.sh: the mutants that were not killed (none listed: all were):"

@@ -18,9 +18,12 @@ Measures, in one run:
    beside a busy thread;
 7. the status receiver in a child process against a thread of the bridge's process: the
    heartbeats a second each sustains (``bench.capacity``'s steps) and the CPU per heartbeat;
-8. a GUI-like load: 500 nodes, 2 retained statuses a second each with their message expiry,
-   into the monitor double: the bridge's CPU per forwarded heartbeat, and as a ratio to the
-   double's CPU per request (``--gui-rate`` sets the total rate).
+8. a GUI-like load: 500 nodes sending retained statuses with their message expiry, 10, 100
+   and 1,000 a second in all (``--gui-rate``, repeatable), into the monitor double: the
+   bridge's CPU per forwarded heartbeat, and as a ratio to the double's CPU per request;
+9. at rest (no nodes), with a monitor that answers and with one that cannot be reached: the
+   share of a core the bridge's processes use, and how often each of their threads wakes
+   (context switches a second, named by ``py-spy dump`` when it is installed).
 
 With ``--baseline REF`` each scenario chosen runs with the bridge of git revision ``REF``
 (its ``src/`` by ``PYTHONPATH``; everything else is this tree's) and with this tree's,
@@ -91,9 +94,11 @@ class Rig:
     def __init__(self, tmp: Path, sink_delay: float = 0.0, concurrency: int = 4,
                  outbox_url: str | None = None,
                  bridge_options: dict[str, Any] | None = None, fast_sink: bool = False,
-                 gui_like: bool = False) -> None:
+                 gui_like: bool = False, monitor_down: bool = False) -> None:
         """``fast_sink``: ``bench.fast_sink`` instead of the monitor double (no delay);
-        ``gui_like``: the publisher sends statuses retained, with their message expiry."""
+        ``gui_like``: the publisher sends statuses retained, with their message expiry;
+        ``monitor_down``: the bridge's monitor URL is a port nothing listens on (the sink
+        runs all the same), and the bridge keeps its default retry delay."""
         self.tmp = tmp
         self.broker = DevBroker(tmp / "broker", users={
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD,
@@ -108,8 +113,10 @@ class Rig:
         self.sink_url = f"http://127.0.0.1:{self.sink_port}"
         wait("sink", lambda: get(self.sink_url + "/api/health"))
         self.metrics_port = free_port()
+        monitor: dict[str, Any] = {"url": f"http://127.0.0.1:{free_port()}"} if monitor_down \
+            else {"url": self.sink_url, "retry_delay": 1}
         config = {
-            "monitor": {"url": self.sink_url, "retry_delay": 1},
+            "monitor": monitor,
             "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "username": "yl-bridge",
                      "password": PASSWORD},
             "bridge": {"outbox_path": str(tmp / "outbox.sqlite3"),
@@ -124,7 +131,10 @@ class Rig:
                 filter(None, (str(BRIDGE_SRC), os.environ.get("PYTHONPATH"))))}
         self.bridge = subprocess.Popen([sys.executable, "-m", "yl_status", "bridge", "-c",
                                         str(tmp / "bridge.yaml")], env=env)
-        wait("bridge", lambda: get(f"http://127.0.0.1:{self.metrics_port}/healthz")["ok"])
+        if monitor_down:
+            wait("bridge", lambda: self.metrics().get("yl_bridge_broker_connected") == 1.0)
+        else:
+            wait("bridge", lambda: get(f"http://127.0.0.1:{self.metrics_port}/healthz")["ok"])
         self.publisher = RawPublisher(self.broker.port, "bench-pub", PASSWORD,
                                       retain=gui_like, expiry=gui_like)
 
@@ -731,12 +741,34 @@ def receiver_side_by_side(seconds: float) -> None:
 
 
 GUI_NODES = 500
+GUI_MIN_HEARTBEATS = 300
+GUI_RATES = (10.0, 100.0, 1000.0)
 
 
-def gui_like(seconds: float, rate: float = 1000.0) -> dict[str, float]:
+def _profile_top(raw: Path, entries: int = 12) -> str:
+    """The functions with the most samples of their own (the innermost frame) in a
+    ``py-spy record -f raw`` file, as lines of "share function (file:line)"."""
+    own: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            frame = stack.split(";")[-1]
+            own[frame] = own.get(frame, 0) + int(count)
+            total += int(count)
+    top = sorted(own.items(), key=lambda item: -item[1])[:entries]
+    return "\n".join(f"     {n / max(total, 1) * 100:5.1f} %  {frame}" for frame, n in top)
+
+
+def gui_like(seconds: float, rate: float = 1000.0,
+             profile: bool = False) -> dict[str, float]:
     """``GUI_NODES`` nodes sending ``rate`` statuses a second in all, retained, with their
     message expiry, as GUIs do, into the monitor double (a process of its own): the CPU the
-    bridge's processes use per forwarded heartbeat, against the double's per request."""
+    bridge's processes use per forwarded heartbeat, against the double's per request. The
+    window is long enough for ``GUI_MIN_HEARTBEATS`` at the rate."""
+    seconds = max(seconds, GUI_MIN_HEARTBEATS / rate)
     with tempfile.TemporaryDirectory() as name:
         rig = Rig(Path(name), gui_like=True)
         try:
@@ -765,6 +797,13 @@ def gui_like(seconds: float, rate: float = 1000.0) -> dict[str, float]:
             try:
                 time.sleep(2.0)  # warm-up: the measured window starts in the steady state
                 bridge, sink = psutil.Process(rig.bridge.pid), psutil.Process(rig.sink.pid)
+                spy = Path(sys.executable).with_name("py-spy")
+                recording = subprocess.Popen(
+                    [str(spy), "record", "--pid", str(rig.bridge.pid), "--subprocesses",
+                     "--duration", str(int(seconds)), "--rate", "250", "--nonblocking",
+                     "--format", "raw", "--output", str(Path(name) / "profile.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) \
+                    if profile and spy.exists() else None
                 bridge_cpu, sink_cpu = _cpu_seconds(bridge), _cpu_seconds(sink)
                 forwarded, requests = rig.forwarded(), get(rig.sink_url + "/_double/stats")[
                     "requests"]
@@ -775,6 +814,9 @@ def gui_like(seconds: float, rate: float = 1000.0) -> dict[str, float]:
                 sink_cpu = _cpu_seconds(sink) - sink_cpu
                 forwarded = rig.forwarded() - forwarded
                 requests = get(rig.sink_url + "/_double/stats")["requests"] - requests
+                if recording is not None:
+                    recording.wait(60)
+                    top = _profile_top(Path(name) / "profile.txt")
             finally:
                 stop.set()
                 feeder.join(10)
@@ -788,9 +830,75 @@ def gui_like(seconds: float, rate: float = 1000.0) -> dict[str, float]:
           f"{per_heartbeat:.0f} us of CPU per heartbeat ({bridge_cpu / elapsed * 100:.0f} % "
           f"of a core), the double {per_request:.0f} us per request; ratio "
           f"{per_heartbeat / per_request:.2f}")
+    if profile:
+        print("   the bridge's processes by own samples (py-spy, nonblocking):\n" +
+              (top if recording is not None else "     (py-spy is not installed)"))
     return {f"GUI-like {rate:.0f}/s: bridge CPU us per heartbeat": per_heartbeat,
             f"GUI-like {rate:.0f}/s: bridge / double CPU per request":
                 per_heartbeat / per_request}
+
+
+def _thread_switches(process: psutil.Process) -> dict[int, int]:
+    """Context switches so far per thread (native id) of a process and its children: a
+    thread that sleeps and wakes switches at least once each time."""
+    out: dict[int, int] = {}
+    for each in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            for thread in each.threads():
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{each.pid}/task/{thread.id}/status").read_text()
+                    out[thread.id] = sum(int(line.split()[1]) for line in text.splitlines()
+                                         if line.startswith(("voluntary_ctxt_switches",
+                                                             "nonvoluntary_ctxt_switches")))
+    return out
+
+
+def _thread_names(process: psutil.Process) -> dict[int, str]:
+    """Thread names by native id, from ``py-spy dump`` (empty if it is not installed)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    names: dict[int, str] = {}
+    if not spy.exists():
+        return names
+    for each in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error, OSError, subprocess.SubprocessError):
+            text = subprocess.run([str(spy), "dump", "--pid", str(each.pid)], check=False,
+                                  capture_output=True, text=True, timeout=20).stdout
+            for line in text.splitlines():
+                if line.startswith("Thread ") and '"' in line:
+                    tid = line.split()[1]
+                    if tid.isdigit():
+                        names[int(tid)] = line.split('"')[1]
+    return names
+
+
+def at_rest(seconds: float, monitor_down: bool) -> dict[str, float]:
+    """The bridge with no nodes for ``seconds``: its processes' share of a core, and each
+    thread's wakes a second."""
+    label = "unreachable" if monitor_down else "answering"
+    with tempfile.TemporaryDirectory() as name:
+        rig = Rig(Path(name), monitor_down=monitor_down)
+        try:
+            time.sleep(3.0)  # past the start: the first looks, the retained rounds
+            bridge = psutil.Process(rig.bridge.pid)
+            cpu, switches = _cpu_seconds(bridge), _thread_switches(bridge)
+            began = time.monotonic()
+            time.sleep(seconds)
+            elapsed = time.monotonic() - began
+            cpu = _cpu_seconds(bridge) - cpu
+            after = _thread_switches(bridge)
+            names = _thread_names(bridge)
+        finally:
+            rig.close()
+    wakes = sorted(((after[t] - switches.get(t, 0)) / elapsed, names.get(t, str(t)))
+                   for t in after)[::-1]
+    busy = [w for w in wakes if w[0] > 1.0]
+    print(f"9. at rest, no nodes, monitor {label}, {elapsed:.0f} s: the bridge's processes "
+          f"use {cpu / elapsed * 100:.3f} % of a core, {len(after)} threads; wakes a second, "
+          "busiest first: " + ", ".join(f"{n} {w:.1f}" for w, n in wakes[:6]))
+    return {f"at rest, monitor {label}: % of a core": cpu / elapsed * 100,
+            f"at rest, monitor {label}: busiest thread's wakes/s": wakes[0][0] if wakes
+            else 0.0,
+            f"at rest, monitor {label}: threads waking > 1/s": float(len(busy))}
 
 
 def baseline_src(ref: str, into: Path) -> Path:
@@ -818,7 +926,7 @@ def side_by_side(results: dict[str, list[dict[str, float]]]) -> None:
 
 def run_scenarios(args: argparse.Namespace) -> dict[str, float]:
     only = set(args.only or ["rate", "ingest", "latency", "crash", "rss", "http", "receiver",
-                             "gui"])
+                             "gui", "rest"])
     figures: dict[str, float] = {}
     if "rate" in only:
         if args.sink in ("fast", "both"):
@@ -839,7 +947,11 @@ def run_scenarios(args: argparse.Namespace) -> dict[str, float]:
     if "receiver" in only:
         receiver_side_by_side(5.0)
     if "gui" in only:
-        figures |= gui_like(args.seconds, args.gui_rate)
+        for rate in args.gui_rate or GUI_RATES:
+            figures |= gui_like(args.seconds, rate, args.profile)
+    if "rest" in only:
+        for monitor_down in (False, True):
+            figures |= at_rest(args.rest_seconds, monitor_down)
     return figures
 
 
@@ -853,7 +965,8 @@ def main() -> None:
                              "the kills (e.g. 3000; the takeovers are then left out)")
     parser.add_argument("--only", action="append",
                         choices=["rate", "ingest", "latency", "crash", "rss", "http",
-                                 "receiver", "gui"], help="a scenario to run (repeatable)")
+                                 "receiver", "gui", "rest"],
+                        help="a scenario to run (repeatable)")
     parser.add_argument("--requests", type=int, default=8000,
                         help="requests per variant in the http scenario")
     parser.add_argument("--sink-delay", type=float, action="append",
@@ -862,8 +975,14 @@ def main() -> None:
     parser.add_argument("--sink", choices=["fast", "double", "both"], default="both",
                         help="the rate scenario's sink: bench.fast_sink, the monitor double "
                              "(at each --sink-delay), or both (default)")
-    parser.add_argument("--gui-rate", type=float, default=1000.0,
-                        help="statuses a second in all in the GUI-like scenario")
+    parser.add_argument("--gui-rate", type=float, action="append",
+                        help="statuses a second in all in the GUI-like scenario (repeatable; "
+                             "default: 10, 100 and 1000)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the bridge's processes in the GUI-like scenario "
+                             "(py-spy) and print the functions with most samples")
+    parser.add_argument("--rest-seconds", type=float, default=20.0,
+                        help="how long the at-rest scenario measures each bridge")
     parser.add_argument("--baseline", metavar="REF",
                         help="also run each scenario with the bridge of this git revision")
     parser.add_argument("--rounds", type=int, default=1,

@@ -33,8 +33,9 @@ from yl_core.config import Config
 
 log = logging.getLogger(__name__)
 
-TICK = 1.0
-"""The longest the delivery loop waits before looking for work again."""
+TICK = 5.0
+"""How often the loop's ticker runs when it has no v1 refresh to do (it does nothing else:
+workers wait for a notification or for the next thing due)."""
 INACTIVE_POLL = 0.1
 """How often a bridge that may not send (not active) looks again."""
 LOOK: Final = object()
@@ -67,8 +68,8 @@ class Forwarder:
         self._workers = config.bridge.http_concurrency
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
-        self.tick = time.monotonic()
-        """When the delivery loop last said it is alive (for the bridge's watchdog)."""
+        self._asked = self._answered = time.monotonic()
+        """When the watchdog last asked the loop to answer, and when it last did."""
         self._thread = threading.Thread(target=self._run, name="yl-bridge-forward",
                                         daemon=True)
 
@@ -103,6 +104,22 @@ class Forwarder:
         if self._changed is not None:
             self._changed.set()
 
+    def stalled_for(self) -> float:
+        """How long the delivery loop has not answered (seconds; 0.0: it answered the last
+        ask, and is asked again). For the bridge's watchdog and health, any thread."""
+        now = time.monotonic()
+        if self._answered >= self._asked:
+            self._asked = now
+            loop = self._loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has ended
+                    loop.call_soon_threadsafe(self._answer)
+            return 0.0
+        return now - self._asked
+
+    def _answer(self) -> None:
+        self._answered = time.monotonic()
+
     # --- the delivery loop ------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -122,17 +139,17 @@ class Forwarder:
             ticker.cancel()
 
     async def _tick(self) -> None:
-        """Say the loop is alive; for a v1 monitor, post the nodes that are up again every
-        ``monitor.v1_refresh``."""
+        """For a v1 monitor, post the nodes that are up again every ``monitor.v1_refresh``."""
         next_refresh = 0.0
         while True:
-            self.tick = now = time.monotonic()
-            if self.monitor.profile == "v1" and self._v1_refresh and now >= next_refresh:
+            now = time.monotonic()
+            v1 = self.monitor.profile == "v1" and self._v1_refresh
+            if v1 and now >= next_refresh:
                 next_refresh = now + self._v1_refresh
                 up = self.outbox.nodes_told("up")
                 self.delivery.refresh(up)
                 self.notify(up)
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(min(self._v1_refresh, TICK) if v1 else TICK)
 
     async def _worker(self) -> None:
         connection = MonitorConnection(self.client, self._may_send)
@@ -179,7 +196,7 @@ class Forwarder:
                 self._queued.discard(node)
                 self._busy.add(node)
                 return node
-            due = [now + TICK]
+            due = []
             if paused_until > now:
                 due.append(paused_until)
             if not self._looking and monitor.reachable:
@@ -188,7 +205,8 @@ class Forwarder:
                 due.append(self._deferred[0][0])
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(min(due) - now, 0.0))
+                await asyncio.wait_for(self._changed.wait(),
+                                       max(min(due) - now, 0.0) if due else None)
 
     async def _serve(self, connection: MonitorConnection, node: str) -> bool:
         """Run one delivery of ``node``; whether the node has more to deliver."""

@@ -6,8 +6,11 @@ comes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import selectors
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,9 +156,9 @@ class MetricsServer:
             raise listen_error(exc, host, int(port), key="bridge.metrics",
                                source=source) from exc
         self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="yl-bridge-metrics", daemon=True)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="yl-bridge-metrics",
+                                        daemon=True)
 
     @property
     def port(self) -> int:
@@ -167,7 +170,23 @@ class MetricsServer:
         log.info("metrics and health on http://%s:%d", host, self.port)
         return self
 
+    def _serve(self) -> None:
+        """Answer requests until ``stop``; asleep in between (``serve_forever`` wakes
+        every ``poll_interval`` to look for a shutdown)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.server, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._wake_reader in ready:
+                    return
+                self.server.handle_request()
+
     def stop(self) -> None:
-        self.server.shutdown()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+        if self._thread.is_alive():
+            self._thread.join(2)
         self.server.server_close()
-        self._thread.join(2)
+        self._wake_reader.close()
+        self._wake_writer.close()

@@ -53,7 +53,9 @@ STALL_LIMIT = 10.0
 HANG_LIMIT = 60.0
 """A thread stalled this long is taken as hung: the bridge stops with an error, and its
 service manager starts it again (nothing acknowledged is lost)."""
-TICK = 1.0
+WATCH_EVERY = 5.0
+"""The watchdog looks at the threads this often, or every tenth of ``HANG_LIMIT`` if that is
+shorter."""
 
 
 class Bridge:
@@ -189,7 +191,7 @@ class Bridge:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         if self._watchdog.is_alive():
-            self._watchdog.join(TICK + 0.5)
+            self._watchdog.join(1.0)
         depth = self.outbox.depth()
         # The writer is the only thread that writes the outbox: flush here only once it
         # has ended.
@@ -242,20 +244,20 @@ class Bridge:
 
     def _stalled(self, limit: float | None = None) -> list[str]:
         limit = STALL_LIMIT if limit is None else limit
-        now = time.monotonic()
         found = []
-        for name, alive, tick in (("outbox writer", self.writer.alive, self.writer.tick),
-                                  ("forwarder", self.forwarder.alive, self.forwarder.tick)):
+        for name, alive, stalled in (
+                ("outbox writer", self.writer.alive, self.writer.stalled_for()),
+                ("forwarder", self.forwarder.alive, self.forwarder.stalled_for())):
             if not alive:
                 if not self.stopping.is_set():
                     found.append(f"{name} thread has ended")
-            elif now - tick > limit:
-                found.append(f"{name} thread stalled for {now - tick:.0f} s")
+            elif stalled > limit:
+                found.append(f"{name} thread stalled for {stalled:.0f} s")
         return found
 
     def _watch(self) -> None:
         """Report stalled threads; stop the service when one is hung or has ended."""
-        while not self.stopping.wait(TICK):
+        while not self.stopping.wait(min(WATCH_EVERY, HANG_LIMIT / 10)):
             hung = self._stalled(HANG_LIMIT)
             if hung:
                 self.failure = "; ".join(hung)
@@ -300,6 +302,7 @@ class Bridge:
                 log.debug("both broker sessions caught up: silences are counted from now")
             elif before and not after:
                 self.outbox.caught_up(None)
+        self.writer.wake()  # silences and barriers are due at other times now
 
     # --- what the writer asks of the sessions (``writer.Sessions``) -------------------------
 

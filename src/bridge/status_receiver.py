@@ -53,7 +53,7 @@ log = logging.getLogger("bridge.status_receiver")
 """Named, not ``__name__``: the child runs this module as ``__main__``."""
 
 RESTART_DELAY = 1.0
-ALIVE_EVERY = 1.0
+ALIVE_EVERY = 2.0
 """The child says it is alive this often, whatever else it has to say."""
 HANG_TIMEOUT = 5.0
 """A child silent this long is hung (stopped, deadlocked): it is killed and replaced."""
@@ -224,7 +224,7 @@ class StatusReceiver:
         told = float("-inf")
         # Without a lease there is nothing to tell: wake for the child's words (at least
         # every ALIVE_EVERY), and look for a hang when they stop.
-        every = ALLOW_EVERY if self._allowed_until is not None else HANG_TIMEOUT / 4
+        every = ALLOW_EVERY if self._allowed_until is not None else HANG_TIMEOUT / 2
         while True:
             if self._allowed_until is not None and time.monotonic() - told >= ALLOW_EVERY:
                 told = time.monotonic()

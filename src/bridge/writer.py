@@ -36,7 +36,10 @@ FLUSH = "flush"
 FLUSH_DELAY = 0.002
 """Deliveries are written in batches at most this long after the first; a node's next item
 waits for its previous delivery to be written."""
-TICK = 1.0
+TICK = 5.0
+"""The longest the writer waits with nothing due (everything it waits for wakes it)."""
+WAKE = "wake"
+"""Queued to make the writer look again at what is due (the broker sessions caught up)."""
 FLUSH_RETRY = 0.5
 """A failed write of deliveries is tried again this soon."""
 CLOCK_SKEW_LIMIT = 60.0
@@ -134,8 +137,8 @@ class OutboxWriter:
         self.skew: dict[str, float] = {}
         """How far each node's clock is from the bridge's (seconds)."""
         self._skew_reported: set[str] = set()
-        self.tick = time.monotonic()
-        """When the write loop last went round (for the bridge's watchdog)."""
+        self._busy_since: float | None = None
+        """When the writer took the work it is doing (None: it waits for work)."""
         self._thread = threading.Thread(target=self._run, name="yl-bridge-outbox",
                                         daemon=True)
 
@@ -151,6 +154,16 @@ class OutboxWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def stalled_for(self) -> float:
+        """How long the writer has been at its current work (seconds; 0.0: it waits for
+        work). For the bridge's watchdog and health, any thread."""
+        busy = self._busy_since
+        return 0.0 if busy is None else time.monotonic() - busy
+
+    def wake(self) -> None:
+        """Look again at what is due (any thread)."""
+        self._queue.put(WAKE)
 
     def put(self, entry: Received | list[Received] | Passed) -> None:
         """Queue a message, a batch or a barrier passed (any thread)."""
@@ -169,7 +182,7 @@ class OutboxWriter:
         flush_due: float | None = None
         reported = ""
         while True:
-            self.tick = time.monotonic()
+            self._busy_since = None
             due = [d for d in (flush_due, self._barrier_due(), self.outbox.next_silence_check())
                    if d is not None]
             timeout = min(max(min(due) - time.monotonic(), 0.0), TICK) if due else TICK
@@ -177,6 +190,7 @@ class OutboxWriter:
                 batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:
                 batch = []
+            self._busy_since = time.monotonic()
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
