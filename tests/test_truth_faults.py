@@ -131,6 +131,47 @@ def test_a_node_that_stops_while_the_broker_is_down_is_shown_offline_once_silent
     assert bridge.metric('yl_bridge_forwarded_total{kind="silence"}') >= 1
 
 
+def test_a_silence_recorded_before_a_restart_reaches_the_monitor_before_what_followed(
+        tmp_path: Path, broker: DevBroker, double: MonitorDouble,
+        bridge: BridgeProcess) -> None:
+    """A silence is a fact of the node's story that the outbox keeps: a node frozen long
+    enough to fall silent while the monitor refuses everything, a bridge killed -9 and
+    started again, the node thawed: once the monitor answers it is told that the node was
+    offline (stale, stamped when it went stale), then that it is online again. Broken by a
+    silence kept in memory only: the new term never knew of it, and the monitor was told
+    only that the node is online."""
+    interval = 1.0
+    config = write_config(tmp_path / "gui.yaml", config_dict(
+        broker, "node-1", monitor={"report_interval": interval}, mqtt={"keepalive": 120}))
+    gui = start_process(["node", "-c", str(config)], log_path=tmp_path / "gui.log")
+    try:
+        wait_until(lambda: double.is_online("node-1"), timeout=15, what="online")
+        double.fail_with(503)
+        gui.send_signal(signal.SIGSTOP)
+        frozen = time.time()
+        wait_until(lambda: bridge.metric("yl_bridge_silences_total") == 1, timeout=15,
+                   what="the silence recorded")
+        bridge.kill()
+        bridge.start(wait=False)
+        gui.send_signal(signal.SIGCONT)
+        wait_until(lambda: bridge.metric('yl_bridge_received_total{kind="status"}') >= 2,
+                   timeout=15, what="the thawed node's statuses at the new bridge")
+        seen = len(double.history("node-1"))
+        double.fail_with(None)
+        wait_until(lambda: double.is_online("node-1") and
+                   len(double.history("node-1")) >= seen + 2, timeout=15,
+                   what="the silence and the node back at the monitor")
+    finally:
+        gui.send_signal(signal.SIGCONT)
+        assert stop_process(gui) == 0
+    told = double.history("node-1")[seen:]
+    assert [(h.status, h.reason) for h in told[:2]] == [("offline", "stale"),
+                                                       ("online", "ready")], told
+    went_stale = timestamps.epoch_from_iso(told[0].body["timestamp"])
+    assert frozen - interval <= went_stale - 3 * interval <= frozen + interval
+    assert bridge.metric("yl_bridge_silences_total") == 0, "told by what the outbox kept"
+
+
 def run_until_shown(tmp_path: Path, broker: DevBroker, double: MonitorDouble, served: str,
                     name: str, clock: str | None = None) -> None:
     """Run node-1 until the monitor and /health show it up, then stop it cleanly."""

@@ -44,6 +44,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                          "may have missed some: a gap in a node's seq, or statuses that waited "
                          "at the broker 2 s or more (its queue for the bridge may overflow)",
                          ()),
+    "silences": ("Nodes recorded as fallen silent (up at the monitor, their session ready, "
+                 "nothing heard for three report intervals), each told offline (stale)", ()),
     "withdrawn": ("Wills withdrawn: a process dropped by its replaced rival's reconnect was "
                   "back within the takeover hold", ()),
     "outbox_errors": ("Outbox writes that failed (nothing was acknowledged)", ()),

@@ -222,6 +222,7 @@ class OutboxWriter:
                     self._notify(self.outbox.flush())
                 silent = self.outbox.record_silences()
                 if silent:
+                    self.metrics.inc("silences", len(silent))
                     self._notify(silent)
             except NotActiveError as exc:
                 if not failed or str(exc) != reported:
