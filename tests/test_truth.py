@@ -221,6 +221,12 @@ B_CLAIM = NodeTruth("B", "ready", claim=True)
     pytest.param([("state", "A", "ready"), ("status", "A", 1), ("state", "A", "lost"),
                   ("claim", "A", 2)], ["accept"] * 4, NodeTruth("A", "ready", 2),
                  id="after a live end, a newer status, even retained, is the node back"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("state", "A", "lost"),
+                  ("retained", "A", "lost"), ("claim", "A", 2)],
+                 ["accept"] * 3 + ["duplicate", "accept"], NodeTruth("A", "lost", 2),
+                 id="after a live end seen again as a retained copy (a new subscription), a "
+                    "newer retained status is only a claim: the node may have been back and "
+                    "lost again meanwhile"),
     pytest.param([("retained", "A", "lost"), ("claim", "A", 2), ("default", "A", 3)],
                  ["accept"] * 3, NodeTruth("A", "ready", 3),
                  id="a retained lost is no live end; a status given no keyword is live"),

@@ -96,7 +96,9 @@ class NodeTruth:
     live_end: bool = False
     """The current ``lost`` came live, in order: every status published before it came
     before it, so a status newer than ``seq`` (even a retained copy, as an observer that
-    reconnected gets the node's birth) was published after it: the node is back."""
+    reconnected gets the node's birth) was published after it: the node is back. Until a
+    retained copy of that ``lost`` comes: the observer subscribed again, and the node may
+    have come back and been lost again while it was away."""
     claim: bool = False
     """The current session is known only from retained copies and its will (a claim, see
     above): its own process has not spoken live."""
@@ -108,6 +110,10 @@ class NodeTruth:
             return Verdict.STALE, self
         if session == self.session:
             if state == self.state:
+                if retained and self.live_end:
+                    # The copy a new subscription brings: what was published while the
+                    # observer was away (a revival, a status, the same end again) is unknown.
+                    return Verdict.DUPLICATE, replace(self, live_end=False)
                 return Verdict.DUPLICATE, self
             if self.state == "lost" and state == "ready" and retained:
                 return Verdict.STALE, self
