@@ -222,16 +222,19 @@ class StatusReceiver:
     def _read(self, conn: Connection) -> None:
         heard = time.monotonic()
         told = float("-inf")
-        # Without a lease there is nothing to tell: wake for the child's words (at least
-        # every ALIVE_EVERY), and look for a hang when they stop.
-        every = ALLOW_EVERY if self._allowed_until is not None else HANG_TIMEOUT / 2
         while True:
-            if self._allowed_until is not None and time.monotonic() - told >= ALLOW_EVERY:
-                told = time.monotonic()
+            now = time.monotonic()
+            if self._allowed_until is not None and now - told >= ALLOW_EVERY:
+                told = now
                 self._send(Allow(self._allowed_until()))
+            # Wake for the child's words (at least every ALIVE_EVERY), when it has been
+            # silent for HANG_TIMEOUT, and, with a lease, to tell it the deadline.
+            wait = heard + HANG_TIMEOUT - now
+            if self._allowed_until is not None:
+                wait = min(wait, ALLOW_EVERY)
             try:
-                if not conn.poll(every):
-                    if time.monotonic() - heard > HANG_TIMEOUT:
+                if not conn.poll(max(wait, 0.0)):
+                    if time.monotonic() - heard >= HANG_TIMEOUT:
                         self._replace_hung()
                         return
                     continue
