@@ -654,25 +654,16 @@ class Outbox:
                     found[node_id] = time.time() - (now - heard)
         if not found:
             return []
+        def watch_again() -> None:
+            with self._marks_lock:
+                for node_id in found:
+                    self._watch(node_id)
+
         with self._write_lock:
-            db = self._db
-            assert db is not None
-            try:
-                with db.pipeline():
-                    db.begin()
-                    db.executemany("UPDATE nodes SET silent_since = ?, silent_snapshot = "
-                                   "snapshot WHERE node_id = ?",
-                                   [(heard, node) for node, heard in found.items()])
-                    db.commit()
-            except BaseException as exc:
-                with self._marks_lock:
-                    for node_id in found:
-                        self._watch(node_id)
-                self._failed(exc)
-                if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
-                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
-                raise
-            self.last_error = None
+            self._commit(lambda db: db.executemany(
+                "UPDATE nodes SET silent_since = ?, silent_snapshot = snapshot "
+                "WHERE node_id = ?", [(heard, node) for node, heard in found.items()]),
+                watch_again)
             with self._marks_lock:
                 for node_id, heard in found.items():
                     mark = self.marks.get(node_id)
@@ -692,21 +683,28 @@ class Outbox:
         if deliveries is None:
             return set()
         with self._write_lock:
-            db = self._db
-            assert db is not None
-            try:
-                with db.pipeline():
-                    db.begin()
-                    self._write_deliveries(db, deliveries)
-                    db.commit()
-            except BaseException as exc:
-                self._rollback(exc)
-                self._give_back(deliveries)
-                if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
-                    raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
-                raise
-        self.last_error = None
+            self._commit(lambda db: self._write_deliveries(db, deliveries),
+                         lambda: self._give_back(deliveries))
         return self._written(deliveries)
+
+    def _commit(self, write: Callable[[Database], None], undo: Callable[[], None]) -> None:
+        """``write`` in one committed transaction (the caller holds ``_write_lock``). On a
+        failure: roll back, ``undo`` what memory was to take from it, and raise (an
+        ``OutboxError`` for the database's errors)."""
+        db = self._db
+        assert db is not None
+        try:
+            with db.pipeline():
+                db.begin()
+                write(db)
+                db.commit()
+        except BaseException as exc:
+            self._rollback(exc)
+            undo()
+            if isinstance(exc, self._errors) and not isinstance(exc, OutboxError):
+                raise OutboxError(f"outbox {self.where}: write failed: {exc}") from exc
+            raise
+        self.last_error = None
 
     def _take_deliveries(self) -> _Deliveries | None:
         """What ``done`` and ``_update`` reported since the last flush, now being written."""
