@@ -95,8 +95,8 @@ Step = tuple[str, str, "str | int", str]
     pytest.param([("state", "A", "ready", "accept"), ("retained", "B", "ready", "accept"),
                   ("state", "B", "lost", "accept"), ("state", "A", "ready", "accept"),
                   ("state", "A", "lost", "accept"), ("state", "B", "ready", "accept"),
-                  ("state", "A", "lost", "stale")],
-                 ("B", "ready", -1, ("A",)),
+                  ("state", "A", "lost", "duplicate")],
+                 ("B", "ready", -1, ()),
                  id="a takeover fight seen by an observer that reconnected during it: the "
                     "newer process, known by its retained ready, is dropped by the older one's "
                     "reconnect and comes back; the older one yields"),
@@ -108,8 +108,9 @@ Step = tuple[str, str, "str | int", str]
                     "the live word of the session set aside ends it"),
     pytest.param([("retained", "A", "ready", "accept"), ("retained", "B", "ready", "accept"),
                   ("state", "A", "lost", "accept"), ("state", "B", "ready", "accept")],
-                 ("B", "ready", -1, ("A",)),
-                 id="a session brought back by a live word is no claim, even by its will"),
+                 ("B", "ready", -1, ()),
+                 id="a session brought back by a live word is no claim, even by its will; "
+                    "lost, it is set aside again by the other's live word, not ended"),
     pytest.param([("claim", "A", 3, "accept"), ("retained", "B", "ready", "accept"),
                   ("retained", "A", "lost", "accept"), ("state", "B", "ready", "accept")],
                  ("B", "ready", -1, ()),
@@ -243,6 +244,15 @@ B_CLAIM = NodeTruth("B", "ready", claim=True)
                  NodeTruth("A", "ready", 3, aside=B_CLAIM),
                  id="a live status of the session set aside makes it current; the claim "
                     "that had no live word of its own is set aside in turn"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
+                  ("status", "B", 1), ("state", "B", "lost"), ("state", "A", "ready"),
+                  ("state", "A", "lost"), ("state", "B", "ready"), ("status", "B", 2)],
+                 ["accept"] * 8 + ["accept"],
+                 NodeTruth("B", "ready", 2,
+                           aside=NodeTruth("A", "lost", 1, live_end=True)),
+                 id="a fight over the id after a broker restart: the process set aside "
+                    "reconnects and drops the one that took the id while it was away, which "
+                    "comes back; neither is ended"),
     pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
                   ("claim", "A", 3)], ["accept"] * 3 + ["stale"],
                  NodeTruth("B", "ready", -1, aside=A_READY, claim=True),

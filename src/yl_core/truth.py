@@ -70,7 +70,9 @@ class NodeTruth:
     live message of that session comes later, the claim was old and that session is current
     again. A live word of the session set aside makes it current, and the claim ends, unless
     that claim is a session whose process has not spoken live either (``claim``; its will is
-    the broker's word, not its own): that one is set aside in turn. Two processes with one
+    the broker's word, not its own) or is ``lost``: that one is set aside in turn (a process
+    that reconnects after another took its id while it was away drops the other, whose will
+    is its ``lost``, and is dropped in turn when that one reconnects). Two processes with one
     node id drop each other's connection until the older one sees its rival and yields
     (mosquitto 2.0 does not tell a replaced connection why); an observer that reconnected
     meanwhile may hold the newer one's ``ready`` only as a retained copy when the older
@@ -105,7 +107,9 @@ class NodeTruth:
 
     def observe_state(self, session: str, state: State, *, retained: bool = False
                       ) -> tuple[Verdict, NodeTruth]:
-        """``retained``: the message is a retained copy (sent on subscribe), not live."""
+        """``retained``: the message is a retained copy (sent on subscribe), not live. A
+        verdict other than ``ACCEPT`` leaves the truth as it was, but for a retained copy of a
+        ``lost`` that came live (``live_end`` ends)."""
         if session in self.ended:
             return Verdict.STALE, self
         if session == self.session:
@@ -149,13 +153,17 @@ class NodeTruth:
 
     def _back(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A live message of the session set aside, as that session's truth took it: that
-        session is current; the claim is over, or set aside in turn while no live word of
-        its own has come (``claim``)."""
+        session is current; the one it replaces is over, or set aside in turn while no live
+        word of its own has come (``claim``) or while it is ``lost``: two processes with one
+        id, the one set aside reconnecting after the other took the id while it was away
+        (a broker restart), drop each other's connection until one yields, and each drop is
+        the other's will."""
         verdict, back = seen
-        if verdict is Verdict.STALE:
-            return verdict, self
+        if verdict is Verdict.STALE or \
+                (verdict is Verdict.DUPLICATE and back.state in TERMINAL_STATES):
+            return verdict, self  # a repeated end is no word of its process
         back, ahead = self._with_ahead(back)
-        if self.claim:
+        if self.claim or self.state == "lost":
             ended = (*self.ended, *back.ended)
             aside: NodeTruth | None = replace(self, aside=None, ahead=None)
         else:
