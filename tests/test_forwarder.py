@@ -176,6 +176,23 @@ def silent_server() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
         server.close()
 
 
+def test_a_delivery_loop_asked_before_it_runs_is_not_taken_for_stalled(
+        tmp_path: Path, outbox: Outbox) -> None:
+    """``/healthz`` may ask before the loop runs: that ask is not one the loop could miss.
+    Broken by counting it: the loop never answers it, and the watchdog stops the bridge."""
+    forwarder = Forwarder(config_for("http://127.0.0.1:9", tmp_path), outbox, Metrics())
+    assert forwarder.stalled_for() == 0.0
+    assert forwarder.stalled_for() == 0.0
+    forwarder.start()
+    try:
+        wait_until(lambda: forwarder._loop is not None, timeout=5, what="the loop running")
+        wait_until(lambda: forwarder.stalled_for() == 0.0 and forwarder.stalled_for() < 1.0,
+                   timeout=5, what="the loop answering")
+    finally:
+        forwarder.stop(5.0)
+    assert not forwarder.alive
+
+
 def test_a_monitor_that_never_completes_tls_holds_up_nothing_else(
         tmp_path: Path, outbox: Outbox,
         silent_server: tuple[socket.socket, list[socket.socket]]) -> None:

@@ -8,7 +8,7 @@ it, for at most ``monitor.timeout``; answers are parsed by httptools (llhttp).
 
 A worker does one of two jobs: a delivery of one item of one node (``delivery``), or a look
 at the monitor (``monitor_view``; beside the node queue, one at a time, at start, every look
-period, and as the only probe while the monitor is failing). Each job is an ``Dialogue``: a
+period, and as the only probe while the monitor is failing). Each job is a ``Dialogue``: a
 generator that yields the requests it needs and receives their answers.
 """
 
@@ -109,11 +109,12 @@ class Forwarder:
         ask, and is asked again). For the bridge's watchdog and health, any thread."""
         now = time.monotonic()
         if self._answered >= self._asked:
-            self._asked = now
             loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # the loop has ended
-                    loop.call_soon_threadsafe(self._answer)
+            if loop is None:
+                return 0.0  # not running yet: nothing to ask
+            self._asked = now
+            with contextlib.suppress(RuntimeError):  # the loop has ended (``alive`` says so)
+                loop.call_soon_threadsafe(self._answer)
             return 0.0
         return now - self._asked
 
