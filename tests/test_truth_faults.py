@@ -140,15 +140,19 @@ def test_a_silence_recorded_before_a_restart_reaches_the_monitor_before_what_fol
     offline (stale, stamped when it went stale), then that it is online again. Broken by a
     silence kept in memory only: the new term never knew of it, and the monitor was told
     only that the node is online."""
-    interval = 1.0
+    interval = 2.0
     config = write_config(tmp_path / "gui.yaml", config_dict(
         broker, "node-1", monitor={"report_interval": interval}, mqtt={"keepalive": 120}))
     gui = start_process(["node", "-c", str(config)], log_path=tmp_path / "gui.log")
     try:
         wait_until(lambda: double.is_online("node-1"), timeout=15, what="online")
-        double.fail_with(503)
         gui.send_signal(signal.SIGSTOP)
         frozen = time.time()
+        # A status still waiting would say for itself that it is stale: no silence then.
+        last = retained(broker.host, broker.port, "yl/ar/nodes/node-1/status")["uptime"]
+        wait_until(lambda: double.history("node-1")[-1].body.get("uptime") == last,
+                   timeout=5, what="the node's last status delivered")
+        double.fail_with(503)
         wait_until(lambda: bridge.metric("yl_bridge_silences_total") == 1, timeout=15,
                    what="the silence recorded")
         bridge.kill()
