@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 from bridge.database import (
     SCHEMA_VERSION,
@@ -42,7 +42,7 @@ from bridge.database import (
 from bridge.fast_json import decode_json
 from bridge.incoming import Received, StatusHead
 from yl_core import truth as truth_rules
-from yl_core.protocol import STATES, State, StateMessage, stale_after
+from yl_core.protocol import State, StateMessage, stale_after
 from yl_core.truth import Health, NodeTruth, Verdict
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,26 @@ Told = Literal["", "up", "down"]
 TOLD_WORDS: tuple[Told, ...] = get_args(Told)
 
 
-def told_word(value: object) -> Told:
-    """A ``told`` read back from the outbox's database."""
-    for word in TOLD_WORDS:
+STATE_WORDS: tuple[State, ...] = get_args(State)
+Word = TypeVar("Word", bound=str)
+
+
+def _one_of(value: object, words: tuple[Word, ...], what: str) -> Word:
+    """``value`` read back from the outbox's database as one of ``words``."""
+    for word in words:
         if value == word:
             return word
-    raise ValueError(f"outbox: a node's 'told' is {value!r}, not one of {TOLD_WORDS}")
+    raise ValueError(f"outbox: {what} is {value!r}, not one of {words}")
+
+
+def told_word(value: object) -> Told:
+    """A ``told`` read back from the outbox's database."""
+    return _one_of(value, TOLD_WORDS, "a node's 'told'")
 
 
 def state_word(value: object) -> State:
     """A transition's ``state`` read back from the outbox's database."""
-    for word in get_args(State):
-        if value == word:
-            return word  # type: ignore[no-any-return]
-    raise ValueError(f"outbox: a transition's 'state' is {value!r}, not one of {STATES}")
+    return _one_of(value, STATE_WORDS, "a transition's 'state'")
 
 
 ItemKind = Literal["state", "status", "silence", "retell"]
@@ -816,21 +822,20 @@ class Outbox:
     def _silence_item(self, node_id: str, mark: NodeMark, since: float) -> Item:
         """The silence recorded: the node's newest status then, last heard at ``since``
         (wall clock), stale from ``stale_after`` its interval later."""
-        node = mark.truth
-        session, seq = node.newest_status or (node.session or "", -1)
-        row = self._read("SELECT silent_snapshot FROM nodes WHERE node_id = ?", (node_id,))
-        snapshot = bytes(row[0]) if row is not None and row[0] is not None else None
+        session, seq, snapshot = self._newest_status(node_id, mark, "silent_snapshot")
         interval = mark.interval_s
         return Item(node_id, "silence", session, seq, "ready", snapshot, since,
                     status_age=math.inf,
                     stamp=since + (0.0 if interval is None else stale_after(interval)))
 
-    def _newest_status(self, node_id: str, mark: NodeMark
+    def _newest_status(self, node_id: str, mark: NodeMark, column: str = "snapshot"
                        ) -> tuple[str, int, bytes | None]:
-        """(session, seq, payload) of the node's newest status, from its row."""
+        """(session, seq, payload) of the node's newest status, the payload from its row's
+        ``column`` (``silent_snapshot``: the one that went stale)."""
         node = mark.truth
         session, seq = node.newest_status or (node.session or "", -1)
-        row = self._read("SELECT snapshot FROM nodes WHERE node_id = ?", (node_id,))
+        row = self._read(f"SELECT {column} FROM nodes WHERE node_id = ?",  # noqa: S608
+                         (node_id,))
         return session, seq, bytes(row[0]) if row is not None and row[0] is not None else None
 
     def _retell_item(self, node_id: str, mark: NodeMark) -> Item:
