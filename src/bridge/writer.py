@@ -183,8 +183,8 @@ class OutboxWriter:
         reported = ""
         while True:
             self._busy_since = None
-            due = [d for d in (flush_due, self._barrier_due(), self.outbox.next_silence_check())
-                   if d is not None]
+            silence_due = self.outbox.next_silence_check()
+            due = [d for d in (flush_due, self._barrier_due(), silence_due) if d is not None]
             timeout = min(max(min(due) - time.monotonic(), 0.0), TICK) if due else TICK
             try:
                 batch = [self._queue.get(timeout=timeout)]
@@ -220,10 +220,11 @@ class OutboxWriter:
                     self._record(messages, flush=flushing)
                 elif flushing:
                     self._notify(self.outbox.flush())
-                silent = self.outbox.record_silences()
-                if silent:
-                    self.metrics.inc("silences", len(silent))
-                    self._notify(silent)
+                if silence_due is not None and silence_due <= time.monotonic():
+                    silent = self.outbox.record_silences()
+                    if silent:
+                        self.metrics.inc("silences", len(silent))
+                        self._notify(silent)
             except NotActiveError as exc:
                 if not failed or str(exc) != reported:
                     reported = str(exc)
