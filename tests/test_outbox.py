@@ -26,6 +26,7 @@ from yl_core.truth import TAKEOVER_HOLD
 
 A = "000000000010-aaaaaaaaaaaa"
 B = "000000000020-bbbbbbbbbbbb"
+C = "000000000030-cccccccccccc"
 
 Entry = Received
 """One checked message as ``Outbox.record`` takes it."""
@@ -129,8 +130,20 @@ def test_session_ids_do_not_order_sessions(where: str) -> None:
     assert mark is not None
     assert (mark.truth.session, mark.truth.state, mark.truth.seq) == ("0000", "ready", 1)
     drain(box)
-    late, _ = box.record([state("ready", "zzzz"), status(8, "zzzz")])
+    restored = [state("ready", "zzzz", retained=True),
+                incoming("n1", status_message(8, "zzzz"), received(), True)]
+    late, _ = box.record(restored)
     assert late.stale == 2
+    box.close()
+    reopened = Outbox(where)
+    again, _ = reopened.record(restored)
+    assert again.stale == 2, "the lost session set aside is kept across a restart"
+    back, _ = reopened.record([state("ready", "zzzz")])
+    assert back.accepted == 1, "its process reconnecting (a live ready) is back"
+    mark = reopened.mark("n1")
+    assert mark is not None
+    assert (mark.truth.session, mark.truth.state) == ("zzzz", "ready")
+    assert "0000" in mark.truth.ended
 
 
 def test_a_status_of_an_earlier_life_after_the_next_ready_is_that_lifes_last_word(
@@ -333,7 +346,7 @@ def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
     # the will of A carries no snapshot: the newest one belongs to B and goes with B's ready
     assert items == [("state", "lost", A, False), ("state", "ready", B, True)]
     late, _ = box.record([state("lost", A), status(2, A)])
-    assert late.stale == 2
+    assert (late.duplicates, late.stale, late.accepted) == (1, 1, 0)
 
 
 def test_a_node_waits_for_its_last_delivery_to_be_written(where: str) -> None:
@@ -687,6 +700,57 @@ def test_a_lost_just_after_a_takeover_counts_only_after_the_hold(where: str) -> 
     items = drain_items(box)
     assert [(i.state, i.counts_from) for i in items] == [
         ("ready", 0.0), ("lost", 0.0), ("ready", 0.0), ("lost", at + 1.5 + TAKEOVER_HOLD)]
+    box.close()
+
+
+def test_a_takeover_fight_is_one_blip(where: str) -> None:
+    """B takes A's id; A, closed without a reason, reconnects once (dropping B) and yields
+    when B reconnects (dropping A). Every ``lost`` after the takeover waits the hold, and a
+    ``ready`` within it withdraws it: the monitor sees one ``offline`` and the node back."""
+    box = Outbox(where)
+    at = time.time() - 5.0
+
+    def at_time(word: str, session: str, offset: float) -> Received:
+        message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
+                               since="2026-01-01T00:00:00.000Z", node_name="GUI",
+                               version="1", interval_s=30.0)
+        return incoming("n1", message, at + offset)
+
+    result, _ = box.record([
+        at_time("ready", A, 0.0), at_time("lost", A, 1.0), at_time("ready", B, 1.001),
+        at_time("lost", B, 1.4), at_time("ready", A, 1.401), at_time("lost", A, 1.8),
+        at_time("ready", B, 1.801)])
+    assert result.withdrawn == 2
+    items = drain_items(box)
+    assert [(i.state, i.session) for i in items] == [
+        ("ready", A), ("lost", A), ("ready", B), ("ready", A), ("ready", B)]
+    mark = box.mark("n1")
+    assert mark is not None
+    assert (mark.truth.session, mark.truth.state) == (B, "ready")
+    box.close()
+
+
+def test_a_held_lost_is_withdrawn_only_by_the_fight_not_by_a_next_life(where: str) -> None:
+    """A process restarted within ``TAKEOVER_GAP`` of its crash looks like a takeover, so
+    its next ``lost`` is held; a third life's ``ready`` within the hold is no reconnect of
+    the fight: the ``lost`` stays, and counts at once (a next life began)."""
+    box = Outbox(where)
+    at = time.time() - 5.0
+
+    def at_time(word: str, session: str, offset: float) -> Received:
+        message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
+                               since="2026-01-01T00:00:00.000Z", node_name="GUI",
+                               version="1", interval_s=30.0)
+        return incoming("n1", message, at + offset)
+
+    result, _ = box.record([
+        at_time("ready", A, 0.0), at_time("lost", A, 1.0), at_time("ready", B, 1.1),
+        at_time("lost", B, 1.5), at_time("ready", C, 1.6)])  # a third life
+    assert result.withdrawn == 0
+    items = drain_items(box)
+    assert [(i.state, i.session, i.counts_from) for i in items] == [
+        ("ready", A, 0.0), ("lost", A, 0.0), ("ready", B, 0.0),
+        ("lost", B, 0.0), ("ready", C, 0.0)]
     box.close()
 
 

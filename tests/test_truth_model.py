@@ -12,12 +12,14 @@ order drawn by Hypothesis; deliveries are drawn one at a time.
 Checked at every step: an observer never shows a session ready after it received that
 session's end (``lost`` or ``disconnected``) and no live word of it since (see
 ``Observer._note`` for what counts as one). Checked once an observer has everything the
-broker sent it: a process that is up is shown ready with its newest status; a node whose
+broker sent it: a process that is up is shown ready with its newest status (unless the
+observer received its ``lost`` and no live word since: the rule above); a node whose
 last session ended while the broker's retained state still says so is shown ended, for
 that reason. Two gaps of the bridge-like reader are allowed for, where its two streams lose
 the order: it may lack the newest status of a session it learned from retained copies only
-(the status came before the state; the session's next status brings it), and after a live
-``lost`` only a live ``ready`` brings the session back.
+(the status came before the state; the session's next status brings it) or of a lost session
+set aside that came back (statuses that came before its live ``ready`` are taken as words of
+the past), and after a live ``lost`` only a live ``ready`` brings the session back.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class Observer:
     """Per session whose end the observer received: (the end, whether it came live, the
     newest seq seen before it)."""
     seqs: dict[str, int] = field(default_factory=dict)
+    past_words: dict[str, int] = field(default_factory=dict)
+    """Two streams: the newest seq per session of the statuses taken as words of the past
+    (they came apart from the states while that session was lost and set aside)."""
     connected: bool = False
     session_kept: bool = False
     """The broker keeps a session for it while it is away (the bridge's persistent one)."""
@@ -113,6 +118,9 @@ class Observer:
                 message.session, message.value, retained=retained)  # type: ignore[arg-type]
         else:
             assert isinstance(message.value, int)
+            if not retained and self.truth.lost_aside(message.session):
+                self.past_words[message.session] = max(
+                    message.value, self.past_words.get(message.session, -1))
             _, self.truth = self.truth.observe_status(message.session, message.value,
                                                       in_order=False, retained=retained)
         self._note(message, retained)
@@ -176,6 +184,7 @@ class NodeLife(RuleBasedStateMachine):
         self.observers: list[Observer] = []
         self.last_session: str | None = None
         self.last_end: Message | None = None
+        self.replaced: Process | None = None
 
     # --- the world ------------------------------------------------------------------------
 
@@ -209,6 +218,7 @@ class NodeLife(RuleBasedStateMachine):
         old = self.process
         if old is not None and old.connected and self.broker_up:
             self._end(Message("state", old.session, "lost"))
+        self.replaced = old
         self.process = Process(session)
         self.last_session, self.last_end = session, None
         if self.broker_up:
@@ -218,9 +228,7 @@ class NodeLife(RuleBasedStateMachine):
     @rule(flag_changes=st.integers(1, 3))
     def status(self, flag_changes: int) -> None:
         assert self.process is not None
-        for _ in range(flag_changes):
-            self.process.seq += 1
-            self._publish(Message("status", self.process.session, self.process.seq))
+        self.status_of(self.process, flag_changes)
 
     @precondition(lambda self: self.process is not None)
     @rule(clean=st.booleans())
@@ -228,9 +236,33 @@ class NodeLife(RuleBasedStateMachine):
         """A clean stop publishes ``disconnected``; a crash makes the broker publish the
         will. With the link down, neither reaches the broker."""
         assert self.process is not None
-        process, self.process = self.process, None
+        process, self.process, self.replaced = self.process, None, None
         if process.connected and self.broker_up:
             self._end(Message("state", process.session, "disconnected" if clean else "lost"))
+
+    @precondition(lambda self: self.replaced is not None and self.broker_up and
+                  self.process is not None and self.process.connected)
+    @rule(flag_changes=st.integers(0, 2), dropped=st.booleans())
+    def rival_reconnects(self, flag_changes: int, dropped: bool) -> None:
+        """The process replaced (while it was away, or by a takeover: mosquitto 2.0 closes a
+        replaced connection without saying why) reconnects: its connect drops the newer one
+        (whose will the broker publishes), it speaks, and it yields on seeing its rival:
+        dropped by the newer one's reconnect (its will) or gone first (no will); the newer
+        one is born again."""
+        assert self.replaced is not None
+        assert self.process is not None
+        rival, self.replaced = self.replaced, None
+        self._publish(Message("state", self.process.session, "lost"))
+        self._birth(rival)
+        self.status_of(rival, flag_changes)
+        if dropped:
+            self._publish(Message("state", rival.session, "lost"))
+        self._birth(self.process)
+
+    def status_of(self, process: Process, flag_changes: int) -> None:
+        for _ in range(flag_changes):
+            process.seq += 1
+            self._publish(Message("status", process.session, process.seq))
 
     def _end(self, message: Message) -> None:
         self._publish(message)
@@ -340,14 +372,20 @@ class NodeLife(RuleBasedStateMachine):
             process = self.process
             if process is not None and process.connected:
                 ended = observer.ended_seen.get(process.session)
-                if not observer.in_order and ended is not None and ended[0] == "lost":
-                    # Two streams: after a live ``lost``, only a live ``ready`` brings the
-                    # session back, and a broker that lost the bridge's session with it
-                    # leaves only retained copies: a gap of reading them on two sessions.
+                if ended is not None and ended[0] == "lost":
+                    # The observer received the session's ``lost`` and no live word of it
+                    # since: only a live word brings it back (a retained ``ready`` may be a
+                    # restored broker's older copy). A broker that lost everything, with the
+                    # node reconnected before the observer, leaves only retained copies;
+                    # the node's next status (one report interval) brings it back.
                     continue
-                if not observer.in_order and seq is None:
+                if not observer.in_order and (
+                        seq is None or
+                        observer.past_words.get(process.session, -1) >= process.seq):
                     # Two streams: a retained status that came before its session's
-                    # retained state names no session; the next status brings it.
+                    # retained state names no session, and a status of a lost session set
+                    # aside that came before its live ``ready`` (a process replaced while
+                    # away, back) is taken as a word of the past; the next status brings it.
                     seq = process.seq
                 assert (session, state, seq) == (process.session, "ready", process.seq), (
                     f"{observer.name} shows {(session, state, seq)} of a node up as "

@@ -85,9 +85,12 @@ _PENDING_INTO_NODES = (
 _PENDING_COLUMNS = (("pending_session", "TEXT"), ("pending_seq", "{int}"),
                     ("pending_received", "{real}"))
 _ADDED_COLUMNS = (("stamped", "{real}"), ("silent_since", "{real}"),
-                  ("silent_snapshot", "{blob}"))
+                  ("silent_snapshot", "{blob}"), ("aside_session", "TEXT"),
+                  ("aside_state", "TEXT"), ("aside_seq", "{int}"))
 """The newest time stamped on a request the monitor took about the node; a silence recorded
-and not yet delivered (when the node was last heard, and its newest status then). Added to
+and not yet delivered (when the node was last heard, and its newest status then); the
+session set aside (``NodeTruth.aside``: a lost one a newer one replaced, or the one a
+retained claim replaced), its state and newest seq. Added to
 an outbox of any schema version when it opens: the release before ignores them, so an
 active/standby pair can be upgraded one instance at a time."""
 _SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB",

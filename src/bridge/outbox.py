@@ -284,10 +284,11 @@ class Outbox:
                 delivered.setdefault(node_id, _Delivered()).merge(items)
         nothing = _Delivered()
         for node_id, name, session, seq, state, state_session, registered, ended, interval, \
-                ahead_session, ahead_seq, told, stamped, silent in self._db.execute(
+                ahead_session, ahead_seq, told, stamped, silent, aside_session, aside_state, \
+                aside_seq in self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
-                    " ended, interval_s, ahead_session, ahead_seq, told, stamped, silent_since "
-                    "FROM nodes"):
+                    " ended, interval_s, ahead_session, ahead_seq, told, stamped, silent_since,"
+                    " aside_session, aside_state, aside_seq FROM nodes"):
             # Rows written before schema 2 kept the status and the state session apart and
             # took the greater id for the newer; the other one is over.
             current = max(filter(None, (session, state_session)), default=None)
@@ -296,7 +297,11 @@ class Outbox:
             truth = NodeTruth(current, state if state_session == current else None,
                               -1 if seq is None or session != current else seq,
                               tuple(dict.fromkeys(over)),
-                              None if ahead_session is None else (ahead_session, ahead_seq))
+                              None if ahead_session is None else (ahead_session, ahead_seq),
+                              None if aside_session is None else NodeTruth(
+                                  aside_session,
+                                  None if aside_state is None else state_word(aside_state),
+                                  -1 if aside_seq is None else aside_seq))
             updates = self._node_updates.get(node_id, {})
             marks[node_id] = mark = NodeMark(
                 truth, name, bool(updates.get("registered", registered)), interval,
@@ -432,8 +437,9 @@ class Outbox:
                     changed = self._record_last_words(db, node_id, mark, message, raw,
                                                       incoming.retained, received, result,
                                                       committed)
-                elif message is not None and message.session != mark.truth.session and \
-                        message.session in mark.truth.ended:
+                elif message is not None and message.session != mark.truth.session and (
+                        message.session in mark.truth.ended or
+                        mark.truth.lost_aside(message.session)):
                     writes.flush(db)
                     changed = self._record_words_of_the_past(db, node_id, mark, message, raw,
                                                              result, committed)
@@ -529,9 +535,12 @@ class Outbox:
             _count(result, verdict)
             return False
         withdrawn: list[int] = []
-        if mark.lost is not None and message.state == "ready" and \
-                message.session == mark.truth.session and received < mark.lost[1]:
-            # The process dropped by its replaced rival's one reconnect is back.
+        if mark.lost is not None and message.state == "ready" and not retained and \
+                received < mark.lost[1] and (message.session == mark.truth.session or
+                                             mark.truth.lost_aside(message.session)):
+            # Before the held ``lost`` counts, the process dropped by its replaced rival's one
+            # reconnect is back, or that rival (whose reconnect it was) spoke: a takeover
+            # fight, one blip.
             withdrawn.append(mark.lost[0])
             db.execute("DELETE FROM transitions WHERE id = ?", (mark.lost[0],))
             result.withdrawn += 1
@@ -1019,22 +1028,27 @@ class Outbox:
 _SAVE_NODE = (
     "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
     "snapshot, ended, interval_s, ahead_session, ahead_seq, pending_session, pending_seq, "
-    "pending_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "pending_received, aside_session, aside_state, aside_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
     "session = excluded.session, seq = excluded.seq, state = excluded.state, "
     "state_session = excluded.state_session, "
     "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
     "interval_s = excluded.interval_s, ahead_session = excluded.ahead_session, "
     "ahead_seq = excluded.ahead_seq, pending_session = excluded.pending_session, "
-    "pending_seq = excluded.pending_seq, pending_received = excluded.pending_received")
+    "pending_seq = excluded.pending_seq, pending_received = excluded.pending_received, "
+    "aside_session = excluded.aside_session, aside_state = excluded.aside_state, "
+    "aside_seq = excluded.aside_seq")
 
 
 def _node_row(node_id: str, mark: NodeMark, snapshot: bytes | None) -> tuple[Any, ...]:
     truth = mark.truth
     ahead = truth.ahead or (None, None)
+    aside = truth.aside
     return (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
             snapshot, " ".join(truth.ended), mark.interval_s, *ahead,
-            *(mark.pending_row or (None, None, None)))
+            *(mark.pending_row or (None, None, None)),
+            *((None, None, None) if aside is None else (aside.session, aside.state, aside.seq)))
 
 
 @dataclass

@@ -59,7 +59,10 @@ class NodeTruth:
     ``lost`` (the broker's last will) does not end a session: the same process may reconnect
     (a network outage, a broker restart). It comes back only with a live word: a live
     ``ready``, a newer live status that arrived in order, or, after a ``lost`` that came live
-    in order, any status newer than the newest before it (``live_end``).
+    in order, any status newer than the newest before it (``live_end``). A newer session
+    first seen live sets a ``lost`` one aside rather than ending it: a process replaced while
+    it was away reconnects, drops the newer one (whose will follows) and yields, and the
+    newer one's return must count. Only a live word brings a session set aside back.
 
     Retained copies (``retained=True``, sent on subscribe) are claims, not events: they come
     per topic, in no order between a node's ``state`` and its ``status``, and may be a
@@ -133,14 +136,16 @@ class NodeTruth:
         if ahead is not None and ahead[0] == session:
             seq, ahead = ahead[1], None
         if not retained:
-            return Verdict.ACCEPT, NodeTruth(
-                session, state, seq, _bounded(self._superseded(with_aside=True), session, state),
-                ahead, live_end=state == "lost")
-        aside = self.aside if self.session is None or self.session in self.ended else \
-            replace(self, aside=None, ahead=None)
+            return Verdict.ACCEPT, self._live_successor(session, state, seq, ahead)
+        ended, aside = self.ended, self.aside
+        if self.session is not None and self.session not in self.ended:
+            aside = replace(self, aside=None, ahead=None)
+            if self.aside is not None and self.aside.state == "lost" and \
+                    self.aside.session is not None:
+                ended = (*ended, self.aside.session)  # a lost session is not forgotten
         return Verdict.ACCEPT, NodeTruth(session, state, seq,
-                                         _bounded(self.ended, session, state), ahead, aside,
-                                         claim=True)
+                                         _bounded(ended[-MAX_ENDED_SESSIONS:], session, state),
+                                         ahead, aside, claim=True)
 
     def _swapped(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A retained message of the session set aside, as that session's truth took it:
@@ -171,6 +176,23 @@ class NodeTruth:
         return Verdict.ACCEPT, replace(back, ahead=ahead, aside=aside, claim=False, ended=tuple(
             dict.fromkeys(ended))[-MAX_ENDED_SESSIONS:])
 
+    def _live_successor(self, session: str, state: State, seq: int,
+                        ahead: tuple[str, int] | None) -> NodeTruth:
+        """A session first seen live as the current one: the one it replaces is over, but
+        for a ``lost`` one, which is set aside: its process may come back (a process replaced
+        while it was away reconnects and drops the newer one, whose return must then count).
+        """
+        if self.state == "lost" and self.session is not None:
+            ended = self.ended
+            if self.aside is not None and self.aside.session is not None and \
+                    self.aside.session not in ended:
+                ended = (*ended, self.aside.session)
+            aside: NodeTruth | None = replace(self, aside=None, ahead=None)
+        else:
+            ended, aside = self._superseded(with_aside=True), None
+        return NodeTruth(session, state, seq, _bounded(ended[-MAX_ENDED_SESSIONS:], session, state),
+                         ahead, aside, live_end=state == "lost")
+
     def _with_ahead(self, back: NodeTruth) -> tuple[NodeTruth, tuple[str, int] | None]:
         """``back`` with the status held ahead if it is of ``back``'s session (which then
         holds nothing ahead), and what stays ahead."""
@@ -186,7 +208,8 @@ class NodeTruth:
         A newer status of the current session counts even after it stopped or was lost (the
         last ones may come after the state); a live one in order after ``lost`` says the node
         is back."""
-        if session in self.ended and session != self.session:
+        if session != self.session and (session in self.ended or (
+                not in_order and not retained and self.lost_aside(session))):
             return Verdict.STALE, self
         if self.aside is not None and session == self.aside.session and \
                 session != self.session and (retained or in_order):
@@ -207,9 +230,17 @@ class NodeTruth:
         if not in_order and not retained:
             return Verdict.ACCEPT, replace(self, ahead=(session, seq))
         # A node publishes ``ready`` before its first status; that one may still be on its way.
-        return Verdict.ACCEPT, NodeTruth(session, "ready", seq,
-                                         self._superseded(with_aside=not retained),
-                                         claim=retained)
+        if retained:
+            return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded(),
+                                             claim=True)
+        return Verdict.ACCEPT, self._live_successor(session, "ready", seq, None)
+
+    def lost_aside(self, session: str) -> bool:
+        """``session`` is the ``lost`` one set aside by a newer one: read apart from the
+        states, a status of it is a word of the past (a status published before its will
+        that comes late); a live ``ready`` of it on the states' stream brings it back."""
+        return self.aside is not None and self.aside.session == session and \
+            self.aside.state == "lost"
 
     @property
     def newest_status(self) -> tuple[str, int] | None:
