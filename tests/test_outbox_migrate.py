@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,17 @@ from testkit.postgres import PostgresServer
 from testkit.support import (
     NODE_PASSWORD,
     config_dict,
+    incoming,
     start_process,
     stop_process,
     wait_until,
     write_config,
 )
 
+from bridge.incoming import Received
+from bridge.migrate import migrate as migrate_outbox
+from bridge.outbox import Outbox
+from yl_core.protocol import StateMessage
 from yl_status.dev_broker import DevBroker
 from yl_status.monitor_double import MonitorDouble
 
@@ -84,3 +90,36 @@ def test_a_migrated_backlog_is_delivered_by_the_postgresql_bridge(
             assert pg_bridge.stop() == 0
     finally:
         double.down()
+
+
+def test_a_migrated_node_keeps_its_stamp_its_silence_and_the_session_set_aside(
+        tmp_path: Path, postgres: PostgresServer) -> None:
+    """The columns an outbox gained after its schema version (``_ADDED_COLUMNS``) move
+    with the node: the newest stamp the monitor took, a silence not yet delivered, and the
+    lost session a newer one set aside."""
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(str(path))
+
+    def state(word: str, session: str) -> Received:
+        return incoming("n1", StateMessage(state=word, session=session,  # type: ignore[arg-type]
+                                           since="2026-01-01T00:00:00.000Z", node_name="GUI",
+                                           version="1", interval_s=30.0), time.time())
+
+    box.record([state("ready", "A"), state("lost", "A"), state("ready", "B")])
+    box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE nodes SET stamped = 1.8e9, silent_since = 1.7e9, "
+                   "silent_snapshot = x'7b7d'")
+    url = postgres.new_database()
+    migrate_outbox(f"sqlite:{path}", url, sys.stdout)
+    moved = Outbox(url)
+    try:
+        mark = moved.mark("n1")
+        assert mark is not None
+        assert (mark.truth.session, mark.truth.state) == ("B", "ready")
+        assert mark.truth.aside is not None
+        assert (mark.truth.aside.session, mark.truth.aside.state) == ("A", "lost")
+        assert moved.stamped("n1") == 1.8e9
+        assert moved.marks["n1"].silent == 1.7e9
+    finally:
+        moved.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bridge.database import (
+    _ADDED_COLUMNS,
     OutboxError,
     PostgresDatabase,
     SqliteDatabase,
@@ -23,19 +24,21 @@ from bridge.database import (
 
 log = logging.getLogger(__name__)
 
+_NODE_COLUMNS = ("node_id", "node_name", "session", "seq", "state", "state_session",
+                 "snapshot", "registered", "ended", "interval_s", "ahead_session", "ahead_seq",
+                 "told", "pending_session", "pending_seq", "pending_received",
+                 *(name for name, _ in _ADDED_COLUMNS))
 _READ = (
-    "SELECT node_id, node_name, session, seq, state, state_session, snapshot, registered, "
-    "ended, interval_s, ahead_session, ahead_seq, told, pending_session, pending_seq, "
-    "pending_received FROM nodes",
+    f"SELECT {', '.join(_NODE_COLUMNS)} FROM nodes",  # noqa: S608
     "SELECT id, node_id, session, state, snapshot, received FROM transitions ORDER BY id",
 )
 _WRITE = (
-    "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, snapshot, "
-    "registered, ended, interval_s, ahead_session, ahead_seq, told, pending_session, "
-    "pending_seq, pending_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    f"INSERT INTO nodes ({', '.join(_NODE_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _NODE_COLUMNS)})",
     "INSERT INTO transitions (id, node_id, session, state, snapshot, received) "
     "VALUES (?, ?, ?, ?, ?, ?)",
 )
+_PENDING = _NODE_COLUMNS.index("pending_session")
 _HELD = ("SELECT (SELECT COUNT(*) FROM nodes), (SELECT COUNT(*) FROM transitions), "
          "(SELECT COUNT(*) FROM nodes WHERE pending_session IS NOT NULL)")
 
@@ -90,7 +93,7 @@ def _copy(sqlite: SqliteDatabase, pg: PostgresDatabase, path: Path, out: TextIO)
                           "uses it first") from exc
     try:
         nodes, transitions = (sqlite.execute(sql).fetchall() for sql in _READ)
-        statuses = sum(1 for row in nodes if row[-3] is not None)
+        statuses = sum(1 for row in nodes if row[_PENDING] is not None)
         pg.prepare()
         _check_empty(pg)
         pg.begin()
