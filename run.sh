@@ -96,7 +96,8 @@ case "${1:-}" in
     shift
     "$VENV/bin/ruff" check src tests bench testkit examples
     "$VENV/bin/mypy"
-    exec "$VENV/bin/python" -m pytest "$@"
+    # Two workers: most tests wait on real processes, and each passes beside another.
+    exec "$VENV/bin/python" -m pytest -n 2 "$@"
     ;;
   *)
     sed -n '2,9p' "$0" >&2
