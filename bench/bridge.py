@@ -61,6 +61,7 @@ import yaml
 from testkit.raw_publisher import RawPublisher
 from testkit.support import NODE_PASSWORD, TEST_PASSWORD, Recorder, config_dict, write_config
 
+from bench.node_red import NODE_RED, NodeRedFlow
 from yl_core import protocol, timestamps
 from yl_status.dev_broker import DevBroker, free_port
 from yl_status.monitor_double import MonitorDouble
@@ -160,6 +161,10 @@ class Rig:
 
     def rss_mb(self) -> float:
         return psutil.Process(self.bridge.pid).memory_info().rss / 2**20
+
+    def stop_bridge(self) -> None:
+        self.bridge.terminate()
+        self.bridge.wait()
 
     def close(self) -> None:
         self.publisher.close()
@@ -762,13 +767,39 @@ def _profile_top(raw: Path, entries: int = 12) -> str:
     return "\n".join(f"     {n / max(total, 1) * 100:5.1f} %  {frame}" for frame, n in top)
 
 
-def gui_like(seconds: float, rate: float = 1000.0,
-             profile: bool = False) -> dict[str, float]:
+def _node_red_window(rig: Rig, workdir: Path, seconds: float) -> dict[str, float]:
+    """The bridge stopped, ``bench.node_red``'s flow doing its job on the same feed into the
+    same double: its CPU per heartbeat the double recorded, and the double's per request."""
+    rig.stop_bridge()
+    with NodeRedFlow(workdir, rig.broker.port, "bench-recorder", TEST_PASSWORD,
+                     rig.sink_url) as flow:
+        stats = rig.sink_url + "/_double/stats"
+        began = get(stats)["heartbeats"]
+        wait("Node-RED forwarding", lambda: get(stats)["heartbeats"] > began + 10, 60)
+        time.sleep(2.0)  # warm-up, as for the bridge
+        red, sink = psutil.Process(flow.pid), psutil.Process(rig.sink.pid)
+        red_cpu, sink_cpu, before = _cpu_seconds(red), _cpu_seconds(sink), get(stats)
+        start = time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - start
+        red_cpu, sink_cpu, after = _cpu_seconds(red) - red_cpu, \
+            _cpu_seconds(sink) - sink_cpu, get(stats)
+    heartbeats = after["heartbeats"] - before["heartbeats"]
+    requests = after["requests"] - before["requests"]
+    return {"per_heartbeat": red_cpu / max(heartbeats, 1) * 1e6, "rate": heartbeats / elapsed,
+            "refused": requests - heartbeats, "core": red_cpu / elapsed * 100,
+            "double": sink_cpu / max(requests, 1) * 1e6}
+
+
+def gui_like(seconds: float, rate: float = 1000.0, profile: bool = False,
+             node_red: bool = False) -> dict[str, float]:
     """``GUI_NODES`` nodes sending ``rate`` statuses a second in all, retained, with their
     message expiry, as GUIs do, into the monitor double (a process of its own): the CPU the
     bridge's processes use per forwarded heartbeat, against the double's per request. The
-    window is long enough for ``GUI_MIN_HEARTBEATS`` at the rate."""
+    window is long enough for ``GUI_MIN_HEARTBEATS`` at the rate. ``node_red``: then the
+    same for ``bench.node_red``'s flow, on the same feed and double."""
     seconds = max(seconds, GUI_MIN_HEARTBEATS / rate)
+    red: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as name:
         rig = Rig(Path(name), gui_like=True)
         try:
@@ -817,6 +848,8 @@ def gui_like(seconds: float, rate: float = 1000.0,
                 if recording is not None:
                     recording.wait(60)
                     top = _profile_top(Path(name) / "profile.txt")
+                if node_red:
+                    red = _node_red_window(rig, Path(name) / "node-red", seconds)
             finally:
                 stop.set()
                 feeder.join(10)
@@ -833,9 +866,20 @@ def gui_like(seconds: float, rate: float = 1000.0,
     if profile:
         print("   the bridge's processes by own samples (py-spy, nonblocking):\n" +
               (top if recording is not None else "     (py-spy is not installed)"))
-    return {f"GUI-like {rate:.0f}/s: bridge CPU us per heartbeat": per_heartbeat,
-            f"GUI-like {rate:.0f}/s: bridge / double CPU per request":
-                per_heartbeat / per_request}
+    figures = {f"GUI-like {rate:.0f}/s: bridge CPU us per heartbeat": per_heartbeat,
+               f"GUI-like {rate:.0f}/s: bridge / double CPU per request":
+                   per_heartbeat / per_request}
+    if red:
+        print(f"   Node-RED {NODE_RED} (mqtt in -> function -> http request) on the same feed, "
+              f"the bridge stopped: forwarded {red['rate']:.0f}/s ({red['refused']:.0f} "
+              f"requests refused), {red['per_heartbeat']:.0f} us of CPU per heartbeat "
+              f"({red['core']:.0f} % of a core), the double {red['double']:.0f} us per "
+              f"request; the bridge's CPU per heartbeat / Node-RED's "
+              f"{per_heartbeat / red['per_heartbeat']:.2f} (Node-RED kept up: "
+              f"{'yes' if red['rate'] >= 0.95 * rate else 'no'})")
+        figures[f"GUI-like {rate:.0f}/s: bridge / Node-RED CPU per heartbeat"] = \
+            per_heartbeat / red["per_heartbeat"]
+    return figures
 
 
 def _thread_switches(process: psutil.Process) -> dict[int, int]:
@@ -961,7 +1005,7 @@ def run_scenarios(args: argparse.Namespace) -> dict[str, float]:
         receiver_side_by_side(5.0)
     if "gui" in only:
         for rate in args.gui_rate or GUI_RATES:
-            figures |= gui_like(args.seconds, rate, args.profile)
+            figures |= gui_like(args.seconds, rate, args.profile, args.node_red)
     if "rest" in only:
         for monitor_down in (False, True):
             figures |= at_rest(args.rest_seconds, monitor_down)
@@ -994,6 +1038,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile the bridge's processes in the GUI-like scenario "
                              "(py-spy) and print the functions with most samples")
+    parser.add_argument("--node-red", action="store_true",
+                        help="in the GUI-like scenario, also a Node-RED flow doing the "
+                             "bridge's job (bench.node_red; installed with npm on first use)")
     parser.add_argument("--rest-seconds", type=float, default=20.0,
                         help="how long the at-rest scenario measures each bridge")
     parser.add_argument("--baseline", metavar="REF",
