@@ -109,7 +109,8 @@ def test_a_node_that_stops_while_the_broker_is_down_is_shown_offline_once_silent
         served: str) -> None:
     """Neither its ``disconnected`` nor its will reaches the broker, which comes back with
     the node's retained ``ready`` and last status: the bridge reports it offline (stale)
-    once three report intervals pass without a word."""
+    once three report intervals pass without a word (by a recorded silence, or by that
+    status itself when the broker took longer than that to come back: under load)."""
     interval = 1.0
     gui = node(tmp_path, broker, "gui", interval=interval)
     try:
@@ -128,7 +129,6 @@ def test_a_node_that_stops_while_the_broker_is_down_is_shown_offline_once_silent
     assert time.monotonic() - back <= 3 * interval + 3
     last = double.history("node-1")[-1]
     assert (last.status, last.reason) == ("offline", "stale")
-    assert bridge.metric('yl_bridge_forwarded_total{kind="silence"}') >= 1
 
 
 def test_a_silence_recorded_before_a_restart_reaches_the_monitor_before_what_followed(
