@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -685,16 +685,20 @@ def test_a_transition_is_done_at_once_and_carries_when_the_broker_got_it(where: 
     box.close()
 
 
-def test_a_lost_just_after_a_takeover_counts_only_after_the_hold(where: str) -> None:
-    box = Outbox(where)
-    at = time.time() - 5.0
-
+def states_from(at: float) -> Callable[[str, str, float], Received]:
+    """A node's state messages as the broker got them ``offset`` seconds after ``at``."""
     def at_time(word: str, session: str, offset: float) -> Received:
         message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
                                since="2026-01-01T00:00:00.000Z", node_name="GUI",
                                version="1", interval_s=30.0)
         return incoming("n1", message, at + offset)
+    return at_time
 
+
+def test_a_lost_just_after_a_takeover_counts_only_after_the_hold(where: str) -> None:
+    box = Outbox(where)
+    at = time.time() - 5.0
+    at_time = states_from(at)
     box.record([at_time("ready", A, 0.0), at_time("lost", A, 1.0), at_time("ready", B, 1.001),
                 at_time("lost", B, 1.5)])
     items = drain_items(box)
@@ -708,14 +712,7 @@ def test_a_takeover_fight_is_one_blip(where: str) -> None:
     when B reconnects (dropping A). Every ``lost`` after the takeover waits the hold, and a
     ``ready`` within it withdraws it: the monitor sees one ``offline`` and the node back."""
     box = Outbox(where)
-    at = time.time() - 5.0
-
-    def at_time(word: str, session: str, offset: float) -> Received:
-        message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
-                               since="2026-01-01T00:00:00.000Z", node_name="GUI",
-                               version="1", interval_s=30.0)
-        return incoming("n1", message, at + offset)
-
+    at_time = states_from(time.time() - 5.0)
     result, _ = box.record([
         at_time("ready", A, 0.0), at_time("lost", A, 1.0), at_time("ready", B, 1.001),
         at_time("lost", B, 1.4), at_time("ready", A, 1.401), at_time("lost", A, 1.8),
@@ -735,14 +732,7 @@ def test_a_held_lost_is_withdrawn_only_by_the_fight_not_by_a_next_life(where: st
     its next ``lost`` is held; a third life's ``ready`` within the hold is no reconnect of
     the fight: the ``lost`` stays, and counts at once (a next life began)."""
     box = Outbox(where)
-    at = time.time() - 5.0
-
-    def at_time(word: str, session: str, offset: float) -> Received:
-        message = StateMessage(state=word, session=session,  # type: ignore[arg-type]
-                               since="2026-01-01T00:00:00.000Z", node_name="GUI",
-                               version="1", interval_s=30.0)
-        return incoming("n1", message, at + offset)
-
+    at_time = states_from(time.time() - 5.0)
     result, _ = box.record([
         at_time("ready", A, 0.0), at_time("lost", A, 1.0), at_time("ready", B, 1.1),
         at_time("lost", B, 1.5), at_time("ready", C, 1.6)])  # a third life
