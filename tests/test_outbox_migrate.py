@@ -94,7 +94,7 @@ def test_a_migrated_backlog_is_delivered_by_the_postgresql_bridge(
 
 def test_a_migrated_node_keeps_its_stamp_its_silence_and_the_session_set_aside(
         tmp_path: Path, postgres: PostgresServer) -> None:
-    """The columns an outbox gained after its schema version (``_ADDED_COLUMNS``) move
+    """The columns an outbox gained after its schema version (``ADDED_COLUMNS``) move
     with the node: the newest stamp the monitor took, a silence not yet delivered, and the
     lost session a newer one set aside."""
     path = tmp_path / "outbox.sqlite3"

@@ -84,7 +84,7 @@ _PENDING_INTO_NODES = (
 """Bringing a schema 3 outbox up: each undelivered status moves into its node's row."""
 _PENDING_COLUMNS = (("pending_session", "TEXT"), ("pending_seq", "{int}"),
                     ("pending_received", "{real}"))
-_ADDED_COLUMNS = (("stamped", "{real}"), ("silent_since", "{real}"),
+ADDED_COLUMNS = (("stamped", "{real}"), ("silent_since", "{real}"),
                   ("silent_snapshot", "{blob}"), ("aside_session", "TEXT"),
                   ("aside_state", "TEXT"), ("aside_seq", "{int}"))
 """The newest time stamped on a request the monitor took about the node; a silence recorded
@@ -245,7 +245,7 @@ class SqliteDatabase(Database):
                 f"({SCHEMA_VERSION}); upgrade the bridge")
         conn.executescript(_TABLES.format(**_SQLITE_TYPES) + ";")
         columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
-        for name, kind in _ADDED_COLUMNS:
+        for name, kind in ADDED_COLUMNS:
             if name not in columns:
                 conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} "
                              f"{kind.format(**_SQLITE_TYPES)}")
@@ -379,7 +379,7 @@ class PostgresDatabase(Database):
             row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
             conn.execute("ALTER TABLE nodes ADD COLUMN IF NOT EXISTS told TEXT NOT NULL "
                          "DEFAULT ''")
-            for name, kind in (*_PENDING_COLUMNS, *_ADDED_COLUMNS):
+            for name, kind in (*_PENDING_COLUMNS, *ADDED_COLUMNS):
                 conn.execute(f"ALTER TABLE nodes ADD COLUMN IF NOT EXISTS {name} "
                              f"{kind.format(**_POSTGRES_TYPES)}")
             if row is None:

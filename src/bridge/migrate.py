@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bridge.database import (
-    _ADDED_COLUMNS,
+    ADDED_COLUMNS,
     OutboxError,
     PostgresDatabase,
     SqliteDatabase,
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _NODE_COLUMNS = ("node_id", "node_name", "session", "seq", "state", "state_session",
                  "snapshot", "registered", "ended", "interval_s", "ahead_session", "ahead_seq",
                  "told", "pending_session", "pending_seq", "pending_received",
-                 *(name for name, _ in _ADDED_COLUMNS))
+                 *(name for name, _ in ADDED_COLUMNS))
 _READ = (
     f"SELECT {', '.join(_NODE_COLUMNS)} FROM nodes",  # noqa: S608
     "SELECT id, node_id, session, state, snapshot, received FROM transitions ORDER BY id",
