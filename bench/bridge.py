@@ -785,7 +785,7 @@ def _node_red_window(rig: Rig, workdir: Path, seconds: float) -> dict[str, float
         red_cpu, sink_cpu, after = _cpu_seconds(red) - red_cpu, \
             _cpu_seconds(sink) - sink_cpu, get(stats)
     heartbeats = after["heartbeats"] - before["heartbeats"]
-    requests = after["requests"] - before["requests"]
+    requests = after["requests"] - before["requests"] - 1  # less the stats read before
     return {"per_heartbeat": red_cpu / max(heartbeats, 1) * 1e6, "rate": heartbeats / elapsed,
             "refused": requests - heartbeats, "core": red_cpu / elapsed * 100,
             "double": sink_cpu / max(requests, 1) * 1e6}

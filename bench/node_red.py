@@ -106,7 +106,11 @@ class NodeRedFlow:
             stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir,
             env={"PATH": str(self.node.parent) + ":/usr/bin:/bin", "HOME": str(workdir),
                  "MONITOR": monitor_url, "NODE_RED_ENABLE_TOURS": "false"})
-        self._wait_started()
+        try:
+            self._wait_started()
+        except BaseException:
+            self.close()
+            raise
 
     def _wait_started(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
