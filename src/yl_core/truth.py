@@ -182,16 +182,11 @@ class NodeTruth:
         for a ``lost`` one, which is set aside: its process may come back (a process replaced
         while it was away reconnects and drops the newer one, whose return must then count).
         """
-        if self.state == "lost" and self.session is not None:
-            ended = self.ended
-            if self.aside is not None and self.aside.session is not None and \
-                    self.aside.session not in ended:
-                ended = (*ended, self.aside.session)
-            aside: NodeTruth | None = replace(self, aside=None, ahead=None)
-        else:
-            ended, aside = self._superseded(with_aside=True), None
-        return NodeTruth(session, state, seq, _bounded(ended[-MAX_ENDED_SESSIONS:], session, state),
-                         ahead, aside, live_end=state == "lost")
+        lost = self.state == "lost" and self.session is not None
+        ended = self._superseded(with_aside=True, with_current=not lost)
+        return NodeTruth(session, state, seq, _bounded(ended, session, state), ahead,
+                         replace(self, aside=None, ahead=None) if lost else None,
+                         live_end=state == "lost")
 
     def _with_ahead(self, back: NodeTruth) -> tuple[NodeTruth, tuple[str, int] | None]:
         """``back`` with the status held ahead if it is of ``back``'s session (which then
@@ -259,13 +254,14 @@ class NodeTruth:
             return "ready"
         return None
 
-    def _superseded(self, *, with_aside: bool = False) -> tuple[str, ...]:
+    def _superseded(self, *, with_aside: bool = False, with_current: bool = True
+                    ) -> tuple[str, ...]:
         """``ended`` with the current session (and the one set aside) added."""
         ended = self.ended
         if with_aside and self.aside is not None and self.aside.session is not None and \
                 self.aside.session not in ended:
             ended = (*ended, self.aside.session)
-        if self.session is None or self.session in ended:
+        if not with_current or self.session is None or self.session in ended:
             return ended[-MAX_ENDED_SESSIONS:]
         return (*ended, self.session)[-MAX_ENDED_SESSIONS:]
 
