@@ -625,3 +625,45 @@ def test_without_any_config_file_the_lookup_says_where_it_looked(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(tmp_path / "config" / "monitor_config.yaml") in m and
                "built-in defaults (broker localhost:1883, no login)" in m for m in warned), warned
+
+
+def test_no_status_goes_out_before_the_connection_s_ready(
+        broker: DevBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status that overtakes its session's ``ready`` starts a life the state has not told
+    of; readers in order (the bridge, the status app) rely on the birth coming first. The
+    link makes its client available a moment before paho's thread runs the connect handler
+    that asks for the birth; here that moment is stretched (a busy machine), while a GUI
+    changes its flags as fast as it can, so a status is due all along, and its event loop
+    turns, so the heartbeat thread wakes to judge it meanwhile."""
+    original = StatusPublisher._handle_connect
+
+    def slow_handler(self: StatusPublisher, client: mqtt.Client, present: bool) -> None:
+        time.sleep(1.2)  # paho's thread held up before the handler runs
+        original(self, client, present)
+
+    monkeypatch.setattr(StatusPublisher, "_handle_connect", slow_handler)
+    publisher = StatusPublisher(make_config(broker))
+    stop = threading.Event()
+
+    def churn() -> None:
+        for value in itertools.cycle((True, False)):
+            if stop.is_set():
+                return
+            publisher.update_gui_status(video_running=value)
+            publisher.loop_turned()  # its event loop turns: the heartbeat thread watches it
+            time.sleep(0.001)  # a GUI's pace, not a synchronisation
+
+    changer = threading.Thread(target=churn, name="test-churn")
+    changer.start()
+    publisher.start()
+    try:
+        wait_until(lambda: publisher.stats()["report_count"] >= 2, timeout=10,
+                   what="statuses acknowledged")
+    finally:
+        stop.set()
+        changer.join()
+        publisher.stop(timeout=2.0)
+    mine = [m for m in recorder.messages if not m.retain and m.payload and
+            m.json().get("session") == publisher.session]
+    assert mine, "nothing of the session recorded"
+    assert (mine[0].topic, mine[0].json().get("state")) == (STATE, "ready")

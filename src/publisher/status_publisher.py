@@ -8,7 +8,8 @@ Threads and what they share: the caller's (``update_gui_status``, ``set_error``,
 the heartbeat thread, the link's supervisor and paho's network thread of the current
 connection (the link callbacks; ``on_down`` may also run on the supervisor or on the thread
 that called ``abandon``). ``_lock`` guards the flags, the node status and the two requests
-between them (``_pending``, ``_need_birth``) and the suspected rival (``_rival``);
+between them (``_pending``, ``_need_birth``), whether the connection's birth went out
+(``_born``: no status goes before it) and the suspected rival (``_rival``);
 ``_stats_lock`` the counters and the in-flight message ids. ``_earlier_sessions`` is touched
 only on paho's network thread (one connection, so one such thread, at a time). Neither lock
 is held while the other is taken, nor while publishing.
@@ -110,6 +111,8 @@ class StatusPublisher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._need_birth = False
+        self._born = False
+        """The birth (``ready``) went out on the current connection: statuses may follow."""
         self._started = False
         self._stopped = False
         self._fatal: str | None = None
@@ -385,8 +388,11 @@ class StatusPublisher:
                 with self._lock:
                     birth, self._need_birth = self._need_birth, False
                     pending = self._pending
+                    born = self._born = self._born or birth
                 if birth:
                     self._publish_state(client, "ready")
+                elif not born:
+                    continue  # connected, and the connect's birth not yet asked for
                 elif not (pending and now - last_status >= self._min_gap) and \
                         now < next_periodic:
                     continue
@@ -476,7 +482,7 @@ class StatusPublisher:
         client.subscribe([(self._topics.state(self.node_id), protocol.MQTT_QOS),
                           (self._topics.rebirth(self.node_id), protocol.MQTT_QOS)])
         with self._lock:
-            self._need_birth = True
+            self._need_birth, self._born = True, False
         self._wake.set()
         self._notify_link(True, "connected")
 
@@ -540,6 +546,7 @@ class StatusPublisher:
     def _handle_down(self, event: LinkDown) -> None:
         with self._lock:
             rival, self._rival = self._rival, None
+            self._born = False
         if rival is not None and not event.fatal and not self._stopping.is_set():
             self._abandon_to(rival)
             return
