@@ -105,7 +105,9 @@ class Rig:
             "yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD, "bench-pub": PASSWORD,
             "bench-recorder": TEST_PASSWORD},
             extra_acl="user bench-pub\ntopic write yl/ar/nodes/#\n\n"
-                      "user bench-recorder\ntopic read yl/ar/#\n").start()
+                      "user bench-recorder\ntopic read yl/ar/#\n\n"
+                      # a baseline from before 2026-12-08 reads statuses on a second login
+                      "user yl-bridge-status\ntopic read yl/ar/nodes/+/status\n").start()
         self.sink_port = free_port()
         sink = ["bench.fast_sink", "--port", str(self.sink_port)] if fast_sink else \
             ["yl_status.monitor_double", "--port", str(self.sink_port), "--delay",

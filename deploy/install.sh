@@ -72,7 +72,11 @@ if [ "$broker" != none ]; then
   install -d -m 0755 "$dir" "$dir/conf.d"
   install -m 0755 "$shipped/add-user.sh" "$dir/add-user.sh"
   install -m 0644 "$shipped/tls.conf" "$dir/tls.conf"
-  [ -f "$dir/acl" ] || install -m 0644 "$shipped/acl" "$dir/acl"
+  if [ -f "$dir/acl" ]; then
+    "$dir/add-user.sh" upgrade "$dir"  # an ACL of an earlier release, brought up to date
+  else
+    install -m 0644 "$shipped/acl" "$dir/acl"
+  fi
   if [ ! -f "$dir/passwd" ]; then
     install -m 0600 /dev/null "$dir/passwd"
     if [ -z "$root" ] && getent group mosquitto >/dev/null; then

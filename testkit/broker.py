@@ -23,7 +23,6 @@ from testkit.support import (
     VIEWER_USER,
     WATCHER_USER,
 )
-from yl_core import protocol
 from yl_status.dev_broker import DevBroker, free_port
 
 
@@ -34,7 +33,6 @@ class BrokerMissingError(RuntimeError):
 def broker_users() -> dict[str, str]:
     users = dict.fromkeys(NODE_USERS, NODE_PASSWORD)
     users[BRIDGE_USER] = BRIDGE_PASSWORD
-    users[protocol.bridge_status_identity(BRIDGE_USER)] = BRIDGE_PASSWORD
     users[VIEWER_USER] = VIEWER_PASSWORD
     users[RECORDER_USER] = TEST_PASSWORD
     users[READER_USER] = TEST_PASSWORD

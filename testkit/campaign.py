@@ -324,8 +324,7 @@ class Campaign:
         self.seed = seed
         self.node_ids = [f"camp-{i:03d}" for i in range(nodes)]
         users = dict.fromkeys(self.node_ids, PASSWORD)
-        users.update({"yl-bridge": PASSWORD, "yl-bridge-status": PASSWORD,
-                      "yl-viewer": PASSWORD, OBSERVER: PASSWORD})
+        users.update({"yl-bridge": PASSWORD, "yl-viewer": PASSWORD, OBSERVER: PASSWORD})
         self.broker = DevBroker(workdir / "broker", users=users,
                                 extra_acl=f"user {OBSERVER}\ntopic read yl/ar/nodes/#\n")
         self.broker_truth = BrokerTruth(self.broker.host, self.broker.port, OBSERVER, PASSWORD)

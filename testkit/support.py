@@ -63,7 +63,7 @@ def incoming(node_id: str, message: StateMessage | StatusMessage, at: float,
     topics = Topics()
     state = isinstance(message, StateMessage)
     received = bridge_incoming.Received(
-        "states" if state else "statuses", 0, 0, 1,
+        0, 0, 1,
         topics.state(node_id) if state else topics.status(node_id), protocol.encode(message),
         at, retained).checked_by(topics)
     assert received.checked is not None

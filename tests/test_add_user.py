@@ -28,10 +28,10 @@ def test_roles_get_users_and_acl_entries(tmp_path: Path) -> None:
                        ("watcher", "ops")):
         assert run(tmp_path, role, name).returncode == 0
     users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
-    assert users == ["gui-1", "b2", "b2-status", "v2", "ops"]
+    assert users == ["gui-1", "b2", "v2", "ops"]
     acl = (tmp_path / "acl").read_text()
-    assert "user b2\ntopic read yl/ar/nodes/+/state\ntopic write yl/ar/nodes/+/cmd/#" in acl
-    assert "user b2-status\ntopic read yl/ar/nodes/+/status" in acl
+    assert "user b2\ntopic read yl/ar/nodes/+/state\ntopic read yl/ar/nodes/+/status\n" \
+        "topic write yl/ar/nodes/+/cmd/#" in acl
     assert "\n" + node_acl("gui-1") in acl
     assert "user ops\ntopic read yl/ar/nodes/+/state\ntopic read yl/ar/nodes/+/status" in acl
     assert not [line for line in acl.splitlines() if line.startswith("pattern")]
@@ -39,7 +39,7 @@ def test_roles_get_users_and_acl_entries(tmp_path: Path) -> None:
     assert (tmp_path / "acl").read_text().count("user b2\n") == 1
 
 
-@pytest.mark.parametrize(("role", "name"), [("node", "../x"), ("bridge", "b" * 58),
+@pytest.mark.parametrize(("role", "name"), [("node", "../x"), ("bridge", "b" * 65),
                                             ("admin", "x")])
 def test_bad_names_and_roles_are_refused(tmp_path: Path, role: str, name: str) -> None:
     shutil.copy(SCRIPT.parent / "acl", tmp_path / "acl")
@@ -165,3 +165,48 @@ def test_as_root_the_password_file_is_the_brokers_to_read_and_nobody_elses() -> 
             process.wait(10)
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_bridge_block_written_for_two_logins_gains_the_status_line(tmp_path: Path) -> None:
+    """Before 2026-12-08 the bridge read statuses on a second login (``NAME-status``); its
+    block read the states only. Adding the bridge again gives the block the line it lacks,
+    once, and keeps the rest."""
+    old = ("user b2\ntopic read yl/ar/nodes/+/state\ntopic write yl/ar/nodes/+/cmd/#\n"
+           "topic readwrite yl/ar/bridges/b2/#\n\nuser b2-status\n"
+           "topic read yl/ar/nodes/+/status\n")
+    (tmp_path / "acl").write_text(old)
+    first = run(tmp_path, "bridge", "b2")
+    assert first.returncode == 0, first.stderr
+    assert "'topic read yl/ar/nodes/+/status' added under 'user b2'" in first.stdout
+    again = run(tmp_path, "bridge", "b2")
+    assert again.returncode == 0
+    assert "added under" not in again.stdout
+    acl = (tmp_path / "acl").read_text()
+    block = acl.split("user b2\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert sorted(block) == ["topic read yl/ar/nodes/+/state",
+                             "topic read yl/ar/nodes/+/status",
+                             "topic readwrite yl/ar/bridges/b2/#",
+                             "topic write yl/ar/nodes/+/cmd/#"]
+    assert acl.count("user b2\n") == 1
+    assert "user b2-status\ntopic read yl/ar/nodes/+/status" in acl
+
+
+def test_upgrade_gives_every_bridge_of_two_logins_the_status_line_without_a_password(
+        tmp_path: Path) -> None:
+    """``deploy/install.sh`` runs it on an existing ACL: no password asked, a bridge without
+    a second login (written by this release) and the other blocks left as they are."""
+    old = ("user b2\ntopic read yl/ar/nodes/+/state\ntopic write yl/ar/nodes/+/cmd/#\n\n"
+           "user b2-status\ntopic read yl/ar/nodes/+/status\n\n"
+           "user b3\ntopic read yl/ar/nodes/+/state\ntopic read yl/ar/nodes/+/status\n\n"
+           "user v1\ntopic read yl/ar/nodes/+/state\n")
+    (tmp_path / "acl").write_text(old)
+    result = subprocess.run(["bash", str(SCRIPT), "upgrade", str(tmp_path)],
+                            capture_output=True, text=True, check=False,
+                            env={k: v for k, v in os.environ.items() if k != "YL_PASSWORD"},
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    acl = (tmp_path / "acl").read_text()
+    assert acl == old.replace("user b2\n", "user b2\ntopic read yl/ar/nodes/+/status\n")
+    assert not (tmp_path / "passwd").exists()
+    assert subprocess.run(["bash", str(SCRIPT), "upgrade", str(tmp_path / "none")],
+                          capture_output=True, check=False).returncode == 2

@@ -74,9 +74,8 @@ def test_one_process_with_bridge_node_and_app_starts_the_documented_threads(
         assert undocumented(names) == []
         twice = [name for name, count in Counter(names).items() if count > 1]
         assert twice == []
-        expected = {"yl-bridge-states", "yl-bridge-states-refresh", "yl-bridge-statuses",
-                    "yl-bridge-outbox", "yl-bridge-forward", "yl-bridge-watchdog",
-                    "yl-bridge-metrics", "yl-bridge-statuses-receiver",
+        expected = {"yl-bridge-statuses", "yl-bridge-outbox", "yl-bridge-forward",
+                    "yl-bridge-watchdog", "yl-bridge-metrics", "yl-bridge-statuses-receiver",
                     "yl-bridge-statuses-link", "yl-bridge-statuses-refresh",
                     "yl-bridge-statuses-send", "yl-bridge-statuses-alive",
                     "yl-status-heartbeat-node-1", "yl-status-link-node-1", "yl-status-http",

@@ -530,9 +530,9 @@ def test_thousands_of_scrapes_leave_open_files_and_memory_flat(
 def test_the_status_receiver_logs_under_its_module_name(
         broker: DevBroker, bridge: BridgeProcess) -> None:
     wait_until(bridge.healthy, timeout=15, what="bridge healthy")
-    wait_until(lambda: "bridge subscribed to statuses" in bridge.log(), timeout=10,
+    wait_until(lambda: "bridge subscribed to every node" in bridge.log(), timeout=10,
                what="the status receiver's first line")
-    line = next(ln for ln in bridge.log().splitlines() if "bridge subscribed to statuses" in ln)
+    line = next(ln for ln in bridge.log().splitlines() if "bridge subscribed to every node" in ln)
     assert " bridge.status_receiver " in line
     assert "__main__" not in bridge.log()
 

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 from testkit.bridge_process import last_gui
-from testkit.support import BRIDGE_PASSWORD, BRIDGE_USER, config_dict, make_config, wait_until
+from testkit.broker import broker_users
+from testkit.support import (
+    BRIDGE_PASSWORD,
+    BRIDGE_USER,
+    TEST_ACL,
+    config_dict,
+    make_config,
+    wait_until,
+)
 
 from bridge import service
 from bridge.outbox import Outbox
@@ -66,7 +74,7 @@ def test_a_failed_outbox_write_is_not_acknowledged_and_comes_back(
         wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True, timeout=15,
                    what="delivered after the failed writes")
         assert failures["left"] == 0
-        assert bridge.link.connect_count >= 2
+        assert bridge.receiver.connects >= 2
 
 
 def test_a_stalled_writer_is_reported_and_a_hung_one_stops_the_bridge(
@@ -98,12 +106,43 @@ def test_a_status_receiver_on_a_thread_delivers_is_restarted_and_ends_with_the_b
         publisher.update_gui_status(face_loaded=True)
         wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is True, timeout=15,
                    what="a status delivered")
-        receiver = bridge.statuses._process
+        receiver = bridge.receiver._process
         assert receiver is not None
         assert not hasattr(receiver, "pid"), "no child process"
         receiver.kill()
-        wait_until(lambda: bridge.statuses._process is not receiver and
-                   bridge.statuses.connected, timeout=15, what="the receiver started again")
+        wait_until(lambda: bridge.receiver._process is not receiver and
+                   bridge.receiver.connected, timeout=15, what="the receiver started again")
         publisher.update_gui_status(face_loaded=False)
         wait_until(lambda: last_gui(double, "node-1").get("face_loaded") is False, timeout=15,
                    what="a status delivered by the new receiver")
+
+
+def test_a_login_the_acl_lets_read_states_only_is_named_in_the_health(
+        tmp_path: Path) -> None:
+    """An ACL written for a release before 2026-12-08 lets the bridge's login read the
+    states only (its statuses came on a second login). mosquitto grants the subscription
+    and sends nothing of it: the bridge says so, naming the login and the topic, once a
+    round of retained messages brought a node that is up and no status."""
+    workdir = tmp_path / "broker"
+    old = DevBroker(workdir, users=broker_users(), extra_acl=TEST_ACL)
+    acl = (workdir / "acl").read_text()
+    block = f"user {BRIDGE_USER}\ntopic read yl/ar/nodes/+/state\n"
+    assert block + "topic read yl/ar/nodes/+/status\n" in acl
+    (workdir / "acl").write_text(acl.replace(block + "topic read yl/ar/nodes/+/status\n",
+                                             block))
+    old.start()
+    double = MonitorDouble().start()
+    try:
+        config = bridge_config(tmp_path, old, double)
+        with bridge_and_node(config, old, double) as (bridge, _publisher):
+            wait_until(lambda: double.is_online("node-1"), timeout=15,
+                       what="online from its state alone")
+            bridge.receiver.reconnect("a new round of retained messages")
+            problem = wait_until(lambda: bridge.receiver.unread, timeout=15,
+                                 what="the unread topic named")
+            assert f"'{BRIDGE_USER}'" in problem
+            assert "yl/ar/nodes/+/status" in problem
+            assert problem in bridge.health()["problem"]
+            assert not bridge.health()["ok"]
+    finally:
+        old.stop()

@@ -79,9 +79,9 @@ def _receiver_child(bridge: BridgeProcess) -> psutil.Process:
 
 
 def _drops(broker: DevBroker) -> int:
-    """How often the broker began dropping messages for the bridge's status session."""
+    """How often the broker began dropping messages for the bridge's session."""
     return broker.log_tail(100_000).count("Outgoing messages are being dropped for client "
-                                          "yl-bridge-status")
+                                          "yl-bridge")
 
 
 def _announce(publisher: RawPublisher, double: MonitorDouble, nodes: list[str]) -> None:

@@ -100,8 +100,7 @@ def test_viewer_reads_but_cannot_write(broker: DevBroker) -> None:
 
 
 @pytest.mark.parametrize(("username", "password"), [(VIEWER_USER, VIEWER_PASSWORD),
-                                                    (BRIDGE_USER, BRIDGE_PASSWORD),
-                                                    (BRIDGE_USER + "-status", BRIDGE_PASSWORD)])
+                                                    (BRIDGE_USER, BRIDGE_PASSWORD)])
 def test_only_node_logins_write_node_topics_even_named_like_themselves(
         broker: DevBroker, username: str, password: str) -> None:
     client, rc = connect(broker, username, password)
@@ -122,16 +121,6 @@ def test_bridge_may_send_commands_and_its_own_state(broker: DevBroker) -> None:
         assert accepted(publish_reason(client, "yl/ar/nodes/node-1/cmd/rebirth", b""))
         assert accepted(publish_reason(client, "yl/ar/bridges/yl-bridge/state", b"{}"))
         assert publish_reason(client, "yl/ar/nodes/node-1/status", b"{}") == 135
-    finally:
-        close(client)
-
-
-def test_bridge_status_session_only_reads(broker: DevBroker) -> None:
-    client, rc = connect(broker, BRIDGE_USER + "-status", BRIDGE_PASSWORD)
-    try:
-        assert rc == 0
-        assert publish_reason(client, "yl/ar/nodes/node-1/cmd/rebirth", b"") == 135
-        assert publish_reason(client, "yl/ar/bridges/yl-bridge/state", b"{}") == 135
     finally:
         close(client)
 

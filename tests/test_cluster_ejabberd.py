@@ -40,7 +40,7 @@ def cluster() -> Iterator[EjabberdCluster]:
     try:
         found.start()
         found.register({"node-1": NODE_PASSWORD, BRIDGE_USER: BRIDGE_PASSWORD,
-                        f"{BRIDGE_USER}-status": BRIDGE_PASSWORD, WATCHER[0]: WATCHER[1]})
+                        WATCHER[0]: WATCHER[1]})
         yield found
     finally:
         found.stop()

@@ -310,7 +310,7 @@ def test_cors_origins_are_origins_and_never_everyone(value: str, message: str) -
 
 @pytest.mark.parametrize(("section", "login", "whose"), [
     ({}, "user-gui", "the node"), ({"mqtt": {"username": "gui-login"}}, "gui-login", "the node"),
-    ({}, "yl-bridge", "the bridge"), ({}, "yl-bridge-status", "the bridge")])
+    ({}, "yl-bridge", "the bridge")])
 def test_a_status_app_may_not_log_in_as_the_node_or_the_bridge(
         section: dict[str, dict[str, str]], login: str, whose: str) -> None:
     config = parse_config({**section, "local_server": {"mqtt_username": login}}, "<test>")

@@ -33,11 +33,22 @@ def test_the_units_and_readme_speak_of_one_config_file() -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze is not installed (./run.sh setup installs it)")
 def test_install_into_a_scratch_root_makes_what_the_units_need(tmp_path: Path) -> None:
+    """Over a broker folder of a release before 2026-12-08, whose ACL gave the bridge's
+    statuses a second login: the install upgrades that ACL and keeps the rest of it."""
     root = tmp_path / "root"
+    acl = root / "etc/mosquitto/yl-status/acl"
+    acl.parent.mkdir(parents=True)
+    acl.write_text("user yl-bridge\ntopic read yl/ar/nodes/+/state\n"
+                   "topic write yl/ar/nodes/+/cmd/#\n\nuser yl-bridge-status\n"
+                   "topic read yl/ar/nodes/+/status\n\nuser gui-1\n"
+                   "topic readwrite yl/ar/nodes/gui-1/state\n")
     done = subprocess.run(["bash", PROJECT / "deploy" / "install.sh", "--root", root,
                            "--broker", "stock"], capture_output=True, text=True, timeout=600,
                           check=False)
     assert done.returncode == 0, done.stderr
+    assert acl.read_text().startswith("user yl-bridge\ntopic read yl/ar/nodes/+/status\n"
+                                      "topic read yl/ar/nodes/+/state\n")
+    assert "user gui-1\ntopic readwrite yl/ar/nodes/gui-1/state\n" in acl.read_text()
     assert (root / CONFIG.lstrip("/")).is_file()
     assert (root / "etc/mosquitto/conf.d/yl-status.conf").is_file()
     assert (root / "etc/mosquitto/yl-status/add-user.sh").stat().st_mode & 0o111

@@ -332,12 +332,12 @@ def test_a_partition_from_the_database_fences_the_active_bridge_before_a_standby
 
 def test_a_status_receiver_connects_only_before_its_bridges_lease_deadline(
         broker: DevBroker) -> None:
-    """The child process holding the status session is told the lease's deadline, not a
+    """The child process holding the bridge's session is told the lease's deadline, not a
     mere "you may": a child told "you may" a moment before its bridge lost the lease could
     otherwise connect after the new active bridge's child and take its session."""
     config = make_config(broker, "yl-bridge")
-    options = options_from_config(config.mqtt, f"{BRIDGE_USER}-status",
-                                  username=f"{BRIDGE_USER}-status", password=BRIDGE_PASSWORD,
+    options = options_from_config(config.mqtt, BRIDGE_USER,
+                                  username=BRIDGE_USER, password=BRIDGE_PASSWORD,
                                   clean_start=False, session_expiry=60, manual_ack=True)
     deadline = [time.monotonic() + 60]
     receiver = StatusReceiver(options, config.mqtt.topics, 1, lambda batch: None,

@@ -145,7 +145,7 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
     config = parse_config({"bridge": {"outbox_url": url, "instance": "a", "metrics": ""},
                            "logging": {"level": "WARNING"}}, str(tmp_path / "bridge.yaml"))
     bridge = Bridge(config, lease=a)
-    bridge.writer.acknowledgers["states"] = _NoAcks()
+    bridge.writer.acknowledger = _NoAcks()
     bridge.writer.start()
     try:
         b.step()
@@ -158,7 +158,7 @@ def test_a_bridge_whose_outbox_refuses_a_write_gives_the_lease_up(
         assert a.role == ACTIVE, "a has not noticed yet: it renews only when stepped"
         ready = StateMessage(state="ready", session="s1", since="2026-01-01T00:00:00Z",
                              node_name="n", version="1", interval_s=30.0)
-        message = Received("states", 1, 1, 1, config.mqtt.topics.state("n1"), encode(ready),
+        message = Received(1, 1, 1, config.mqtt.topics.state("n1"), encode(ready),
                            time.time())
 
         def a_gave_up() -> bool:

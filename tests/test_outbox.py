@@ -47,9 +47,10 @@ def status_message(seq: int, session: str = A, node: str = "n1") -> StatusMessag
         reporter=ReporterCounters(0, 0, None), session=session, seq=seq, interval_s=30.0)
 
 
-def status(seq: int, session: str = A, node: str = "n1") -> Received:
+def status(seq: int, session: str = A, node: str = "n1", *, retained: bool = False
+           ) -> Received:
     message = status_message(seq, session, node)
-    return incoming(node, message, received())
+    return incoming(node, message, received(), retained)
 
 
 def drain(outbox: Outbox, node: str = "n1") -> list[tuple[str, str | None, int]]:
@@ -131,7 +132,7 @@ def test_session_ids_do_not_order_sessions(where: str) -> None:
     assert (mark.truth.session, mark.truth.state, mark.truth.seq) == ("0000", "ready", 1)
     drain(box)
     restored = [state("ready", "zzzz", retained=True),
-                incoming("n1", status_message(8, "zzzz"), received(), True)]
+                incoming("n1", status_message(7, "zzzz"), received(), True)]
     late, _ = box.record(restored)
     assert late.stale == 2
     box.close()
@@ -144,42 +145,6 @@ def test_session_ids_do_not_order_sessions(where: str) -> None:
     assert mark is not None
     assert (mark.truth.session, mark.truth.state) == ("zzzz", "ready")
     assert "0000" in mark.truth.ended
-
-
-def test_a_status_of_an_earlier_life_after_the_next_ready_is_that_lifes_last_word(
-        where: str) -> None:
-    """The state session brought a life's end and the next life's start before the status
-    session brought that life's last statuses (a takeover, a restart): while the end is
-    still to be handed out, the newest of them becomes its snapshot; once it went out, they
-    are stale (nothing of a life after its ``offline``, nor after the next ``ready``)."""
-    box = Outbox(where)
-    box.record([state("ready", A), status(1, A)])
-    assert drain(box) == [("state", "ready", -1), ("status", "ready", 1)]
-    box.record([state("lost", A), state("ready", B)], hold=1)
-    result, _ = box.record([status(3, A), status(2, A), status(1, B)])
-    assert (result.coalesced, result.stale) == (1, 1)
-    box.release(1)
-    items = drain_items(box)
-    assert [(i.kind, i.state, i.session) for i in items] == [
-        ("state", "lost", A), ("state", "ready", B), ("status", "ready", B)]
-    assert b'"seq":3' in (items[0].payload or b"")
-    late, _ = box.record([status(4, A)])
-    assert (late.accepted, late.stale, late.coalesced) == (0, 1, 0)
-
-
-def test_a_status_of_an_earlier_life_in_the_batch_of_its_end_and_the_next_ready(
-        where: str) -> None:
-    """The same when the end, the next life's ``ready`` and the late status come in one
-    batch: the end recorded in that batch has not been handed out either."""
-    box = Outbox(where)
-    box.record([state("ready", A), status(1, A)])
-    drain(box)
-    result, _ = box.record([state("lost", A), state("ready", B), status(3, A)])
-    assert (result.coalesced, result.stale) == (1, 0)
-    items = drain_items(box)
-    assert [(i.kind, i.state, i.session) for i in items] == [
-        ("state", "lost", A), ("state", "ready", B)]
-    assert b'"seq":3' in (items[0].payload or b"")
 
 
 def test_a_restored_ready_of_an_ended_session_is_stale(where: str) -> None:
@@ -328,25 +293,6 @@ def test_node_count_is_bounded(where: str) -> None:
     result, _ = box.record([status(1, node=f"n{i}") for i in range(4)])
     assert result.too_many_nodes == 2
     assert box.known_nodes() == 2
-
-
-def test_a_state_overtaken_by_the_next_sessions_status_is_still_a_transition(
-        where: str) -> None:
-    """States and statuses arrive on two broker sessions; a status of the next process start
-    may come in before the previous process's last will, and must not swallow it."""
-    box = Outbox(where)
-    box.record([state("ready", A), status(3, A)])
-    assert drain(box) == [("state", "ready", -1), ("status", "ready", 3)]
-    result, _ = box.record([status(1, B), state("lost", A), state("ready", B)])
-    assert result.stale == 0
-    items = []
-    while (item := box.next_item("n1")) is not None:
-        items.append((item.kind, item.state, item.session, item.payload is not None))
-        box.done(item)
-    # the will of A carries no snapshot: the newest one belongs to B and goes with B's ready
-    assert items == [("state", "lost", A, False), ("state", "ready", B, True)]
-    late, _ = box.record([state("lost", A), status(2, A)])
-    assert (late.duplicates, late.stale, late.accepted) == (1, 1, 0)
 
 
 def test_a_node_waits_for_its_last_delivery_to_be_written(where: str) -> None:
@@ -502,28 +448,60 @@ def test_a_node_is_settled_only_while_nothing_newer_than_its_last_delivery_is_re
 
 def test_a_status_of_a_life_that_ended_is_its_end_s_snapshot_never_a_status_after_it(
         where: str) -> None:
-    """A status the status session brings after the node's end: folded into the end while
-    that is undelivered; after it went out, the end is told once more, with it."""
+    """A retained status newer than what came before the node's end, which only a retained
+    copy told (the session's queue at the broker overflowed: the bridge reads the retained
+    messages again): folded into the end while that is undelivered; after it went out, the
+    end is told once more, with it."""
     box = Outbox(where)
     box.record([state("ready"), status(1)])
     drain(box)
-    result, _ = box.record([state("lost")], hold=7)
+    result, _ = box.record([state("lost", retained=True), status(2, retained=True)])
     assert result.ended == ["n1"]
-    assert box.next_item("n1") is None, "held until the status session's barrier"
-    box.record([status(2)])
-    assert box.release(7) == {"n1"}
     end = box.next_item("n1")
     assert end is not None
     assert (end.kind, end.state, end.payload) == ("state", "lost", status(2).payload)
     box.done(end)
     assert box.next_item("n1") is None
-    box.record([status(3)])
+    box.record([status(3, retained=True)])
     again = box.next_item("n1")
     assert again is not None
     assert (again.kind, again.state, again.payload) == ("state", "lost", status(3).payload)
     box.done(again)
-    box.record([status(3)])
+    box.record([status(3, retained=True)])
     assert box.next_item("n1") is None, "a duplicate says nothing more"
+
+
+def test_a_live_status_after_a_live_end_is_the_node_back(where: str) -> None:
+    """One ordered stream: what the node published before its will came before it, so a
+    newer live status after a live ``lost`` was published after it (its ``ready`` was lost
+    on the way): the node is back, and told so."""
+    box = Outbox(where)
+    box.record([state("ready"), status(1)])
+    drain(box)
+    box.record([state("lost"), status(2)])
+    items = drain_items(box)
+    assert [(i.kind, i.state) for i in items] == [("state", "lost"), ("state", "ready")]
+    assert items[1].payload == status(2).payload
+    box.record([state("ready")])
+    assert box.next_item("n1") is None, "the ready that follows is a duplicate"
+    box.close()
+
+
+def test_a_new_session_s_status_before_its_ready_starts_it_with_that_status(
+        where: str) -> None:
+    """A node's next life whose ``ready`` came after its first status (or never): its start
+    is a transition carrying the status, so a life that ends before its status went out is
+    still told online first, then offline."""
+    box = Outbox(where)
+    box.record([state("ready", A), status(1, A), state("lost", A)])
+    drain(box)
+    box.record([status(1, B), state("ready", B), status(2, B), state("lost", B)])
+    items = drain_items(box)
+    assert [(i.kind, i.state, i.session) for i in items] == [
+        ("state", "ready", B), ("state", "lost", B)]
+    assert items[0].payload == status(1, B).payload
+    assert items[1].payload == status(2, B).payload
+    box.close()
 
 
 WORDS: dict[Told, str] = {"up": "online", "down": "offline"}
@@ -654,22 +632,6 @@ def test_an_error_that_is_not_the_databases_is_raised_as_it_is(where: str) -> No
         box.record([state("ready")])
     assert box.last_error == "RuntimeError: a bug, not the database"
     box._db = real
-    box.close()
-
-
-def test_only_a_node_whose_session_ended_is_held(where: str) -> None:
-    box = Outbox(where)
-    box.record([state("ready")], hold=1)
-    item = box.next_item("n1")
-    assert item is not None
-    assert item.state == "ready"
-    box.done(item)
-    box.record([state("lost")], hold=2)
-    assert box.next_item("n1") is None
-    assert box.release(2) == {"n1"}
-    lost = box.next_item("n1")
-    assert lost is not None
-    assert lost.state == "lost"
     box.close()
 
 
@@ -885,9 +847,8 @@ def test_a_node_without_a_known_interval_is_not_judged_and_others_are(tmp_path: 
 
 
 def test_a_new_session_whose_state_has_not_come_falls_silent_as_itself(where: str) -> None:
-    """A status read apart from the states names a session before its ``ready`` comes (which
-    may never come, when the broker lost it): that session's silence is judged, not the
-    ended one's before it."""
+    """A status names a session whose ``ready`` never came (the broker lost it): that
+    session's silence is judged, not the ended one's before it."""
     box = Outbox(where)
     box.caught_up(0.0)
     box.record([state("ready", A), status(1, A)])

@@ -44,17 +44,6 @@ Step = tuple[str, str, "str | int", str]
                   ("state", "A", "lost", "accept"), ("retained", "A", "ready", "stale"),
                   ("status", "A", 5, "accept")],
                  ("A", "ready", 5, ()), id="after lost, a newer status revives the session"),
-    pytest.param([("state", "A", "ready", "accept"), ("status", "A", 4, "accept"),
-                  ("state", "A", "lost", "accept"), ("apart", "A", 5, "accept")],
-                 ("A", "lost", 5, ()),
-                 id="a status received apart from the states may predate the will"),
-    pytest.param([("state", "A", "ready", "accept"), ("apart", "B", 1, "accept"),
-                  ("apart", "A", 3, "accept"), ("state", "A", "lost", "accept"),
-                  ("apart", "B", 2, "accept"), ("state", "B", "ready", "accept"),
-                  ("retained", "A", "ready", "stale")],
-                 ("B", "ready", 2, ()),
-                 id="apart from the states, a new session's status runs ahead and ends nothing; "
-                    "one of the current session after it was no run ahead"),
     pytest.param([("state", "A", "ready", "accept"), ("state", "B", "ready", "accept"),
                   ("state", "A", "lost", "stale"), ("status", "A", 5, "stale"),
                   ("state", "A", "ready", "stale")],
@@ -134,12 +123,6 @@ Step = tuple[str, str, "str | int", str]
                   ("claim", "B", 2, "accept"), ("retained", "B", "lost", "accept")],
                  ("B", "lost", 2, ()), id="a reconnected observer takes the newer session "
                                           "the broker kept, and its end"),
-    pytest.param([("state", "A", "ready", "accept"), ("apart", "B", 1, "accept"),
-                  ("claim", "A", 2, "stale"), ("apart", "A", 3, "accept"),
-                  ("state", "B", "ready", "accept")],
-                 ("B", "ready", -1, ("A",)),
-                 id="apart: a newer live status of the current session drops the one held "
-                    "ahead (its state may never come)"),
 ])
 def test_node_truth_follows_arrival_order(steps: list[Step],
                                           final: tuple[object, ...]) -> None:
@@ -151,7 +134,6 @@ def test_node_truth_follows_arrival_order(steps: list[Step],
         else:
             before = node
             verdict, node = node.observe_status(session, int(value),
-                                                  in_order=kind != "apart",
                                                   retained=kind == "claim")
             if verdict is not Verdict.ACCEPT:
                 assert node == before
@@ -207,9 +189,8 @@ def test_a_hung_gui_is_down_only_while_the_session_is_otherwise_up() -> None:
 
 def run(steps: list[tuple[str, str, str | int]]) -> tuple[list[str], NodeTruth]:
     """Feed ``steps`` (kind, session, state or seq) to a new truth: the verdicts and the
-    truth at the end. ``status`` is live and in order, ``claim`` a retained status,
-    ``apart`` a live status read apart from the states, ``default`` a status with no
-    keyword given."""
+    truth at the end. ``status`` is live, ``claim`` a retained status, ``default`` a
+    status with no keyword given."""
     node, verdicts = NodeTruth(), []
     for kind, session, value in steps:
         if kind in ("state", "retained"):
@@ -218,7 +199,7 @@ def run(steps: list[tuple[str, str, str | int]]) -> tuple[list[str], NodeTruth]:
         elif kind == "default":
             verdict, node = node.observe_status(session, int(value))
         else:
-            verdict, node = node.observe_status(session, int(value), in_order=kind != "apart",
+            verdict, node = node.observe_status(session, int(value),
                                                   retained=kind == "claim")
         verdicts.append(verdict.value)
     return verdicts, node
@@ -280,32 +261,10 @@ B_CLAIM = NodeTruth("B", "ready", claim=True)
                   ("retained", "A", "ready")], ["accept"] * 3 + ["duplicate"],
                  NodeTruth("B", "ready", -1, aside=A_READY, claim=True),
                  id="a retained repeat of the aside session's state changes nothing"),
-    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
-                  ("apart", "A", 3), ("state", "A", "ready")], ["accept"] * 5,
-                 NodeTruth("A", "ready", 3, aside=B_CLAIM),
-                 id="the session set aside comes back with the status it had run ahead"),
-    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
-                  ("apart", "A", 3), ("retained", "A", "lost")], ["accept"] * 5,
-                 NodeTruth("A", "lost", 3, aside=B_CLAIM),
-                 id="swapped back by a claim, with the status it had run ahead"),
-    pytest.param([("state", "A", "ready"), ("apart", "B", 1), ("retained", "C", "ready"),
-                  ("state", "A", "lost")], ["accept"] * 4,
-                 NodeTruth("A", "lost", -1, (), ("B", 1), NodeTruth("C", "ready", claim=True),
-                           live_end=True),
-                 id="a live word of the session set aside keeps another one ahead"),
-    pytest.param([("state", "A", "ready"), ("apart", "B", 1), ("retained", "C", "ready"),
-                  ("retained", "A", "lost")], ["accept"] * 4,
-                 NodeTruth("A", "lost", -1, ahead=("B", 1),
-                           aside=NodeTruth("C", "ready", claim=True)),
-                 id="swapped back by a claim, keeping another session's status ahead"),
     pytest.param([("state", "A", "ready"), ("retained", "B", "ready"),
                   ("retained", "C", "ready")], ["accept"] * 3,
                  NodeTruth("C", "ready", -1, aside=B_CLAIM, claim=True),
                  id="a third claim sets the second aside"),
-    pytest.param([("state", "A", "ready"), ("retained", "B", "ready"), ("apart", "D", 1),
-                  ("retained", "C", "ready")], ["accept"] * 4,
-                 NodeTruth("C", "ready", -1, ahead=("D", 1), aside=B_CLAIM, claim=True),
-                 id="what is set aside holds nothing ahead"),
     pytest.param([("state", "A", "disconnected"), ("retained", "C", "ready")], ["accept"] * 2,
                  NodeTruth("C", "ready", -1, ("A",), claim=True),
                  id="an ended session is not set aside"),
@@ -313,14 +272,15 @@ B_CLAIM = NodeTruth("B", "ready", claim=True)
                  NodeTruth("B", "disconnected", -1, ("B",), aside=NodeTruth("A", "ready"),
                            claim=True),
                  id="a retained stop of an unknown session ends it"),
-    pytest.param([("state", "A", "ready"), ("apart", "B", 2), ("apart", "B", 1),
-                  ("apart", "B", 2)], ["accept", "accept", "stale", "duplicate"],
-                 NodeTruth("A", "ready", ahead=("B", 2)),
-                 id="apart: an older or repeated status of the session ahead changes nothing"),
-    pytest.param([("state", "A", "ready"), ("apart", "B", 1), ("apart", "B", 2),
-                  ("state", "C", "ready")], ["accept"] * 4,
-                 NodeTruth("C", "ready", -1, ("A",), ("B", 2)),
-                 id="apart: a new session's state keeps another session's status ahead"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("state", "A", "lost"),
+                  ("state", "B", "ready"), ("claim", "A", 2)], ["accept"] * 5,
+                 NodeTruth("A", "ready", 2, ("B",)),
+                 id="after a live end of the lost session set aside, a newer status of it, even "
+                    "retained, is that process back (published after its will)"),
+    pytest.param([("state", "A", "ready"), ("status", "A", 1), ("state", "A", "lost"),
+                  ("state", "B", "ready"), ("claim", "A", 1)], ["accept"] * 4 + ["stale"],
+                 NodeTruth("B", "ready", -1, aside=NodeTruth("A", "lost", 1, live_end=True)),
+                 id="a retained status of it no newer than before its end is only a claim"),
     pytest.param([("state", "A", "ready"), ("retained", "B", "ready"), ("state", "C", "ready")],
                  ["accept"] * 3, NodeTruth("C", "ready", -1, ("A", "B")),
                  id="a live state of a new session ends the current one and the one aside"),

@@ -5,9 +5,10 @@ The machine plays a node's processes (start, status, crash, clean stop, takeover
 process), a broker (down and up again, keeping its retained messages, losing them, or restored
 from an older save) and observers that start at any moment: the status app's ``NodeView``
 (one subscription: a node's messages in the order the broker got them) and a bridge-like
-``NodeTruth`` that reads states and statuses on two sessions (``in_order=False``: the two
-streams interleave in any way). On subscribe each observer gets the retained copies in an
-order drawn by Hypothesis; deliveries are drawn one at a time.
+``NodeTruth`` that reads them the same way on a persistent session, which the broker keeps
+while the observer is away. On subscribe each observer gets the retained copies in an order
+drawn by Hypothesis (the bridge-like one states first, as the bridge passes a round on);
+deliveries are drawn one at a time.
 
 Checked at every step: an observer never shows a session ready after it received that
 session's end (``lost`` or ``disconnected``) and no live word of it since (see
@@ -15,11 +16,7 @@ session's end (``lost`` or ``disconnected``) and no live word of it since (see
 broker sent it: a process that is up is shown ready with its newest status (unless the
 observer received its ``lost`` and no live word since: the rule above); a node whose
 last session ended while the broker's retained state still says so is shown ended, for
-that reason. Two gaps of the bridge-like reader are allowed for, where its two streams lose
-the order: it may lack the newest status of a session it learned from retained copies only
-(the status came before the state; the session's next status brings it) or of a lost session
-set aside that came back (statuses that came before its live ``ready`` are taken as words of
-the past), and after a live ``lost`` only a live ``ready`` brings the session back.
+that reason.
 """
 
 from __future__ import annotations
@@ -91,23 +88,18 @@ class Observer:
     sessions whose end it received with no live word of them since."""
 
     name: str
-    in_order: bool
+    persistent: bool
+    """The broker keeps a session for it while it is away (the bridge's)."""
     view: NodeView | None = None
     truth: NodeTruth = field(default_factory=NodeTruth)
-    streams: tuple[deque[tuple[Message, bool]], ...] = ()
+    stream: deque[tuple[Message, bool]] = field(default_factory=deque)
     ended_seen: dict[str, tuple[str, bool, int]] = field(default_factory=dict)
     """Per session whose end the observer received: (the end, whether it came live, the
     newest seq seen before it)."""
     seqs: dict[str, int] = field(default_factory=dict)
-    past_words: dict[str, int] = field(default_factory=dict)
-    """Two streams: the newest seq per session of the statuses taken as words of the past
-    (they came apart from the states while that session was lost and set aside)."""
     connected: bool = False
     session_kept: bool = False
-    """The broker keeps a session for it while it is away (the bridge's persistent one)."""
-
-    def stream_for(self, message: Message) -> deque[tuple[Message, bool]]:
-        return self.streams[0] if self.in_order or message.kind == "state" else self.streams[1]
+    """The broker keeps its session now."""
 
     def take(self, message: Message, retained: bool) -> None:
         if self.view is not None:
@@ -118,17 +110,14 @@ class Observer:
                 message.session, message.value, retained=retained)  # type: ignore[arg-type]
         else:
             assert isinstance(message.value, int)
-            if not retained and self.truth.lost_aside(message.session):
-                self.past_words[message.session] = max(
-                    message.value, self.past_words.get(message.session, -1))
             _, self.truth = self.truth.observe_status(message.session, message.value,
-                                                      in_order=False, retained=retained)
+                                                      retained=retained)
         self._note(message, retained)
 
     def _note(self, message: Message, retained: bool) -> None:
         """What the rules say this observer now knows of the session's end: a ``lost``
-        ends nothing for good; the session is back with a live ``ready``, and, in one
-        ordered stream, with a newer live status or, after a live ``lost``, any status newer
+        ends nothing for good; the session is back with a live ``ready``, with a newer live
+        status or, after a live ``lost``, any status newer
         than the newest before it (everything published before a live ``lost`` came
         before it)."""
         session = message.session
@@ -143,7 +132,7 @@ class Observer:
             assert isinstance(message.value, int)
             newer = message.value > self.seqs.get(session, -1)
             self.seqs[session] = max(message.value, self.seqs.get(session, -1))
-            if end is None or end[0] != "lost" or not self.in_order:
+            if end is None or end[0] != "lost":
                 return
             if (not retained and newer) or (end[1] and message.value > end[2]):
                 del self.ended_seen[session]
@@ -168,7 +157,7 @@ class Observer:
         return None if self.view is None else self.view.health(NODE).reason
 
     def idle(self) -> bool:
-        return not any(self.streams)
+        return not self.stream
 
 
 class NodeLife(RuleBasedStateMachine):
@@ -193,7 +182,7 @@ class NodeLife(RuleBasedStateMachine):
         self.retained[message.kind] = message
         for observer in self.observers:
             if observer.connected or observer.session_kept:
-                observer.stream_for(message).append((message, False))
+                observer.stream.append((message, False))
 
     def _birth(self, process: Process) -> None:
         process.connected = True
@@ -203,11 +192,13 @@ class NodeLife(RuleBasedStateMachine):
 
     def _subscribe(self, observer: Observer, order: list[int]) -> None:
         observer.connected = True
-        observer.session_kept = not observer.in_order
+        observer.session_kept = observer.persistent
         copies = list(self.retained.values())
-        for index in order:
-            if index < len(copies):
-                observer.stream_for(copies[index]).append((copies[index], True))
+        drawn = [copies[index] for index in order if index < len(copies)]
+        if observer.persistent:
+            # The bridge passes a round's copies on in one batch, states first.
+            drawn.sort(key=lambda copy: copy.kind != "state")
+        observer.stream.extend((copy, True) for copy in drawn)
 
     @rule(name=st.text("abcdefghij0123456789", min_size=1, max_size=6))
     def start(self, name: str) -> None:
@@ -289,11 +280,10 @@ class NodeLife(RuleBasedStateMachine):
         for observer in self.observers:
             observer.connected = False
             observer.session_kept = observer.session_kept and keep_retained
-            if delivered and (observer.in_order or keep_retained):
+            if delivered and (not observer.persistent or keep_retained):
                 self._deliver_all(observer)
-            if observer.in_order or not keep_retained:
-                for stream in observer.streams:
-                    stream.clear()
+            if not observer.persistent or not keep_retained:
+                observer.stream.clear()
 
     @precondition(lambda self: not self.broker_up)
     @rule(restore=st.integers(-1, 3), node_first=st.booleans(),
@@ -312,32 +302,29 @@ class NodeLife(RuleBasedStateMachine):
             self._birth(self.process)
 
     @precondition(lambda self: len(self.observers) < 4)
-    @rule(in_order=st.booleans(), order=st.permutations([0, 1]))
-    def observer_starts(self, in_order: bool, order: list[int]) -> None:
+    @rule(bridge=st.booleans(), order=st.permutations([0, 1]))
+    def observer_starts(self, bridge: bool, order: list[int]) -> None:
         """An observer starts late: the status app (or ``watch``), or a bridge with a fresh
         outbox."""
-        name = f"{'view' if in_order else 'bridge'}-{len(self.observers)}"
-        if in_order:
+        name = f"{'bridge' if bridge else 'view'}-{len(self.observers)}"
+        if bridge:
+            observer = Observer(name, True)
+        else:
             view = NodeView(clock=lambda: 1000.0, wall_clock=lambda: 1.8e9)
             view.set_broker(True, "connected")
-            observer = Observer(name, True, view=view, streams=(deque(),))
-        else:
-            observer = Observer(name, False, streams=(deque(), deque()))
+            observer = Observer(name, False, view=view)
         self.observers.append(observer)
         if self.broker_up:
             self._subscribe(observer, order)
 
     @precondition(lambda self: any(not o.idle() for o in self.observers))
-    @rule(which=st.integers(0, 3), stream=st.integers(0, 1), count=st.integers(1, 3))
-    def deliver(self, which: int, stream: int, count: int) -> None:
-        """The next messages of one stream of one observer (MQTT keeps each stream's
-        order, not the order between a bridge's two sessions)."""
+    @rule(which=st.integers(0, 3), count=st.integers(1, 3))
+    def deliver(self, which: int, count: int) -> None:
+        """The next messages of one observer (MQTT keeps its stream's order)."""
         busy = [o for o in self.observers if not o.idle()]
         observer = busy[which % len(busy)]
-        streams = [s for s in observer.streams if s]
-        chosen = streams[stream % len(streams)]
-        for _ in range(min(count, len(chosen))):
-            observer.take(*chosen.popleft())
+        for _ in range(min(count, len(observer.stream))):
+            observer.take(*observer.stream.popleft())
 
     @rule()
     def deliver_everything(self) -> None:
@@ -346,10 +333,8 @@ class NodeLife(RuleBasedStateMachine):
 
     @staticmethod
     def _deliver_all(observer: Observer) -> None:
-        while not observer.idle():
-            for stream in observer.streams:
-                if stream:
-                    observer.take(*stream.popleft())
+        while observer.stream:
+            observer.take(*observer.stream.popleft())
 
     # --- what every observer must say -----------------------------------------------------
 
@@ -379,14 +364,6 @@ class NodeLife(RuleBasedStateMachine):
                     # node reconnected before the observer, leaves only retained copies;
                     # the node's next status (one report interval) brings it back.
                     continue
-                if not observer.in_order and (
-                        seq is None or
-                        observer.past_words.get(process.session, -1) >= process.seq):
-                    # Two streams: a retained status that came before its session's
-                    # retained state names no session, and a status of a lost session set
-                    # aside that came before its live ``ready`` (a process replaced while
-                    # away, back) is taken as a word of the past; the next status brings it.
-                    seq = process.seq
                 assert (session, state, seq) == (process.session, "ready", process.seq), (
                     f"{observer.name} shows {(session, state, seq)} of a node up as "
                     f"{(process.session, process.seq)}")

@@ -113,8 +113,7 @@ class FailoverBridge:
     def _publish_instances(self, bridge: Bridge) -> None:
         """Retained ``active``/``standby``/``lost`` for every instance the lease table
         knows; an instance whose beat stood still for a lease is ``lost``."""
-        client = bridge.link.client
-        if client is None:
+        if not bridge.connected:
             return
         now = time.monotonic()
         for name, (role, beat) in self.lease.instances.items():
@@ -133,10 +132,9 @@ class FailoverBridge:
                 topic = protocol.bridge_instance_topic(self.config.bridge.client_id, name)
             except ProtocolError:
                 continue
-            client.publish(topic, protocol.encode_bridge_instance(name, word,
-                                                                  timestamps.utc_now_iso()),
-                           qos=1, retain=True)
-            self._published[name] = word
+            if bridge.receiver.publish(topic, protocol.encode_bridge_instance(
+                    name, word, timestamps.utc_now_iso())):
+                self._published[name] = word
 
     def health(self) -> dict[str, Any]:
         """The active instance's health with its role; a standby is ``ok`` while it can read

@@ -1,8 +1,8 @@
 """One incoming message, from the broker session that took it to the outbox: ``Received``,
 the one record it travels in, and ``check``, what the bridge makes of it.
 
-The status receiver (in its own process) checks statuses, so the bridge's process only
-records what was already checked; the bridge checks states.
+The receiver (in its own process) checks every message, so the bridge's process only
+records what was already checked.
 """
 
 from __future__ import annotations
@@ -57,12 +57,10 @@ def check(topics: Topics, topic: str, payload: bytes) -> Checked:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message as one of the bridge's broker sessions took it."""
+    """A message as the bridge's broker session took it."""
 
-    session: str
-    """``states`` or ``statuses``: the session whose connection it is acknowledged to."""
     connection: int
-    """That session's connection number: an acknowledgement for an earlier connection is
+    """The session's connection number: an acknowledgement for an earlier connection is
     not sent (the broker redelivers on the new one)."""
     mid: int
     qos: int
@@ -80,14 +78,14 @@ class Received:
         """This message, checked (once)."""
         if self.checked is not None:
             return self
-        return Received(self.session, self.connection, self.mid, self.qos, self.topic,
+        return Received(self.connection, self.mid, self.qos, self.topic,
                         self.payload, self.received, self.retained, self.expiry_left,
                         check(topics, self.topic, self.payload))
 
     def __reduce__(self) -> tuple[type[Received], tuple[Any, ...]]:
         """Pickled as its values (the status receiver sends thousands a second): about
         half the cost of the dataclass's own way."""
-        return (Received, (self.session, self.connection, self.mid, self.qos, self.topic,
+        return (Received, (self.connection, self.mid, self.qos, self.topic,
                            self.payload, self.received, self.retained, self.expiry_left,
                            self.checked))
 

@@ -39,7 +39,6 @@ from bridge.database import (
     open_database,
     redact,
 )
-from bridge.fast_json import decode_json
 from bridge.incoming import Received, StatusHead
 from yl_core import truth as truth_rules
 from yl_core.protocol import State, StateMessage, stale_after
@@ -93,8 +92,6 @@ class NodeMark:
     stamped: float = 0.0
     """The newest ``timestamp`` (epoch seconds) of a request about the node that the monitor
     took, kept across restarts and takeovers: a node's requests go forward in time."""
-    held: int | None = None
-    """The node's session ended; nothing of it is handed out before ``release(held)``."""
     retell: bool = False
     """The monitor forgot the node, or shows it otherwise than it was told: it is to be told
     the node's current truth again (``Outbox.reconcile``; kept in memory only: the next
@@ -168,9 +165,6 @@ class _Committed(NamedTuple):
     """A transition added."""
     dropped: Iterable[int] = ()
     """Transitions dropped with it."""
-    ends: bool = False
-    """``added`` ends its session: held with the batch's ``hold``."""
-    node_id: str = ""
 
 
 class _Deliveries(NamedTuple):
@@ -242,8 +236,6 @@ class Outbox:
         """(earliest time the node may be silent, node): a heap with at most one entry per
         node (those in ``_watched``), checked lazily."""
         self._watched: set[str] = set()
-        self._held: dict[str, int] = {}
-        """Nodes held until a barrier (``record(hold=…)``, ``release``)."""
         self.silence_from: float | None = None
         """Since when (monotonic) the bridge's broker sessions are connected and caught up
         with what the broker kept for them; None while they are not. No node is judged
@@ -284,11 +276,11 @@ class Outbox:
                 delivered.setdefault(node_id, _Delivered()).merge(items)
         nothing = _Delivered()
         for node_id, name, session, seq, state, state_session, registered, ended, interval, \
-                ahead_session, ahead_seq, told, stamped, silent, aside_session, aside_state, \
-                aside_seq in self._db.execute(
+                told, stamped, silent, aside_session, aside_state, aside_seq in \
+                self._db.execute(
                     "SELECT node_id, node_name, session, seq, state, state_session, registered,"
-                    " ended, interval_s, ahead_session, ahead_seq, told, stamped, silent_since,"
-                    " aside_session, aside_state, aside_seq FROM nodes"):
+                    " ended, interval_s, told, stamped, silent_since, aside_session,"
+                    " aside_state, aside_seq FROM nodes"):
             # Rows written before schema 2 kept the status and the state session apart and
             # took the greater id for the newer; the other one is over.
             current = max(filter(None, (session, state_session)), default=None)
@@ -297,7 +289,6 @@ class Outbox:
             truth = NodeTruth(current, state if state_session == current else None,
                               -1 if seq is None or session != current else seq,
                               tuple(dict.fromkeys(over)),
-                              None if ahead_session is None else (ahead_session, ahead_seq),
                               None if aside_session is None else NodeTruth(
                                   aside_session,
                                   None if aside_state is None else state_word(aside_state),
@@ -356,14 +347,11 @@ class Outbox:
 
     # --- writing (the writer thread) -----------------------------------------------------
 
-    def record(self, batch: Iterable[Received], *, flush: bool = False,
-               hold: int | None = None) -> tuple[IngestResult, set[str]]:
+    def record(self, batch: Iterable[Received], *, flush: bool = False
+               ) -> tuple[IngestResult, set[str]]:
         """Record a batch of valid, checked messages in one committed transaction; returns
         counts and the nodes to notify: those touched and (with ``flush``, whose writes go in
         the same transaction) those whose deliveries were written and have a next item.
-        ``hold``: a node whose session ends in this batch is handed out again only after
-        ``release(hold)`` (its last statuses may still be on their way on another session:
-        they become the end's snapshot).
 
         What forwarders send (a mark's ``pending`` and ``transitions``) changes only after the
         commit, so nothing uncommitted is ever sent; the rest of a mark (read for the body
@@ -402,9 +390,6 @@ class Outbox:
                     else:
                         change.mark.transitions.add(change.added)
                         change.mark.transitions.difference_update(change.dropped)
-                        if change.ends and hold is not None:
-                            change.mark.held = hold
-                            self._held[change.node_id] = hold
         if deliveries is not None:
             touched |= self._written(deliveries)
         return result, touched
@@ -431,18 +416,17 @@ class Outbox:
                     changed = self._record_state(db, node_id, mark, message,
                                                  incoming.retained, received, result,
                                                  committed)
-                elif message is not None and mark.truth.state_of(message.session) in \
-                        truth_rules.TERMINAL_STATES:
+                elif message is not None and _stays_ended(mark.truth, message,
+                                                          incoming.retained):
                     writes.flush(db)
                     changed = self._record_last_words(db, node_id, mark, message, raw,
                                                       incoming.retained, received, result,
                                                       committed)
-                elif message is not None and message.session != mark.truth.session and (
-                        message.session in mark.truth.ended or
-                        mark.truth.lost_aside(message.session)):
+                elif message is not None and not incoming.retained and \
+                        _starts(mark.truth, message):
                     writes.flush(db)
-                    changed = self._record_words_of_the_past(db, node_id, mark, message, raw,
-                                                             result, committed)
+                    changed = self._record_start(db, node_id, mark, message, raw, received,
+                                                 result, committed)
                 elif message is not None:
                     changed = self._record_status(writes, node_id, mark, message, raw,
                                                   incoming.retained, received, result,
@@ -455,7 +439,7 @@ class Outbox:
                        message: StatusHead, raw: bytes, retained: bool, received: float,
                        result: IngestResult, committed: list[_Committed]) -> bool:
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
-                                                   in_order=False, retained=retained)
+                                                   retained=retained)
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
@@ -473,17 +457,41 @@ class Outbox:
         result.accepted += 1
         return True
 
+    def _record_start(self, db: Database, node_id: str, mark: NodeMark, message: StatusHead,
+                      raw: bytes, received: float, result: IngestResult,
+                      committed: list[_Committed]) -> bool:
+        """A live status that starts its session (``_starts``) before that session's
+        ``ready`` came: the start is a ``ready`` transition of the node's story all the same,
+        carrying the status (so a life that ends before its status went out was still told
+        online first); the ``ready`` that may follow is a duplicate."""
+        _, truth = mark.truth.observe_status(message.session, message.seq)
+        if mark.pending_row is not None:  # an earlier session's: superseded
+            result.coalesced += 1
+            mark.pending_row = None
+            committed.append(_Committed(mark))
+        mark.truth = truth
+        mark.node_name = message.node_name or mark.node_name
+        mark.interval_s = message.interval_s
+        self._heard(node_id, mark, received)
+        self._save_node(db, node_id, mark, raw)
+        added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
+                               "received) VALUES (?, ?, 'ready', ?, ?) RETURNING id",
+                               (node_id, message.session, raw, received)).fetchone()[0])
+        committed.append(_Committed(mark, added=added))
+        result.accepted += 1
+        return True
+
     def _record_last_words(self, db: Database, node_id: str, mark: NodeMark,
                            message: StatusHead, raw: bytes, retained: bool, received: float,
                            result: IngestResult, committed: list[_Committed]) -> bool:
-        """A status of a session that has ended (``lost``, ``disconnected``): a retained
-        copy that came after its end, or one published before the will that the status
-        session brought late. Nothing of a life goes to the monitor after its ``offline``
-        but that ``offline``: the status becomes the snapshot of the end while the end has not
-        been handed out (``_not_handed_out``); otherwise (the barrier is a best effort while
-        the status session's window is full) the end is told once more, with it."""
+        """A status of a session that has ended and stays so (``_stays_ended``): a retained
+        copy newer than what came before the end (the session's queue at the broker
+        overflowed, or a retained ``lost`` told of the end first). Nothing of a life goes to
+        the monitor after its ``offline`` but that ``offline``: the status becomes the
+        snapshot of the end while the end has not been handed out (``_not_handed_out``);
+        otherwise the end is told once more, with it."""
         verdict, truth = mark.truth.observe_status(message.session, message.seq,
-                                                   in_order=False, retained=retained)
+                                                   retained=retained)
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
@@ -503,28 +511,8 @@ class Outbox:
                                "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
                                (node_id, message.session, state, raw, received)
                                ).fetchone()[0])
-        committed.append(_Committed(mark, added=added, node_id=node_id))
+        committed.append(_Committed(mark, added=added))
         return True
-
-    def _record_words_of_the_past(self, db: Database, node_id: str, mark: NodeMark,
-                                  message: StatusHead, raw: bytes,
-                                  result: IngestResult, committed: list[_Committed]) -> bool:
-        """A status of an earlier life, which ended before the current one began: one the
-        status session brought after the state session had brought both the end and the
-        next life's start (a takeover, a restart: the two catch up apart). It becomes the
-        snapshot of that end if the end is not handed out yet (``_not_handed_out``) and
-        carries an older one; otherwise it is stale (nothing of a life goes to the monitor
-        after its ``offline``, nor after the next life's ``ready``)."""
-        row = db.execute("SELECT id, snapshot FROM transitions WHERE node_id = ? AND "
-                         "session = ? ORDER BY id DESC LIMIT 1",
-                         (node_id, message.session)).fetchone()
-        if row is None or not _not_handed_out(mark, row[0], committed) or \
-                _seq_of(row[1]) >= message.seq:
-            result.stale += 1
-            return False
-        db.execute("UPDATE transitions SET snapshot = ? WHERE id = ?", (raw, row[0]))
-        result.coalesced += 1
-        return False
 
     def _record_state(self, db: Database, node_id: str, mark: NodeMark,
                       message: StateMessage, retained: bool, received: float,
@@ -575,11 +563,9 @@ class Outbox:
             counts_from > received else None
         self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, None)
-        ends = message.state in truth_rules.TERMINAL_STATES
-        if ends:
+        if message.state in truth_rules.TERMINAL_STATES:
             result.ended.append(node_id)
-        committed.append(_Committed(mark, added=added, dropped=[*dropped, *withdrawn],
-                                    ends=ends, node_id=node_id))
+        committed.append(_Committed(mark, added=added, dropped=[*dropped, *withdrawn]))
         result.accepted += 1
         return True
 
@@ -589,8 +575,7 @@ class Outbox:
         """The newest status of ``session`` to send along with a transition of that session.
 
         A pending status of the same session is folded into the transition (it would only be
-        sent right after it); one of the session this transition supersedes is dropped; one
-        of a session still ahead of the states stays pending.
+        sent right after it); one of the session this transition supersedes is dropped.
         """
         truth = mark.truth
         pending = mark.pending_row
@@ -789,7 +774,7 @@ class Outbox:
                 if node_id in self._done or node_id in self._flushing:
                     return None
                 mark = self.marks.get(node_id)
-                if mark is None or mark.held is not None:
+                if mark is None:
                     return None
                 silent = mark.silent
                 if silent is None and not mark.transitions and \
@@ -898,17 +883,6 @@ class Outbox:
                         mark.pending = None
         self._changed()
         return self.defers_writes
-
-    def release(self, upto: int) -> set[str]:
-        """End the hold of every node held with a number up to ``upto``; returns them."""
-        with self._marks_lock:
-            released = {node for node, number in self._held.items() if number <= upto}
-            for node in released:
-                del self._held[node]
-                mark = self.marks.get(node)
-                if mark is not None:
-                    mark.held = None
-        return released
 
     def settled(self, node_id: str) -> bool:
         """Nothing of the node is recorded beyond what it was last told: no transition, no
@@ -1027,15 +1001,14 @@ class Outbox:
 
 _SAVE_NODE = (
     "INSERT INTO nodes (node_id, node_name, session, seq, state, state_session, "
-    "snapshot, ended, interval_s, ahead_session, ahead_seq, pending_session, pending_seq, "
+    "snapshot, ended, interval_s, pending_session, pending_seq, "
     "pending_received, aside_session, aside_state, aside_seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, "
     "session = excluded.session, seq = excluded.seq, state = excluded.state, "
     "state_session = excluded.state_session, "
     "snapshot = COALESCE(excluded.snapshot, nodes.snapshot), ended = excluded.ended, "
-    "interval_s = excluded.interval_s, ahead_session = excluded.ahead_session, "
-    "ahead_seq = excluded.ahead_seq, pending_session = excluded.pending_session, "
+    "interval_s = excluded.interval_s, pending_session = excluded.pending_session, "
     "pending_seq = excluded.pending_seq, pending_received = excluded.pending_received, "
     "aside_session = excluded.aside_session, aside_state = excluded.aside_state, "
     "aside_seq = excluded.aside_seq")
@@ -1043,10 +1016,9 @@ _SAVE_NODE = (
 
 def _node_row(node_id: str, mark: NodeMark, snapshot: bytes | None) -> tuple[Any, ...]:
     truth = mark.truth
-    ahead = truth.ahead or (None, None)
     aside = truth.aside
     return (node_id, mark.node_name, truth.session, truth.seq, truth.state, truth.session,
-            snapshot, " ".join(truth.ended), mark.interval_s, *ahead,
+            snapshot, " ".join(truth.ended), mark.interval_s,
             *(mark.pending_row or (None, None, None)),
             *((None, None, None) if aside is None else (aside.session, aside.state, aside.seq)))
 
@@ -1066,21 +1038,31 @@ class _StatusWrites:
 
 def _not_handed_out(mark: NodeMark, transition_id: int, committed: list[_Committed]) -> bool:
     """The node's transition ``transition_id`` has not been handed out to a forwarder: it
-    was recorded in this very batch, or the node is held (``record(hold=…)``), or it waits
-    behind an older transition of the node (a node's transitions go out oldest first, one
-    at a time)."""
+    was recorded in this very batch, or it waits behind an older transition of the node (a
+    node's transitions go out oldest first, one at a time)."""
     if any(c.added == transition_id for c in committed):
         return True
-    return transition_id in mark.transitions and (
-        mark.held is not None or transition_id != min(mark.transitions))
+    return transition_id in mark.transitions and transition_id != min(mark.transitions)
 
 
-def _seq_of(snapshot: bytes | None) -> int:
-    """The ``seq`` of a recorded snapshot (-1: none). Snapshots were checked when recorded."""
-    if not snapshot:
-        return -1
-    seq = decode_json(bytes(snapshot)).get("seq")
-    return seq if isinstance(seq, int) else -1
+def _starts(truth: NodeTruth, message: StatusHead) -> bool:
+    """A live status that, in a node's known story, makes its session ``ready`` when it was
+    not: a new session, or a ``lost`` one back (its ``ready`` was lost on the way, or a node
+    published a status before it)."""
+    if truth.session is None or truth.state_of(message.session) == "ready":
+        return False
+    verdict, after = truth.observe_status(message.session, message.seq)
+    return verdict is Verdict.ACCEPT and after.state_of(message.session) == "ready"
+
+
+def _stays_ended(truth: NodeTruth, message: StatusHead, retained: bool) -> bool:
+    """A status of the node's current session, which has ended (``lost``,
+    ``disconnected``), that does not bring it back (see ``NodeTruth.observe_status``)."""
+    if truth.state_of(message.session) not in truth_rules.TERMINAL_STATES:
+        return False
+    verdict, after = truth.observe_status(message.session, message.seq, retained=retained)
+    return verdict is not Verdict.ACCEPT or \
+        after.state_of(message.session) in truth_rules.TERMINAL_STATES
 
 
 def _column_value(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""What the bridge and its status receiver process say to each other over their socket pair
+"""What the bridge and its receiver process say to each other over their socket pair
 (pickled): every message one of these types, nothing else.
 
 Its own module, not ``status_receiver``'s: the child runs that one as ``__main__``, and a
@@ -7,9 +7,8 @@ class pickled there would not be found by the bridge.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
 from bridge.incoming import Received
 from yl_core.config import LoggingConfig
@@ -17,6 +16,16 @@ from yl_core.link import LinkOptions
 from yl_core.protocol import Topics
 
 # --- the bridge to its child ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """The bridge's own retained ``state``: ``ready`` published on every connect,
+    ``goodbye`` (``disconnected``) on a clean stop; the link's will says ``lost``."""
+
+    topic: str
+    ready: bytes
+    goodbye: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,7 @@ class Setup:
     logging: LoggingConfig
     gated: bool
     """True: the child connects only while the bridge says it may (``Allow``)."""
+    presence: Presence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +63,19 @@ class Reconnect:
 @dataclass(frozen=True, slots=True)
 class Stop:
     timeout: float
+    goodbye: bool = True
+    """Publish the presence's ``goodbye`` before disconnecting (not when fenced)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Barrier:
-    """Say ``Passed(number)`` once everything the broker routed to the status session before
-    it took this request has been passed on (a SUBSCRIBE to the session's sentinel topic: its
-    SUBACK follows what the broker had sent on the connection before it)."""
+class Publish:
+    """A retained QoS 1 message of the bridge's own (an active/standby instance's state)."""
 
-    number: int
+    topic: str
+    payload: bytes
 
 
-ToChild = Allow | Ack | Reconnect | Stop | Barrier
+ToChild = Allow | Ack | Reconnect | Stop | Publish
 
 # --- the child to the bridge ----------------------------------------------------------------
 
@@ -85,15 +96,11 @@ class SessionEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Passed:
-    """Barrier ``number``: every status received before it came in a ``Batch`` before this.
-    ``EVERY_BARRIER``: the session caught up with what the broker kept for it, retained
-    copies included (every barrier asked for before is passed)."""
+class Unread:
+    """What the broker does not let the session read, as far as the messages it sent tell
+    (``problem``; empty once both kinds come)."""
 
-    number: int
-
-
-EVERY_BARRIER: Final = sys.maxsize
+    problem: str
 
 
-FromChild = Batch | SessionEvent | Passed
+FromChild = Batch | SessionEvent | Unread

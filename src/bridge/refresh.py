@@ -47,9 +47,11 @@ AFTER_MISS = 1.0
 """A round for messages missed starts at the latest this long after the last one missed."""
 
 
-def subscribe_without_retained(client: mqtt.Client, topic: str, qos: int) -> None:
-    """The session's own subscription: live and queued messages only (retain handling 2)."""
-    client.subscribe(topic, options=SubscribeOptions(qos=qos, retainHandling=2))
+def subscribe_without_retained(client: mqtt.Client, topics: list[str], qos: int) -> None:
+    """The session's own subscriptions, in one SUBSCRIBE: live and queued messages only
+    (retain handling 2). Not to the round's topic: ending the round unsubscribes that."""
+    options = SubscribeOptions(qos=qos, retainHandling=2)
+    client.subscribe([(topic, options) for topic in topics])
 
 
 class RetainedRefresh:

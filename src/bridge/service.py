@@ -1,16 +1,12 @@
 """``yl-status bridge``: broker → outbox → YL-monitor, as one long-running service.
 
-Two persistent MQTT sessions: ``{client_id}`` for the ``state`` topics and
-``{client_id}-status`` for ``status``. A broker queues a limited number of messages for an
-absent client; keeping the rare state transitions out of the status flood means a bridge
-outage can overflow only the status queue, whose newest message per node comes back as a
-retained message anyway. The status session runs in a child process (``status_receiver``).
-
-Threads: paho's network thread (and the status receiver's reader) only queue incoming
-messages; the outbox writer (``writer``) records them in batches and acknowledges them (in
-arrival order) once committed; the forwarder (``forwarder``) delivers from the outbox. This
-module puts them together and watches them. One shutdown path: ``stop()``, which the signal
-handler triggers by setting an event.
+One persistent MQTT session, ``{client_id}``, reads every node's ``state`` and ``status`` in
+the order the broker got them, and carries the bridge's own state; it runs in a child
+process (``status_receiver``). Threads: the receiver's reader only queues incoming batches;
+the outbox writer (``writer``) records them in order and acknowledges them (in arrival
+order) once committed; the forwarder (``forwarder``) delivers from the outbox. This module
+puts them together and watches them. One shutdown path: ``stop()``, which the signal handler
+triggers by setting an event.
 """
 
 from __future__ import annotations
@@ -21,22 +17,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from bridge.database import session_names
 from bridge.forwarder import Forwarder
 from bridge.incoming import Received
 from bridge.lease import Lease
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import Outbox, OutboxError
-from bridge.receiver_messages import Passed
-from bridge.refresh import RetainedRefresh, subscribe_without_retained
+from bridge.receiver_messages import Presence
 from bridge.status_receiver import StatusReceiver
-from bridge.writer import Acknowledger, LinkAcknowledger, OutboxWriter
+from bridge.writer import OutboxWriter
 from yl_core import protocol, timestamps
 from yl_core.config import Config
 from yl_core.errors import ConfigError
-from yl_core.link import Link, LinkDown, Will, options_from_config
+from yl_core.link import Will, options_from_config
 from yl_core.protocol import StateMessage
 from yl_core.version import PACKAGE_VERSION
 
@@ -44,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BRIDGE_NODE_TYPE = "yl-bridge"
 IN_FLIGHT = 1000
-"""Unacknowledged messages the broker may send each of the bridge's sessions at once (MQTT
+"""Unacknowledged messages the broker may send the bridge's session at once (MQTT
 5 Receive Maximum). A message is acknowledged once its batch is committed, so this window
 over the time from the broker to the commit bounds the rate the bridge can take in: with
 mosquitto's own limit (20) an outbox's commit latency, not the CPU, was the ceiling."""
@@ -92,47 +85,27 @@ class Bridge:
         self.session = protocol.new_session_id()
         self._since = timestamps.utc_now_iso()
         client_id = config.bridge.client_id
-        self._state_topic = protocol.bridge_state_topic(client_id)
-        persistent = {"clean_start": False, "session_expiry": config.bridge.session_expiry,
-                      "manual_ack": True, "receive_maximum": IN_FLIGHT}
-        self._caught_up = {"states": False, "statuses": False}
-        self._caught_up_lock = threading.Lock()
-        self.refresh = RetainedRefresh(self.topics.all_nodes,
-                                       protocol.bridge_sentinel_topic(client_id),
-                                       name="yl-bridge-states-refresh",
-                                       on_round=lambda: self._session("states", True))
+        state_topic = protocol.bridge_state_topic(client_id)
+        self._caught_up = False
         username, password = config.bridge_login()
-        self.link = Link(
-            options_from_config(config.mqtt, client_id, source=config.source, **persistent,
-                                username=username,
-                                password=password,
-                                will=Will(self._state_topic, self._state("lost"))),
-            on_connect=self._on_connect_states,
-            on_message=self._on_message,
-            on_down=self._on_down,
-            on_subscribe=self.refresh.subscribed,
-            name="yl-bridge-states",
-            allow=self._allow,
-        )
-        self._link_acks = LinkAcknowledger(self.link)
-        acknowledgers: dict[str, Acknowledger] = {"states": self._link_acks}
+        self.receiver = StatusReceiver(
+            options_from_config(config.mqtt, client_id, source=config.source,
+                                clean_start=False, session_expiry=config.bridge.session_expiry,
+                                manual_ack=True, receive_maximum=IN_FLIGHT,
+                                username=username, password=password,
+                                will=Will(state_topic, self._state("lost"))),
+            self.topics, protocol.MQTT_QOS, self._on_messages, config.logging,
+            None if lease is None else lease.valid_until,
+            on_caught_up=self._session,
+            in_thread=config.bridge.status_receiver == "thread",
+            on_missed=lambda: self.metrics.inc("retained_rereads"),
+            presence=Presence(state_topic, self._state("ready"),
+                              self._state("disconnected")))
         self.writer = OutboxWriter(self.outbox, self.metrics, self.topics,
                                    max_nodes=config.bridge.max_nodes,
-                                   notify=self.forwarder.notify, sessions=self,
-                                   acknowledgers=acknowledgers,
+                                   notify=self.forwarder.notify, session=self.receiver,
+                                   acknowledger=self.receiver,
                                    give_up=None if lease is None else lease.give_up)
-        self.statuses = StatusReceiver(
-            options_from_config(config.mqtt, protocol.bridge_status_identity(client_id),
-                                source=config.source, **persistent,
-                                username=protocol.bridge_status_identity(username),
-                                password=password),
-            self.topics, protocol.MQTT_QOS, self._on_statuses, config.logging,
-            None if lease is None else lease.valid_until,
-            on_caught_up=lambda caught_up: self._session("statuses", caught_up),
-            in_thread=config.bridge.status_receiver == "thread",
-            on_passed=lambda number: self.writer.put(Passed(number)),
-            on_missed=lambda: self.metrics.inc("retained_rereads"))
-        acknowledgers["statuses"] = self.statuses
         self.metrics_server: MetricsServer | None = None
         if config.bridge.metrics and lease is None:
             self.metrics_server = MetricsServer(config.bridge.metrics, self.metrics, self.health,
@@ -166,9 +139,7 @@ class Bridge:
             self.metrics_server.start()
         self.writer.start()
         self.forwarder.start()
-        self.refresh.start()
-        self.link.start()
-        self.statuses.start()
+        self.receiver.start()
         self._watchdog.start()
         log.info("bridge started client_id=%s monitor=%s profile=%s outbox=%s",
                  self.config.bridge.client_id, self.config.monitor.url,
@@ -183,9 +154,7 @@ class Bridge:
         self.stopping.set()
         if fenced:
             self.forwarder.stop(0.0)
-        self.statuses.stop(min(1.5, timeout / 3))
-        self.link.stop(min(1.5, timeout / 3), farewell=None if fenced else self._farewell)
-        self.refresh.stop()
+        self.receiver.stop(min(2.0, timeout / 2), goodbye=not fenced)
         self.writer.stop(max(min(1.0, deadline - time.monotonic()), 0.0))
         self.forwarder.stop(max(deadline - time.monotonic() - 0.3, 0.0))
         if self.metrics_server is not None:
@@ -198,23 +167,21 @@ class Bridge:
         self.outbox.close(flush=not fenced and not self.writer.alive)
         log.info("bridge stopped; outbox keeps %d transition(s) and %d status(es)", *depth)
 
-    def _farewell(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo:
-        return client.publish(self._state_topic, self._state("disconnected"), qos=1,
-                              retain=True)
-
     @property
     def connected(self) -> bool:
-        return self.link.connected and self.statuses.connected
+        return self.receiver.connected
 
     def health(self) -> dict[str, Any]:
-        """``ok`` only while the bridge can do its whole job: both broker sessions up, every
-        thread and the status receiver going, the outbox writable, the monitor answering.
-        ``problem`` says what is not."""
+        """``ok`` only while the bridge can do its whole job: its broker session up and
+        reading both topics, every thread and the receiver going, the outbox writable, the
+        monitor answering. ``problem`` says what is not."""
         transitions, statuses = self.outbox.depth()
         outbox_error = self.outbox.last_error
         problems = self._stalled()
-        if self.statuses.problem:
-            problems.append(self.statuses.problem)
+        if self.receiver.problem:
+            problems.append(self.receiver.problem)
+        if self.receiver.unread:
+            problems.append(self.receiver.unread)
         if not self.connected:
             problems.append("not connected to the broker")
         if not self.forwarder.reachable:
@@ -237,10 +204,9 @@ class Bridge:
 
     @property
     def caught_up(self) -> bool:
-        """Both broker sessions have caught up with what the broker kept for them, retained
-        copies included, since they last connected."""
-        with self._caught_up_lock:
-            return all(self._caught_up.values())
+        """The broker session has caught up with what the broker kept for it, retained
+        copies included, since it last connected."""
+        return self._caught_up
 
     def _stalled(self, limit: float | None = None) -> list[str]:
         limit = STALL_LIMIT if limit is None else limit
@@ -266,53 +232,17 @@ class Bridge:
                 self.stopping.set()
                 return
 
-    # --- MQTT (paho's thread) -------------------------------------------------------------
+    # --- the receiver's reader thread ---------------------------------------------------
 
-    def _on_connect_states(self, client: mqtt.Client, session_present: bool) -> None:
-        self._link_acks.connected(client)
-        subscribe_without_retained(client, self.topics.all_states, protocol.MQTT_QOS)
-        self.refresh.connected(client)
-        client.publish(self._state_topic, self._state("ready"), qos=1, retain=True)
-        log.info("bridge subscribed to states session_present=%s", session_present)
-
-    def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        self.refresh.received()
-        self.writer.put(Received(
-            "states", self._link_acks.number(client), message.mid, message.qos, message.topic,
-            bytes(message.payload), time.time(), bool(message.retain),
-            getattr(message.properties, "MessageExpiryInterval", None)))
-
-    def _on_statuses(self, batch: list[Received]) -> None:
+    def _on_messages(self, batch: list[Received]) -> None:
         self.writer.put(batch)
 
-    def _on_down(self, event: LinkDown) -> None:
-        self.refresh.down()
-        self._session("states", False)
-        log.debug("broker link down: %s", event.reason)
-
-    def _session(self, name: str, caught_up: bool) -> None:
-        """Silences are counted from when both broker sessions were last caught up: never
+    def _session(self, caught_up: bool) -> None:
+        """Silences are counted from when the broker session was last caught up: never
         across a broker outage, nor from an earlier term."""
-        with self._caught_up_lock:
-            before = all(self._caught_up.values())
-            self._caught_up[name] = caught_up
-            after = all(self._caught_up.values())
-            if after and not before:
-                self.outbox.caught_up(time.monotonic())
-                log.debug("both broker sessions caught up: silences are counted from now")
-            elif before and not after:
-                self.outbox.caught_up(None)
-        self.writer.wake()  # silences and barriers are due at other times now
-
-    # --- what the writer asks of the sessions (``writer.Sessions``) -------------------------
-
-    def barrier(self, number: int) -> None:
-        self.statuses.barrier(number)
-
-    def status_session_caught_up(self) -> bool:
-        with self._caught_up_lock:
-            return self._caught_up["statuses"]
-
-    def reconnect(self, reason: str) -> None:
-        self.link.reconnect(reason)
-        self.statuses.reconnect(reason)
+        if caught_up != self._caught_up:
+            self._caught_up = caught_up
+            self.outbox.caught_up(time.monotonic() if caught_up else None)
+            if caught_up:
+                log.debug("broker session caught up: silences are counted from now")
+        self.writer.wake()  # silences are due at other times now

@@ -1,14 +1,19 @@
-"""The bridge's status session, received in a process of its own.
+"""The bridge's broker session, received in a process of its own.
+
+One persistent session (``{client_id}``) reads every node's ``state`` and ``status`` with one
+subscription, so a node's messages come in the order the broker got them: the statuses a
+node published before its will come before its ``lost`` (``python -m bench.will_order``).
+The same connection carries the bridge's own presence: its retained ``state``, ``ready`` on
+every connect, ``disconnected`` on a clean stop, and ``lost`` as its will.
 
 Statuses are the flood (every node, every interval). paho's per-message work in Python would
 otherwise share the bridge's interpreter lock with recording and forwarding, so a child
-process runs the ``{client_id}-status`` link and hands batches of raw messages to the bridge
-over a socket pair. The bridge records them and sends back which ones to acknowledge: a
-message is still acknowledged only once it is committed in the outbox. If the child ends, it
-is started again and the broker redelivers what was not acknowledged; if the bridge ends, the
-child sees its socket close and exits. ``bridge.status_receiver: thread`` runs the same on a
-thread of the bridge's process (``python -m bench.bridge --only receiver`` sets them side by
-side).
+process runs the link and hands batches of checked messages to the bridge over a socket
+pair. The bridge records them and sends back which ones to acknowledge: a message is still
+acknowledged only once it is committed in the outbox. If the child ends, it is started again
+and the broker redelivers what was not acknowledged; if the bridge ends, the child sees its
+socket close and exits. ``bridge.status_receiver: thread`` runs the same on a thread of the
+bridge's process (``python -m bench.bridge --only receiver`` sets them side by side).
 """
 
 from __future__ import annotations
@@ -30,23 +35,23 @@ import paho.mqtt.client as mqtt
 
 from bridge.incoming import Received, StatusHead
 from bridge.receiver_messages import (
-    EVERY_BARRIER,
     Ack,
     Allow,
-    Barrier,
     Batch,
     FromChild,
-    Passed,
+    Presence,
+    Publish,
     Reconnect,
     SessionEvent,
     Setup,
     Stop,
     ToChild,
+    Unread,
 )
 from bridge.refresh import BEHIND, RetainedRefresh, subscribe_without_retained
 from yl_core.config import LoggingConfig
 from yl_core.link import Link, LinkDown, LinkOptions
-from yl_core.protocol import Topics, bridge_sentinel_topic
+from yl_core.protocol import StateMessage, Topics, bridge_sentinel_topic
 from yl_core.service import configure_logging
 
 log = logging.getLogger("bridge.status_receiver")
@@ -72,30 +77,34 @@ class StatusReceiver:
                  allowed_until: Callable[[], float] | None = None,
                  on_caught_up: Callable[[bool], None] | None = None,
                  in_thread: bool = False,
-                 on_passed: Callable[[int], None] | None = None,
-                 on_missed: Callable[[], None] | None = None) -> None:
+                 on_missed: Callable[[], None] | None = None,
+                 presence: Presence | None = None) -> None:
         """``allowed_until``: until when (``time.monotonic()``) the child may connect; asked
         before it is started, and passed on to it every ``ALLOW_EVERY``. ``on_caught_up``:
         called with True once the session has caught up with what the broker kept for it
         (after each connect), with False when it is down. ``in_thread``: run the session
-        on a thread of this process instead of a child process. ``on_passed``: called with
-        each barrier number passed (``barrier``), after the statuses received before it.
-        ``on_missed``: called when the session may have missed statuses and asks for the
-        retained ones again."""
+        on a thread of this process instead of a child process. ``on_missed``: called when
+        the session may have missed statuses and asks for the retained ones again.
+        ``presence``: the bridge's own state, published on the same connection."""
         self._in_thread = in_thread
-        self._setup = Setup(options, topics, qos, logging_config, allowed_until is not None)
+        self._setup = Setup(options, topics, qos, logging_config, allowed_until is not None,
+                            presence)
         self._allowed_until = allowed_until
         self._on_messages = on_messages
         self._on_caught_up = on_caught_up or (lambda _caught_up: None)
-        self._on_passed = on_passed or (lambda _number: None)
         self._on_missed = on_missed or (lambda: None)
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | _ChildThread | None = None
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = False
+        self.connects = 0
+        """Connections the session has made (counted by the bridge's reader)."""
         self.problem = ""
         """Why the receiver is not working, for the bridge's health ("" when it is)."""
+        self.unread = ""
+        """What the broker does not let the session read, as the messages tell ("": both
+        kinds come, or nothing tells yet)."""
         self._thread = threading.Thread(target=self._supervise, name="yl-bridge-statuses",
                                         daemon=True)
 
@@ -115,19 +124,17 @@ class StatusReceiver:
     def reconnect(self, reason: str) -> None:
         self._send(Reconnect(reason))
 
-    def barrier(self, number: int) -> bool:
-        """Ask for ``on_passed(number)`` once the statuses the broker had routed to the
-        session by now have been passed on; False if the child cannot be asked (it is not
-        running or not connected: the end of the next connection's first retained round
-        passes every barrier, ``EVERY_BARRIER``)."""
-        if not self._connected:
-            return False
-        return self._send(Barrier(number))
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish a retained message of the bridge's own; False if the session is not
+        connected (nothing is queued)."""
+        return self._connected and self._send(Publish(topic, payload))
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float, *, goodbye: bool = True) -> None:
+        """Stop within ``timeout``; ``goodbye``: publish the presence's ``disconnected``
+        first (a fenced instance says goodbye to no one)."""
         deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._send(Stop(max(timeout - 0.5, 0.1)))
+        self._send(Stop(max(timeout - 0.5, 0.1), goodbye))
         self._thread.join(max(deadline - time.monotonic(), 0.0))
         process = self._process
         if process is not None:
@@ -247,9 +254,12 @@ class StatusReceiver:
                     self._on_messages(message.messages)
                 except Exception:
                     log.exception("passing received statuses on failed")
-            elif isinstance(message, Passed):
-                self._on_passed(message.number)
+            elif isinstance(message, Unread):
+                if message.problem and message.problem != self.unread:
+                    log.error("%s", message.problem)
+                self.unread = message.problem
             elif message.what == "up":
+                self.connects += 1
                 self._connected = True
                 self.problem = ""
             elif message.what == "caught_up":
@@ -278,7 +288,7 @@ class _ChildThread:
     def _run(self) -> None:
         try:
             setup: Setup = self._conn.recv()
-            _Child(self._conn, setup.options, setup.topics, setup.qos, setup.gated).run()
+            _Child(self._conn, setup).run()
             self.returncode = 0
         except Exception:
             log.exception("status receiver failed")
@@ -303,37 +313,39 @@ class _ChildThread:
 class _Child:
     """The child's end: one link, a batching sender thread, commands from the bridge."""
 
-    def __init__(self, conn: Connection, options: LinkOptions, topics: Topics,
-                 qos: int, gated: bool = False) -> None:
+    def __init__(self, conn: Connection, setup: Setup) -> None:
         self.conn = conn
+        options = setup.options
         self.allowed_until = float("-inf")
-        self.topics = topics
-        self.qos = qos
+        self.topics = setup.topics
+        self.qos = setup.qos
+        self.presence = setup.presence
         self.send_lock = threading.Lock()
-        self.buffer: list[Received | Passed] = []
+        self.buffer: list[Received] = []
         self.buffer_lock = threading.Lock()
-        self.barriers: dict[int, int] = {}
-        """Barrier number by the message id of its SUBSCRIBE (under ``buffer_lock``)."""
-        self.sentinel = bridge_sentinel_topic(options.client_id)
+        self.round: list[Received] = []
+        """The retained copies of the round going on, passed on together when it is over
+        (under ``buffer_lock``)."""
         self.newest: dict[str, tuple[str, int]] = {}
         """Each node's newest live status seen (session, seq), for ``_check_for_loss``
         (sender thread only)."""
+        self.read = _ReadCheck(setup.options.username or setup.options.client_id,
+                               setup.topics)
         self.caught_up = False
-        """The session has caught up since it connected, retained copies included: before
-        that, a barrier is passed by the end of that round (``Passed(EVERY_BARRIER)``)."""
+        """The session has caught up since it connected, retained copies included."""
         self.pending = threading.Event()
         self.stopping = False
         self.stopped = threading.Event()
         self.current: tuple[mqtt.Client, int] | None = None
         self.connections = 0
-        self.refresh = RetainedRefresh(topics.all_nodes,
+        self.refresh = RetainedRefresh(setup.topics.all_nodes,
                                        bridge_sentinel_topic(options.client_id),
                                        name="yl-bridge-statuses-refresh",
                                        on_round=self._caught_up)
         self.link = Link(options, on_connect=self._on_connect, on_message=self._on_message,
-                         on_down=self._on_down, on_subscribe=self._on_subscribe,
+                         on_down=self._on_down, on_subscribe=self.refresh.subscribed,
                          name="yl-bridge-statuses-link",
-                         allow=self._allowed if gated else None)
+                         allow=self._allowed if setup.gated else None)
 
     def _allowed(self) -> bool:
         return time.monotonic() < self.allowed_until
@@ -352,7 +364,7 @@ class _Child:
                     command: ToChild = self.conn.recv()
                 except (EOFError, OSError):
                     self.link.abandon("the bridge is gone; status receiver exiting",
-                                      level=logging.INFO)
+                                      level=logging.INFO, with_will=True)
                     return
                 if isinstance(command, Allow):
                     self.allowed_until = command.until
@@ -360,10 +372,12 @@ class _Child:
                     self._acknowledge(command.connection, command.messages)
                 elif isinstance(command, Reconnect):
                     self.link.reconnect(command.reason)
-                elif isinstance(command, Barrier):
-                    self._barrier(command.number)
+                elif isinstance(command, Publish):
+                    self._publish(command.topic, command.payload)
                 else:
-                    self.link.stop(command.timeout)
+                    presence = self.presence
+                    self.link.stop(command.timeout, farewell=None if presence is None or
+                                   not command.goodbye else _goodbye(presence))
                     self.stopping = True
                     self.stopped.set()
                     self.pending.set()
@@ -384,16 +398,23 @@ class _Child:
         for mid, qos in messages:
             client.ack(mid, qos)
 
+    def _publish(self, topic: str, payload: bytes) -> None:
+        current = self.current
+        if current is not None:
+            current[0].publish(topic, payload, qos=1, retain=True)
+
     def _caught_up(self) -> None:
-        """A retained round is over. The first after a connect passes every barrier asked
-        for before it; a later one (for statuses missed) changes nothing of that."""
+        """A retained round is over: the first after a connect says the session has caught
+        up; every round says what the broker did not let the session read."""
         with self.buffer_lock:
-            if self.caught_up:
-                return
+            first = not self.caught_up
             self.caught_up = True
-            self.buffer.append(Passed(EVERY_BARRIER))
+            self.buffer.extend(_claims_in_order(self.round))
+            self.round = []
+            self.buffer.append(_ROUND_OVER)
         self.pending.set()
-        self._send(SessionEvent("caught_up"))
+        if first:
+            self._send(SessionEvent("caught_up"))
 
     def _check_for_loss(self, entry: Received) -> None:
         """Whether statuses may have been dropped on the way: a live status more than one
@@ -422,61 +443,47 @@ class _Child:
                             "%d); reading the retained statuses again", node, head.seq,
                             newest[1])
             else:
-                log.warning("the status session is %.0f s behind the broker, whose queue for "
-                            "it may overflow; reading the retained statuses again once it has "
-                            "caught up", behind)
+                log.warning("the bridge's session is %.0f s behind the broker, whose queue "
+                            "for it may overflow; reading the retained messages again once "
+                            "it has caught up", behind)
             self._send(SessionEvent("missed"))
-
-    def _barrier(self, number: int) -> None:
-        current = self.current
-        with self.buffer_lock:
-            if current is None or not self.caught_up:
-                # Passed by the end of this or the next connection's first retained round,
-                # which starts once the backlog has come (a SUBACK would overtake what the
-                # broker still queues behind its in-flight window).
-                return
-            result, mid = current[0].subscribe(self.sentinel, qos=0)
-            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:  # else it is going down
-                self.barriers[mid] = number
-
-    def _on_subscribe(self, client: mqtt.Client, mid: int) -> None:
-        with self.buffer_lock:
-            number = self.barriers.pop(mid, None)
-            if number is not None:
-                self.buffer.append(Passed(number))
-        if number is None:
-            self.refresh.subscribed(client, mid)
-        else:
-            self.pending.set()
 
     def _on_connect(self, client: mqtt.Client, session_present: bool) -> None:
         with self.buffer_lock:
             self.caught_up = False
         self.connections += 1
         self.current = (client, self.connections)
-        subscribe_without_retained(client, self.topics.all_statuses, self.qos)
+        subscribe_without_retained(client, [self.topics.all_states, self.topics.all_statuses],
+                                   self.qos)
         self.refresh.connected(client)
-        log.info("bridge subscribed to statuses session_present=%s", session_present)
+        if self.presence is not None:
+            client.publish(self.presence.topic, self.presence.ready, qos=1, retain=True)
+        log.info("bridge subscribed to every node's state and status session_present=%s",
+                 session_present)
         self._send(SessionEvent("up"))
 
     def _on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self.refresh.received()
+        if message.qos == 0 and not message.retain:
+            # A live message's copy for the round's QoS 0 subscription: it is not queued
+            # behind the session's QoS 1 messages, so it may overtake them; the session's own
+            # subscription brings the message in order (nodes publish at QoS 1).
+            return
         current = self.current
         connection = current[1] if current is not None and current[0] is client else 0
-        item = Received("statuses", connection, message.mid, message.qos, message.topic,
+        item = Received(connection, message.mid, message.qos, message.topic,
                         bytes(message.payload), time.time(), bool(message.retain),
                         getattr(message.properties, "MessageExpiryInterval", None))
         with self.buffer_lock:
-            self.buffer.append(item)
-        self.pending.set()
+            (self.round if item.retained else self.buffer).append(item)
+        if not item.retained:
+            self.pending.set()
 
     def _on_down(self, event: LinkDown) -> None:
         self.refresh.down()
         self.current = None
         with self.buffer_lock:
-            # What the broker had routed to the session before these barriers comes on the
-            # next connection, before the end of its first retained round passes them.
-            self.barriers.clear()
+            self.round = []  # the next connection reads them again
         self._send(SessionEvent("down"))
 
     def _say_alive(self) -> None:
@@ -492,15 +499,15 @@ class _Child:
                 batch, self.buffer = self.buffer, []
             received: list[Received] = []
             for entry in batch:
-                if isinstance(entry, Received):
-                    checked = entry.checked_by(self.topics)
-                    self._check_for_loss(checked)
-                    received.append(checked)
+                if entry is _ROUND_OVER:
+                    unread = self.read.round_over()
+                    if unread is not None:
+                        self._send(Unread(unread))
                     continue
-                if received:
-                    self._send(Batch(received))
-                    received = []
-                self._send(entry)
+                checked = entry.checked_by(self.topics)
+                self._check_for_loss(checked)
+                self.read.saw(checked)
+                received.append(checked)
             if received:
                 self._send(Batch(received))
             if self.stopping:
@@ -509,6 +516,74 @@ class _Child:
     def _send(self, message: FromChild) -> None:
         with self.send_lock, contextlib.suppress(OSError):
             self.conn.send(message)
+
+
+def _claims_in_order(copies: list[Received]) -> list[Received]:
+    """A round's retained copies, passed on in one batch (one transaction of the outbox),
+    every state before every status, otherwise in the order they came. Copies come per
+    topic, in no order: a node's state names its session, and its status, read right after,
+    is that session's newest (or, when the state ended the session, the end's snapshot,
+    folded in before the end can go out instead of making it told twice)."""
+    return sorted(copies, key=lambda copy: copy.topic.endswith("/status"))
+
+
+_ROUND_OVER = Received(0, 0, 0, "", b"", 0.0)
+"""Put in the buffer where a retained round ended (never sent to the bridge)."""
+
+
+class _ReadCheck:
+    """Whether the broker lets the session read both topics, as far as the messages tell.
+
+    mosquitto grants a subscription its ACL does not allow and then sends nothing of it, so
+    a login whose ACL was written for an earlier release (the bridge's states and statuses
+    on two logins) reads one of the two kinds only. A round of retained copies that brought
+    the state of a node that is up, and no status at all since the connect, says statuses
+    are not read; statuses and no state at all, that states are not (a node publishes its
+    retained state before its first status). Sender thread only."""
+
+    def __init__(self, login: str, topics: Topics) -> None:
+        self.login = login
+        self.topics = topics
+        self.states = 0
+        self.ready = 0
+        self.statuses = 0
+        self.told = ""
+
+    def saw(self, entry: Received) -> None:
+        checked = entry.checked
+        message = None if checked is None else checked.message
+        if isinstance(message, StateMessage):
+            self.states += 1
+            self.ready += message.state == "ready"
+        elif isinstance(message, StatusHead):
+            self.statuses += 1
+
+    def round_over(self) -> str | None:
+        """What to tell the bridge (None: nothing new)."""
+        problem = ""
+        if self.ready and not self.statuses:
+            problem = self._problem(self.topics.all_statuses, f"{self.ready} node state(s) "
+                                    "saying ready and no status")
+        elif self.statuses and not self.states:
+            problem = self._problem(self.topics.all_states, f"{self.statuses} status(es) and "
+                                    "no state")
+        if problem == self.told:
+            return None
+        self.told = problem
+        return problem
+
+    def _problem(self, topic: str, seen: str) -> str:
+        return (f"the broker sent {seen}: it may not let the bridge's login {self.login!r} "
+                f"read {topic}; an ACL written for a release before 2026-12-08 gives that "
+                "login the states only (deploy/install.sh adds the line; or add "
+                f"'topic read {topic}' under 'user {self.login}' in the ACL, then reload "
+                "mosquitto)")
+
+
+def _goodbye(presence: Presence) -> Callable[[mqtt.Client], mqtt.MQTTMessageInfo]:
+    def goodbye(client: mqtt.Client) -> mqtt.MQTTMessageInfo:
+        return client.publish(presence.topic, presence.goodbye, qos=1, retain=True)
+    return goodbye
 
 
 def main() -> None:
@@ -520,7 +595,7 @@ def main() -> None:
     conn = Connection(args.fd)
     setup: Setup = conn.recv()
     configure_logging(setup.logging)
-    _Child(conn, setup.options, setup.topics, setup.qos, setup.gated).run()
+    _Child(conn, setup).run()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
 """The outbox writer: the only thread that writes the outbox, and what it acknowledges.
 
-Both broker sessions hand their messages to one queue (``put``). The writer checks them,
-records them in batches (``Outbox.record``: one committed transaction, with the deliveries
-reported since the last write), acknowledges them in arrival order to the connection they
-came over once committed, and tells the forwarder which nodes have something to deliver. A
-node whose session ended in a batch is held until the status session passes a barrier
-(``StatusReceiver.barrier``: its last statuses, on their way on the other session, become
-the end's snapshot), or until it has waited long enough. It also records silences
+The broker session hands its messages to one queue (``put``), in the order the broker sent
+them. The writer checks them, records them in that order in batches (``Outbox.record``: one
+committed transaction, with the deliveries reported since the last write), acknowledges
+them in arrival order to the connection they came over once committed, and tells the
+forwarder which nodes have something to deliver. It also records silences
 (``Outbox.record_silences``): a node quiet for three report intervals is a fact of its story.
 """
 
@@ -19,13 +17,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-import paho.mqtt.client as mqtt
-
 from bridge.incoming import Received, StatusHead
 from bridge.metrics import Metrics
 from bridge.outbox import NotActiveError, Outbox, OutboxError
-from bridge.receiver_messages import Passed
-from yl_core.link import Link
 from yl_core.protocol import Topics
 
 log = logging.getLogger(__name__)
@@ -39,52 +33,19 @@ waits for its previous delivery to be written."""
 TICK = 5.0
 """The longest the writer waits with nothing due (everything it waits for wakes it)."""
 WAKE = "wake"
-"""Queued to make the writer look again at what is due (the broker sessions caught up)."""
+"""Queued to make the writer look again at what is due (the broker session caught up)."""
 FLUSH_RETRY = 0.5
 """A failed write of deliveries is tried again this soon."""
 CLOCK_SKEW_LIMIT = 60.0
 """A node whose clock is further than this from the bridge's is logged (once)."""
-BARRIER_WAIT = 1.0
-"""The longest a node whose session ended waits for the status session's barrier (its last
-statuses, on their way on the other session, become the end's snapshot) before its end is
-delivered all the same, while that session is connected and caught up."""
-BARRIER_WAIT_DOWN = 10.0
-"""The same while the status session is not (yet) connected and caught up: after a restart
-or a takeover, the state session may connect first, and the statuses the broker queued for
-the other come only once it has (the end of its first retained round passes the barrier)."""
 
-Entry = Received | list[Received] | Passed | str | None
-"""What the writer's queue carries: a message, a batch, a barrier passed, ``FLUSH``, or None
+Entry = Received | list[Received] | str | None
+"""What the writer's queue carries: a message, a batch, ``FLUSH``, ``WAKE``, or None
 (stop)."""
 
 
 class Acknowledger(Protocol):
     def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None: ...
-
-
-class LinkAcknowledger:
-    """Acknowledges the state session's messages, on the connection they came over only."""
-
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.current: tuple[mqtt.Client, int] | None = None
-        self.connections = 0
-
-    def connected(self, client: mqtt.Client) -> None:
-        self.connections += 1
-        self.current = (client, self.connections)
-
-    def number(self, client: mqtt.Client) -> int:
-        current = self.current
-        return current[1] if current is not None and current[0] is client else 0
-
-    def acknowledge(self, connection: int, messages: list[tuple[int, int]]) -> None:
-        current = self.current
-        client = self.link.client
-        if current is None or current[1] != connection or current[0] is not client:
-            return
-        for mid, qos in messages:
-            current[0].ack(mid, qos)
 
 
 class RejectLog:
@@ -101,22 +62,17 @@ class RejectLog:
                         topic[:120], count, message)
 
 
-class Sessions(Protocol):
-    """What the writer asks of the bridge's broker sessions."""
-
-    def barrier(self, number: int) -> None:
-        """Ask the status session to pass barrier ``number`` after what it received."""
-
-    def status_session_caught_up(self) -> bool: ...
+class Session(Protocol):
+    """What the writer asks of the bridge's broker session."""
 
     def reconnect(self, reason: str) -> None:
-        """Both sessions connect again (the broker redelivers what was not acknowledged)."""
+        """Connect again (the broker redelivers what was not acknowledged)."""
 
 
 class OutboxWriter:
     def __init__(self, outbox: Outbox, metrics: Metrics, topics: Topics, *,
                  max_nodes: int, notify: Callable[[Iterable[str]], None],
-                 sessions: Sessions, acknowledgers: dict[str, Acknowledger],
+                 session: Session, acknowledger: Acknowledger,
                  give_up: Callable[[str], None] | None = None) -> None:
         """``notify``: nodes with something to deliver (the forwarder); ``give_up``: the
         outbox refused a write for the lease's epoch (an active/standby instance)."""
@@ -125,13 +81,10 @@ class OutboxWriter:
         self.topics = topics
         self.max_nodes = max_nodes
         self._notify = notify
-        self._sessions = sessions
-        self.acknowledgers = acknowledgers
+        self._session = session
+        self.acknowledger = acknowledger
         self._give_up = give_up
         self._queue: queue.Queue[Entry] = queue.Queue()
-        self._barrier = 0
-        self._barrier_asked: dict[int, float] = {}
-        """Barriers asked of the status session and when their nodes are released anyway."""
         self._flush_requested = threading.Event()
         self._reject_log = RejectLog()
         self.skew: dict[str, float] = {}
@@ -165,8 +118,8 @@ class OutboxWriter:
         """Look again at what is due (any thread)."""
         self._queue.put(WAKE)
 
-    def put(self, entry: Received | list[Received] | Passed) -> None:
-        """Queue a message, a batch or a barrier passed (any thread)."""
+    def put(self, entry: Received | list[Received]) -> None:
+        """Queue a message or a batch (any thread)."""
         self._queue.put(entry)
 
     def request_flush(self) -> None:
@@ -184,7 +137,7 @@ class OutboxWriter:
         while True:
             self._busy_since = None
             silence_due = self.outbox.next_silence_check()
-            due = [d for d in (flush_due, self._barrier_due(), silence_due) if d is not None]
+            due = [d for d in (flush_due, silence_due) if d is not None]
             timeout = min(max(min(due) - time.monotonic(), 0.0), TICK) if due else TICK
             try:
                 batch = [self._queue.get(timeout=timeout)]
@@ -197,14 +150,11 @@ class OutboxWriter:
                 except queue.Empty:
                     break
             messages: list[Received] = []
-            passed = 0
             for entry in batch:
                 if isinstance(entry, Received):
                     messages.append(entry)
                 elif isinstance(entry, list):
                     messages.extend(entry)
-                elif isinstance(entry, Passed):
-                    passed = max(passed, entry.number)
             stopping = None in batch
             if FLUSH in batch and flush_due is None:
                 flush_due = time.monotonic() + FLUSH_DELAY
@@ -246,39 +196,12 @@ class OutboxWriter:
                     flush_due = time.monotonic() + FLUSH_RETRY
                 if messages and not stopping:
                     # The broker redelivers unacknowledged messages only on a new connection.
-                    self._sessions.reconnect("outbox write failed")
+                    self._session.reconnect("outbox write failed")
             else:
                 if failed and self.outbox.last_error is None:
                     log.info("outbox writes work again")
-            self._release(passed)
             if stopping:
                 return
-
-    def _barrier_wait(self) -> float:
-        return BARRIER_WAIT if self._sessions.status_session_caught_up() \
-            else BARRIER_WAIT_DOWN
-
-    def _barrier_due(self) -> float | None:
-        """When the oldest barrier asked for has been waited for long enough."""
-        if not self._barrier_asked:
-            return None
-        return min(self._barrier_asked.values()) + self._barrier_wait()
-
-    def _release(self, passed: int) -> None:
-        """Hand out again the nodes held for barriers passed, or waited for long enough."""
-        if not self._barrier_asked:
-            return
-        waited = time.monotonic() - self._barrier_wait()
-        upto = max([min(passed, self._barrier),
-                    *(n for n, asked in self._barrier_asked.items() if asked <= waited)])
-        if upto <= 0:
-            return
-        for number in [n for n in self._barrier_asked if n <= upto]:
-            del self._barrier_asked[number]
-        released = self.outbox.release(upto)
-        log.debug("nodes held up to barrier %d released (%s): %s", upto,
-                  "passed" if passed >= upto else "waited for", ", ".join(sorted(released)))
-        self._notify(released)
 
     def _record(self, messages: list[Received], *, flush: bool = False) -> None:
         valid: list[Received] = []
@@ -300,15 +223,7 @@ class OutboxWriter:
                     self._note_clock(checked.node_id, m.sent - checked.message.timestamp)
         for kind, count in received.items():
             self.metrics.inc("received", count, kind=kind)
-        hold = self._barrier + 1
-        result, touched = self.outbox.record(valid, flush=flush, hold=hold)
-        if result.ended:
-            # Their last statuses may still be on their way on the status session.
-            self._barrier = hold
-            self._barrier_asked[hold] = time.monotonic()
-            log.debug("sessions ended (%s): held for barrier %d", ", ".join(result.ended), hold)
-            # Not connected: passed when the session has caught up, or waited for.
-            self._sessions.barrier(hold)
+        result, touched = self.outbox.record(valid, flush=flush)
         self.metrics.inc("coalesced", result.coalesced)
         self.metrics.inc("rejected", result.stale, reason="stale")
         self.metrics.inc("duplicates", result.duplicates)
@@ -318,12 +233,12 @@ class OutboxWriter:
         if result.too_many_nodes:
             log.error("outbox: %d message(s) from new nodes dropped: more than %d nodes",
                       result.too_many_nodes, self.max_nodes)
-        acks: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        acks: dict[int, list[tuple[int, int]]] = {}
         for m in messages:
             if m.qos > 0:
-                acks.setdefault((m.session, m.connection), []).append((m.mid, m.qos))
-        for (session, connection), pairs in acks.items():
-            self.acknowledgers[session].acknowledge(connection, pairs)
+                acks.setdefault(m.connection, []).append((m.mid, m.qos))
+        for connection, pairs in acks.items():
+            self.acknowledger.acknowledge(connection, pairs)
         self._notify(touched)
 
     def _note_clock(self, node_id: str, skew: float) -> None:

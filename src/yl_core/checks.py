@@ -115,23 +115,6 @@ def node_id(*, optional: bool = False) -> Check:
     return check
 
 
-def bridge_id(*, optional: bool = False) -> Check:
-    """A node-id-like name with room for the suffix of the bridge's status session."""
-    base = node_id()
-    longest = protocol.MAX_NODE_ID - len(protocol.BRIDGE_STATUS_SUFFIX)
-
-    def check(value: Any, key: str, source: str) -> Any:
-        if value is None and optional:
-            return None
-        base(value, key, source)
-        if len(value) > longest:
-            raise ConfigError(f"must be at most {longest} characters (the bridge also uses "
-                              f"{protocol.bridge_status_identity(value)!r})", key=key,
-                              source=source)
-        return value
-    return check
-
-
 def url() -> Check:
     def check(value: Any, key: str, source: str) -> Any:
         kind(value, (str,), key, source)

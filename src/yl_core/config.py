@@ -24,7 +24,6 @@ from yl_core.checks import (
     DROPPED,
     Check,
     boolean,
-    bridge_id,
     database_url,
     deprecated,
     host,
@@ -172,7 +171,7 @@ class Config:
     source: str = "<defaults>"
 
     def bridge_login(self) -> tuple[str, str | None]:
-        """The bridge's broker login (its status session adds ``-status`` to it):
+        """The bridge's broker login:
         ``bridge.mqtt_username`` and ``bridge.mqtt_password``; else ``mqtt.username`` and
         ``mqtt.password`` (a config file of the bridge's own, as before); else
         ``bridge.client_id`` with ``mqtt.password`` (what ``add-user.sh bridge`` writes)."""
@@ -189,8 +188,7 @@ class Config:
         username = self.local_server.mqtt_username
         bridge = self.bridge_login()[0]
         bridges = (self.bridge.client_id, bridge)
-        taken = dict.fromkeys((*bridges, *map(protocol.bridge_status_identity, bridges)),
-                              "the bridge")
+        taken = dict.fromkeys(bridges, "the bridge")
         taken[self.mqtt.username or self.monitor.node_id] = "the node"
         if username is not None and username in taken:
             raise ConfigError(
@@ -258,13 +256,13 @@ _SCHEMA: dict[str, tuple[type, dict[str, Any]]] = {
         "trusted_hosts": hosts_list(), "cors_origins": origins_list(),
     }),
     "bridge": (BridgeConfig, {
-        "client_id": bridge_id(), "outbox_path": path(optional=False),
+        "client_id": node_id(), "outbox_path": path(optional=False),
         "outbox_url": database_url(), "instance": node_id(optional=True),
         "lease": number(low=1.5, high=300),
         "http_concurrency": number(integer=True, low=1, high=64),
         "metrics": listen_address(),
         "session_expiry": number(integer=True, low=60, high=2**32 - 1),
-        "mqtt_username": bridge_id(optional=True), "mqtt_password": text(optional=True),
+        "mqtt_username": node_id(optional=True), "mqtt_password": text(optional=True),
         "max_nodes": number(integer=True, low=1, high=10_000_000),
         "status_receiver": text(choices=("process", "thread")),
     }),

@@ -167,6 +167,8 @@ class Link:
         self._refused = False
         self._fatal: LinkDown | None = None
         self._farewell: FarewellHandler | None = None
+        self._with_will = False
+        """Disconnect with reason 4 (MQTT 5): the broker publishes the will all the same."""
         self._farewell_timeout = 0.0
         self._thread: threading.Thread | None = None
         self._last_failure: str | None = None
@@ -207,9 +209,12 @@ class Link:
             self._requested = True
             client.disconnect()
 
-    def abandon(self, reason: str, *, level: int = logging.ERROR) -> None:
+    def abandon(self, reason: str, *, level: int = logging.ERROR,
+                with_will: bool = False) -> None:
         """Give up for good (from any thread): disconnect and never reconnect. ``level``: of
-        the log line saying why (an expected end is not an error)."""
+        the log line saying why (an expected end is not an error). ``with_will``: the
+        process the connection speaks for is gone; the broker publishes its will."""
+        self._with_will = self._with_will or with_will
         if self._fatal is None:
             self._fatal = LinkDown(reason, fatal=True)
             log.log(level, "%s: %s", self._name, reason)
@@ -367,7 +372,11 @@ class Link:
         with self._lock:
             self._connected = False
         try:
-            client.disconnect()
+            if self._with_will:
+                client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT,
+                                                        "Disconnect with will message"))
+            else:
+                client.disconnect()
         except Exception:
             log.debug("%s: disconnect failed", self._name, exc_info=True)
         self._discard(client)

@@ -161,15 +161,6 @@ def bridge_instance_topic(client_id: str, instance: str) -> str:
     return f"{BRIDGES_ROOT}/{check_node_id(client_id)}/instances/{check_node_id(instance)}"
 
 
-BRIDGE_STATUS_SUFFIX: Final = "-status"
-
-
-def bridge_status_identity(name: str) -> str:
-    """The client id (and login) of a bridge's status session, from its state session's
-    (``name``): the broker's ACL and the status app's login check both rely on it."""
-    return f"{name}{BRIDGE_STATUS_SUFFIX}"
-
-
 def bridge_sentinel_topic(client_id: str) -> str:
     """A topic nothing is published to: the SUBACK of a subscription to it marks the end of
     the retained copies sent for an earlier subscription."""

@@ -47,7 +47,9 @@ class Verdict(Enum):
 
 @dataclass(frozen=True)
 class NodeTruth:
-    """What the messages seen so far say about one node, in the order they arrived.
+    """What the messages seen so far say about one node, in the order they arrived: one
+    subscription to both of its topics, so a node's messages come in the order the broker got
+    them (every observer, the bridge included, reads them so).
 
     ``session`` is the current session: the last one seen that had not ended. ``state`` is its
     last state (a status implies ``ready``, which a node publishes first) and ``seq`` its
@@ -58,11 +60,11 @@ class NodeTruth:
 
     ``lost`` (the broker's last will) does not end a session: the same process may reconnect
     (a network outage, a broker restart). It comes back only with a live word: a live
-    ``ready``, a newer live status that arrived in order, or, after a ``lost`` that came live
-    in order, any status newer than the newest before it (``live_end``). A newer session
-    first seen live sets a ``lost`` one aside rather than ending it: a process replaced while
-    it was away reconnects, drops the newer one (whose will follows) and yields, and the
-    newer one's return must count. Only a live word brings a session set aside back.
+    ``ready``, a newer live status, or, after a ``lost`` that came live, any status newer
+    than the newest before it (``live_end``). A newer session first seen live sets a
+    ``lost`` one aside rather than ending it: a process replaced while it was away
+    reconnects, drops the newer one (whose will follows) and yields, and the newer one's
+    return must count. Only a live word brings a session set aside back.
 
     Retained copies (``retained=True``, sent on subscribe) are claims, not events: they come
     per topic, in no order between a node's ``state`` and its ``status``, and may be a
@@ -81,25 +83,17 @@ class NodeTruth:
     meanwhile may hold the newer one's ``ready`` only as a retained copy when the older
     one's reconnect speaks live, and the newer one's own live ``ready`` that follows must
     still count.
-
-    Statuses received apart from the states (``in_order=False``: the bridge reads them on a
-    session of their own) may run ahead of them: a status of a session the states have not
-    reached yet is held as ``ahead`` (session, seq) and ends nothing; the states decide, in
-    their own order, when that session takes over. A newer live status of the current
-    session drops it: the status stream says that session spoke after the one held (whose
-    state may never come, when the broker lost what it had queued for the bridge).
     """
 
     session: str | None = None
     state: State | None = None
     seq: int = -1
     ended: tuple[str, ...] = ()
-    ahead: tuple[str, int] | None = None
     aside: NodeTruth | None = None
     """What was current before a retained ``state`` of another session: a retained state of
     that session swaps them again; a live word of it makes it current for good."""
     live_end: bool = False
-    """The current ``lost`` came live, in order: every status published before it came
+    """The current ``lost`` came live: every status published before it came
     before it, so a status newer than ``seq`` (even a retained copy, as an observer that
     reconnected gets the node's birth) was published after it: the node is back. Until a
     retained copy of that ``lost`` comes: the observer subscribed again, and the node may
@@ -131,21 +125,17 @@ class NodeTruth:
         if self.aside is not None and session == self.aside.session:
             seen = self.aside.observe_state(session, state, retained=retained)
             return self._swapped(seen) if retained else self._back(seen)
-        ahead: tuple[str, int] | None = self.ahead
-        seq = -1
-        if ahead is not None and ahead[0] == session:
-            seq, ahead = ahead[1], None
         if not retained:
-            return Verdict.ACCEPT, self._live_successor(session, state, seq, ahead)
+            return Verdict.ACCEPT, self._live_successor(session, state, -1)
         ended, aside = self.ended, self.aside
         if self.session is not None and self.session not in self.ended:
-            aside = replace(self, aside=None, ahead=None)
+            aside = replace(self, aside=None)
             if self.aside is not None and self.aside.state == "lost" and \
                     self.aside.session is not None:
                 ended = (*ended, self.aside.session)  # a lost session is not forgotten
-        return Verdict.ACCEPT, NodeTruth(session, state, seq,
+        return Verdict.ACCEPT, NodeTruth(session, state, -1,
                                          _bounded(ended[-MAX_ENDED_SESSIONS:], session, state),
-                                         ahead, aside, claim=True)
+                                         aside, claim=True)
 
     def _swapped(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A retained message of the session set aside, as that session's truth took it:
@@ -153,8 +143,7 @@ class NodeTruth:
         verdict, back = seen
         if verdict is not Verdict.ACCEPT:
             return verdict, self
-        back, ahead = self._with_ahead(back)
-        return verdict, replace(back, ahead=ahead, aside=replace(self, aside=None, ahead=None))
+        return verdict, replace(back, aside=replace(self, aside=None))
 
     def _back(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A live message of the session set aside, as that session's truth took it: that
@@ -167,92 +156,68 @@ class NodeTruth:
         if verdict is Verdict.STALE or \
                 (verdict is Verdict.DUPLICATE and back.state in TERMINAL_STATES):
             return verdict, self  # a repeated end is no word of its process
-        back, ahead = self._with_ahead(back)
         if self.claim or self.state == "lost":
             ended = (*self.ended, *back.ended)
-            aside: NodeTruth | None = replace(self, aside=None, ahead=None)
+            aside: NodeTruth | None = replace(self, aside=None)
         else:
             ended, aside = (*self._superseded(), *back.ended), None
-        return Verdict.ACCEPT, replace(back, ahead=ahead, aside=aside, claim=False, ended=tuple(
+        return Verdict.ACCEPT, replace(back, aside=aside, claim=False, ended=tuple(
             dict.fromkeys(ended))[-MAX_ENDED_SESSIONS:])
 
-    def _live_successor(self, session: str, state: State, seq: int,
-                        ahead: tuple[str, int] | None) -> NodeTruth:
+    def _live_successor(self, session: str, state: State, seq: int) -> NodeTruth:
         """A session first seen live as the current one: the one it replaces is over, but
         for a ``lost`` one, which is set aside: its process may come back (a process replaced
         while it was away reconnects and drops the newer one, whose return must then count).
         """
         lost = self.state == "lost" and self.session is not None
         ended = self._superseded(with_aside=True, with_current=not lost)
-        return NodeTruth(session, state, seq, _bounded(ended, session, state), ahead,
-                         replace(self, aside=None, ahead=None) if lost else None,
+        return NodeTruth(session, state, seq, _bounded(ended, session, state),
+                         replace(self, aside=None) if lost else None,
                          live_end=state == "lost")
 
-    def _with_ahead(self, back: NodeTruth) -> tuple[NodeTruth, tuple[str, int] | None]:
-        """``back`` with the status held ahead if it is of ``back``'s session (which then
-        holds nothing ahead), and what stays ahead."""
-        if self.ahead is not None and self.ahead[0] == back.session:
-            return replace(back, seq=max(back.seq, self.ahead[1])), None
-        return back, self.ahead
-
-    def observe_status(self, session: str, seq: int, *, in_order: bool = True,
-                       retained: bool = False) -> tuple[Verdict, NodeTruth]:
-        """``in_order``: statuses and states arrive in one ordered stream, as one MQTT
-        subscription gets them. ``retained``: a retained copy (a claim, see the class).
+    def observe_status(self, session: str, seq: int, *, retained: bool = False
+                       ) -> tuple[Verdict, NodeTruth]:
+        """``retained``: a retained copy (a claim, see the class).
 
         A newer status of the current session counts even after it stopped or was lost (the
-        last ones may come after the state); a live one in order after ``lost`` says the node
-        is back."""
-        if session != self.session and (session in self.ended or (
-                not in_order and not retained and self.lost_aside(session))):
+        last ones may come after the state); a live one after ``lost`` says the node is
+        back."""
+        if session != self.session and session in self.ended:
             return Verdict.STALE, self
         if self.aside is not None and session == self.aside.session and \
-                session != self.session and (retained or in_order):
-            if retained:
+                session != self.session:
+            if retained and not (self.aside.live_end and seq > self.aside.seq):
                 return Verdict.STALE, self  # a claim of the session set aside
-            return self._back(self.aside.observe_status(session, seq))
-        if self.ahead is not None and session == self.ahead[0]:
-            return _newer(seq, self.ahead[1], self, replace(self, ahead=(session, seq)))
+            return self._back(self.aside.observe_status(session, seq, retained=retained))
         if session == self.session:
-            if self.ahead is not None and retained:
-                return Verdict.STALE, self  # a later session's status came first
-            back = in_order and self.state == "lost" and (self.live_end or not retained)
+            back = self.state == "lost" and (self.live_end or not retained)
             return _newer(seq, self.seq, self, replace(
-                self, state="ready" if back else self.state, seq=seq, ahead=None,
+                self, state="ready" if back else self.state, seq=seq,
                 live_end=self.live_end and not back, claim=self.claim and retained))
         if retained and self.session is not None:
             return Verdict.STALE, self  # a claim the current session's state does not back
-        if not in_order and not retained:
-            return Verdict.ACCEPT, replace(self, ahead=(session, seq))
-        # A node publishes ``ready`` before its first status; that one may still be on its way.
+        # A node publishes ``ready`` before its first status; that one may have been lost.
         if retained:
             return Verdict.ACCEPT, NodeTruth(session, "ready", seq, self._superseded(),
                                              claim=True)
-        return Verdict.ACCEPT, self._live_successor(session, "ready", seq, None)
+        return Verdict.ACCEPT, self._live_successor(session, "ready", seq)
 
     def lost_aside(self, session: str) -> bool:
-        """``session`` is the ``lost`` one set aside by a newer one: read apart from the
-        states, a status of it is a word of the past (a status published before its will
-        that comes late); a live ``ready`` of it on the states' stream brings it back."""
+        """``session`` is the ``lost`` one a newer one set aside (a process replaced while it
+        was away, which may reconnect and fight the newer one for the id)."""
         return self.aside is not None and self.aside.session == session and \
             self.aside.state == "lost"
 
     @property
     def newest_status(self) -> tuple[str, int] | None:
-        """``(session, seq)`` of the newest status taken (one ahead of the states first)."""
-        if self.ahead is not None:
-            return self.ahead
+        """``(session, seq)`` of the newest status taken."""
         if self.session is not None and self.seq >= 0:
             return self.session, self.seq
         return None
 
     def state_of(self, session: str) -> State | None:
-        """The state of ``session`` as far as is known (a session ahead is ``ready``)."""
-        if session == self.session:
-            return self.state
-        if self.ahead is not None and session == self.ahead[0]:
-            return "ready"
-        return None
+        """The state of ``session`` as far as is known."""
+        return self.state if session == self.session else None
 
     def _superseded(self, *, with_aside: bool = False, with_current: bool = True
                     ) -> tuple[str, ...]:

@@ -25,7 +25,6 @@ from typing import Any
 
 import yaml
 
-from yl_core import protocol
 from yl_status.dev_broker import DevBroker, free_port
 
 NODE_ID = "demo-gui"
@@ -76,7 +75,6 @@ def main() -> int:
     secret = {name: secrets.token_urlsafe(12) for name in ("node", "bridge", "viewer", "watch")}
     broker = DevBroker(workdir / "broker", users={
         NODE_ID: secret["node"], "yl-bridge": secret["bridge"],
-        protocol.bridge_status_identity("yl-bridge"): secret["bridge"],
         "yl-viewer": secret["viewer"],
         WATCHER: secret["watch"]}, extra_acl=f"user {WATCHER}\ntopic read yl/ar/#\n").start()
     processes: list[subprocess.Popen[bytes]] = []
