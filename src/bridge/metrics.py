@@ -40,9 +40,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                   "process scan marks them offline (monitor.v1_refresh)", ()),
     "retold": ("Nodes told their current truth again: the monitor no longer listed them, or "
                "showed them otherwise than told (monitor.look_interval)", ()),
-    "retained_rereads": ("Rounds of retained statuses read again because the status session "
-                         "may have missed some: a gap in a node's seq, or statuses that waited "
-                         "at the broker 2 s or more (its queue for the bridge may overflow)",
+    "retained_rereads": ("Rounds of retained messages read again because the bridge's "
+                         "session may have missed some: a gap in a node's seq, or statuses "
+                         "that waited at the broker 2 s or more (its queue for the bridge "
+                         "may overflow)",
                          ()),
     "silences": ("Nodes recorded as fallen silent (up at the monitor, their session ready, "
                  "nothing heard for three report intervals), each told offline (stale)", ()),

@@ -143,7 +143,7 @@ class BridgeConfig:
     session_expiry: int = 86400
     max_nodes: int = 100_000
     status_receiver: str = "process"
-    """Where the status session runs: ``process`` (a child process: paho's per-message work
+    """Where the bridge's broker session runs: ``process`` (a child process: paho's per-message work
     does not share the bridge's interpreter lock, and a hung one is killed and replaced) or
     ``thread`` (in the bridge's process: one process fewer, for small sites)."""
 
