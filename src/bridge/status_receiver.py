@@ -536,15 +536,13 @@ class _ReadCheck:
 
     mosquitto grants a subscription its ACL does not allow and then sends nothing of it, so
     a login whose ACL was written for an earlier release (the bridge's states and statuses
-    on two logins) reads one of the two kinds only. A round of retained copies that brought
-    the state of a node that is up, and no status at all since the connect, says statuses
-    are not read; statuses and no state at all, that states are not (a node publishes its
-    retained state before its first status). Sender thread only."""
+    on two logins) reads the states only. A round of retained copies that brought the state
+    of a node that is up, and no status at all since the receiver started, says statuses are
+    not read (a node that is up has a fresh retained status). Sender thread only."""
 
     def __init__(self, login: str, topics: Topics) -> None:
         self.login = login
         self.topics = topics
-        self.states = 0
         self.ready = 0
         self.statuses = 0
         self.told = ""
@@ -553,7 +551,6 @@ class _ReadCheck:
         checked = entry.checked
         message = None if checked is None else checked.message
         if isinstance(message, StateMessage):
-            self.states += 1
             self.ready += message.state == "ready"
         elif isinstance(message, StatusHead):
             self.statuses += 1
@@ -564,9 +561,6 @@ class _ReadCheck:
         if self.ready and not self.statuses:
             problem = self._problem(self.topics.all_statuses, f"{self.ready} node state(s) "
                                     "saying ready and no status")
-        elif self.statuses and not self.states:
-            problem = self._problem(self.topics.all_states, f"{self.statuses} status(es) and "
-                                    "no state")
         if problem == self.told:
             return None
         self.told = problem
@@ -575,7 +569,7 @@ class _ReadCheck:
     def _problem(self, topic: str, seen: str) -> str:
         return (f"the broker sent {seen}: it may not let the bridge's login {self.login!r} "
                 f"read {topic}; an ACL written for a release before 2026-12-08 gives that "
-                "login the states only (deploy/install.sh adds the line; or add "
+                "login the states only (deploy/install.sh adds the line, or add "
                 f"'topic read {topic}' under 'user {self.login}' in the ACL, then reload "
                 "mosquitto)")
 
