@@ -237,8 +237,8 @@ class Outbox:
         node (those in ``_watched``), checked lazily."""
         self._watched: set[str] = set()
         self.silence_from: float | None = None
-        """Since when (monotonic) the bridge's broker sessions are connected and caught up
-        with what the broker kept for them; None while they are not. No node is judged
+        """Since when (monotonic) the bridge's broker session is connected and caught up
+        with what the broker kept for it; None while it is not. No node is judged
         silent before ``stale_after`` its interval past this."""
         self.last_error: str | None = None
         """Why the last write failed; None once a write succeeds again."""
@@ -604,14 +604,14 @@ class Outbox:
             heapq.heappush(self._silence, (0.0, node_id))
 
     def caught_up(self, at: float | None) -> None:
-        """The bridge's broker sessions are connected and caught up since ``at``
-        (monotonic), or (None) are not: see ``silence_from``."""
+        """The bridge's broker session is connected and caught up since ``at``
+        (monotonic), or (None) is not: see ``silence_from``."""
         with self._marks_lock:
             self.silence_from = at
 
     def next_silence_check(self) -> float | None:
         """When (monotonic) ``record_silences`` has something to look at next; None: not
-        while the broker sessions are not caught up, or no node is watched."""
+        while the broker session is not caught up, or no node is watched."""
         with self._marks_lock:
             if self.silence_from is None or not self._silence:
                 return None

@@ -1,10 +1,10 @@
 """Every retained message once more after a (re)connect, past a full broker queue.
 
-While the bridge is away, the broker queues what its persistent sessions miss, up to its
+While the bridge is away, the broker queues what its persistent session misses, up to its
 ``max_queued_messages`` (mosquitto's default is 1000), and drops the rest, newest first. The
 retained copies a QoS 1 subscription brings on reconnecting are queued behind that backlog
 and dropped as well; with more nodes than the queue holds, some are dropped even from an
-empty queue. Copies sent at QoS 0 are not queued: they go out at once. So each session, on
+empty queue. Copies sent at QoS 0 are not queued: they go out at once. So the session, on
 every connect, subscribes to its topics once more at QoS 0 next to its QoS 1 subscription
 (which asks for no retained copies of its own), and ends that extra subscription when the
 SUBACK of a later one says every copy has been sent.
