@@ -1,6 +1,6 @@
 """Whether mosquitto delivers a node's statuses ahead of its will: one subscriber reading
-``state`` and ``status`` on one session, against two subscribers reading one each (the
-bridge's split), the project's broker config.
+``state`` and ``status`` on one session (the bridge since 2026-12-08), against two
+subscribers reading one each (the bridge's split before it), the project's broker config.
 
 Each trial starts a node process that connects with its will (a retained ``lost``),
 publishes ``ready`` and a burst of QoS 1 statuses and kills itself (``SIGKILL``) right after
