@@ -117,7 +117,7 @@ def start_flood(tmp_path: Path, broker: DevBroker, count: int, toggle_every: flo
 
 
 def active_and_healthy(a: BridgeProcess, b: BridgeProcess) -> bool:
-    """One of the two is active and healthy (both broker sessions up), the other stands by."""
+    """One of the two is active and healthy (its broker session up), the other stands by."""
     roles = {a.role(): a, b.role(): b}
     return set(roles) == {"active", "standby"} and roles["active"].healthy()
 

@@ -1,7 +1,7 @@
 """Active/standby bridges on a shared PostgreSQL outbox (``bridge.outbox_url``).
 
 Every instance runs this service: a lease thread (``bridge.lease``) and the metrics server,
-always; the bridge's work (``bridge.service.Bridge``: broker sessions, outbox, forwarding)
+always; the bridge's work (``bridge.service.Bridge``: its broker session, outbox, forwarding)
 only while the instance holds the lease. When the lease is taken over, the work is stopped
 fenced (no farewell, no write) and the instance stands by again. The active instance keeps a
 retained message per instance under ``yl/ar/bridges/<client_id>/instances/``.

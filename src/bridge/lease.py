@@ -79,7 +79,7 @@ class Lease:
         """Every instance's declared role and beat, as last read (name -> (role, beat))."""
 
     def valid(self) -> bool:
-        """True while this instance may forward, acknowledge and hold the broker sessions."""
+        """True while this instance may forward, acknowledge and hold the broker session."""
         return time.monotonic() < self._until
 
     def valid_until(self) -> float:

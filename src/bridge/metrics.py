@@ -58,7 +58,7 @@ GAUGES: dict[str, str] = {
     "outbox_statuses": "Statuses waiting in the outbox",
     "nodes_known": "Nodes the bridge has seen",
     "monitor_reachable": "1 while the monitor answers",
-    "broker_connected": "1 while both broker sessions are connected",
+    "broker_connected": "1 while the broker session is connected",
     "outbox_ok": "1 while outbox writes succeed",
     "max_clock_skew_seconds": "Largest difference between a node's clock and the bridge's",
     "active": "1 while this instance is the active one and its lease holds (always, with an "

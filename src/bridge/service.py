@@ -52,7 +52,7 @@ shorter."""
 
 
 class Bridge:
-    """The bridge's work: broker sessions, outbox, forwarding.
+    """The bridge's work: its broker session, outbox, forwarding.
 
     With a ``lease`` (a PostgreSQL outbox shared by active/standby instances, see
     ``bridge.failover``) it is built when the instance becomes active and stopped, fenced,
