@@ -474,9 +474,7 @@ class Outbox:
         mark.interval_s = message.interval_s
         self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, raw)
-        added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
-                               "received) VALUES (?, ?, 'ready', ?, ?) RETURNING id",
-                               (node_id, message.session, raw, received)).fetchone()[0])
+        added = _insert_transition(db, node_id, message.session, "ready", raw, received)
         committed.append(_Committed(mark, added=added))
         result.accepted += 1
         return True
@@ -507,10 +505,7 @@ class Outbox:
         state = truth.state_of(message.session)
         if state is None:
             return False
-        added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
-                               "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
-                               (node_id, message.session, state, raw, received)
-                               ).fetchone()[0])
+        added = _insert_transition(db, node_id, message.session, state, raw, received)
         committed.append(_Committed(mark, added=added))
         return True
 
@@ -537,10 +532,8 @@ class Outbox:
                 received - mark.lost_at <= truth_rules.TAKEOVER_GAP:
             mark.replaced_at = received
         snapshot = self._snapshot_for(db, node_id, mark, message.session, result, committed)
-        added = int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
-                               "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
-                               (node_id, message.session, message.state, snapshot, received)
-                               ).fetchone()[0])
+        added = _insert_transition(db, node_id, message.session, message.state, snapshot,
+                                   received)
         pending = db.execute("SELECT COUNT(*) FROM transitions WHERE node_id = ?",
                              (node_id,)).fetchone()[0]
         dropped: list[int] = []
@@ -1034,6 +1027,14 @@ class _StatusWrites:
         if self.nodes:
             db.executemany(_SAVE_NODE, list(self.nodes.values()))
             self.nodes.clear()
+
+
+def _insert_transition(db: Database, node_id: str, session: str, state: State,
+                       snapshot: bytes | None, received: float) -> int:
+    """Add a transition to the node's story; its id."""
+    return int(db.execute("INSERT INTO transitions (node_id, session, state, snapshot, "
+                          "received) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                          (node_id, session, state, snapshot, received)).fetchone()[0])
 
 
 def _not_handed_out(mark: NodeMark, transition_id: int, committed: list[_Committed]) -> bool:

@@ -103,8 +103,8 @@ class StatusReceiver:
         self.problem = ""
         """Why the receiver is not working, for the bridge's health ("" when it is)."""
         self.unread = ""
-        """What the broker does not let the session read, as the messages tell ("": both
-        kinds come, or nothing tells yet)."""
+        """What the broker does not let the session read, as the messages tell ("": statuses
+        come, or nothing tells yet)."""
         self._thread = threading.Thread(target=self._supervise, name="yl-bridge-statuses",
                                         daemon=True)
 
