@@ -69,6 +69,12 @@ from yl_status.monitor_double import MonitorDouble
 PASSWORD = "bench-secret"
 BRIDGE_SRC: Path | None = None
 """The bridge's ``src/`` when it is not this tree's (``--baseline``); set per run by main."""
+OFFER_REFERENCE: dict[str, float] = {}
+"""With ``--baseline``: each sink's first POST loop rate of the run, by sink. Every bridge of
+the run is then offered the same statuses a second and its steady rate is divided by the
+same figure: above the bridge's capacity the rate forwarded falls as the rate offered rises,
+so fractions of each run's own loop (which moves by a tenth between runs) would compare two
+bridges at different points of that slope."""
 
 
 def get(url: str) -> Any:
@@ -221,14 +227,21 @@ def shown_age(sink_url: str, since: float, until: float) -> str:
 
 
 def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float = 0.0,
-                    fast_sink: bool = False) -> dict[str, float]:
+                    fast_sink: bool = False,
+                    offer_reference: dict[str, float] | None = None) -> dict[str, float]:
     """Drain: nodes' newest statuses wait in the outbox (the monitor answered 503) and the
     bridge forwards them with nothing else going on, as the loop does. Steady state: 500
-    nodes stream statuses at a fraction of the loop's rate while the bridge forwards."""
+    nodes stream statuses at a fraction of the loop's rate while the bridge forwards
+    (``offer_reference``: of the loop rate it holds for the sink, the first it measured)."""
+    sink_key = "fast" if fast_sink else f"double {sink_delay:g}"
     with tempfile.TemporaryDirectory() as name:
         rig = Rig(Path(name), sink_delay=sink_delay, fast_sink=fast_sink)
         try:
             baseline = post_loop(rig.sink_url, seconds)
+            reference = offer_reference.get(sink_key) if offer_reference is not None else None
+            if offer_reference is not None and reference is None:
+                offer_reference[sink_key] = baseline
+            offered_base = reference or baseline
             nodes = [f"fwd-{i:04d}" for i in range(nodes_count)]
             for node in nodes:
                 rig.publisher.status(node)
@@ -263,14 +276,14 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
             items_before = rig.forwarded()
             for fraction in (0.6, 0.9, 1.0, 1.2):
                 stop.clear()
-                feeder = threading.Thread(target=feed, args=(baseline * fraction,),
+                feeder = threading.Thread(target=feed, args=(offered_base * fraction,),
                                           daemon=True)
                 feeder.start()
                 time.sleep(2)
                 start_count, started, wall = rig.forwarded(), time.monotonic(), time.time()
                 time.sleep(seconds)
                 rate = (rig.forwarded() - start_count) / (time.monotonic() - started)
-                steady.append((fraction, baseline * fraction, rate,
+                steady.append((fraction, offered_base * fraction, rate,
                                shown_age(rig.sink_url, wall, time.time()) if fast_sink else ""))
                 stop.set()
                 feeder.join()
@@ -283,15 +296,19 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
     loop = max(baseline, at_end)
     sink = "bench.fast_sink" if fast_sink else "monitor double, " + (
         f"{sink_delay * 1000:g} ms per request" if sink_delay else "as fast as it goes")
+    steady_loop = offered_base if offer_reference is not None else loop
     print(f"1. forwarding rate into the sink ({sink}), requests/s:")
     print(f"   plain keep-alive POST loop (1 connection), alone, first: {baseline:8.0f}")
     print(f"                                                 and last: {at_end:8.0f}"
           "   (ratios against the higher)")
     print(f"   bridge draining {nodes_count} nodes' backlog, alone:            {drain:8.0f}"
           f"   ratio {drain / loop:.2f}")
+    if offer_reference is not None:
+        print(f"   (steady states: offered as fractions of the run's first loop, "
+              f"{offered_base:.0f}/s, and divided by it, for every bridge of the run)")
     for _fraction, offered, rate, age in steady:
         print(f"   bridge steady state, 500 nodes publishing {offered:5.0f}/s: {rate:8.0f}"
-              f"   ratio {rate / loop:.2f}{age}")
+              f"   ratio {rate / steady_loop:.2f}{age}")
     if fast_sink:
         print("   (shown: how old, by the time it was published, the status the sink shows of "
               "each node was, every 10 ms; arrived: each status when it arrived)")
@@ -300,7 +317,8 @@ def forwarding_rate(seconds: float, nodes_count: int = 6000, sink_delay: float =
     print(f"   requests per delivered item in the steady state: {per_item:.3f}")
     figures = {f"forwarding, drain / POST loop ({sink})": drain / loop}
     for fraction, _offered, rate, _age in steady:
-        figures[f"forwarding, steady at {fraction:.1f} x loop / loop ({sink})"] = rate / loop
+        figures[f"forwarding, steady at {fraction:.1f} x loop / loop ({sink})"] = \
+            rate / steady_loop
     return figures
 
 
@@ -986,13 +1004,16 @@ def side_by_side(results: dict[str, list[dict[str, float]]]) -> None:
 def run_scenarios(args: argparse.Namespace) -> dict[str, float]:
     only = set(args.only or ["rate", "ingest", "latency", "crash", "rss", "http", "receiver",
                              "gui", "rest"])
+    offer_reference = OFFER_REFERENCE if args.baseline is not None else None
     figures: dict[str, float] = {}
     if "rate" in only:
         if args.sink in ("fast", "both"):
-            figures |= forwarding_rate(args.seconds, fast_sink=True)
+            figures |= forwarding_rate(args.seconds, fast_sink=True,
+                                       offer_reference=offer_reference)
         if args.sink in ("double", "both"):
             for delay in args.sink_delay or [0.0, 0.001]:
-                figures |= forwarding_rate(args.seconds, sink_delay=delay)
+                figures |= forwarding_rate(args.seconds, sink_delay=delay,
+                                           offer_reference=offer_reference)
     if "ingest" in only:
         ingest(args.seconds)
     if "latency" in only:
