@@ -202,8 +202,6 @@ class IngestResult:
     dropped: int = 0
     too_many_nodes: int = 0
     withdrawn: int = 0
-    ended: list[str] = field(default_factory=list)
-    """Nodes whose session ended (``lost``, ``disconnected``) in this batch."""
 
 
 class Outbox:
@@ -556,8 +554,6 @@ class Outbox:
             counts_from > received else None
         self._heard(node_id, mark, received)
         self._save_node(db, node_id, mark, None)
-        if message.state in truth_rules.TERMINAL_STATES:
-            result.ended.append(node_id)
         committed.append(_Committed(mark, added=added, dropped=[*dropped, *withdrawn]))
         result.accepted += 1
         return True

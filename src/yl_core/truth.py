@@ -190,10 +190,12 @@ class NodeTruth:
                 return Verdict.STALE, self  # a claim of the session set aside
             return self._back(self.aside.observe_status(session, seq, retained=retained))
         if session == self.session:
+            if seq <= self.seq:
+                return Verdict.DUPLICATE if seq == self.seq else Verdict.STALE, self
             back = self.state == "lost" and (self.live_end or not retained)
-            return _newer(seq, self.seq, self, replace(
-                self, state="ready" if back else self.state, seq=seq,
-                live_end=self.live_end and not back, claim=self.claim and retained))
+            return Verdict.ACCEPT, NodeTruth(
+                session, "ready" if back else self.state, seq, self.ended, self.aside,
+                live_end=self.live_end and not back, claim=self.claim and retained)
         if retained and self.session is not None:
             return Verdict.STALE, self  # a claim the current session's state does not back
         # A node publishes ``ready`` before its first status; that one may have been lost.
@@ -229,13 +231,6 @@ class NodeTruth:
         if not with_current or self.session is None or self.session in ended:
             return ended[-MAX_ENDED_SESSIONS:]
         return (*ended, self.session)[-MAX_ENDED_SESSIONS:]
-
-
-def _newer(seq: int, held: int, current: NodeTruth, accepted: NodeTruth
-           ) -> tuple[Verdict, NodeTruth]:
-    if seq > held:
-        return Verdict.ACCEPT, accepted
-    return Verdict.DUPLICATE if seq == held else Verdict.STALE, current
 
 
 def _bounded(ended: tuple[str, ...], session: str, state: State) -> tuple[str, ...]:
