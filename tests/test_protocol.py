@@ -48,6 +48,9 @@ def test_topics_are_built_and_parsed_from_one_root() -> None:
     assert topics.all_states == "site/a/+/state"
     assert topics.parse("site/a/n1/status") == ("n1", "status")
     assert topics.parse("site/a/n1/cmd/rebirth") == ("n1", "rebirth")
+    assert topics.is_status("site/a/n1/status")
+    assert not topics.is_status("site/a/n1/state")
+    assert not topics.is_status("site/b/n1/status")
 
 
 @pytest.mark.parametrize("topic", ["other/n1/state", "yl/ar/nodes/n1/other",

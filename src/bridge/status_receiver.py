@@ -62,6 +62,13 @@ ALIVE_EVERY = 2.0
 """The child says it is alive this often, whatever else it has to say."""
 HANG_TIMEOUT = 5.0
 """A child silent this long is hung (stopped, deadlocked): it is killed and replaced."""
+LINGER = 0.01
+"""A live status waits this long at most for others to go to the bridge with it: one hand-off,
+one commit of the outbox and one acknowledgement for the lot. Anything else (a state, the
+end of a retained round) and a batch of ``LINGER_BATCH`` go at once, with what waits."""
+LINGER_BATCH = 100
+"""Below the session's receive maximum (``service.IN_FLIGHT``): the broker sends no more
+unacknowledged messages than that, and nothing is acknowledged before it reached the bridge."""
 ALLOW_EVERY = 0.25
 """How often the bridge tells the child until when it may connect (its lease's deadline, on
 the machine's monotonic clock, which both processes read): a bridge that is stopped or no
@@ -334,6 +341,9 @@ class _Child:
         self.caught_up = False
         """The session has caught up since it connected, retained copies included."""
         self.pending = threading.Event()
+        """Something waits in the buffer."""
+        self.urgent = threading.Event()
+        """What waits in the buffer goes now, without lingering."""
         self.stopping = False
         self.stopped = threading.Event()
         self.current: tuple[mqtt.Client, int] | None = None
@@ -380,6 +390,7 @@ class _Child:
                                    not command.goodbye else _goodbye(presence))
                     self.stopping = True
                     self.stopped.set()
+                    self.urgent.set()
                     self.pending.set()
                     sender.join(1.0)
                     self._send(SessionEvent("stopped"))
@@ -387,6 +398,7 @@ class _Child:
         finally:
             self.stopping = True
             self.stopped.set()
+            self.urgent.set()
             self.pending.set()
             self.refresh.stop()
 
@@ -412,6 +424,7 @@ class _Child:
             self.buffer.extend(_claims_in_order(self.round))
             self.round = []
             self.buffer.append(_ROUND_OVER)
+        self.urgent.set()
         self.pending.set()
         if first:
             self._send(SessionEvent("caught_up"))
@@ -474,10 +487,16 @@ class _Child:
         item = Received(connection, message.mid, message.qos, message.topic,
                         bytes(message.payload), time.time(), bool(message.retain),
                         getattr(message.properties, "MessageExpiryInterval", None))
+        if item.retained:
+            with self.buffer_lock:
+                self.round.append(item)
+            return
         with self.buffer_lock:
-            (self.round if item.retained else self.buffer).append(item)
-        if not item.retained:
-            self.pending.set()
+            self.buffer.append(item)
+            waiting = len(self.buffer)
+        if waiting >= LINGER_BATCH or not self.topics.is_status(item.topic):
+            self.urgent.set()
+        self.pending.set()
 
     def _on_down(self, event: LinkDown) -> None:
         self.refresh.down()
@@ -494,6 +513,8 @@ class _Child:
     def _send_batches(self) -> None:
         while True:
             self.pending.wait()
+            self.urgent.wait(LINGER)
+            self.urgent.clear()
             self.pending.clear()
             with self.buffer_lock:
                 batch, self.buffer = self.buffer, []

@@ -134,6 +134,11 @@ class Topics:
         """Every node's state and status (and anything else one level down)."""
         return f"{self.root}/+/+"
 
+    def is_status(self, topic: str) -> bool:
+        """Whether ``topic`` names a node's status (cheaper than ``parse``; no check of the
+        node id)."""
+        return topic.endswith("/status") and topic.startswith(self.root + "/")
+
     def parse(self, topic: str) -> tuple[str, TopicKind]:
         """Split a topic into ``(node_id, kind)``; raise ``ProtocolError`` if it is not ours."""
         prefix = self.root + "/"
