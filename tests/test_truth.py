@@ -257,6 +257,13 @@ B_CLAIM = NodeTruth("B", "ready", claim=True)
                   ("retained", "A", "lost")], ["accept"] * 4,
                  NodeTruth("A", "lost", 1, aside=B_CLAIM),
                  id="a retained state of the session set aside swaps the two claims"),
+    pytest.param([("retained", "B", "lost"), ("retained", "A", "ready"),
+                  ("retained", "B", "lost")], ["accept"] * 3,
+                 NodeTruth("B", "lost", -1, aside=NodeTruth("A", "ready", -1, claim=True),
+                           claim=True),
+                 id="a repeated retained end of the session set aside, while the current one "
+                    "is a claim, is what the broker holds now (restored from one save, then "
+                    "from another)"),
     pytest.param([("state", "A", "ready"), ("status", "A", 1), ("retained", "B", "ready"),
                   ("retained", "A", "ready")], ["accept"] * 3 + ["duplicate"],
                  NodeTruth("B", "ready", -1, aside=A_READY, claim=True),

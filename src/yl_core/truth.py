@@ -139,8 +139,14 @@ class NodeTruth:
 
     def _swapped(self, seen: tuple[Verdict, NodeTruth]) -> tuple[Verdict, NodeTruth]:
         """A retained message of the session set aside, as that session's truth took it:
-        the two claims swap (a repeat changes nothing)."""
+        the two claims swap. A repeated end of the session set aside swaps them too while the
+        current session is only a claim itself: the later subscription's copy is what the
+        broker holds now (a broker restored from one save, then from another), and an end
+        is shown at once. A repeated ``ready`` changes nothing: only a live word brings a
+        session back."""
         verdict, back = seen
+        if verdict is Verdict.DUPLICATE and self.claim and back.state in TERMINAL_STATES:
+            verdict = Verdict.ACCEPT
         if verdict is not Verdict.ACCEPT:
             return verdict, self
         return verdict, replace(back, aside=replace(self, aside=None))
