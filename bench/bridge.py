@@ -812,16 +812,19 @@ def _node_red_window(rig: Rig, workdir: Path, seconds: float) -> dict[str, float
 
 
 def gui_like(seconds: float, rate: float = 1000.0, profile: bool = False,
-             node_red: bool = False) -> dict[str, float]:
+             node_red: bool = False, receiver: str = "child") -> dict[str, float]:
     """``GUI_NODES`` nodes sending ``rate`` statuses a second in all, retained, with their
     message expiry, as GUIs do, into the monitor double (a process of its own): the CPU the
     bridge's processes use per forwarded heartbeat, against the double's per request. The
     window is long enough for ``GUI_MIN_HEARTBEATS`` at the rate. ``node_red``: then the
-    same for ``bench.node_red``'s flow, on the same feed and double."""
+    same for ``bench.node_red``'s flow, on the same feed and double. ``receiver``: the
+    bridge's ``status_receiver`` (``child`` or ``thread``)."""
+    label = "" if receiver == "child" else f", receiver {receiver}"
     seconds = max(seconds, GUI_MIN_HEARTBEATS / rate)
     red: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as name:
-        rig = Rig(Path(name), gui_like=True)
+        rig = Rig(Path(name), gui_like=True,
+                  bridge_options=None if receiver == "child" else {"status_receiver": receiver})
         try:
             nodes = [f"gui-{i:03d}" for i in range(GUI_NODES)]
             for node in nodes:
@@ -878,7 +881,7 @@ def gui_like(seconds: float, rate: float = 1000.0, profile: bool = False,
     per_heartbeat = bridge_cpu / max(forwarded, 1.0) * 1e6
     per_request = sink_cpu / max(requests, 1) * 1e6
     print(f"8. GUI-like load: {GUI_NODES} nodes, {rate:.0f} retained statuses/s with expiry, "
-          f"into the monitor double, {elapsed:.0f} s:")
+          f"into the monitor double, {elapsed:.0f} s{label}:")
     print(f"   forwarded {forwarded / elapsed:.0f}/s; the bridge's processes "
           f"{per_heartbeat:.0f} us of CPU per heartbeat ({bridge_cpu / elapsed * 100:.0f} % "
           f"of a core), the double {per_request:.0f} us per request; ratio "
@@ -886,8 +889,8 @@ def gui_like(seconds: float, rate: float = 1000.0, profile: bool = False,
     if profile:
         print("   the bridge's processes by own samples (py-spy, nonblocking):\n" +
               (top if recording is not None else "     (py-spy is not installed)"))
-    figures = {f"GUI-like {rate:.0f}/s: bridge CPU us per heartbeat": per_heartbeat,
-               f"GUI-like {rate:.0f}/s: bridge / double CPU per request":
+    figures = {f"GUI-like {rate:.0f}/s{label}: bridge CPU us per heartbeat": per_heartbeat,
+               f"GUI-like {rate:.0f}/s{label}: bridge / double CPU per request":
                    per_heartbeat / per_request}
     if red:
         print(f"   Node-RED {NODE_RED} (mqtt in -> function -> http request) on the same feed, "
@@ -1028,7 +1031,9 @@ def run_scenarios(args: argparse.Namespace) -> dict[str, float]:
         receiver_side_by_side(5.0)
     if "gui" in only:
         for rate in args.gui_rate or GUI_RATES:
-            figures |= gui_like(args.seconds, rate, args.profile, args.node_red)
+            for receiver in ("child", "thread") if args.gui_receiver == "both" else \
+                    (args.gui_receiver,):
+                figures |= gui_like(args.seconds, rate, args.profile, args.node_red, receiver)
     if "rest" in only:
         for monitor_down in (False, True):
             figures |= at_rest(args.rest_seconds, monitor_down)
@@ -1064,6 +1069,10 @@ def main() -> None:
     parser.add_argument("--node-red", action="store_true",
                         help="in the GUI-like scenario, also a Node-RED flow doing the "
                              "bridge's job (bench.node_red; installed with npm on first use)")
+    parser.add_argument("--gui-receiver", choices=["child", "thread", "both"],
+                        default="child",
+                        help="the bridge's status receiver in the GUI-like scenario: a child "
+                             "process (the default), a thread of the bridge, or both in turn")
     parser.add_argument("--rest-seconds", type=float, default=20.0,
                         help="how long the at-rest scenario measures each bridge")
     parser.add_argument("--baseline", metavar="REF",
