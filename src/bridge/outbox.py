@@ -414,30 +414,30 @@ class Outbox:
                     changed = self._record_state(db, node_id, mark, message,
                                                  incoming.retained, received, result,
                                                  committed)
-                elif message is not None and _stays_ended(mark.truth, message,
-                                                          incoming.retained):
-                    writes.flush(db)
-                    changed = self._record_last_words(db, node_id, mark, message, raw,
-                                                      incoming.retained, received, result,
-                                                      committed)
-                elif message is not None and not incoming.retained and \
-                        _starts(mark.truth, message):
-                    writes.flush(db)
-                    changed = self._record_start(db, node_id, mark, message, raw, received,
-                                                 result, committed)
                 elif message is not None:
-                    changed = self._record_status(writes, node_id, mark, message, raw,
-                                                  incoming.retained, received, result,
-                                                  committed)
+                    seen = mark.truth.observe_status(message.session, message.seq,
+                                                     retained=incoming.retained)
+                    if _stays_ended(mark.truth, message.session, seen):
+                        writes.flush(db)
+                        changed = self._record_last_words(db, node_id, mark, message, seen,
+                                                          raw, received, result, committed)
+                    elif not incoming.retained and _starts(mark.truth, message.session, seen):
+                        writes.flush(db)
+                        changed = self._record_start(db, node_id, mark, message, seen[1],
+                                                     raw, received, result, committed)
+                    else:
+                        changed = self._record_status(writes, node_id, mark, message, seen,
+                                                      raw, received, result, committed)
                 if changed:
                     touched.add(node_id)
             writes.flush(db)
 
     def _record_status(self, writes: _StatusWrites, node_id: str, mark: NodeMark,
-                       message: StatusHead, raw: bytes, retained: bool, received: float,
-                       result: IngestResult, committed: list[_Committed]) -> bool:
-        verdict, truth = mark.truth.observe_status(message.session, message.seq,
-                                                   retained=retained)
+                       message: StatusHead, seen: tuple[Verdict, NodeTruth], raw: bytes,
+                       received: float, result: IngestResult,
+                       committed: list[_Committed]) -> bool:
+        """``seen``: what ``mark.truth.observe_status`` made of the status."""
+        verdict, truth = seen
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
@@ -456,13 +456,13 @@ class Outbox:
         return True
 
     def _record_start(self, db: Database, node_id: str, mark: NodeMark, message: StatusHead,
-                      raw: bytes, received: float, result: IngestResult,
+                      truth: NodeTruth, raw: bytes, received: float, result: IngestResult,
                       committed: list[_Committed]) -> bool:
         """A live status that starts its session (``_starts``) before that session's
         ``ready`` came: the start is a ``ready`` transition of the node's story all the same,
         carrying the status (so a life that ends before its status went out was still told
-        online first); the ``ready`` that may follow is a duplicate."""
-        _, truth = mark.truth.observe_status(message.session, message.seq)
+        online first); the ``ready`` that may follow is a duplicate. ``truth``: the node's
+        truth after the status."""
         if mark.pending_row is not None:  # an earlier session's: superseded
             result.coalesced += 1
             mark.pending_row = None
@@ -478,16 +478,17 @@ class Outbox:
         return True
 
     def _record_last_words(self, db: Database, node_id: str, mark: NodeMark,
-                           message: StatusHead, raw: bytes, retained: bool, received: float,
-                           result: IngestResult, committed: list[_Committed]) -> bool:
+                           message: StatusHead, seen: tuple[Verdict, NodeTruth], raw: bytes,
+                           received: float, result: IngestResult,
+                           committed: list[_Committed]) -> bool:
         """A status of a session that has ended and stays so (``_stays_ended``): a retained
         copy newer than what came before the end (the session's queue at the broker
         overflowed, or a retained ``lost`` told of the end first). Nothing of a life goes to
         the monitor after its ``offline`` but that ``offline``: the status becomes the
         snapshot of the end while the end has not been handed out (``_not_handed_out``);
-        otherwise the end is told once more, with it."""
-        verdict, truth = mark.truth.observe_status(message.session, message.seq,
-                                                   retained=retained)
+        otherwise the end is told once more, with it. ``seen``: what
+        ``mark.truth.observe_status`` made of the status."""
+        verdict, truth = seen
         if verdict is not Verdict.ACCEPT:
             _count(result, verdict)
             return False
@@ -1042,24 +1043,23 @@ def _not_handed_out(mark: NodeMark, transition_id: int, committed: list[_Committ
     return transition_id in mark.transitions and transition_id != min(mark.transitions)
 
 
-def _starts(truth: NodeTruth, message: StatusHead) -> bool:
-    """A live status that, in a node's known story, makes its session ``ready`` when it was
-    not: a new session, or a ``lost`` one back (its ``ready`` was lost on the way, or a node
-    published a status before it)."""
-    if truth.session is None or truth.state_of(message.session) == "ready":
-        return False
-    verdict, after = truth.observe_status(message.session, message.seq)
-    return verdict is Verdict.ACCEPT and after.state_of(message.session) == "ready"
+def _starts(truth: NodeTruth, session: str, seen: tuple[Verdict, NodeTruth]) -> bool:
+    """A live status of ``session`` that, in a node's known story, makes it ``ready`` when
+    it was not (``seen``: what ``truth.observe_status`` made of it): a new session, or a
+    ``lost`` one back (its ``ready`` was lost on the way, or a node published a status
+    before it)."""
+    verdict, after = seen
+    return truth.session is not None and truth.state_of(session) != "ready" and \
+        verdict is Verdict.ACCEPT and after.state_of(session) == "ready"
 
 
-def _stays_ended(truth: NodeTruth, message: StatusHead, retained: bool) -> bool:
-    """A status of the node's current session, which has ended (``lost``,
-    ``disconnected``), that does not bring it back (see ``NodeTruth.observe_status``)."""
-    if truth.state_of(message.session) not in truth_rules.TERMINAL_STATES:
-        return False
-    verdict, after = truth.observe_status(message.session, message.seq, retained=retained)
-    return verdict is not Verdict.ACCEPT or \
-        after.state_of(message.session) in truth_rules.TERMINAL_STATES
+def _stays_ended(truth: NodeTruth, session: str, seen: tuple[Verdict, NodeTruth]) -> bool:
+    """A status of the node's current ``session``, which has ended (``lost``,
+    ``disconnected``), that does not bring it back (``seen``: what
+    ``truth.observe_status`` made of it)."""
+    verdict, after = seen
+    return truth.state_of(session) in truth_rules.TERMINAL_STATES and (
+        verdict is not Verdict.ACCEPT or after.state_of(session) in truth_rules.TERMINAL_STATES)
 
 
 def _column_value(value: Any) -> Any:
