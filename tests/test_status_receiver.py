@@ -36,9 +36,9 @@ class Batches:
         with self.lock:
             self.batches.append(batch)
         assert self.receiver is not None
-        for m in batch:
-            if m.qos:
-                self.receiver.acknowledge(m.connection, [(m.mid, m.qos)])
+        for connection in {m.connection for m in batch}:
+            self.receiver.acknowledge(connection, [(m.mid, m.qos) for m in batch
+                                                   if m.qos and m.connection == connection])
 
     def topics(self) -> list[list[str]]:
         with self.lock:
